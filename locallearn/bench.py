@@ -1,0 +1,145 @@
+"""`locallearn bench`: time epochs of one recipe on several training paths, in one run.
+
+Paths (each trains from the same initial weights for --epochs, then evaluates):
+  reference-pil   the authors' way: per-block optimizers stepping inside the forward
+                  pass, fed by a torchvision per-sample PIL transform DataLoader
+  fused           all losses summed, one backward, one fused step, batches augmented
+                  on the device from a uint8 tensor held there
+  fused-bf16      the same under bfloat16 autocast
+
+Printed per path: seconds per epoch, images per second, achieved GFLOP/s (multiply-
+adds of forward and backward, local heads included, counted by torch's FlopCounterMode
+on one step: 2 FLOP per multiply-add) and the test error after the timed epochs.
+Ratios are taken within one run, so a noisy machine affects all paths alike.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .config import build_parser, validate
+
+PATHS = ("reference-pil", "fused", "fused-bf16")
+
+
+def _pil_loader(cfg, spec, images, labels):
+    """The authors' input pipeline: PIL image per sample, torchvision transforms."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    tf = []
+    if spec.crop_padding:
+        tf.append(T.RandomCrop(spec.size, padding=spec.crop_padding))
+    if spec.hflip:
+        tf.append(T.RandomHorizontalFlip())
+    tf += [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    tf = T.Compose(tf)
+    mode = "L" if spec.channels == 1 else "RGB"
+
+    class PilDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return images.shape[0]
+
+        def __getitem__(self, i):
+            img = images[i].permute(1, 2, 0).squeeze(-1).numpy()
+            return tf(Image.fromarray(img, mode=mode)), int(labels[i])
+
+    return torch.utils.data.DataLoader(PilDataset(), batch_size=cfg.batch_size, shuffle=True)
+
+
+def _flops_per_step(cfg, model_factory, spec, device) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .train import ENGINES
+    model = model_factory()
+    engine = ENGINES["fused"](cfg, model, device)
+    x = torch.randn(cfg.batch_size, spec.channels, spec.size, spec.size, device=device)
+    y = torch.randint(0, spec.num_classes, (cfg.batch_size,), device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        engine.step(x, y, F.one_hot(y, spec.num_classes).float(), lambda: torch.autocast(device.type, enabled=False))
+    return counter.get_total_flops()
+
+
+def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
+    from .data import DeviceSplit, load_splits
+    from .datasets import SPECS
+    from .train import ENGINES, evaluate, make_model, resolve_device, train_epoch
+
+    device = resolve_device(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if synthetic:  # right shapes, random pixels: for speed on machines without the data
+        spec = SPECS[cfg.dataset]
+        n = cfg.max_train_examples or spec.train_size
+        g = torch.Generator().manual_seed(0)
+        imgs = torch.randint(0, 256, (n, spec.channels, spec.size, spec.size), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, spec.num_classes, (n,), generator=g)
+        train = DeviceSplit(imgs, labels, spec, device)
+        test = DeviceSplit(imgs[:1000], labels[:1000], spec, device)
+    else:
+        train, test, spec = load_splits(cfg, device)
+    flops = _flops_per_step(cfg, lambda: make_model(cfg, spec, device), spec, device)
+    steps = -(-train.n // cfg.batch_size)
+    results = []
+    for path in paths:
+        engine_name = "reference" if path == "reference-pil" else "fused"
+        bf16 = path.endswith("bf16")
+        model = make_model(cfg, spec, device)
+        engine = ENGINES[engine_name](cfg, model, device)
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+        seconds = []
+        for epoch in range(1, cfg.epochs + 1):
+            engine.set_lr(cfg.lr)
+            t0 = time.perf_counter()
+            if path == "reference-pil":
+                _reference_epoch(cfg, engine, _pil_loader(cfg, spec, train.images.cpu(), train.labels.cpu()),
+                                 device, autocast, epoch)
+            else:
+                train_epoch(cfg, engine, train, epoch, autocast, lambda it, total, desc: it)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - t0)
+        err = evaluate(cfg, model, test, autocast)["test_error"]
+        s = min(seconds)
+        results.append({"path": path, "seconds_per_epoch": s, "images_per_second": train.n / s,
+                        "gflops_per_second": flops * steps / s / 1e9, "test_error": err})
+    return results
+
+
+def _reference_epoch(cfg, engine, loader, device, autocast, epoch):
+    engine.model.train()
+    engine.model.seed_dropout(cfg.seed, epoch)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        engine.step(x, y, F.one_hot(y, engine.model.num_classes).float(), autocast)
+
+
+def cli_bench(argv: list[str]) -> int:
+    p = build_parser("locallearn bench")
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    p.add_argument("--synthetic", action="store_true", help="random inputs of the dataset's shape")
+    argv = list(argv)
+    if "--epochs" not in argv:
+        argv += ["--epochs", "1"]
+    args = p.parse_args(argv)
+    paths, synthetic = args.paths, args.synthetic
+    del args.paths, args.synthetic
+    cfg = validate(args)
+    rows = bench(cfg, paths, synthetic)
+    base = next((r for r in rows if r["path"] == "reference-pil"), None)
+    dev = "cuda" if torch.cuda.is_available() and not cfg.no_cuda and cfg.device != "cpu" else "cpu"
+    print(f"# {cfg.model} {cfg.dataset} {'backprop' if cfg.backprop else cfg.loss_sup}, batch {cfg.batch_size}, "
+          f"{rows and int(rows[0]['images_per_second'] * rows[0]['seconds_per_epoch'])} images/epoch, "
+          f"device {dev}, threads {torch.get_num_threads()}, best of {cfg.epochs} epoch(s)")
+    print(f"{'path':<15}{'s/epoch':>10}{'img/s':>10}{'GFLOP/s':>10}{'speed-up':>10}{'test err %':>12}")
+    for r in rows:
+        speed = f"{base['seconds_per_epoch'] / r['seconds_per_epoch']:.2f}x" if base else "-"
+        print(f"{r['path']:<15}{r['seconds_per_epoch']:>10.2f}{r['images_per_second']:>10.0f}"
+              f"{r['gflops_per_second']:>10.1f}{speed:>10}{r['test_error']:>12.2f}")
+    return 0
+
+
+

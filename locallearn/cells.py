@@ -1,0 +1,60 @@
+"""The paper's grid as data: one row of `workflow/config/cells.tsv` per published run.
+
+This module is the only place that turns a row into `locallearn train` flags, so a
+recipe is written once (in the TSV) and read by the tests, the CLI and the workflow.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+DEFAULT_CELLS = Path(__file__).resolve().parent.parent / "workflow" / "config" / "cells.tsv"
+
+COLUMNS = (
+    "cell", "dataset", "network", "model", "feat_mult", "num_layers", "num_hidden", "loss",
+    "bio", "nonlin", "dropout", "lr", "epochs", "milestones", "dim_in_decoder", "beta",
+    "cutout", "length", "classes_per_batch", "classes_per_batch_until_epoch",
+    "published_error", "published_params",
+)
+LOSSES = ("backprop", "pred", "sim", "predsim")
+
+
+def read_cells(path: str | Path = DEFAULT_CELLS) -> list[dict]:
+    """Rows as dicts of strings, in file order. Column checks live in the workflow's schema."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def recipe_args(row: dict) -> list[str]:
+    """The `locallearn train` flags of one row: the authors' command for that cell."""
+    args = [
+        "--model", row["model"], "--dataset", row["dataset"],
+        "--feat-mult", row["feat_mult"], "--num-layers", row["num_layers"],
+        "--num-hidden", row["num_hidden"], "--nonlin", row["nonlin"],
+        "--dropout", row["dropout"], "--lr", row["lr"], "--epochs", row["epochs"],
+        "--lr-decay-milestones", *row["milestones"].split(),
+        "--dim-in-decoder", row["dim_in_decoder"], "--beta", row["beta"],
+    ]
+    if row["loss"] == "backprop":
+        args.append("--backprop")
+    else:
+        args += ["--loss-sup", row["loss"]]
+    if str(row["bio"]) == "1":
+        args.append("--bio")
+    if str(row["cutout"]) == "1":
+        args += ["--cutout", "--length", row["length"]]
+    if int(row["classes_per_batch"] or 0) > 0:
+        args += ["--classes-per-batch", row["classes_per_batch"],
+                 "--classes-per-batch-until-epoch", row["classes_per_batch_until_epoch"]]
+    return args
+
+
+def published_params_millions(row: dict) -> float | None:
+    """'2.9M' -> 2.9; empty (the bio rows) -> None."""
+    text = (row.get("published_params") or "").strip()
+    return float(text.rstrip("M")) if text else None
+
+
+def published_error(row: dict) -> float | None:
+    text = (row.get("published_error") or "").strip()
+    return float(text) if text else None

@@ -1,0 +1,107 @@
+"""`locallearn <command>`: train, describe, bench, data prepare, tracking init, tables.
+
+Errors a user can fix (LocallearnError) print as one line and exit non-zero; pass
+--debug for the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ConfigError, LocallearnError
+
+USAGE = """usage: locallearn <command> [flags]
+
+commands:
+  train      train one run (the reference's train.py flags, plus --out, --data-dir, ...)
+  describe   print a run's network as JSON (parameter counts, decoder pooling) without training
+  bench      time epochs of a recipe: fused engine vs the reference engine with a PIL DataLoader
+  data       data prepare DATASET... [--data-dir D] [--download] [--source DIR]
+  tracking   tracking init --uri URI --experiment NAME (create the MLflow experiment once)
+  tables     compile markdown tables from metrics.json files (see workflow/rules/tables.smk)
+"""
+
+
+def cmd_train(argv: list[str]) -> int:
+    from .config import parse_train_args
+    from .train import run
+    run(parse_train_args(argv))
+    return 0
+
+
+def describe(cfg) -> dict:
+    from .datasets import SPECS
+    from .models import build_model, describe_layers
+    spec = SPECS[cfg.dataset]
+    model = build_model(cfg, spec.channels, spec.size, spec.num_classes)
+    backprop, total = model.count_params()
+    return {"model": cfg.model, "dataset": cfg.dataset,
+            "input_shape": [spec.channels, spec.size, spec.size], "num_classes": spec.num_classes,
+            "params_backprop": backprop, "params_total": total, "layers": describe_layers(model)}
+
+
+def cmd_describe(argv: list[str]) -> int:
+    from .config import parse_train_args
+    print(json.dumps(describe(parse_train_args(argv)), indent=1))
+    return 0
+
+
+def cmd_data(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from .datasets import SPECS, prepare, resolve_data_dir
+    p = argparse.ArgumentParser(prog="locallearn data")
+    p.add_argument("action", choices=["prepare"])
+    p.add_argument("datasets", nargs="+", help=", ".join(SPECS))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--download", action="store_true", help="fetch from the internet when missing")
+    p.add_argument("--source", default=None, help="folder holding the original archive files")
+    a = p.parse_args(argv)
+    data_dir = resolve_data_dir(a.data_dir)
+    for name in a.datasets:
+        if name not in SPECS:
+            raise ConfigError(f"data prepare: unknown dataset {name!r} (known: {', '.join(SPECS)})")
+        prepare(name, data_dir, download=a.download, source=Path(a.source) if a.source else None)
+        print(f"{name}: ready in {data_dir}")
+    return 0
+
+
+def cmd_tracking(argv: list[str]) -> int:
+    from .tracking import cli_init
+    if not argv or argv[0] != "init":
+        raise ConfigError("usage: locallearn tracking init --uri URI --experiment NAME")
+    return cli_init(argv[1:])
+
+
+def cmd_tables(argv: list[str]) -> int:
+    from .tables import cli_tables
+    return cli_tables(argv)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    from .bench import cli_bench
+    return cli_bench(argv)
+
+
+COMMANDS = {"train": cmd_train, "describe": cmd_describe, "bench": cmd_bench, "data": cmd_data,
+            "tracking": cmd_tracking, "tables": cmd_tables}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    debug = "--debug" in argv
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except LocallearnError as e:
+        if debug:
+            raise
+        print(f"locallearn: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("locallearn: interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,172 @@
+"""Every training flag in one place: the reference's flags (same names, same defaults)
+followed by the flags this project adds. `parse_train_args` turns a command line into
+a validated `argparse.Namespace`; `recipe_dict` / `config_hash` say which of its fields
+decide the numbers a run produces (and so whether a checkpoint may be resumed).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+
+MODELS_HELP = "mlp, vgg6a, vgg6b, vgg8, vgg8a, vgg8b, vgg11, vgg11b, vgg13, vgg16, vgg19"
+DATASETS = ("MNIST", "FashionMNIST", "KuzushijiMNIST", "CIFAR10", "CIFAR100", "SVHN", "STL10")
+
+
+from .errors import ConfigError  # noqa: E402  (re-exported: flag errors are config errors)
+
+
+def _add_reference_flags(p: argparse.ArgumentParser) -> None:
+    """The authors' train.py flags, verbatim, so every published recipe runs unchanged."""
+    a = p.add_argument
+    # What is trained
+    a("--model", default="vgg8b", help=f"network: {MODELS_HELP}")
+    a("--dataset", default="CIFAR10", help=", ".join(DATASETS))
+    a("--num-layers", type=int, default=1, help="linear blocks of the MLP (head)")
+    a("--num-hidden", type=int, default=1024, help="width of every linear block")
+    a("--feat-mult", type=float, default=1, help="VGG channel multiplier (1, 2, 3 in the paper)")
+    a("--nonlin", default="relu", help="relu | leakyrelu (slope 0.01)")
+    a("--dropout", type=float, default=0.0, help="dropout after every hidden block")
+    a("--no-batch-norm", action="store_true", help="drop BatchNorm from every block")
+    # The local losses
+    a("--loss-sup", default="predsim", help="pred | sim | predsim: the local supervised loss")
+    a("--loss-unsup", default="none", help="none | sim | recon: optional unsupervised local loss")
+    a("--alpha", type=float, default=0.0, help="weight of the unsupervised term")
+    a("--beta", type=float, default=0.99, help="weight of sim in predsim (pred gets 1-beta)")
+    a("--dim-in-decoder", type=int, default=4096, help="bound on the pred decoder's input size")
+    a("--no-similarity-std", action="store_true", help="similarity of flattened maps, not of channel stds")
+    a("--backprop", action="store_true", help="plain global backprop, no local heads")
+    a("--no-detach", action="store_true", help="keep the graph between blocks (global loss reaches all)")
+    a("--bio", action="store_true", help="fixed random label projection + feedback alignment")
+    a("--target-proj-size", type=int, default=128, help="size of the bio label projection")
+    # Optimisation
+    a("--optim", default="adam", help="adam | amsgrad | sgd")
+    a("--lr", type=float, default=5e-4, help="initial learning rate, the same for every parameter")
+    a("--momentum", type=float, default=0.0, help="SGD momentum")
+    a("--weight-decay", type=float, default=0.0, help="coupled L2, as torch.optim's weight_decay")
+    a("--batch-size", type=int, default=128, help="training batch size")
+    a("--epochs", type=int, default=400, help="epochs; the published error is after the last one")
+    a("--lr-decay-milestones", type=int, nargs="+", default=[200, 300, 350, 375],
+      help="epochs after which lr is multiplied by --lr-decay-fact")
+    a("--lr-decay-fact", type=float, default=0.25, help="lr factor at each milestone")
+    # Data
+    a("--cutout", action="store_true", help="cutout regularisation on training images")
+    a("--n_holes", type=int, default=1, help="cutout squares per image")
+    a("--length", type=int, default=16, help="cutout square side (px)")
+    a("--classes-per-batch", type=int, default=0, help="sampler: n examples then >=10 classes per batch")
+    a("--classes-per-batch-until-epoch", type=int, default=0, help="sampler on while epoch <= this")
+    # Running
+    a("--seed", type=int, default=1, help="seeds every random number of the run")
+    a("--no-cuda", action="store_true", help="train on the CPU even where CUDA is present")
+    a("--progress-bar", action="store_true", help="show a progress bar (also on by itself on a terminal)")
+    a("--no-print-stats", action="store_true", help="skip per-layer local statistics")
+    a("--resume", default="", help="checkpoint file to resume from (default: the one in --out)")
+    a("--save-dir", default="", help="accepted for compatibility; --out decides where a run writes")
+
+
+def _add_project_flags(p: argparse.ArgumentParser) -> None:
+    """Additive flags: where a run reads and writes, and how it is executed."""
+    a = p.add_argument
+    a("--out", default="runs/last", help="output folder: metrics.json, checkpoint, log")
+    a("--data-dir", default=None, help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
+    a("--download", action="store_true", help="allow downloading missing datasets")
+    a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    a("--engine", default="fused", help="fused (one backward, one step) | reference (per-block optimizers)")
+    a("--precision", default="fp32", help="fp32 | bf16 (autocast for forward and local losses)")
+    a("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's choice)")
+    a("--max-train-examples", type=int, default=0, help="use only the first N training examples (0: all)")
+    a("--max-test-examples", type=int, default=0, help="use only the first N test examples (0: all)")
+    a("--eval-batch-size", type=int, default=1000, help="batch size for the test pass (BN in eval mode)")
+    a("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none: off)")
+    a("--mlflow-experiment", default="locallearn", help="MLflow experiment name")
+    a("--run-name", default=None, help="MLflow run name (default: the --out folder name)")
+    a("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
+    a("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
+def build_parser(prog: str = "locallearn train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train with local error signals.")
+    _add_reference_flags(p)
+    _add_project_flags(p)
+    return p
+
+
+CHOICES = {
+    "nonlin": ("relu", "leakyrelu"),
+    "loss_sup": ("pred", "sim", "predsim"),
+    "loss_unsup": ("none", "sim", "recon"),
+    "optim": ("adam", "amsgrad", "sgd"),
+    "engine": ("fused", "reference"),
+    "precision": ("fp32", "bf16"),
+    "dataset": DATASETS,
+}
+
+
+def validate(args: argparse.Namespace) -> argparse.Namespace:
+    """Reject values that cannot run, with a message that names the flag."""
+    from .models import MODELS  # the registry decides which model names exist
+
+    def bad(flag: str, msg: str) -> None:
+        raise ConfigError(f"--{flag}: {msg}")
+
+    if args.model not in MODELS:
+        bad("model", f"unknown model {args.model!r} (known: {', '.join(sorted(MODELS))})")
+    for key, allowed in CHOICES.items():
+        if getattr(args, key) not in allowed:
+            bad(key.replace("_", "-"), f"unknown value {getattr(args, key)!r} (known: {', '.join(allowed)})")
+    positive = ("batch_size", "epochs", "num_hidden", "dim_in_decoder", "target_proj_size", "n_holes")
+    for key in positive:
+        if getattr(args, key) <= 0:
+            bad(key.replace("_", "-"), f"must be positive, got {getattr(args, key)}")
+    for key in ("num_layers", "classes_per_batch", "classes_per_batch_until_epoch",
+                "max_train_examples", "max_test_examples", "threads", "length"):
+        if getattr(args, key) < 0:
+            bad(key.replace("_", "-"), f"must be >= 0, got {getattr(args, key)}")
+    if args.model == "mlp" and args.num_layers == 0:
+        bad("num-layers", "mlp needs at least one hidden layer")
+    if args.feat_mult <= 0:
+        bad("feat-mult", f"must be positive, got {args.feat_mult}")
+    if args.lr <= 0:
+        bad("lr", f"must be positive, got {args.lr}")
+    if not 0 <= args.dropout < 1:
+        bad("dropout", f"must be in [0, 1), got {args.dropout}")
+    if not 0 <= args.beta <= 1:
+        bad("beta", f"must be in [0, 1], got {args.beta}")
+    if not 0 <= args.alpha <= 1:
+        bad("alpha", f"must be in [0, 1], got {args.alpha}")
+    ms = args.lr_decay_milestones
+    if any(b <= a for a, b in zip(ms, ms[1:])) or any(m < 0 for m in ms):
+        bad("lr-decay-milestones", f"must be non-negative and strictly increasing, got {ms}")
+    if args.bio and args.backprop:
+        bad("bio", "--bio trains local heads; it cannot be combined with --backprop")
+    if args.no_detach and args.backprop:
+        bad("no-detach", "--no-detach changes local training; it has no meaning with --backprop")
+    if args.cutout and args.length == 0:
+        bad("length", "cutout needs a square side > 0")
+    for t in args.tag:
+        if "=" not in t:
+            bad("tag", f"expected KEY=VALUE, got {t!r}")
+    return args
+
+
+def parse_train_args(argv: list[str]) -> argparse.Namespace:
+    return validate(build_parser().parse_args(argv))
+
+
+# Fields that say where or how a run is watched, not what it computes. Everything
+# else is the recipe: it decides every number, so it decides whether a checkpoint
+# may be continued.
+NON_RECIPE = {
+    "out", "data_dir", "download", "device", "no_cuda", "progress_bar", "no_print_stats",
+    "resume", "save_dir", "threads", "mlflow_uri", "mlflow_experiment", "run_name", "tag",
+    "debug", "eval_batch_size",
+}
+
+
+def recipe_dict(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in sorted(vars(args).items()) if k not in NON_RECIPE}
+
+
+def config_hash(args: argparse.Namespace) -> str:
+    blob = json.dumps(recipe_dict(args), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -1,0 +1,547 @@
+"""The seven datasets of the paper, read from their original files on disk.
+
+One data dir holds every dataset in torchvision's layout, so a folder torchvision
+downloaded can be used as it is:
+
+    <data_dir>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz   (+ unpacked copies)
+    <data_dir>/FashionMNIST/raw/...             same four files
+    <data_dir>/KMNIST/raw/...                   same four files (torchvision's KMNIST class)
+    <data_dir>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}
+    <data_dir>/cifar-100-python/{train,test,meta}
+    <data_dir>/SVHN/{train,extra,test}_32x32.mat
+    <data_dir>/stl10_binary/{train_X,train_y,test_X,test_y}.bin
+    <data_dir>/locallearn-custom-checksums.json   (only where files were accepted by hand)
+
+torchvision supplies the layout, the URLs and the md5 checksums (read from its dataset
+classes, so they are the ones it knows). Reading is done here, in a few lines per
+format, because torchvision's constructors do not fit: CIFAR and SVHN re-check the
+md5s of the real files on every load (tiny test files can never pass), STL10 insists on
+the 2.6 GB unlabelled split that the paper does not use, and the MNIST classes read the
+unpacked copies, which no checksum covers. Here every file that is read is verified
+first, against:
+
+  * torchvision's md5 of the original file;
+  * for a re-compressed .gz (Debian's Fashion-MNIST package re-gzips the originals), the
+    md5 of its decompressed content (`_CONTENT_MD5`);
+  * or, the one explicit way to use other files (the tests' tiny fakes, a user's own
+    variant), the md5 recorded for that path in `<data_dir>/locallearn-custom-checksums.json`
+    by `accept_custom_files`.
+
+A missing or corrupt file raises `DatasetError` with one line that says which dataset,
+which files, where they were looked for and how to get them. Files are only ever put in
+place by renaming a complete, verified temporary file, so nothing half-written can look
+complete. Decoded arrays are not cached: the slowest split, SVHN's train + extra
+(604,388 images), verifies in 2 s and decodes from its .mat files in about 20 s with a
+4.3 GB peak (measured on a 2-core CPU), nothing beside runs of hours, while a cache
+would cost 1.9 GB of disk per data dir and rules for when it is stale.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.datasets as tvd
+from torchvision.datasets import utils as tv_utils
+
+from .errors import ConfigError, DatasetError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the trainer needs to know about a dataset (SPEC.md, Data)."""
+    name: str
+    num_classes: int
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int
+    hflip: bool
+    train_size: int
+    test_size: int
+
+
+SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
+    DatasetSpec("MNIST", 10, 1, 28, (0.1307,), (0.3081,), 2, False, 60000, 10000),
+    DatasetSpec("FashionMNIST", 10, 1, 28, (0.286,), (0.353,), 2, True, 60000, 10000),
+    DatasetSpec("KuzushijiMNIST", 10, 1, 28, (0.1904,), (0.3475,), 0, False, 60000, 10000),
+    DatasetSpec("CIFAR10", 10, 3, 32, (0.424, 0.415, 0.384), (0.283, 0.278, 0.284), 4, True, 50000, 10000),
+    DatasetSpec("CIFAR100", 100, 3, 32, (0.438, 0.418, 0.377), (0.300, 0.287, 0.294), 4, True, 50000, 10000),
+    DatasetSpec("SVHN", 10, 3, 32, (0.431, 0.430, 0.446), (0.197, 0.198, 0.199), 0, False, 604388, 26032),
+    DatasetSpec("STL10", 10, 3, 96, (0.447, 0.440, 0.407), (0.260, 0.257, 0.271), 0, False, 5000, 8000),
+)}
+
+
+def resolve_data_dir(flag: str | None) -> Path:
+    """The data dir: the flag, else $LOCALLEARN_DATA, else ./data (absolute, for messages)."""
+    chosen = flag or os.environ.get("LOCALLEARN_DATA") or "data"
+    return Path(chosen).expanduser().absolute()
+
+
+# --------------------------------------------------------------------------- layout
+
+@dataclass(frozen=True)
+class _File:
+    rel: str                      # path under the data dir (torchvision's layout)
+    md5: str                      # torchvision's md5 of the original file
+    split: str                    # "train", "test", or "meta" (kept for torchvision, never read)
+    urls: tuple[str, ...] = ()    # direct download URLs (mirrors); empty: comes in the archive
+
+
+@dataclass(frozen=True)
+class _Archive:
+    filename: str
+    url: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class _Layout:
+    files: tuple[_File, ...]
+    archive: _Archive | None = None   # one tarball that holds every file (CIFAR, STL10)
+
+    def split_files(self, train: bool) -> list[_File]:
+        return [f for f in self.files if f.split == ("train" if train else "test")]
+
+
+def _mnist_layout(cls: type[tvd.MNIST]) -> _Layout:
+    folder = f"{cls.__name__}/raw"
+    return _Layout(tuple(
+        _File(f"{folder}/{fn}", md5, "train" if fn.startswith("train") else "test",
+              tuple(m + fn for m in cls.mirrors))
+        for fn, md5 in cls.resources))
+
+
+def _tarball_layout(cls, files: list[tuple[str, str, str]]) -> _Layout:
+    return _Layout(tuple(_File(f"{cls.base_folder}/{fn}", md5, split) for fn, md5, split in files),
+                   _Archive(cls.filename, cls.url, cls.tgz_md5))
+
+
+def _cifar_layout(cls: type[tvd.CIFAR10]) -> _Layout:
+    return _tarball_layout(cls, [(fn, md5, "train") for fn, md5 in cls.train_list]
+                           + [(fn, md5, "test") for fn, md5 in cls.test_list]
+                           + [(cls.meta["filename"], cls.meta["md5"], "meta")])
+
+
+def _svhn_layout() -> _Layout:
+    # train first, then extra: the order the two are concatenated in.
+    return _Layout(tuple(
+        _File(f"SVHN/{fn}", md5, "test" if split == "test" else "train", (url,))
+        for split in ("train", "extra", "test")
+        for url, fn, md5 in [tvd.SVHN.split_list[split]]))
+
+
+def _stl10_layout() -> _Layout:
+    # The labelled splits only: unlabeled_X.bin (2.6 GB) is never used by the paper.
+    listed = dict(tvd.STL10.train_list + tvd.STL10.test_list)
+    return _tarball_layout(tvd.STL10, [(fn, listed[fn], fn.split("_")[0])
+                                       for fn in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin")])
+
+
+_LAYOUTS: dict[str, _Layout] = {
+    "MNIST": _mnist_layout(tvd.MNIST),
+    "FashionMNIST": _mnist_layout(tvd.FashionMNIST),
+    "KuzushijiMNIST": _mnist_layout(tvd.KMNIST),   # the real Kuzushiji-MNIST, never MNIST
+    "CIFAR10": _cifar_layout(tvd.CIFAR10),
+    "CIFAR100": _cifar_layout(tvd.CIFAR100),
+    "SVHN": _svhn_layout(),
+    "STL10": _stl10_layout(),
+}
+
+# md5 of the decompressed content of .gz originals, for copies that were re-compressed
+# (their .gz md5 differs, their content does not). The values other Fashion-MNIST loaders
+# list for the unpacked originals; Debian's dataset-fashion-mnist files match them.
+_CONTENT_MD5: dict[str, str] = {
+    "FashionMNIST/raw/train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
+    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": "8181f5470baa50b63fa0f6fddb340f0a",
+    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+
+# Folders of original files that this machine may already have; a dataset missing from
+# the data dir is imported from here (verified) before anything asks for a download.
+OFFLINE_SOURCES: dict[str, tuple[Path, ...]] = {
+    "FashionMNIST": (Path("/usr/share/datasets/fashion-mnist"),),   # Debian: dataset-fashion-mnist
+}
+
+CUSTOM_CHECKSUMS = "locallearn-custom-checksums.json"
+
+
+def _layout(name: str) -> _Layout:
+    if name not in _LAYOUTS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(_LAYOUTS)}")
+    return _LAYOUTS[name]
+
+
+# --------------------------------------------------------------------------- verification
+
+def _how_to_get(name: str) -> str:
+    archive = _LAYOUTS[name].archive
+    originals = "the original files" + (f", or {archive.filename}" if archive else "")
+    return (f"to fix, run `locallearn data prepare {name} --download` (needs internet) or "
+            f"`locallearn data prepare {name} --source DIR` (DIR: a folder holding {originals})")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _md5(path: Path) -> str:
+    return tv_utils.calculate_md5(path)
+
+
+def _gz_content_md5(path: Path) -> str | None:
+    h = hashlib.md5(usedforsecurity=False)
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return h.hexdigest()
+
+
+def _custom_checksums(root: Path) -> dict[str, str]:
+    path = root / CUSTOM_CHECKSUMS
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text())["files"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{path} cannot be read ({_one_line(e)}); fix or delete it") from e
+
+
+def _problem(path: Path, f: _File, custom: dict[str, str]) -> str | None:
+    """None when `path` holds a known-good copy of `f`, else what is wrong with it."""
+    if not path.is_file():
+        return "missing"
+    got = _md5(path)
+    if got in (f.md5, custom.get(f.rel)):
+        return None
+    if f.rel in _CONTENT_MD5 and _gz_content_md5(path) == _CONTENT_MD5[f.rel]:
+        return None
+    return f"md5 {got} matches no known checksum (torchvision's is {f.md5})"
+
+
+def _problems(data_dir: Path, files: list[_File]) -> dict[_File, str]:
+    custom = _custom_checksums(data_dir)
+    found = {f: _problem(data_dir / f.rel, f, custom) for f in files}
+    return {f: problem for f, problem in found.items() if problem}
+
+
+def _error(name: str, data_dir: Path, files: list[_File], problems: dict[_File, str]) -> DatasetError:
+    """The one-line error for the first thing wrong among `files` (all missing: one message)."""
+    missing = [f.rel for f, problem in problems.items() if problem == "missing"]
+    if missing:
+        what = "not found" if len(missing) == len(files) else f"incomplete: missing {', '.join(missing)}"
+        return DatasetError(f"{name}: dataset {what} in data dir {data_dir} (expects "
+                            f"{', '.join(f.rel for f in files)}); {_how_to_get(name)}")
+    f, problem = next(iter(problems.items()))
+    return DatasetError(f"{name}: {data_dir / f.rel} is corrupt ({problem}); {_how_to_get(name)}")
+
+
+def accept_custom_files(data_dir: Path, rel_paths: list[str]) -> None:
+    """Record the md5 of files under data_dir as accepted in place of torchvision's.
+
+    The one explicit way to load files that are not the published originals: the tests'
+    tiny fakes, or a dataset a user rebuilt. A file changed after this is still caught.
+    """
+    data_dir = Path(data_dir)
+    files = _custom_checksums(data_dir)
+    files.update({rel: _md5(data_dir / rel) for rel in rel_paths})
+    doc = {"comment": "files accepted by locallearn.datasets.accept_custom_files instead of "
+                      "the originals' checksums", "files": dict(sorted(files.items()))}
+    _write_atomic(data_dir / CUSTOM_CHECKSUMS, json.dumps(doc, indent=1).encode())
+
+
+# --------------------------------------------------------------------------- decoding
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file (the MNIST family's format): big-endian header, uint8 payload."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != ndim:
+        raise ValueError(f"not an IDX file of {ndim}-D uint8 data")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    start = 4 + 4 * ndim
+    if len(raw) != start + int(np.prod(dims)):
+        raise ValueError(f"IDX header says {dims}, payload has {len(raw) - start} bytes")
+    return np.frombuffer(raw, np.uint8, offset=start).reshape(dims)
+
+
+def _read_mnist(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    images = next(p for p in paths if "images" in p.name)
+    labels = next(p for p in paths if "labels" in p.name)
+    return _read_idx(images, 3)[:, None], _read_idx(labels, 1)
+
+
+def _read_cifar(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for p in paths:
+        with open(p, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(entry["data"], np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"]))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _read_svhn(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.io import loadmat
+    mats = [loadmat(p) for p in paths]
+    # X is (H, W, C, N); torchvision's SVHN transposes it the same way. Label 10 is digit 0.
+    images = np.concatenate([np.transpose(m["X"], (3, 2, 0, 1)) for m in mats])
+    labels = np.concatenate([m["y"].astype(np.int64).reshape(-1) for m in mats])
+    return images, np.where(labels == 10, 0, labels)
+
+
+def _read_stl10(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    x_path = next(p for p in paths if p.name.endswith("_X.bin"))
+    y_path = next(p for p in paths if p.name.endswith("_y.bin"))
+    images = np.fromfile(x_path, np.uint8)
+    if images.size % (3 * 96 * 96):
+        raise ValueError(f"{images.size} bytes is not a whole number of 3x96x96 images")
+    # Column-major images, as torchvision's STL10 reads them; labels are 1-based.
+    images = images.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)
+    return images, np.fromfile(y_path, np.uint8).astype(np.int64) - 1
+
+
+_READERS = {"MNIST": _read_mnist, "FashionMNIST": _read_mnist, "KuzushijiMNIST": _read_mnist,
+            "CIFAR10": _read_cifar, "CIFAR100": _read_cifar, "SVHN": _read_svhn, "STL10": _read_stl10}
+
+
+def _decode(name: str, data_dir: Path, files: list[_File]) -> tuple[torch.Tensor, torch.Tensor]:
+    spec = SPECS[name]
+    paths = [data_dir / f.rel for f in files]
+    where = ", ".join(str(p) for p in paths)
+    try:
+        images, labels = _READERS[name](paths)
+    except MemoryError:
+        raise
+    except Exception as e:  # any failure to parse a file on disk is a data problem
+        raise DatasetError(f"{name}: cannot read {where} ({_one_line(e)}); "
+                           f"{_how_to_get(name)}") from e
+    shape = (spec.channels, spec.size, spec.size)
+    if images.shape[1:] != shape or labels.shape != (len(images),) or len(images) == 0:
+        raise DatasetError(f"{name}: {where} hold images {images.shape[1:]} x {len(images)} and "
+                           f"{labels.shape} labels, expected (N, {shape}) and N labels; {_how_to_get(name)}")
+    if labels.min() < 0 or labels.max() >= spec.num_classes:
+        raise DatasetError(f"{name}: labels in {where} outside 0..{spec.num_classes - 1}; "
+                           f"{_how_to_get(name)}")
+    # C-contiguous and writable (IDX payloads are read-only views of the file's bytes).
+    return (torch.from_numpy(np.require(images, np.uint8, ["C", "W"])),
+            torch.from_numpy(labels.astype(np.int64)))
+
+
+# --------------------------------------------------------------------------- public API
+
+def load_split(name: str, data_dir: Path, train: bool,
+               download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split as (uint8 images (N, C, H, W), int64 labels (N,)), verified on every load.
+
+    SVHN's train split is train + extra; STL10's is the 5,000 labelled images. A dataset
+    with files missing from data_dir is imported from a known offline folder
+    (OFFLINE_SOURCES) if the machine has one, else downloaded if `download`; corrupt files
+    are fetched again only if `download`. Anything else raises DatasetError.
+    """
+    data_dir = Path(data_dir)
+    files = _layout(name).split_files(train)
+    problems = _problems(data_dir, files)
+    if problems:
+        only_missing = all(problem == "missing" for problem in problems.values())
+        if not (download or (only_missing and _offline_sources(name))):
+            raise _error(name, data_dir, files, problems)
+        # Fetch all that is wrong with the dataset, not just this split: the other comes next.
+        _fetch(name, data_dir, list(_problems(data_dir, list(_layout(name).files))), download)
+        problems = _problems(data_dir, files)
+        if problems:
+            raise _error(name, data_dir, files, problems)
+    return _decode(name, data_dir, files)
+
+
+def prepare(name: str, data_dir: Path, download: bool = False, source: Path | None = None) -> None:
+    """Make `name` ready in data_dir, then check that both splits load.
+
+    With `source` (a folder of the original files, or of the original tarball for
+    CIFAR/STL10) every file is imported from it. Otherwise files already there and
+    verified are kept, and the others come from a known offline folder, else from the
+    network if `download`. Each file is checked against torchvision's md5 before it is
+    put in place.
+    """
+    data_dir = Path(data_dir)
+    files = list(_layout(name).files)
+    if source is not None:
+        _import(name, data_dir, Path(source), files)
+    else:
+        problems = _problems(data_dir, files)
+        if problems:
+            if not (download or _offline_sources(name)):
+                raise _error(name, data_dir, files, problems)
+            _fetch(name, data_dir, list(problems), download)
+    for train in (True, False):
+        load_split(name, data_dir, train)
+
+
+# --------------------------------------------------------------------------- fetching
+
+def _offline_sources(name: str) -> list[Path]:
+    return [p for p in OFFLINE_SOURCES.get(name, ()) if p.is_dir()]
+
+
+def _fetch(name: str, data_dir: Path, files: list[_File], download: bool) -> None:
+    """Install `files` from a known offline folder, else from the network if `download`."""
+    errors = []
+    for folder in _offline_sources(name):
+        try:
+            return _import(name, data_dir, folder, files)
+        except DatasetError as e:
+            errors.append(str(e))
+    if not download:
+        raise DatasetError(f"{name}: not ready in data dir {data_dir}, and importing it failed: "
+                           f"{' '.join(errors)}; {_how_to_get(name)}")
+    _download(name, data_dir, files)
+
+
+def _staging(data_dir: Path) -> Path:
+    """A private folder inside data_dir, so finished files move in by an atomic rename."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=data_dir))
+    except OSError as e:
+        raise DatasetError(f"cannot write to data dir {data_dir} ({_one_line(e)}); "
+                           "choose another with --data-dir or $LOCALLEARN_DATA") from e
+
+
+def _download(name: str, data_dir: Path, files: list[_File]) -> None:
+    """Fetch the originals of `files` (or the one tarball holding them), then import them."""
+    layout = _layout(name)
+    staging = _staging(data_dir)
+    try:
+        if layout.archive:
+            wanted = [(layout.archive.filename, (layout.archive.url,), layout.archive.md5)]
+        else:
+            wanted = [(Path(f.rel).name, f.urls, f.md5) for f in files]
+        for filename, urls, md5 in wanted:
+            failures = []
+            for url in urls:
+                try:
+                    tv_utils.download_url(url, str(staging), filename, md5)
+                    break
+                except Exception as e:  # offline, HTTP error, md5 mismatch: all mean "not fetched"
+                    failures.append(f"{url}: {_one_line(e)}")
+                    (staging / filename).unlink(missing_ok=True)
+            else:
+                raise DatasetError(
+                    f"{name}: download failed ({'; '.join(failures)}); if this machine is offline, "
+                    f"put the original files in a folder and run `locallearn data prepare {name} "
+                    f"--source DIR` (expects {', '.join(Path(f.rel).name for f in layout.files)} "
+                    f"under data dir {data_dir})")
+        _import(name, data_dir, staging, files, move=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _find(source: Path, rel: str) -> Path | None:
+    """`rel` in source as it is laid out, or any tail of it (e.g. just the file name)."""
+    parts = Path(rel).parts
+    for i in range(len(parts)):
+        candidate = source.joinpath(*parts[i:])
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _import(name: str, data_dir: Path, source: Path, files: list[_File], move: bool = False) -> None:
+    """Verify `files` in `source` against torchvision's md5, then install them all."""
+    layout = _layout(name)
+    if not source.is_dir():
+        raise DatasetError(f"{name}: source folder {source} does not exist; {_how_to_get(name)}")
+    staging = _staging(data_dir)
+    try:
+        found = {f: _find(source, f.rel) for f in files}
+        if layout.archive and not all(found.values()):
+            tarball = _find(source, layout.archive.filename)
+            if tarball is not None:
+                found = _unpack(name, tarball, layout.archive, files, staging)
+                move = True
+        missing = [Path(f.rel).name for f, path in found.items() if path is None]
+        if missing:
+            archive = f", or {layout.archive.filename}" if layout.archive else ""
+            raise DatasetError(f"{name}: {source} lacks {', '.join(missing)} (an import needs "
+                               f"{', '.join(Path(f.rel).name for f in layout.files)}{archive})")
+        for f, path in found.items():
+            problem = _problem(path, f, {})
+            if problem:
+                raise DatasetError(f"{name}: {path} is not the original file ({problem}); "
+                                   "nothing was imported")
+        for f, path in found.items():
+            _install(path, data_dir / f.rel, move)
+            if f.rel.endswith(".gz"):   # torchvision's MNIST classes read the unpacked copies
+                with gzip.open(data_dir / f.rel, "rb") as g:
+                    _write_atomic((data_dir / f.rel).with_suffix(""), g)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _unpack(name: str, tarball: Path, archive: _Archive, files: list[_File],
+            staging: Path) -> dict[_File, Path | None]:
+    """Extract just `files` from a verified tarball into staging."""
+    if _md5(tarball) != archive.md5:
+        raise DatasetError(f"{name}: {tarball} is not the original archive (md5 differs from "
+                           f"torchvision's {archive.md5}); nothing was imported")
+    wanted = {Path(f.rel).name: f for f in files}
+    found: dict[_File, Path | None] = dict.fromkeys(files)
+    try:
+        with tarfile.open(tarball) as tar:
+            for member in tar:
+                f = wanted.get(Path(member.name).name)
+                if f and member.isfile():
+                    out = staging / Path(f.rel).name
+                    with tar.extractfile(member) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                    found[f] = out
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"{name}: cannot unpack {tarball} ({_one_line(e)})") from e
+    return found
+
+
+def _install(src: Path, dest: Path, move: bool) -> None:
+    if move:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+    else:
+        with open(src, "rb") as f:
+            _write_atomic(dest, f)
+
+
+def _write_atomic(dest: Path, content) -> None:
+    """Write bytes or a file object to dest through a temporary name in the same folder."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(content, bytes):
+                out.write(content)
+            else:
+                shutil.copyfileobj(content, out, 1 << 20)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a data dir is often shared
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,462 @@
+"""MLflow tracking for `locallearn train`: one MLflow run per output folder.
+
+metrics.json is the source of truth; MLflow is its browsable mirror. Everything here is
+shaped by three facts of how the grid runs:
+
+- Jobs are killed and rerun. The run id lives in DIR/mlflow_run.json, so a resume or a
+  rerun continues the same run; the last epoch already logged is read back from the
+  store, so re-sending the whole history never duplicates a step.
+- Many jobs share one store. With SQLite, concurrent writers get "database is locked"
+  and concurrent first-time creation corrupts the schema migration: writes are retried
+  with backoff, and the database is created under a file lock.
+- A tracking server can be down. Opening a run fails within seconds with a message
+  naming the URI (MLflow's own default retries would take minutes); once training has
+  started, an outage only delays logging: the next call catches up from the history.
+
+mlflow is imported lazily: with tracking off the trainer never pays for the import.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import random
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import ConfigError, TrackingError
+
+RUN_FILE = "mlflow_run.json"
+TAG_OUT_DIR = "locallearn.out_dir"
+TAG_CONFIG_HASH = "config_hash"   # the trainer's tag; matched when a lost run file is recovered
+TAG_ERROR = "locallearn.error"
+
+# Per-epoch scalars of a metrics.json history entry, logged under the same names.
+# "epoch" is logged too: its latest value is how a reopened run knows where it stopped.
+EPOCH_KEYS = ("epoch", "train_error", "test_error", "train_loss", "train_loss_scaled",
+              "test_loss", "local_loss", "lr", "epoch_seconds", "images_per_second")
+# metrics.json keys logged once at the end ("test_error" as final_test_error: its
+# per-epoch series already owns every step).
+SUMMARY_KEYS = {"test_error": "final_test_error", "train_error": "final_train_error",
+                "params_backprop": "params_backprop", "params_total": "params_total",
+                "wall_seconds": "wall_seconds", "peak_memory_bytes": "peak_memory_bytes"}
+
+MAX_PARAM_LENGTH = 6000   # MLflow 3 rejects longer param values
+MAX_TAG_LENGTH = 8000     # ... and longer tag values
+PROBE_DEADLINE_S = 15     # how long an unreachable server is tried before giving up
+RETRY_DEADLINE_S = 120    # how long a locked SQLite database is waited for
+
+# MLflow's defaults retry an unreachable server for minutes (7 retries, 120 s timeout):
+# these bound a call during an outage to ~10 s (refused) or ~90 s (no answer at all).
+# A user's own settings win.
+_MLFLOW_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",                 # no INFO lines about migrations
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # no "🏃 View run" lines in job logs
+    "MLFLOW_DISABLE_TELEMETRY": "true",                # cluster nodes are often offline
+}
+
+log = logging.getLogger("locallearn.tracking")
+
+
+def resolve_uri(flag: str | None) -> str | None:
+    """The tracking URI: the flag, else $MLFLOW_TRACKING_URI, else None (tracking off).
+    An empty flag turns tracking off even where the variable is set."""
+    if flag is not None:
+        return flag or None
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create the experiment if it is missing and return its id. Safe to call from many
+    processes at once: a lost creation race just reads the winner's experiment."""
+    return _experiment_id(_client(uri), uri, name)
+
+
+def cli_init(argv: list[str]) -> int:
+    """`locallearn tracking init`: create the store and the experiment once, before the
+    jobs start, so they never race to create either."""
+    p = argparse.ArgumentParser(prog="locallearn tracking init",
+                                description="Create the MLflow store and experiment.")
+    p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--experiment", default="locallearn", help="experiment name")
+    args = p.parse_args(argv)
+    uri = resolve_uri(args.uri)
+    if uri is None:
+        raise ConfigError("--uri: no tracking URI given and MLFLOW_TRACKING_URI is not set")
+    exp_id = ensure_experiment(uri, args.experiment)
+    print(f"MLflow experiment {args.experiment!r} (id {exp_id}) ready at {uri}")
+    return 0
+
+
+class RunTracker:
+    """The MLflow run of one output folder. Opened with uri None it does nothing, so the
+    trainer calls it unconditionally."""
+
+    def __init__(self, client=None, uri: str | None = None, run_id: str | None = None,
+                 last_epoch: int = 0):
+        self._client = client
+        self._uri = uri
+        self._run_id = run_id
+        self._last_epoch = last_epoch   # None: unknown after a failed write, re-read it
+        self._warned = False
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
+
+    @classmethod
+    def open(cls, out_dir: Path, uri: str | None, experiment: str, run_name: str,
+             tags: dict[str, str], params: dict) -> "RunTracker":
+        """Continue the folder's run (status back to RUNNING) or create it. Raises
+        TrackingError when the store cannot be reached, before any training starts."""
+        if uri is None:
+            return cls()
+        out_dir = Path(out_dir).resolve()
+        client = _client(uri)
+        exp_id = _experiment_id(client, uri, experiment)
+        tags = {**{k: str(v) for k, v in tags.items()}, TAG_OUT_DIR: str(out_dir)}
+
+        def open_run():
+            run = _stored_run(client, out_dir, exp_id) or _tagged_run(client, exp_id, tags)
+            if run is None:
+                run = client.create_run(exp_id, run_name=run_name, tags=tags)
+            _write_run_file(out_dir, uri, exp_id, run.info.run_id)
+            return run
+
+        run = _call(uri, "open the run", open_run)
+        run_id = run.info.run_id
+        new_params = {k: v for k, v in _param_strings(params).items()
+                      if k not in run.data.params}  # a rerun's extra flags may differ: keep the first
+        _call(uri, "start the run", lambda: _log_run_start(client, run_id, run_name, tags, new_params))
+        return cls(client, uri, run_id, int(run.data.metrics.get("epoch", 0)))
+
+    def log_history(self, history: list[dict]) -> None:
+        """Log every epoch of `history` (metrics.json's list) not yet in the run, one
+        batch per epoch so an epoch is stored whole or not at all. A store that fails
+        now only warns: training goes on and the next call sends what is missing."""
+        if self._client is None:
+            return
+        try:
+            self._sync(history)
+        except TrackingError as e:
+            if not self._warned:
+                log.warning("locallearn: warning: %s; training goes on, the missing epochs "
+                            "are sent at the next epoch", e)
+                self._warned = True
+
+    def finish(self, status: str, metrics: dict | None = None, artifacts: list[Path] = ()) -> None:
+        """End the run. FINISHED: send any missing epochs, the summary metrics and the
+        artifacts, then the status; raises TrackingError if the store cannot take them
+        (rerunning the same command finishes the job). FAILED: status and the error tag,
+        never raising, so the trainer's own error is the one the user sees."""
+        if self._client is None:
+            return
+        metrics = metrics or {}
+        if status == "FAILED":
+            try:
+                self._fail(metrics.get("error"))
+            except TrackingError as e:
+                log.warning("locallearn: warning: could not mark the MLflow run FAILED: %s", e)
+            return
+        if status != "FINISHED":
+            raise ValueError(f"status must be FINISHED or FAILED, got {status!r}")
+        if "history" in metrics:
+            self._sync(metrics["history"])
+        client, run_id = self._client, self._run_id
+        logged = _call(self._uri, "read the run", lambda: client.get_run(run_id)).data.metrics
+        now = _now_ms()
+        summary = [_metric(name, metrics[key], now, 0) for key, name in SUMMARY_KEYS.items()
+                   if _is_number(metrics.get(key)) and logged.get(name) != float(metrics[key])]
+        _call(self._uri, "log the summary", lambda: client.log_batch(run_id, metrics=summary))
+        for path in map(Path, artifacts):
+            if path.is_file():
+                _call(self._uri, f"upload {path.name}", lambda: client.log_artifact(run_id, str(path)))
+            else:
+                log.warning("locallearn: warning: artifact %s does not exist; not uploaded", path)
+        _call(self._uri, "finish the run", lambda: client.set_terminated(run_id, "FINISHED"))
+
+    def _sync(self, history: list[dict]) -> None:
+        client, run_id = self._client, self._run_id
+        if self._last_epoch is None:
+            run = _call(self._uri, "read the run", lambda: client.get_run(run_id))
+            self._last_epoch = int(run.data.metrics.get("epoch", 0))
+        for entry in sorted(history, key=lambda h: h["epoch"]):
+            if entry["epoch"] <= self._last_epoch:
+                continue
+            batch = _epoch_metrics(entry, _now_ms())
+            try:
+                # the same Metric objects on every retry: a write that landed but was
+                # reported failed is deduplicated by the store, not doubled
+                _call(self._uri, f"log epoch {entry['epoch']}",
+                      lambda: client.log_batch(run_id, metrics=batch))
+            except TrackingError:
+                self._last_epoch = None
+                raise
+            self._last_epoch = entry["epoch"]
+            self._warned = False
+
+    def _fail(self, error: str | None) -> None:
+        client, run_id = self._client, self._run_id
+        reason = str(error or "").strip().split("\n", 1)[0][:MAX_TAG_LENGTH]
+        if reason:
+            _call(self._uri, "tag the error", lambda: client.set_tag(run_id, TAG_ERROR, reason))
+        _call(self._uri, "mark the run FAILED", lambda: client.set_terminated(run_id, "FAILED"))
+
+
+# --- the store ---------------------------------------------------------------------
+
+def _client(uri: str):
+    """An MlflowClient for `uri` whose store is known to answer. HTTP: probe the server;
+    SQLite: create the database (and its folder) once, under a lock."""
+    _quiet_mlflow()
+    from mlflow import MlflowClient
+
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        _probe_server(uri)
+    with _sqlite_init_lock(uri):
+        # the client builds its store at once: for a new SQLite file, the migrations
+        client = _call(uri, "open the store", lambda: MlflowClient(tracking_uri=uri))
+        _call(uri, "read the store", lambda: client.search_experiments(max_results=1))
+    return client
+
+
+def _quiet_mlflow() -> None:
+    """Keep job logs to the trainer's lines: MLflow logs migrations at INFO, and every
+    SQLite lock conflict (which _call retries) as an ERROR with a traceback."""
+    for key, value in _MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
+    import mlflow  # noqa: F401  (configures MLflow's loggers from the environment)
+
+    # again, for a process that imported mlflow before us
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+def _probe_server(uri: str) -> None:
+    """Fail within PROBE_DEADLINE_S when nothing answers at `uri`. Any HTTP answer counts
+    as reachable; what it means is left to the MLflow call that follows."""
+    import requests
+
+    url = uri.rstrip("/") + "/health"
+    start = time.monotonic()
+    deadline = start + PROBE_DEADLINE_S
+    delay = 1.0
+    while True:
+        try:
+            requests.get(url, timeout=(3, 5))
+            return
+        except requests.RequestException as e:
+            reason = type(e).__name__
+        if time.monotonic() + delay >= deadline:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is not reachable ({reason}, tried for "
+                f"{time.monotonic() - start:.0f} s): "
+                "start it (mlflow server ...), fix --mlflow-uri / MLFLOW_TRACKING_URI, "
+                "or run without tracking (--mlflow-uri '')")
+        time.sleep(delay)
+        delay *= 2
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (None for other stores and in-memory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path).resolve() if path and path != ":memory:" else None
+
+
+@contextmanager
+def _sqlite_init_lock(uri: str):
+    """Serialise store initialisation between processes. Two processes creating the same
+    SQLite file run the schema migrations at once and break them ("duplicate column",
+    alembic version mismatches), which no retry repairs."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # alembic warns about unnamed constraints while migrating
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts. SQLite: `mlartifacts` beside the database,
+    so they land under results/ (MLflow's default is ./mlruns of whatever the CWD is).
+    Servers and other databases: their own default (the server's artifact root)."""
+    db = _sqlite_path(uri)
+    return (db.parent / "mlartifacts").as_uri() if db else None
+
+
+def _experiment_id(client, uri: str, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    def get_or_create():
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                return client.create_experiment(name, artifact_location=_artifact_location(uri))
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp = client.get_experiment_by_name(name)   # another process won the race
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {name!r} in {uri} is deleted: restore it "
+                f"(mlflow experiments restore --experiment-id {exp.experiment_id}) "
+                "or choose another --mlflow-experiment")
+        return exp.experiment_id
+
+    with _sqlite_init_lock(uri):
+        return _call(uri, f"create experiment {name!r}", get_or_create)
+
+
+# --- finding the folder's run ---------------------------------------------------------
+
+def _stored_run(client, out_dir: Path, exp_id: str):
+    """The run named in DIR/mlflow_run.json, if it still exists, is active and belongs to
+    this experiment (a new experiment or store gets its own run)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run_id = json.loads((out_dir / RUN_FILE).read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    if run.info.experiment_id != exp_id or run.info.lifecycle_stage != "active":
+        return None
+    return run
+
+
+def _tagged_run(client, exp_id: str, tags: dict[str, str]):
+    """The oldest active run tagged with this folder (and config hash): the run file was
+    lost, e.g. killed between creating the run and writing the file. The folder is
+    compared here, not in the filter, because a path may contain any quote character."""
+    filt = f"tags.`{TAG_CONFIG_HASH}` = '{tags[TAG_CONFIG_HASH]}'" if TAG_CONFIG_HASH in tags else ""
+    token = None
+    while True:
+        page = client.search_runs([exp_id], filter_string=filt, max_results=1000,
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        for run in page:
+            if run.data.tags.get(TAG_OUT_DIR) == tags[TAG_OUT_DIR]:
+                return run
+        token = page.token
+        if not token:
+            return None
+
+
+def _write_run_file(out_dir: Path, uri: str, exp_id: str, run_id: str) -> None:
+    """Atomic (write, then rename): a kill leaves the old file or the new one, never half."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{RUN_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"run_id": run_id, "experiment_id": exp_id, "tracking_uri": uri},
+                              indent=1) + "\n")
+    os.replace(tmp, out_dir / RUN_FILE)
+
+
+def _log_run_start(client, run_id: str, run_name: str, tags: dict, params: dict) -> None:
+    from mlflow.entities import Param, RunTag
+
+    client.update_run(run_id, status="RUNNING", name=run_name)
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                     tags=[RunTag(k, v[:MAX_TAG_LENGTH]) for k, v in tags.items()])
+
+
+# --- values ---------------------------------------------------------------------------
+
+def _param_strings(params: dict) -> dict[str, str]:
+    """Flags as MLflow params: lists joined with spaces, everything a string, values over
+    MLflow's limit cut with a visible marker."""
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, (list, tuple)):
+            value = " ".join(map(str, value))
+        value = str(value)
+        if len(value) > MAX_PARAM_LENGTH:
+            value = value[:MAX_PARAM_LENGTH - 14] + "...[truncated]"
+        out[str(key)] = value
+    return out
+
+
+def _epoch_metrics(entry: dict, timestamp: int) -> list:
+    step = int(entry["epoch"])
+    out = [_metric(k, entry[k], timestamp, step) for k in EPOCH_KEYS if _is_number(entry.get(k))]
+    for layer in entry.get("local") or ():
+        k = layer["layer"]
+        for src, name in (("loss", f"local_loss_layer{k}"), ("error", f"local_error_layer{k}")):
+            if _is_number(layer.get(src)):
+                out.append(_metric(name, layer[src], timestamp, step))
+    return out
+
+
+def _metric(key: str, value, timestamp: int, step: int):
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), timestamp, step)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _transient(exc: Exception) -> bool:
+    """Errors that pass if tried again: SQLite lock conflicts (raw, or wrapped by MLflow
+    as TEMPORARILY_UNAVAILABLE, which a server also answers with HTTP 503)."""
+    return ("database is locked" in str(exc)
+            or getattr(exc, "error_code", None) == "TEMPORARILY_UNAVAILABLE")
+
+
+def _call(uri: str, what: str, fn):
+    """Run one store operation: transient errors are retried with jittered exponential
+    backoff for up to RETRY_DEADLINE_S; anything else becomes a TrackingError naming the
+    store and the operation."""
+    deadline = time.monotonic() + RETRY_DEADLINE_S
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except TrackingError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any store failure is reported the same way
+            if _transient(e) and time.monotonic() + delay < deadline:
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 2.0)
+                continue
+            raise TrackingError(f"MLflow store {uri}: could not {what}: {_reason(e)}") from e
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the error, cut short, and its root cause, which MLflow's long
+    messages bury at the end (e.g. "ConnectionRefusedError: Connection refused")."""
+    def short(e: BaseException, n: int) -> str:
+        text = " ".join(str(e).split()) or type(e).__name__
+        return text if len(text) <= n else text[:n - 3] + "..."
+
+    root = exc
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    if root is exc:
+        return short(exc, 300)
+    return f"{short(exc, 160)} (cause: {type(root).__name__}: {short(root, 120)})"

@@ -1,0 +1,61 @@
+"""Every dataset of the paper through `locallearn train`, from small files in its real
+on-disk format: shapes, classes, normalisation and augmentation per SPEC.md."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fake_data import write_fake
+from locallearn import train as train_mod
+from locallearn.cells import read_cells, recipe_args
+from locallearn.cli import describe
+from locallearn.config import parse_train_args
+from locallearn.data import load_splits
+from locallearn.datasets import SPECS
+
+SHAPES = {"MNIST": (1, 28, 10), "FashionMNIST": (1, 28, 10), "KuzushijiMNIST": (1, 28, 10),
+          "CIFAR10": (3, 32, 10), "CIFAR100": (3, 32, 100), "SVHN": (3, 32, 10), "STL10": (3, 96, 10)}
+# SPEC.md, Data: augmentation per dataset (crop padding, horizontal flip)
+AUGMENT = {"MNIST": (2, False), "FashionMNIST": (2, True), "KuzushijiMNIST": (0, False),
+           "CIFAR10": (4, True), "CIFAR100": (4, True), "SVHN": (0, False), "STL10": (0, False)}
+
+
+def cfg_for(name, tmp_path, *extra):
+    return parse_train_args(["--model", "mlp", "--dataset", name, "--num-layers", "1", "--num-hidden", "16",
+                             "--epochs", "1", "--batch-size", "32", "--data-dir", str(tmp_path / "data"),
+                             "--out", str(tmp_path / "run"), "--mlflow-uri", "", *extra])
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_train_one_epoch_on_real_format_files(name, tmp_path):
+    train_labels, test_labels = write_fake(name, tmp_path / "data")
+    cfg = cfg_for(name, tmp_path, "--cutout", "--length", "8")
+    train, test, spec = load_splits(cfg, torch.device("cpu"))
+    c, s, k = SHAPES[name]
+    assert train.images.shape[1:] == (c, s, s) and train.images.dtype == torch.uint8
+    assert train.n == len(train_labels) and test.n == len(test_labels)
+    assert int(train.labels.max()) < k and spec.num_classes == k
+    assert (spec.crop_padding, spec.hflip) == AUGMENT[name]
+    assert (train.augment.crop_padding, train.augment.hflip, train.augment.cutout_length) == (*AUGMENT[name], 8)
+    assert test.augment.cutout_length == 0 and test.augment.crop_padding == 0  # test: normalised only
+    # normalisation with the dataset's constants
+    x, _ = next(test.eval_batches(4))
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    torch.testing.assert_close(x, (test.images[:4].float() / 255 - mean) / std)
+    m = train_mod.run(cfg)
+    assert m["epochs"] == 1 and 0 <= m["test_error"] <= 100
+
+
+def test_classes_per_batch_sampler_on_cifar100(tmp_path):
+    write_fake("CIFAR100", tmp_path / "data")
+    m = train_mod.run(cfg_for("CIFAR100", tmp_path, "--loss-sup", "sim", "--classes-per-batch", "20",
+                              "--classes-per-batch-until-epoch", "1", "--batch-size", "128"))
+    assert m["epochs"] == 1
+
+
+@pytest.mark.parametrize("row", read_cells(), ids=lambda r: r["cell"])
+def test_describe_reports_input_and_classes(row):
+    d = describe(parse_train_args(recipe_args(row)))
+    c, s, k = SHAPES[row["dataset"]]
+    assert d["input_shape"] == [c, s, s] and d["num_classes"] == k == SPECS[row["dataset"]].num_classes

@@ -1,0 +1,188 @@
+"""GPU leases without a GPU: fake device counts, real processes, real flocks."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from locallearn.errors import LocallearnError
+from locallearn.gpulease import GpuLeaseError, detect_gpu_count, lease_gpu, lease_status
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A child job: lease, report what it got, then hold the lease until told to go.
+CHILD = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from locallearn.gpulease import lease_gpu
+    lock_dir, slots, report, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    lease = lease_gpu(lock_dir, slots_per_gpu=slots, wait_seconds=float(os.environ.get("WAIT", "0")))
+    report.write_text(f"{lease.index} {lease.slot} {os.environ['CUDA_VISIBLE_DEVICES']}")
+    while not go.exists():
+        time.sleep(0.05)
+""")
+
+
+def _env(count: int) -> dict:
+    env = dict(os.environ, LOCALLEARN_GPU_COUNT=str(count), PYTHONPATH=str(REPO))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def _spawn(tmp_path: Path, name: str, count: int, slots: int = 1, wait: float = 0) -> tuple[subprocess.Popen, Path]:
+    report = tmp_path / f"{name}.report"
+    env = _env(count)
+    env["WAIT"] = str(wait)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "locks"), str(slots), str(report), str(tmp_path / "go")],
+        env=env, stderr=subprocess.PIPE, text=True)
+    return proc, report
+
+
+def _wait_reports(procs_reports, timeout: float = 30.0) -> list[tuple[int, int, str]]:
+    deadline = time.monotonic() + timeout
+    out = []
+    for proc, report in procs_reports:
+        while not report.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"child exited {proc.returncode}: {proc.stderr.read()}")
+            assert time.monotonic() < deadline, "child did not report a lease in time"
+            time.sleep(0.05)
+        while not report.read_text():
+            time.sleep(0.01)
+        index, slot, cvd = report.read_text().split()
+        out.append((int(index), int(slot), cvd))
+    return out
+
+
+def _finish(tmp_path: Path, procs) -> None:
+    (tmp_path / "go").touch()
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def _no_scheduler_gpu(monkeypatch):
+    # lease_gpu sets CUDA_VISIBLE_DEVICES in this process for the in-process tests
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    for name in ("LOCALLEARN_GPU_COUNT", "LOCALLEARN_GPU_SLOTS", "LOCALLEARN_GPU_WAIT", "LOCALLEARN_GPU_LOCK_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_concurrent_processes_get_distinct_gpus(tmp_path):
+    children = [_spawn(tmp_path, f"job{i}", count=4) for i in range(4)]
+    try:
+        got = _wait_reports(children)
+        assert sorted(index for index, _, _ in got) == [0, 1, 2, 3]
+        assert all(slot == 0 for _, slot, _ in got)
+        # each job sees exactly its own GPU
+        assert all(cvd == str(index) for index, _, cvd in got)
+        # a fifth job finds none free and says so clearly
+        extra, _ = _spawn(tmp_path, "job5", count=4, wait=0.3)
+        extra.wait(timeout=30)
+        err = extra.stderr.read()
+        assert extra.returncode != 0
+        assert "all 4 GPU(s)" in err and "leased" in err
+    finally:
+        _finish(tmp_path, [p for p, _ in children])
+
+
+def test_sigkilled_holder_frees_its_gpu(tmp_path):
+    holder, report = _spawn(tmp_path, "holder", count=1)
+    try:
+        assert _wait_reports([(holder, report)]) == [(0, 0, "0")]
+        with pytest.raises(GpuLeaseError, match="all 1 GPU"):
+            lease_gpu(tmp_path / "locks", count=1, wait_seconds=0)
+        status = lease_status(tmp_path / "locks", count=1)
+        assert status[0][2] is not None and f"pid {holder.pid}" in status[0][2]
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        lease = lease_gpu(tmp_path / "locks", count=1, wait_seconds=5)
+        assert lease is not None and lease.index == 0
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+        lease.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_waits_for_a_lease_to_free_up(tmp_path):
+    # a holder that ends soon (a job finishing): the waiting job then gets its GPU
+    holder, report = _spawn(tmp_path, "holder", count=1)
+    try:
+        _wait_reports([(holder, report)])
+        start = time.monotonic()
+        subprocess.Popen(["sh", "-c", f"sleep 0.7; touch {tmp_path / 'go'}"])
+        lease = lease_gpu(tmp_path / "locks", count=1, wait_seconds=20)
+        waited = time.monotonic() - start
+        assert lease is not None and lease.index == 0
+        assert 0.5 < waited < 15
+        lease.release()
+    finally:
+        holder.wait(timeout=30)
+
+
+def test_slots_per_gpu_share_cards_after_spreading(tmp_path):
+    # 2 GPUs x 2 slots: four concurrent jobs, two per card, none left for a fifth
+    children = [_spawn(tmp_path, f"job{i}", count=2, slots=2) for i in range(4)]
+    try:
+        got = _wait_reports(children)
+        assert sorted((index, slot) for index, slot, _ in got) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        with pytest.raises(GpuLeaseError):
+            lease_gpu(tmp_path / "locks", count=2, slots_per_gpu=2, wait_seconds=0)
+    finally:
+        _finish(tmp_path, [p for p, _ in children])
+
+
+def test_in_process_order_spreads_before_sharing(tmp_path):
+    leases = [lease_gpu(tmp_path, count=2, slots_per_gpu=2, wait_seconds=0) for _ in range(4)]
+    assert [(lease.index, lease.slot) for lease in leases] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    leases[1].release()
+    again = lease_gpu(tmp_path, count=2, slots_per_gpu=2, wait_seconds=0)
+    assert (again.index, again.slot) == (1, 0)
+    for lease in leases + [again]:
+        lease.release()
+
+
+def test_no_gpu_means_no_lease(tmp_path, monkeypatch):
+    assert lease_gpu(tmp_path, count=0) is None
+    monkeypatch.setenv("LOCALLEARN_GPU_COUNT", "0")
+    assert detect_gpu_count() == 0
+    assert lease_gpu(tmp_path) is None
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_env_overrides_and_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALLEARN_GPU_COUNT", "3")
+    monkeypatch.setenv("LOCALLEARN_GPU_LOCK_DIR", str(tmp_path / "envlocks"))
+    monkeypatch.setenv("LOCALLEARN_GPU_SLOTS", "2")
+    assert detect_gpu_count() == 3
+    with lease_gpu(wait_seconds=0) as lease:
+        assert lease.path.parent == tmp_path / "envlocks"
+        assert lease.held
+    assert not lease.held
+    monkeypatch.setenv("LOCALLEARN_GPU_COUNT", "many")
+    with pytest.raises(LocallearnError, match="LOCALLEARN_GPU_COUNT"):
+        lease_gpu(tmp_path)
+
+
+def test_detect_counts_nvidia_smi_gpus(tmp_path, monkeypatch):
+    # no NVML here; a fake nvidia-smi on PATH stands for the driver's tool
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'GPU 0: Fake (UUID: GPU-0)'\necho 'GPU 1: Fake (UUID: GPU-1)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    torch = pytest.importorskip("torch")
+    if not torch.backends.cuda.is_built():
+        pytest.skip("CPU-only torch build: detection answers 0 before asking nvidia-smi")
+    if torch.cuda._device_count_nvml() >= 0:
+        pytest.skip("NVML answers on this machine; nvidia-smi is not consulted")
+    assert detect_gpu_count() == 2

@@ -1,0 +1,90 @@
+"""Networks: parameter counts against the paper, the decoder pooling rule, and every
+seed README recipe accepted verbatim by `locallearn describe`."""
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from conftest import REPO
+from locallearn.cells import published_params_millions, read_cells, recipe_args
+from locallearn.cli import describe
+from locallearn.config import parse_train_args
+from locallearn.models import MODELS, VGG_CONFIGS
+
+ROWS = read_cells()
+
+# SPEC.md: the one published count inconsistent with its own architecture.
+TRUE_COUNT_MILLIONS = {"CIFAR100/mlp": 27.5}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["cell"] for r in ROWS])
+def test_params_match_published(row):
+    d = describe(parse_train_args(recipe_args(row)))
+    published = published_params_millions(row)
+    if published is None:  # the bio rows publish no count
+        return
+    expected = TRUE_COUNT_MILLIONS.get(f"{row['dataset']}/{row['model']}", published)
+    assert round(d["params_backprop"] / 1e6, 1) == expected
+    assert d["params_total"] >= d["params_backprop"]
+
+
+@pytest.mark.parametrize("cell,exact", [
+    ("mnist-mlp-backprop", 2_919_434), ("cifar10-vgg8b-backprop", 8_903_434),
+    ("cifar10-vgg11b-x3-backprop", 91_276_298), ("cifar10-mlp-backprop", 27_273_010),
+    ("stl10-vgg8b-backprop", 11_540_234), ("cifar100-mlp-backprop", 27_543_100),
+])
+def test_exact_counts_of_spec(cell, exact):
+    row = next(r for r in ROWS if r["cell"] == cell)
+    assert describe(parse_train_args(recipe_args(row)))["params_backprop"] == exact
+
+
+def test_decoder_pooling_vgg8b_cifar_2048():
+    row = next(r for r in ROWS if r["cell"] == "cifar10-vgg8b-predsim")
+    layers = describe(parse_train_args(recipe_args(row)))["layers"]
+    conv = [layer for layer in layers if layer["kind"] == "conv"]
+    assert [tuple(layer["pool_kernel"]) for layer in conv] == [(8, 8), (16, 8), (8, 4), (8, 8), (4, 4), (2, 2)]
+    assert all(layer["decoder_in"] == 2048 for layer in conv)
+
+
+def test_decoder_pooling_mnist_1024():
+    row = next(r for r in ROWS if r["cell"] == "mnist-vgg8b-predsim")
+    d = describe(parse_train_args(recipe_args(row)))
+    conv = [layer for layer in d["layers"] if layer["kind"] == "conv"]
+    assert all(layer["decoder_in"] == 1024 for layer in conv)
+    assert d["input_shape"] == [1, 28, 28] and d["num_classes"] == 10
+
+
+def test_stl10_uses_7x7_stride2_stem():
+    from locallearn.models import build_model
+    row = next(r for r in ROWS if r["cell"] == "stl10-vgg8b-predsim")
+    model = build_model(parse_train_args(recipe_args(row)), 3, 96, 10)
+    stem = model.blocks[0].layer
+    assert stem.kernel_size == (7, 7) and stem.stride == (2, 2) and stem.padding == (3, 3)
+    assert model.blocks[1].layer.kernel_size == (3, 3)
+
+
+def test_every_vgg_config_builds_and_num_layers_zero():
+    for name in VGG_CONFIGS:
+        assert name in MODELS
+        d = describe(parse_train_args(["--model", name, "--dataset", "CIFAR10", "--num-layers", "0"]))
+        assert d["params_backprop"] > 0 and all(layer["kind"] == "conv" for layer in d["layers"])
+
+
+def seed_readme_commands() -> list[list[str]]:
+    """The seed README's `python train.py ...` recipes, each also with the variants the
+    README says to append (pred, sim, backprop, bio, cutout)."""
+    text = (REPO / "tests" / "fixtures" / "seed_README.md").read_text()
+    base = [shlex.split(m) for m in re.findall(r"^python train\.py (.*)$", text, flags=re.M)]
+    variants = [[], ["--loss-sup", "pred"], ["--loss-sup", "sim"], ["--backprop"], ["--bio"],
+                ["--cutout", "--length", "14"]]
+    return [b + v for b in base for v in variants]
+
+
+def test_seed_readme_recipes_all_parse():
+    cmds = seed_readme_commands()
+    assert len(cmds) == 5 * 6
+    for argv in cmds:
+        d = describe(parse_train_args(argv))
+        assert d["params_backprop"] > 0

@@ -1,0 +1,226 @@
+"""Table compilation (exact markdown on fixture metrics.json files), the README splice,
+the figures and `cli_tables`. Fixtures: tests/fixtures/runs (full-budget runs: several
+seeds, one cell missing, one outside tolerance, the CIFAR-100 #Params discrepancy, a
+cell without a published number) and tests/fixtures/budget_runs (a quick-preset run)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from locallearn import figures, tables
+from locallearn.cells import read_cells
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOL = {"default": 0.5, "FashionMNIST": 0.3, "CIFAR100": 1.0}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _rows(*cells_or_prefixes: str) -> list[dict]:
+    return [r for r in read_cells() if any(r["cell"] == c or (c.endswith("*") and r["cell"].startswith(c[:-1]))
+                                           for c in cells_or_prefixes)]
+
+
+@pytest.fixture
+def rows():
+    return _rows("fmnist-mlp-*", "cifar100-mlp-backprop", "cifar10-vgg8b-bio-pred")
+
+
+@pytest.fixture
+def compiled(rows):
+    runs = tables.load_runs(FIXTURES / "runs", rows, [1, 2, 3])
+    return tables.compile_tables(rows, runs, expected_seeds=3, tolerance=TOL)
+
+
+FMNIST = """\
+### Results on Fashion-MNIST with 2 pixel jittering and horizontal flipping
+
+| Network   | #Params   | Global loss        | Local loss 'pred'       | Local loss 'sim'   | Local loss 'predsim'   |
+|:----------|:----------|:-------------------|:------------------------|:-------------------|:-----------------------|
+| mlp       | 2.9M      | 8.40 ± 0.05 (8.37) | 9.10 [1/3 seeds] (8.60) | not run (9.70)     | 8.55 ± 0.05 (8.54)     |
+"""
+
+CIFAR10 = """\
+### Results on CIFAR-10 with data augmentation
+
+| Network   | #Params   | Global loss   | Local loss 'pred'      | Local loss 'sim'   | Local loss 'predsim'   |
+|:----------|:----------|:--------------|:-----------------------|:-------------------|:-----------------------|
+| vgg8b bio | 8.9M      | -             | 9.00 [1/3 seeds] (n/a) | -                  | -                      |
+"""
+
+CIFAR100 = """\
+### Results on CIFAR-100 with data augmentation
+
+| Network   | #Params       | Global loss               | Local loss 'pred'   | Local loss 'sim'   | Local loss 'predsim'   |
+|:----------|:--------------|:--------------------------|:--------------------|:-------------------|:-----------------------|
+| mlp       | 27.5M (27.3M) | 62.00 [1/3 seeds] (62.57) | -                   | -                  | -                      |
+"""
+
+SUMMARY = """\
+### Summary
+
+| Cell                   | Seeds   | Published   | Ours              | Delta   | Verdict                  |
+|:-----------------------|:--------|:------------|:------------------|:--------|:-------------------------|
+| fmnist-mlp-backprop    | 3       | 8.37        | 8.40 ± 0.05       | +0.03   | within tolerance (±0.3)  |
+| fmnist-mlp-pred        | 1       | 8.60        | 9.10 [1/3 seeds]  | +0.50   | outside tolerance (±0.3) |
+| fmnist-mlp-sim         | 0       | 9.70        | not run           | -       | not yet run              |
+| fmnist-mlp-predsim     | 3       | 8.54        | 8.55 ± 0.05       | +0.01   | within tolerance (±0.3)  |
+| cifar10-vgg8b-bio-pred | 1       | n/a         | 9.00 [1/3 seeds]  | -       | no published number      |
+| cifar100-mlp-backprop  | 1       | 62.57       | 62.00 [1/3 seeds] | -0.57   | within tolerance (±1)    |
+
+6 cells: 3 within tolerance, 1 outside, 0 budget runs, 1 without a published number, 1 not yet run.
+"""
+
+
+def test_dataset_tables_exact(compiled):
+    # several seeds (mean ± std), a partial cell, a missing cell (never 0), the #Params
+    # discrepancy of CIFAR-100's mlp (27.5M true, 27.3M published), no published number
+    assert compiled["FashionMNIST"] == FMNIST
+    assert compiled["CIFAR10"] == CIFAR10
+    assert compiled["CIFAR100"] == CIFAR100
+
+
+def test_summary_exact(compiled):
+    assert compiled["summary"] == SUMMARY
+
+
+def test_block_order_and_links(rows):
+    runs = tables.load_runs(FIXTURES / "runs", rows, [1, 2, 3])
+    out = tables.compile_tables(rows, runs, expected_seeds=3, tolerance=TOL, intro="Intro.",
+                                figure_prefix="figs/curves/", scatter="figs/scatter.png")
+    block = out["tables"]
+    assert block.startswith("Intro.\n\n" + tables.NOTE + "\n\n![ours vs published](figs/scatter.png)\n\n")
+    # datasets in cells.tsv order, then the summary
+    idx = [block.index(s) for s in ("Fashion-MNIST", "CIFAR-10 ", "CIFAR-100", "### Summary")]
+    assert idx == sorted(idx)
+    assert "[fmnist-mlp-pred](figs/curves/fmnist-mlp-pred.png)" in block
+    assert "| fmnist-mlp-sim " in block          # not run: no link to a figure that does not exist
+    assert block.endswith("1 not yet run.\n")
+
+
+def test_nothing_run_shows_not_run_never_zero():
+    rows = _rows("mnist-*")
+    out = tables.compile_tables(rows, {}, tolerance=TOL, scatter="s.png")
+    assert "0.00" not in out["tables"] and "![" not in out["tables"]
+    assert "| mlp            | 2.9M      | not run (0.75) | not run (0.68)" in out["MNIST"]
+    assert "| vgg8b + cutout | 7.3M      | -              | -" in out["MNIST"]
+    assert "9 cells: 0 within tolerance, 0 outside, 0 budget runs, 0 without a published number, " \
+           "9 not yet run." in out["summary"]
+
+
+def test_budget_runs_state_their_budget():
+    rows = _rows("fmnist-mlp-*")
+    runs = tables.load_runs(FIXTURES / "budget_runs", rows, [1])
+    out = tables.compile_tables(rows, runs, expected_seeds=1, tolerance=TOL)
+    assert "| mlp       | 2.9M      | 45.50 [2/200 ep, 512 train ex, 512 test ex] (8.37) | not run (8.60)" \
+        in out["FashionMNIST"]
+    assert ("| fmnist-mlp-backprop | 1       | 8.37        | 45.50 [2/200 ep, 512 train ex, 512 test ex] "
+            "| +37.13  | budget run (not compared) |") in out["summary"]
+
+
+def test_load_runs_discovers_seeds_and_reports_bad_json(tmp_path, rows):
+    runs = tables.load_runs(FIXTURES / "runs", rows, None)
+    assert [m["seed"] for m in runs["fmnist-mlp-backprop"]] == [1, 2, 3]
+    assert "fmnist-mlp-sim" not in runs
+    assert [m["seed"] for m in tables.load_runs(FIXTURES / "runs", rows, [2])["fmnist-mlp-backprop"]] == [2]
+    bad = tmp_path / "fmnist-mlp-sim" / "seed1" / "metrics.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    with pytest.raises(tables.TablesError, match="fmnist-mlp-sim/seed1/metrics.json"):
+        tables.load_runs(tmp_path, rows, [1])
+
+
+README = """# Title
+
+Text before, with a marker-like line: <!-- locallearn:tables -->
+
+<!-- locallearn:tables:begin -->
+old tables
+<!-- locallearn:tables:end -->
+
+## After
+Text after.
+"""
+
+
+def test_splice_replaces_only_between_markers():
+    out = tables.splice_text(README, "NEW\nBLOCK\n")
+    before, after = README.split(tables.BEGIN)[0], README.split(tables.END)[1]
+    assert out == before + tables.BEGIN + "\nNEW\nBLOCK\n" + tables.END + after
+    assert tables.splice_text(out, "NEW\nBLOCK\n") == out          # idempotent
+
+
+def test_splice_file_writes_only_on_change(tmp_path):
+    p = tmp_path / "README.md"
+    p.write_text(README)
+    assert tables.splice_file(p, "A") is True
+    first = p.read_text()
+    os.utime(p, (1_000_000_000, 1_000_000_000))
+    assert tables.splice_file(p, "A") is False                  # same content: not written
+    assert p.stat().st_mtime == 1_000_000_000 and p.read_text() == first
+    assert tables.splice_file(p, "B") is True
+    assert p.read_text() == first.replace("\nA\n", "\nB\n")
+
+
+def test_splice_errors_and_template(tmp_path):
+    with pytest.raises(tables.TablesError, match="expected one"):
+        tables.splice_text("no markers here", "x")
+    with pytest.raises(tables.TablesError, match="expected one"):
+        tables.splice_text(README + tables.BEGIN, "x")
+    with pytest.raises(tables.TablesError, match="comes before"):
+        tables.splice_text(f"{tables.END}\n{tables.BEGIN}\n", "x")
+    with pytest.raises(tables.TablesError, match="no such file"):
+        tables.splice_file(tmp_path / "missing.md", "x")
+    p = tmp_path / "quick" / "README.md"
+    assert tables.splice_file(p, "T", tables.readme_template("Quick", "Body.")) is True
+    assert p.read_text() == f"# Quick\n\nBody.\n\n{tables.BEGIN}\nT\n{tables.END}\n"
+
+
+def test_figures_write_pngs(tmp_path, rows):
+    runs = tables.load_runs(FIXTURES / "runs", rows, [1, 2, 3])
+    curves = {f"seed {m['seed']}": m["history"] for m in runs["fmnist-mlp-backprop"]}
+    p = figures.plot_curves(curves, tmp_path / "a" / "curve.png", "fmnist-mlp-backprop", published=8.37)
+    assert p.read_bytes()[:8] == PNG
+    assert figures.plot_curves({"empty": []}, tmp_path / "empty.png", "x").read_bytes()[:8] == PNG
+    pts = tables.scatter_points(rows, runs)
+    assert {p["cell"] for p in pts} == {"fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-predsim",
+                                        "cifar100-mlp-backprop"}          # the bio cell has no published number
+    assert figures.plot_scatter(pts, tmp_path / "s.png").read_bytes()[:8] == PNG
+    assert figures.plot_scatter([], tmp_path / "none.png").read_bytes()[:8] == PNG
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".*.png"))
+
+
+def test_cli_tables_refresh(tmp_path, capsys):
+    results = tmp_path / "results" / "full"
+    shutil.copytree(FIXTURES / "runs", results / "runs")
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert tables.cli_tables(["--results", str(results), "--readme", str(readme), "--seeds", "1", "2", "3"]) == 0
+    text = readme.read_text()
+    assert text.startswith(README.split(tables.BEGIN)[0]) and text.endswith(README.split(tables.END)[1])
+    assert "not run (0.75)" in text                          # the whole grid, MNIST not run
+    assert "8.40 ± 0.05 (8.37)" in text
+    assert "(results/full/figures/curves/fmnist-mlp-backprop.png)" in text     # relative to the README
+    assert "![ours vs published](results/full/figures/scatter.png)" in text
+    # tolerance from workflow/config/config.yaml beside cells.tsv (FashionMNIST: 0.3)
+    assert "outside tolerance (±0.3)" in text
+    assert (results / "tables" / "summary.md").is_file() and (results / "tables" / "fashionmnist.md").is_file()
+    assert (results / "figures" / "curves" / "fmnist-mlp-predsim.png").read_bytes()[:8] == PNG
+    assert not (results / "figures" / "curves" / "fmnist-mlp-sim.png").exists()
+    # a second refresh of the same runs leaves the README as it is (not even rewritten)
+    os.utime(readme, (1_000_000_000, 1_000_000_000))
+    assert tables.cli_tables(["--results", str(results), "--readme", str(readme), "--seeds", "1", "2", "3"]) == 0
+    assert readme.read_text() == text and readme.stat().st_mtime == 1_000_000_000
+
+
+def test_cli_tables_tolerance_flag(tmp_path):
+    results = tmp_path / "full"
+    shutil.copytree(FIXTURES / "runs", results / "runs")
+    tables.cli_tables(["--results", str(results), "--tolerance", "FashionMNIST=1", "--only-run", "--no-figures"])
+    summary = (results / "tables" / "summary.md").read_text()
+    assert "outside" not in summary.split("|\n\n")[0] and "within tolerance (±1)" in summary
+    assert "mnist-mlp-backprop " not in summary.replace("fmnist", "")   # --only-run: the cells that ran
+    with pytest.raises(tables.ConfigError, match="--tolerance"):
+        tables.cli_tables(["--results", str(results), "--tolerance", "MNIST=abc"])

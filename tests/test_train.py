@@ -1,0 +1,88 @@
+"""Real short runs on the real Fashion-MNIST: it learns, and resume is exact."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FMNIST_DEBIAN, needs_fmnist
+from locallearn import train as train_mod
+from locallearn.config import parse_train_args
+from locallearn.errors import CheckpointError
+
+TIMING = {"epoch_seconds", "images_per_second"}
+
+
+def recipe(tmp_path, out="run", *extra):
+    # The paper's Fashion-MNIST mlp predsim recipe, narrowed (256 units) and on the
+    # first 2,000 / 1,000 examples so that a test takes seconds.
+    return parse_train_args([
+        "--model", "mlp", "--dataset", "FashionMNIST", "--dropout", "0.025", "--lr", "5e-4",
+        "--num-layers", "3", "--num-hidden", "256", "--epochs", "3", "--lr-decay-milestones", "1", "2",
+        "--nonlin", "leakyrelu", "--max-train-examples", "2000", "--max-test-examples", "1000",
+        "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / out), "--mlflow-uri", "", *extra])
+
+
+def strip_timing(history):
+    return [{k: v for k, v in e.items() if k not in TIMING} for e in history]
+
+
+def test_lr_schedule():
+    cfg = parse_train_args(["--lr", "1", "--lr-decay-milestones", "2", "4", "--lr-decay-fact", "0.5"])
+    assert [train_mod.lr_at(cfg, e) for e in range(1, 7)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+
+
+@needs_fmnist
+def test_real_run_learns_and_resume_is_exact(tmp_path, monkeypatch):
+    full = train_mod.run(recipe(tmp_path, "full"))
+    assert full["epochs"] == 3 and len(full["history"]) == 3
+    assert full["test_error"] < 40  # chance is 90%
+    assert [h["lr"] for h in full["history"]] == [5e-4, 1.25e-4, 3.125e-5]
+    assert len(full["history"][0]["local"]) == 3 and full["history"][0]["local"][0]["error"] is not None
+    on_disk = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert on_disk["test_error"] == full["test_error"] and on_disk["config_hash"]
+    for key in ("params_backprop", "params_total", "seed", "config", "versions", "device",
+                "peak_memory_bytes", "wall_seconds"):
+        assert key in on_disk
+
+    # Interrupt after the first epoch's checkpoint, then run the same command again.
+    real_save = train_mod.save_checkpoint
+    saves = []
+
+    def save_then_die(out, state):
+        real_save(out, state)
+        saves.append(state["epoch"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.run(recipe(tmp_path, "resumed"))
+    assert saves == [1] and not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    resumed = train_mod.run(recipe(tmp_path, "resumed"))
+    assert strip_timing(resumed["history"]) == strip_timing(full["history"])
+    assert resumed["test_error"] == full["test_error"]
+
+    # A finished run is recognised; another config in the same folder is refused.
+    again = train_mod.run(recipe(tmp_path, "full"))
+    assert again["history"] == on_disk["history"]
+    with pytest.raises(CheckpointError, match="another config"):
+        train_mod.run(recipe(tmp_path, "full", "--seed", "2"))
+
+
+@needs_fmnist
+def test_cli_one_line_error_and_bf16(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "locallearn", "train", "--model", "resnet99"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--model" in r.stderr
+    m = train_mod.run(recipe(tmp_path, "bf16", "--precision", "bf16", "--epochs", "1"))
+    assert m["test_error"] < 60
+
+
+@needs_fmnist
+def test_reference_engine_runs_the_real_data(tmp_path):
+    m = train_mod.run(recipe(tmp_path, "ref", "--engine", "reference", "--epochs", "1"))
+    assert m["test_error"] < 60
+    assert FMNIST_DEBIAN.exists()

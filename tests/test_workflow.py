@@ -1,0 +1,302 @@
+"""The Snakemake harness: config and cells.tsv validation (workflow/scripts/harness.py),
+the DAG (`snakemake -n`: one training job per cell x seed), `snakemake --lint`, bad
+configs failing before any job, and the quick preset end to end on the real
+Fashion-MNIST with MLflow (slow; needs the trainer)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+import harness  # noqa: E402
+
+CELLS = REPO / "workflow" / "config" / "cells.tsv"
+
+
+# --------------------------------------------------------------------------- harness (fast)
+
+def test_default_config_and_grid():
+    cfg = harness.load_config()
+    rows = harness.load_cells(harness.cells_path(cfg))
+    assert len(rows) == 86
+    presets = harness.make_presets(cfg, rows)
+    assert len(presets["full"].rows) == 86 and presets["full"].seeds == [1]
+    assert [r["cell"] for r in presets["quick"].rows] == [
+        "fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist-mlp-predsim"]
+    assert presets["quick"].budget_args() == ["--epochs", "2"]
+    assert presets["full"].budget_args() == []
+    assert presets["quick"].metrics("c", 3) == "results/quick/runs/c/seed3/metrics.json"
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"colour": "red"}, "config: unknown key ('colour' was unexpected)"),
+    ({"train": {"threads": "many"}}, "config key 'train.threads': 'many' is not of type 'integer'"),
+    ({"quick": {"epochs": 0}}, "config key 'quick.epochs': 0 is less than the minimum of 1"),
+    ({"seeds": ["1", "x"]}, "config key 'seeds.1': 'x' is not of type 'integer'"),
+    ({"tolerance": {"Cifar10": 1}}, "config key 'tolerance': unknown key 'Cifar10'"),
+    ({"mlflow": {"url": "x"}}, "config key 'mlflow': unknown key ('url' was unexpected)"),
+    ({"train": {"device": "gpu"}}, "config key 'train.device': 'gpu' does not match"),
+])
+def test_bad_config_names_the_key(override, message):
+    with pytest.raises(harness.HarnessError) as e:
+        harness.load_config(overrides=override)
+    assert message in str(e.value)
+
+
+def test_command_line_strings_are_coerced():
+    # `--config seeds=[1,2] quick={epochs: 3}` reaches the Snakefile as strings
+    cfg = harness.load_config(overrides={"seeds": ["1", "2"], "quick": {"epochs": "3", "max_train_examples": "512"},
+                                         "download": "true", "mlflow": {"uri": "null"}})
+    assert cfg["seeds"] == [1, 2] and cfg["quick"]["epochs"] == 3 and cfg["download"] is True
+    assert cfg["mlflow"]["uri"] == "null"           # a string key stays a string
+    assert cfg["quick"]["select"]["datasets"] == ["FashionMNIST"]   # merged, not replaced
+
+
+def test_select():
+    rows = harness.load_cells(CELLS)
+    pick = lambda **sel: [r["cell"] for r in harness.select_cells(rows, sel)]  # noqa: E731
+    assert pick(cells=["cifar10-vgg11b-x3-*"]) == [
+        "cifar10-vgg11b-x3-backprop", "cifar10-vgg11b-x3-pred", "cifar10-vgg11b-x3-sim",
+        "cifar10-vgg11b-x3-predsim", "cifar10-vgg11b-x3-cutout-predsim"]
+    assert len(pick(datasets=["MNIST", "KuzushijiMNIST"])) == 18
+    assert pick(models=["mlp"], losses=["predsim"], datasets=["CIFAR100"]) == ["cifar100-mlp-predsim"]
+    assert len(pick(networks=["vgg8b + cutout"])) == 4
+    with pytest.raises(harness.HarnessError, match=r"'select.datasets': 'cifar10' matches no row"):
+        pick(datasets=["cifar10"])
+    with pytest.raises(harness.HarnessError, match=r"'select.cells': 'nope-\*' matches no cell"):
+        pick(cells=["nope-*"])
+    with pytest.raises(harness.HarnessError, match="select no cell"):
+        pick(datasets=["MNIST"], models=["vgg11b"])
+
+
+def _bad_tsv(tmp_path: Path, edit) -> Path:
+    lines = CELLS.read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    header, rows = edit(header, rows)
+    p = tmp_path / "cells.tsv"
+    p.write_text("\n".join(["\t".join(header)] + ["\t".join(r.get(c, "") for c in header) for r in rows]) + "\n")
+    return p
+
+
+def _set(i, col, value):
+    def edit(header, rows):
+        rows[i][col] = value
+        return header, rows
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set(3, "dataset", "Cifar10"), "cells.tsv line 5 (cell mnist-mlp-predsim), column 'dataset': 'Cifar10' is not one of"),
+    (_set(0, "lr", "fast"), "cells.tsv line 2 (cell mnist-mlp-backprop), column 'lr': expected a number, got 'fast'"),
+    (_set(1, "epochs", "1.5"), "line 3 (cell mnist-mlp-pred), column 'epochs': expected an integer"),
+    (_set(2, "loss", "global"), "column 'loss': 'global' is not one of backprop, pred, sim, predsim"),
+    (_set(8, "length", ""), "line 10 (cell mnist-vgg8b-cutout-predsim), column 'length'"),
+    (_set(4, "milestones", "50,75"), "column 'milestones': '50,75' does not match"),
+    (_set(5, "cell", "mnist-mlp-backprop"), "cell name 'mnist-mlp-backprop' already used on line 2"),
+    (_set(6, "network", "mlp"), "both fill the table slot dataset=MNIST network='mlp' loss=sim"),
+    (lambda h, r: ([c for c in h if c != "beta"], r), "missing column(s) 'beta'"),
+    (lambda h, r: (h + ["notes"], r), "unknown column(s) 'notes'"),
+])
+def test_bad_cells_row_names_row_and_column(tmp_path, edit, message):
+    with pytest.raises(harness.HarnessError) as e:
+        harness.load_cells(_bad_tsv(tmp_path, edit))
+    assert message in str(e.value)
+
+
+def test_tracking_uri_and_data_dir(monkeypatch):
+    cfg = harness.load_config()
+    quick = harness.make_presets(cfg, harness.load_cells(CELLS))["quick"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("LOCALLEARN_DATA", raising=False)
+    assert harness.tracking_uri(cfg, quick) == "sqlite:///" + str(Path("results/quick/mlflow.db").resolve())
+    assert harness.data_dir(cfg) == "data"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")
+    monkeypatch.setenv("LOCALLEARN_DATA", "/data")
+    assert harness.tracking_uri(cfg, quick) == "http://server:5000"
+    assert harness.data_dir(cfg) == "/data"
+    cfg["mlflow"]["uri"] = "sqlite:///x.db"
+    assert harness.tracking_uri(cfg, quick) == "sqlite:///x.db"
+
+
+def test_cost_model():
+    rows = {r["cell"]: r for r in harness.load_cells(CELLS)}
+    net, heads = harness.forward_macs(rows["mnist-mlp-backprop"])
+    assert net == 784 * 1024 + 2 * 1024 * 1024 + 1024 * 10 and heads == 0   # = its parameter count, less biases and BN
+    assert harness.forward_macs(rows["mnist-mlp-sim"])[1] > 0
+    cfg = harness.load_config()
+    full = harness.make_presets(cfg, list(rows.values()))["full"]
+    small, big = (harness.runtime_minutes(rows[c], cfg, full) for c in ("mnist-mlp-backprop", "cifar10-vgg11b-x3-predsim"))
+    assert 10 < small < big
+    cfg["train"]["runtime_minutes"] = {"CIFAR10": 600}
+    assert harness.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == 600
+
+
+def test_vgg_configs_match_the_models():
+    models = pytest.importorskip("locallearn.models")
+    assert harness.VGG_CONFIGS == models.VGG_CONFIGS
+
+
+def test_schema_enums_match_the_package():
+    from locallearn.cells import COLUMNS, LOSSES
+    from locallearn.config import DATASETS
+    schema = json.loads((REPO / "workflow" / "schemas" / "cells.schema.json").read_text())
+    assert tuple(schema["required"]) == COLUMNS
+    assert tuple(schema["properties"]["dataset"]["enum"]) == DATASETS
+    assert tuple(schema["properties"]["loss"]["enum"]) == LOSSES
+    assert set(harness.DATASETS) == set(DATASETS)
+
+
+# --------------------------------------------------------------------------- snakemake
+
+def snakemake(workdir: Path, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir,
+                          env=env or _env())
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LOCALLEARN_DATA")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def job_counts(output: str) -> dict[str, int]:
+    stats = output[output.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+
+
+def test_dry_run_schedules_one_train_job_per_cell_and_seed(tmp_path):
+    r = snakemake(tmp_path, "-n")
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    assert counts["train"] == 86 and counts["prepare_data"] == 7 and counts["tracking_init"] == 1
+    assert counts["curve"] == 86 and counts["compile_tables"] == 1 and counts["splice_readme"] == 1
+
+    r = snakemake(tmp_path, "-n", "--config", "seeds=[1,2,3]", "select={datasets: [CIFAR100], losses: [predsim]}")
+    assert r.returncode == 0, r.stderr
+    assert job_counts(r.stdout)["train"] == 15 and job_counts(r.stdout)["prepare_data"] == 1
+
+    r = snakemake(tmp_path, "-n", "quick")
+    assert r.returncode == 0, r.stderr
+    assert job_counts(r.stdout)["train"] == 4
+    assert "results/quick/runs/fmnist-mlp-sim/seed1/metrics.json" in r.stdout
+    assert not (tmp_path / "results").exists()            # a dry run writes nothing
+
+
+def test_lint_passes(tmp_path):
+    r = snakemake(tmp_path, "--lint")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Congratulations" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("config, message", [
+    (["colour=red"], "unknown key ('colour' was unexpected)"),
+    (["quick={epochs: many}"], "config key 'quick.epochs': 'many' is not of type 'integer'"),
+    (["select={losses: [global]}"], "'select.losses': 'global' matches no row"),
+])
+def test_bad_config_fails_before_any_job(tmp_path, config, message):
+    r = snakemake(tmp_path, "--cores", "1", "quick", "--config", *config)
+    assert r.returncode != 0
+    assert message in r.stderr + r.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_cells_row_fails_before_any_job(tmp_path):
+    bad = _bad_tsv(tmp_path, _set(10, "dataset", "FMNIST"))
+    r = snakemake(tmp_path, "--cores", "1", "quick", "--config", f"cells={bad}")
+    assert r.returncode != 0
+    assert "line 12 (cell fmnist-mlp-pred), column 'dataset': 'FMNIST' is not one of" in r.stderr + r.stdout
+    assert not (tmp_path / "results").exists()
+
+
+# --------------------------------------------------------------------------- end to end
+
+needs_trainer = pytest.mark.skipif(importlib.util.find_spec("locallearn.train") is None
+                                   or importlib.util.find_spec("locallearn.cli") is None,
+                                   reason="the trainer (locallearn.train, locallearn.cli) is not there yet")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.slow
+@needs_trainer
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="needs Debian's dataset-fashion-mnist")
+def test_quick_end_to_end_with_mlflow(tmp_path):
+    """`snakemake quick` on the real Fashion-MNIST (1 epoch, 512/512 examples): tables,
+    figures, one FINISHED MLflow run per cell holding metrics.json's test error; a
+    second run trains nothing and adds no MLflow run."""
+    budget = "quick={epochs: 1, max_train_examples: 512, max_test_examples: 512}"
+    r = snakemake(tmp_path, "--cores", "2", "quick", "--config", budget, timeout=600)
+    assert r.returncode == 0, r.stderr[-5000:]
+    quick = tmp_path / "results" / "quick"
+    cells = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist-mlp-predsim"]
+    metrics = {c: json.loads((quick / "runs" / c / "seed1" / "metrics.json").read_text()) for c in cells}
+    for c, m in metrics.items():
+        assert m["epochs"] == 1 and len(m["history"]) == 1 and 0 <= m["test_error"] <= 100
+        assert (quick / "figures" / "curves" / f"{c}.png").read_bytes()[:4] == b"\x89PNG"
+        log = (quick / "logs" / "train" / c / "seed1.log").read_text()
+        assert "--max-train-examples 512" in log and "--threads 1" in log and f"--run-name {c}-s1" in log
+    assert (quick / "figures" / "scatter.png").is_file()
+    summary = (quick / "tables" / "summary.md").read_text()
+    assert summary.count("[1/200 ep, 512 train ex, 512 test ex]") == 4 and "budget run (not compared)" in summary
+    readme = (quick / "README.md").read_text()
+    assert "Quick preset: a budget run" in readme and "(figures/curves/fmnist-mlp-pred.png)" in readme
+    assert not (tmp_path / "README.md").exists() and not (tmp_path / "results" / "full").exists()
+
+    import mlflow
+    uri = "sqlite:///" + str(quick / "mlflow.db")
+
+    def finished_runs():
+        mlflow.set_tracking_uri(uri)
+        df = mlflow.search_runs(experiment_names=["locallearn-quick"])
+        return df
+
+    runs = finished_runs()
+    assert sorted(runs["tags.mlflow.runName"]) == sorted(f"{c}-s1" for c in cells)
+    assert set(runs["status"]) == {"FINISHED"}
+    for _, run in runs.iterrows():
+        cell = run["tags.cell"]
+        assert run["metrics.test_error"] == metrics[cell]["test_error"]
+        assert run["tags.seed"] == "1" and run["tags.preset"] == "quick"
+
+    stamps = {c: (quick / "runs" / c / "seed1" / "metrics.json").stat().st_mtime_ns for c in cells}
+    r = snakemake(tmp_path, "--cores", "2", "quick", "--config", budget, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Nothing to be done" in r.stdout + r.stderr
+    assert stamps == {c: (quick / "runs" / c / "seed1" / "metrics.json").stat().st_mtime_ns for c in cells}
+    again = finished_runs()
+    assert sorted(again["run_id"]) == sorted(runs["run_id"])
+
+
+def test_budget_flags_replace_the_recipe_values():
+    args = ["--model", "mlp", "--epochs", "200", "--lr-decay-milestones", "100", "150", "--beta", "0.99"]
+    assert harness.with_flags(args, ["--epochs", "2", "--max-train-examples", "512"]) == [
+        "--model", "mlp", "--epochs", "2", "--lr-decay-milestones", "100", "150", "--beta", "0.99",
+        "--max-train-examples", "512"]
+    assert harness.with_flags(args, []) == args
+
+
+def test_tables_target_compiles_existing_runs_without_training(tmp_path):
+    shutil.copytree(REPO / "tests" / "fixtures" / "runs", tmp_path / "results" / "full" / "runs")
+    readme = tmp_path / "README.md"
+    readme.write_text("# Mine\n\n<!-- locallearn:tables:begin -->\n<!-- locallearn:tables:end -->\n\nKept.\n")
+    r = snakemake(tmp_path, "--cores", "1", "tables")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "train" not in job_counts(r.stdout + r.stderr)
+    text = readme.read_text()
+    assert text.startswith("# Mine\n\n<!-- locallearn:tables:begin -->\nFull recipes, seeds: 1;")
+    assert text.endswith("<!-- locallearn:tables:end -->\n\nKept.\n")
+    assert re.search(r"\| \[fmnist-mlp-backprop\]\(results/full/figures/curves/fmnist-mlp-backprop\.png\) +\| 1 ", text)
+    assert "8.40 (8.37)" in text and "not run (0.75)" in text     # seeds: [1] -> seed 1 only
+    assert (tmp_path / "results" / "full" / "figures" / "scatter.png").is_file()
+    assert not (tmp_path / "results" / "full" / "runs" / "mnist-mlp-backprop").exists()

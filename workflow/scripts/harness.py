@@ -1,0 +1,444 @@
+"""The workflow's logic in plain Python (no Snakemake objects), so the rules stay thin
+and tests can call it directly:
+
+- `load_config` / `validate_config`: the config (after --config/--configfile merges)
+  checked against workflow/schemas/config.schema.json, with errors naming the key;
+- `load_cells`: cells.tsv typed and checked row by row against
+  workflow/schemas/cells.schema.json, with errors naming the row and the column;
+- `Preset`: what one preset (full, quick) trains, with which budget, where it writes;
+- `estimate_hours`: a FLOP-count estimate of a cell's GPU time (runtime resource, README).
+
+Importing this module does not import torch or snakemake.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMAS = REPO / "workflow" / "schemas"
+DEFAULT_CONFIG = REPO / "workflow" / "config" / "config.yaml"
+PRESETS = ("full", "quick")
+
+
+class HarnessError(ValueError):
+    """A config or cells.tsv problem, found before any job starts."""
+
+
+# --------------------------------------------------------------------------- schemas
+
+def _schema(name: str) -> dict:
+    with open(SCHEMAS / name) as f:
+        return json.load(f)
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path)
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message, shortened where it repeats a whole sub-document."""
+    if error.validator == "additionalProperties":
+        return error.message.replace("Additional properties are not allowed", "unknown key")
+    if error.validator == "enum":
+        return f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if "propertyNames" in error.schema_path:
+        return f"unknown key {error.instance!r} (allowed: 'default' or a dataset name)"
+    return error.message
+
+
+def _coerce(value, schema: dict, root: dict | None = None):
+    """`--config key=value` gives strings ('1', '[1, 2]' items, 'true'); turn a string
+    into the type the schema asks for, so the validator sees what the user meant."""
+    root = root or schema
+    while "$ref" in schema:  # local refs only: "#/$defs/name"
+        node = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = node
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        extra = extra if isinstance(extra, dict) else {}
+        return {k: _coerce(v, props.get(k, extra), root) for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [_coerce(v, items, root) for v in value] if isinstance(items, dict) else value
+    if not isinstance(value, str):
+        return value
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if not types or "string" in types:
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if parsed is None and "null" not in types:
+        return value
+    return _coerce(parsed, schema, root) if isinstance(parsed, (list, dict)) else parsed
+
+
+# --------------------------------------------------------------------------- config
+
+def validate_config(config: dict) -> dict:
+    """A typed copy of `config`, or HarnessError naming the first bad key."""
+    schema = _schema("config.schema.json")
+    config = _coerce(copy.deepcopy(config), schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
+    if errors:
+        lines = []
+        for e in errors[:5]:
+            where = _path(e)
+            lines.append(f"config key '{where}': {_message(e)}" if where else f"config: {_message(e)}")
+        raise HarnessError("invalid workflow config (workflow/config/config.yaml, --config, --configfile):\n  "
+                           + "\n  ".join(lines))
+    for preset, sel in (("full", config["select"]), ("quick", config["quick"]["select"])):
+        if preset == "quick" and not any(sel.values()):
+            raise HarnessError("config key 'quick.select': the quick preset must select some cells")
+    return config
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
+    """config.yaml merged with `overrides` (as Snakemake merges --config), validated."""
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if overrides:
+        _merge(config, overrides)
+    return validate_config(config)
+
+
+def _merge(base: dict, over: dict) -> None:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+# --------------------------------------------------------------------------- cells
+
+def cells_path(config: dict) -> Path:
+    """cells.tsv; a relative path is taken from the repository (the Snakefile's folder)."""
+    p = Path(config["cells"])
+    return p if p.is_absolute() else REPO / p
+
+
+def load_cells(path: str | Path) -> list[dict]:
+    """Rows of cells.tsv as str dicts (what locallearn.cells gives), after checking every
+    row against the schema. HarnessError names the file, line, cell and column."""
+    from locallearn.cells import read_cells
+
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"cells table not found: {path}")
+    rows = read_cells(path)
+    schema = _schema("cells.schema.json")
+    props = schema["properties"]
+    with open(path, newline="") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+    missing = [c for c in schema["required"] if c not in header]
+    if missing:
+        raise HarnessError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
+                           f"(header: {' '.join(header)})")
+    unknown = [c for c in header if c not in props]
+    if unknown:
+        raise HarnessError(f"{path}: unknown column(s) {', '.join(repr(c) for c in unknown)} "
+                           f"(known: {', '.join(props)})")
+    if not rows:
+        raise HarnessError(f"{path}: no rows")
+    validator = jsonschema.Draft202012Validator(schema)
+    seen: dict[str, int] = {}
+    slots: dict[tuple, str] = {}
+    for line, row in enumerate(rows, start=2):
+        where = f"{path.name} line {line} (cell {row.get('cell') or '?'!s})"
+        if None in row or any(v is None for v in row.values()):
+            raise HarnessError(f"{where}: expected {len(header)} tab-separated columns")
+        typed = {}
+        for col, text in row.items():
+            typed[col] = _typed(text, props[col], f"{where}, column '{col}'")
+        errors = sorted(validator.iter_errors(typed), key=lambda e: list(e.absolute_path))
+        if errors:
+            e = errors[0]
+            col = _path(e) or (list(e.schema.get("then", {}).get("properties", {})) or ["?"])[0]
+            raise HarnessError(f"{where}, column '{col}': {_message(e)}")
+        if row["cell"] in seen:
+            raise HarnessError(f"{where}: cell name {row['cell']!r} already used on line {seen[row['cell']]}")
+        seen[row["cell"]] = line
+        slot = (row["dataset"], row["network"], row["loss"])
+        if slot in slots:
+            raise HarnessError(f"{where}: cells {slots[slot]!r} and {row['cell']!r} both fill the table "
+                               f"slot dataset={slot[0]} network={slot[1]!r} loss={slot[2]}")
+        slots[slot] = row["cell"]
+    return rows
+
+
+def _typed(text: str, schema: dict, where: str):
+    types = schema.get("type", "string")
+    types = [types] if isinstance(types, str) else types
+    text = text.strip()
+    if text == "" and "null" in types:
+        return None
+    if "integer" in types:
+        try:
+            return int(text)
+        except ValueError:
+            raise HarnessError(f"{where}: expected an integer, got {text!r}") from None
+    if "number" in types:
+        try:
+            return float(text)
+        except ValueError:
+            raise HarnessError(f"{where}: expected a number, got {text!r}") from None
+    return text
+
+
+# --------------------------------------------------------------------------- presets
+
+SELECT_KEYS = {"datasets": "dataset", "models": "model", "networks": "network", "losses": "loss"}
+
+
+def select_cells(rows: list[dict], select: dict, key: str = "select") -> list[dict]:
+    """Rows matching every non-empty criterion (OR within one list). `cells` entries
+    may be glob patterns (cifar10-vgg11b-*). An entry matching no row is an error."""
+    chosen = rows
+    for skey, col in SELECT_KEYS.items():
+        wanted = select.get(skey) or []
+        known = list(dict.fromkeys(r[col] for r in rows))
+        for w in wanted:
+            if w not in known:
+                raise HarnessError(f"config key '{key}.{skey}': {w!r} matches no row of cells.tsv "
+                                   f"(known: {', '.join(known)})")
+        if wanted:
+            chosen = [r for r in chosen if r[col] in wanted]
+    patterns = select.get("cells") or []
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(r["cell"], p) for r in rows):
+            raise HarnessError(f"config key '{key}.cells': {p!r} matches no cell of cells.tsv")
+    if patterns:
+        chosen = [r for r in chosen if any(fnmatch.fnmatchcase(r["cell"], p) for p in patterns)]
+    if not chosen:
+        raise HarnessError(f"config key '{key}': the criteria together select no cell")
+    return chosen
+
+
+@dataclass
+class Preset:
+    """Everything one preset needs: which rows and seeds, the budget, the paths."""
+    name: str
+    rows: list[dict]            # the selected rows, in cells.tsv order
+    table_rows: list[dict]      # the rows its tables show
+    seeds: list[int]
+    results: str                # results/<name>
+    epochs: int | None          # None: the recipe's
+    max_train_examples: int
+    max_test_examples: int
+    device: str
+    threads: int
+    gpu: int
+    experiment: str
+    readme: str                 # file whose markers receive the tables
+
+    def run_dir(self, cell: str, seed) -> str:
+        return f"{self.results}/runs/{cell}/seed{seed}"
+
+    def metrics(self, cell: str, seed) -> str:
+        return f"{self.run_dir(cell, seed)}/metrics.json"
+
+    def all_metrics(self, rows: list[dict] | None = None) -> list[str]:
+        return [self.metrics(r["cell"], s) for r in (rows or self.rows) for s in self.seeds]
+
+    def budget_args(self) -> list[str]:
+        """Flags that shrink a recipe (they are part of the run's config hash)."""
+        args = []
+        if self.epochs:
+            args += ["--epochs", str(self.epochs)]
+        if self.max_train_examples:
+            args += ["--max-train-examples", str(self.max_train_examples)]
+        if self.max_test_examples:
+            args += ["--max-test-examples", str(self.max_test_examples)]
+        return args
+
+
+def results_root(config: dict) -> str:
+    return config["results_dir"].rstrip("/") or "."
+
+
+def with_flags(args: list[str], flags: list[str]) -> list[str]:
+    """`args` with each `--flag value` of `flags` replacing the same flag's value in place
+    (appended if absent), so a budget's --epochs 2 replaces the recipe's --epochs 200
+    instead of following it. Flags of `flags` without a value are appended as given."""
+    args = list(args)
+    i = 0
+    while i < len(flags):
+        flag = flags[i]
+        has_value = i + 1 < len(flags) and not flags[i + 1].startswith("--")
+        if has_value and flag in args and args.index(flag) + 1 < len(args):
+            args[args.index(flag) + 1] = flags[i + 1]
+        else:
+            args += flags[i:i + 1 + has_value]
+        i += 1 + has_value
+    return args
+
+
+def make_presets(config: dict, rows: list[dict]) -> dict[str, Preset]:
+    res = results_root(config)
+    train, quick = config["train"], config["quick"]
+    full = Preset(
+        name="full", rows=select_cells(rows, config["select"], "select"), table_rows=rows,
+        seeds=config["seeds"], results=f"{res}/full", epochs=None, max_train_examples=0,
+        max_test_examples=0, device=train["device"], threads=train["threads"], gpu=train["gpu"],
+        experiment=config["mlflow"]["experiment"], readme=config["readme"])
+    qrows = select_cells(rows, quick["select"], "quick.select")
+    q = Preset(
+        name="quick", rows=qrows, table_rows=qrows, seeds=quick["seeds"], results=f"{res}/quick",
+        epochs=quick["epochs"], max_train_examples=quick["max_train_examples"],
+        max_test_examples=quick["max_test_examples"], device=quick["device"],
+        threads=quick["threads"], gpu=quick["gpu"], experiment=quick["experiment"],
+        readme=f"{res}/quick/README.md")
+    return {"full": full, "quick": q}
+
+
+def tracking_uri(config: dict, preset: Preset) -> str:
+    """config mlflow.uri, else $MLFLOW_TRACKING_URI, else SQLite in the preset's folder."""
+    uri = config["mlflow"]["uri"] or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return "sqlite:///" + str(Path(preset.results, "mlflow.db").resolve())
+
+
+def data_dir(config: dict) -> str:
+    """config data_dir, else $LOCALLEARN_DATA, else ./data (locallearn's own default)."""
+    return config["data_dir"] or os.environ.get("LOCALLEARN_DATA") or "data"
+
+
+def tolerance(config: dict, dataset: str) -> float:
+    tol = config["tolerance"]
+    return float(tol.get(dataset, tol["default"]))
+
+
+# --------------------------------------------------------------------------- estimates
+# A cost model, not a measurement: forward multiply-adds counted from the architecture,
+# x2 (FLOPs) x3 (forward + backward), plus the local heads, over an effective device
+# throughput and a fixed cost per optimizer step (config key `estimate`).
+
+DATASETS = {  # channels, side, classes, train images, test images
+    "MNIST": (1, 28, 10, 60000, 10000),
+    "FashionMNIST": (1, 28, 10, 60000, 10000),
+    "KuzushijiMNIST": (1, 28, 10, 60000, 10000),
+    "CIFAR10": (3, 32, 10, 50000, 10000),
+    "CIFAR100": (3, 32, 100, 50000, 10000),
+    "SVHN": (3, 32, 10, 604388, 26032),
+    "STL10": (3, 96, 10, 5000, 8000),
+}
+# Same as locallearn.models.VGG_CONFIGS (a test checks); copied so that building the
+# DAG does not import torch.
+VGG_CONFIGS = {
+    "vgg6a": [128, "M", 256, "M", 512, "M", 512],
+    "vgg6b": [128, "M", 256, "M", 512, "M", 512, "M"],
+    "vgg8": [64, "M", 128, "M", 256, "M", 512, "M", 512, "M"],
+    "vgg8a": [128, 256, "M", 256, 512, "M", 512, "M", 512],
+    "vgg8b": [128, 256, "M", 256, 512, "M", 512, "M", 512, "M"],
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg11b": [128, 128, 128, 256, "M", 256, 512, "M", 512, 512, "M", 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+
+
+def forward_macs(row: dict) -> tuple[float, float]:
+    """(multiply-adds of one image's forward pass, of its local heads' forward pass)."""
+    ch, side, classes, _, _ = DATASETS[row["dataset"]]
+    local = row["loss"] != "backprop"
+    sim = local and row["loss"] in ("sim", "predsim") and str(row["bio"]) != "1"
+    net = heads = 0.0
+    n_in = ch * side * side
+    if row["model"] != "mlp":
+        c_in = ch
+        first = True
+        for item in VGG_CONFIGS[row["model"]]:
+            if item == "M":
+                side //= 2
+                continue
+            c = int(int(item) * float(row["feat_mult"]))
+            k = 3
+            if first and side > 64:
+                k, side = 7, (side + 1) // 2
+            net += side * side * c_in * c * k * k
+            if sim:
+                heads += side * side * c * c * 9
+            if local:
+                heads += min(side * side * c, int(row["dim_in_decoder"])) * classes
+            c_in, first = c, False
+        n_in = c_in * side * side
+    hidden = int(row["num_hidden"])
+    for _ in range(int(row["num_layers"])):
+        net += n_in * hidden
+        if sim:
+            heads += hidden * hidden
+        if local:
+            heads += hidden * classes
+        n_in = hidden
+    net += n_in * classes
+    return net, heads
+
+
+def estimate_hours(row: dict, est: dict, epochs: int | None = None,
+                   max_train: int = 0, max_test: int = 0) -> float:
+    """Estimated device hours of one run of `row` (config key `estimate`)."""
+    _, _, _, n_train, n_test = DATASETS[row["dataset"]]
+    n_train = min(n_train, max_train) if max_train else n_train
+    n_test = min(n_test, max_test) if max_test else n_test
+    net, heads = forward_macs(row)
+    flops = 2 * (3 * (net + heads) * n_train + net * n_test)
+    steps = math.ceil(n_train / 128)
+    seconds_per_epoch = flops / (est["tflops"] * 1e12) + steps * est["step_overhead_ms"] / 1000
+    return (epochs or int(row["epochs"])) * seconds_per_epoch / 3600
+
+
+def runtime_minutes(row: dict, config: dict, preset: Preset) -> int:
+    """The `runtime` resource (minutes): config train.runtime_minutes[dataset], else the
+    estimate x estimate.safety_factor + 10 minutes of start-up."""
+    fixed = config["train"]["runtime_minutes"].get(row["dataset"])
+    if fixed:
+        return int(fixed)
+    est = config["estimate"]
+    hours = estimate_hours(row, est, preset.epochs, preset.max_train_examples, preset.max_test_examples)
+    if preset.gpu == 0:
+        hours *= est["cpu_slowdown"]
+    return int(math.ceil(hours * 60 * est["safety_factor"])) + 10
+
+
+def mem_mb(row: dict, config: dict) -> int:
+    m = config["train"]["mem_mb"]
+    return int(m.get(row["dataset"], m["default"]))
+
+
+def hours_by_dataset(rows: list[dict], est: dict, seeds: int = 1) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in rows:
+        out[r["dataset"]] = out.get(r["dataset"], 0.0) + seeds * estimate_hours(r, est)
+    return out
+
+
+if __name__ == "__main__":  # python workflow/scripts/harness.py: the README's estimate table
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    cfg = load_config()
+    rows = load_cells(cells_path(cfg))
+    table = hours_by_dataset(rows, cfg["estimate"])
+    print("| Dataset | Cells | Estimated GPU-hours (1 seed) |\n|:--|--:|--:|")
+    for ds, h in table.items():
+        print(f"| {ds} | {sum(r['dataset'] == ds for r in rows)} | {h:.1f} |")
+    print(f"| **all** | {len(rows)} | {sum(table.values()):.1f} |")

@@ -1,0 +1,83 @@
+"""Snakemake `script:` of the rules that call the locallearn CLI (prepare_data,
+tracking_init, train). Values that do not change a run's numbers (data dir, tracking
+URI, device, threads) are read here from the config rather than declared as params, so
+changing them never makes Snakemake retrain a finished cell. The command line heads the
+job's log; the job fails with the command's exit status."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sm = snakemake  # noqa: F821  (injected by Snakemake)
+sys.path.insert(0, sm.scriptdir)
+import harness  # noqa: E402
+
+config = sm.config
+rows = harness.load_cells(harness.cells_path(config))
+presets = harness.make_presets(config, rows)
+# command null: this Python with `-m locallearn`, the repository first on PYTHONPATH, so
+# jobs run the checkout's package whether or not it is pip-installed (conda envs are not).
+command = shlex.split(config["command"]) if config["command"] else [sys.executable, "-m", "locallearn"]
+env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    p for p in (str(harness.REPO), os.environ.get("PYTHONPATH", "")) if p))
+log_path = Path(sm.log[0])
+log_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def run(args: list[str]) -> None:
+    cmd = command + args
+    with open(log_path, "a") as log:
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        log.write(f"# exit status {rc}\n")
+    if rc != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        sys.stderr.write("\n".join(tail) + "\n")
+        sys.exit(f"{shlex.join(cmd)} failed with exit status {rc}; log: {log_path}")
+
+
+def write_json(path: str, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+if sm.rule == "prepare_data":
+    dataset = sm.wildcards.dataset
+    args = ["data", "prepare", dataset, "--data-dir", harness.data_dir(config)]
+    if config["download"]:
+        args.append("--download")
+    if config["data_source"]:
+        args += ["--source", config["data_source"]]
+    run(args)
+    write_json(sm.output[0], {"dataset": dataset, "data_dir": harness.data_dir(config)})
+
+elif sm.rule == "tracking_init":
+    preset = presets[sm.wildcards.preset]
+    uri = harness.tracking_uri(config, preset)
+    Path(preset.results).mkdir(parents=True, exist_ok=True)
+    run(["tracking", "init", "--uri", uri, "--experiment", preset.experiment])
+    write_json(sm.output[0], {"uri": uri, "experiment": preset.experiment})
+
+elif sm.rule == "train":
+    preset = presets[sm.wildcards.preset]
+    cell, seed = sm.wildcards.cell, sm.wildcards.seed
+    row = next(r for r in rows if r["cell"] == cell)
+    tags = {"cell": cell, "seed": seed, "preset": preset.name, "dataset": row["dataset"],
+            "model": row["model"], "network": row["network"], "loss": row["loss"]}
+    args = ["train", *sm.params.args, "--seed", seed, "--out", str(Path(sm.output[0]).parent),
+            "--data-dir", harness.data_dir(config),
+            "--mlflow-uri", harness.tracking_uri(config, preset),
+            "--mlflow-experiment", preset.experiment, "--run-name", f"{cell}-s{seed}"]
+    for k, v in tags.items():
+        args += ["--tag", f"{k}={v}"]
+    args += ["--device", preset.device, "--threads", str(sm.threads)]
+    run(args)
+    if not Path(sm.output[0]).is_file():
+        sys.exit(f"{cell} seed {seed}: the trainer exited 0 without writing {sm.output[0]}")
+
+else:
+    sys.exit(f"run_locallearn.py: no action for rule {sm.rule!r}")
