@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from .errors import ConfigError, LocallearnError
@@ -84,6 +85,15 @@ def cmd_bench(argv: list[str]) -> int:
     return cli_bench(argv)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM's time limit or preemption, snakemake's Ctrl-C, `kill`): unwound like
+    Ctrl-C, so the trainer marks its MLflow run FAILED and the last checkpoint stays."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated("terminated by SIGTERM")
+
+
 COMMANDS = {"train": cmd_train, "describe": cmd_describe, "bench": cmd_bench, "data": cmd_data,
             "tracking": cmd_tracking, "tables": cmd_tables}
 
@@ -95,13 +105,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     debug = "--debug" in argv
     try:
+        old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        old_handler = None
+    try:
         return COMMANDS[argv[0]](argv[1:])
     except LocallearnError as e:
         if debug:
             raise
         print(f"locallearn: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("locallearn: interrupted; rerun the same command to resume from the last checkpoint",
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"locallearn: {how}; rerun the same command to resume from the last checkpoint",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)

@@ -82,10 +82,21 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
     a("--run-name", default=None, help="MLflow run name (default: the --out folder name)")
     a("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
     a("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    a("--pipeline-stages", type=int, default=1, help="split the blocks into S pipelined processes (exact; pipeline.py)")
+    a("--stage-devices", nargs="+", default=None, help="one device per pipeline stage (default: automatic)")
+    a("--pipeline-balance", default="flops", choices=["flops", "time"], help="stage split from")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag raises ConfigError (one line from the CLI) instead of
+    printing the whole usage and exiting from inside the parser."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def build_parser(prog: str = "locallearn train") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Train with local error signals.")
+    p = _Parser(prog=prog, description="Train with local error signals.")
     _add_reference_flags(p)
     _add_project_flags(p)
     return p
@@ -159,7 +170,8 @@ def parse_train_args(argv: list[str]) -> argparse.Namespace:
 NON_RECIPE = {
     "out", "data_dir", "download", "device", "no_cuda", "progress_bar", "no_print_stats",
     "resume", "save_dir", "threads", "mlflow_uri", "mlflow_experiment", "run_name", "tag",
-    "debug", "eval_batch_size",
+    "debug", "eval_batch_size", "pipeline_stages", "stage_devices",
+    "pipeline_balance",
 }
 
 

@@ -26,3 +26,7 @@ class DivergenceError(LocallearnError):
 
 class TrackingError(LocallearnError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class OutputError(LocallearnError):
+    """An output file (checkpoint, metrics.json) that cannot be written: disk full, I/O error."""

@@ -15,10 +15,13 @@ Two engines compute the same updates (tests/test_engines.py proves it):
 from __future__ import annotations
 
 import bisect
+import errno
+import io
 import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -29,10 +32,35 @@ import torch.nn.functional as F
 
 from . import __version__
 from .config import config_hash, recipe_dict
-from .errors import CheckpointError, ConfigError, DivergenceError, TrackingError
+from .errors import CheckpointError, ConfigError, DivergenceError, OutputError, TrackingError
 from .models import Block, LocalNet, build_model
 
 CHECKPOINT, CHECKPOINT_PREV, METRICS = "checkpoint.pt", "checkpoint.prev.pt", "metrics.json"
+
+# Fault injection, for tests/test_faults.py only: $LOCALLEARN_FAULT="POINT:EPOCH" makes
+# the run fail at POINT of epoch EPOCH the way a crash would. Unset, nothing happens.
+#   kill-mid-epoch          SIGKILL after the 2nd batch of the epoch
+#   term-mid-epoch          SIGTERM (SLURM's time limit) after the 2nd batch of the epoch
+#   kill-checkpoint-tmp     SIGKILL with checkpoint.pt.tmp complete, not yet renamed
+#   kill-checkpoint-rotated SIGKILL with checkpoint.pt moved to .prev, .tmp not renamed
+#   kill-after-checkpoint   SIGKILL after the checkpoint, before MLflow gets the epoch
+#   kill-before-metrics     SIGKILL after the last epoch, before metrics.json (EPOCH: the last)
+#   kill-after-metrics      SIGKILL after metrics.json, before MLflow marks the run FINISHED
+#   enospc-checkpoint       disk full while writing the epoch's checkpoint
+#   enospc-metrics          disk full while writing metrics.json (EPOCH: the last)
+#   nan                     the epoch's training loss becomes NaN
+FAULT_ENV = "LOCALLEARN_FAULT"
+
+
+def _fault(point: str, epoch: int) -> bool:
+    if os.environ.get(FAULT_ENV) != f"{point}:{epoch}":
+        return False
+    if point.startswith(("kill-", "term-")):
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL if point.startswith("kill-") else signal.SIGTERM)
+    if point.startswith("enospc-"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return True
 
 
 # =============================================================================== set-up
@@ -44,6 +72,15 @@ def resolve_device(cfg) -> torch.device:
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
     return torch.device(cfg.device)
+
+
+def lease_device(cfg):
+    """Several GPUs, several jobs: take a free card for this run (gpulease.py), unless a
+    scheduler (SLURM, the user) already chose one with CUDA_VISIBLE_DEVICES."""
+    if cfg.no_cuda or cfg.device not in ("auto", "cuda") or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return None
+    from .gpulease import lease_gpu
+    return lease_gpu(label=str(cfg.out))
 
 
 def make_model(cfg, spec, device: torch.device) -> LocalNet:
@@ -172,7 +209,10 @@ def train_epoch(cfg, engine, train, epoch: int, autocast, progress) -> dict:
     cpb = cfg.classes_per_batch if epoch <= cfg.classes_per_batch_until_epoch else 0
     order = train.order(cfg.seed, epoch, cpb, cfg.batch_size)
     batches = train.train_batches(order, cfg.batch_size, cfg.seed, epoch)
-    for x, y in progress(batches, total=-(-train.n // cfg.batch_size), desc=f"epoch {epoch}"):
+    for i, (x, y) in enumerate(progress(batches, total=-(-train.n // cfg.batch_size), desc=f"epoch {epoch}")):
+        if i == 2:
+            _fault("kill-mid-epoch", epoch)
+            _fault("term-mid-epoch", epoch)
         y_onehot = F.one_hot(y, model.num_classes).float()
         logits, ce, losses, stats = engine.step(x, y, y_onehot, autocast)
         b = y.shape[0]
@@ -214,12 +254,17 @@ def evaluate(cfg, model: LocalNet, test, autocast) -> dict:
 
 # ========================================================================== checkpoints
 def atomic_write_bytes(path: Path, write) -> None:
-    """write(tmp_path), fsync, rename: a reader sees the old file or the new, never half."""
+    """write(tmp_path), fsync, rename: a reader sees the old file or the new, never half.
+    A failed write (disk full) removes its temporary file and raises the OSError."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -230,11 +275,26 @@ def save_checkpoint(out: Path, state: dict) -> None:
     """Keep the newest two: a checkpoint torn by a crash falls back to the previous one."""
     current = out / CHECKPOINT
     tmp = out / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    epoch = state["epoch"]
+    # Serialised in memory, written with plain file I/O: torch.save onto a full disk
+    # raises an opaque RuntimeError from its zip writer, a write() raises OSError(ENOSPC).
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            _fault("enospc-checkpoint", epoch)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # disk full, quota, I/O error: the previous checkpoint stays
+        tmp.unlink(missing_ok=True)
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if current.exists() else "no checkpoint is kept"
+        raise OutputError(f"cannot write checkpoint {tmp} ({e.strerror or e}); {kept}: "
+                          "free space and rerun the same command") from None
+    _fault("kill-checkpoint-tmp", epoch)
     if current.exists():
         os.replace(current, out / CHECKPOINT_PREV)
+    _fault("kill-checkpoint-rotated", epoch)
     os.replace(tmp, current)
 
 
@@ -295,12 +355,16 @@ def _progress_factory(cfg):
 def _tags(cfg) -> dict[str, str]:
     tags = dict(t.split("=", 1) for t in cfg.tag)
     tags.update(dataset=cfg.dataset, model=cfg.model, seed=str(cfg.seed), config_hash=config_hash(cfg),
-                loss="backprop" if cfg.backprop else cfg.loss_sup)
+                loss="backprop" if cfg.backprop else cfg.loss_sup,
+                git_revision=environment_info()["git_revision"] or "unknown")
     return tags
 
 
 def run(cfg) -> dict:
     """Train (or resume, or recognise as finished) the run in cfg.out; return metrics."""
+    if getattr(cfg, "pipeline_stages", 1) > 1:  # one process per stage (pipeline.py, issue 8)
+        from .pipeline import run_pipeline
+        return run_pipeline(cfg)
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -316,7 +380,11 @@ def run(cfg) -> dict:
 
     metrics_path = out / METRICS
     if metrics_path.exists():
-        done = json.loads(metrics_path.read_text())
+        try:
+            done = json.loads(metrics_path.read_text())
+        except (OSError, ValueError) as e:  # never written torn by us: a copy or an edit broke it
+            raise CheckpointError(f"{metrics_path} is unreadable ({type(e).__name__}: {e}); delete it "
+                                  "to finish the run from its checkpoint") from None
         if done.get("config_hash") != chash:
             raise CheckpointError(f"{metrics_path} holds a finished run of another config "
                                   f"({_config_diff(done.get('config', {}), recipe_dict(cfg))}); use another --out")
@@ -327,6 +395,7 @@ def run(cfg) -> dict:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    lease = lease_device(cfg)  # noqa: F841  (held, with its lock file, for the life of the run)
     device = resolve_device(cfg)
     from .data import load_splits
     train, test, spec = load_splits(cfg, device)
@@ -359,13 +428,18 @@ def run(cfg) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
-            losses = [stats["train_loss"], stats["local_loss"]]
-            if not all(map(_finite, losses)):
-                raise DivergenceError(f"{out}: loss became {losses} in epoch {epoch} (lr {lr:g}); "
-                                      f"the last good checkpoint (epoch {epoch - 1}) is kept")
+            if _fault("nan", epoch):
+                stats["train_loss"] = float("nan")
             examples = stats.pop("examples")
             entry = {"epoch": epoch, "lr": lr, **stats, **evaluate(cfg, model, test, autocast),
                      "epoch_seconds": seconds, "images_per_second": examples / seconds}
+            # the test loss too: a last step that turns the weights to NaN shows only there
+            losses = {k: entry[k] for k in ("train_loss", "local_loss", "test_loss")}
+            if not all(map(_finite, losses.values())):
+                kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept" if epoch > 1
+                        else "no checkpoint was written")
+                raise DivergenceError(f"{out}: training diverged in epoch {epoch} (lr {lr:g}): "
+                                      f"{', '.join(f'{k} {v}' for k, v in losses.items())}; {kept}")
             history.append(entry)
             wall = wall_before + time.perf_counter() - t_start
             save_checkpoint(out, {
@@ -374,6 +448,7 @@ def run(cfg) -> dict:
                 "optimizers": {k: o.state_dict() for k, o in engine.optimizers.items()},
                 "rng": {"torch": torch.get_rng_state()}, "history": history, "wall_seconds": wall,
             })
+            _fault("kill-after-checkpoint", epoch)
             tracker.log_history(history)  # after the checkpoint: a kill never loses a logged epoch
             print(f"epoch {epoch}/{cfg.epochs} lr {lr:.2e} train {entry['train_error']:.2f}% "
                   f"test {entry['test_error']:.2f}% loss {entry['train_loss']:.4f} "
@@ -398,7 +473,16 @@ def run(cfg) -> dict:
         plot_curves({f"seed {cfg.seed}": history}, curve, title=run_name)
     except Exception as e:  # a figure is a convenience; never lose a finished run over one
         print(f"locallearn: warning: could not draw {curve}: {e}", file=sys.stderr)
-    atomic_write_json(metrics_path, metrics)
+    _fault("kill-before-metrics", len(history))
+    try:
+        _fault("enospc-metrics", len(history))
+        atomic_write_json(metrics_path, metrics)
+    except OSError as e:
+        err = OutputError(f"cannot write {metrics_path} ({e.strerror or e}); the checkpoint of epoch "
+                          f"{len(history)} is kept: free space and rerun the same command")
+        tracker.finish("FAILED", {"error": str(err)})
+        raise err from None
+    _fault("kill-after-metrics", len(history))
     old = out / CHECKPOINT_PREV
     if old.exists():
         old.unlink()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -86,3 +87,20 @@ def test_reference_engine_runs_the_real_data(tmp_path):
     m = train_mod.run(recipe(tmp_path, "ref", "--engine", "reference", "--epochs", "1"))
     assert m["test_error"] < 60
     assert FMNIST_DEBIAN.exists()
+
+
+def test_run_leases_a_gpu_unless_a_scheduler_chose(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALLEARN_GPU_COUNT", "2")
+    monkeypatch.setenv("LOCALLEARN_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    cfg = recipe(tmp_path)
+    first = train_mod.lease_device(cfg)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == str(first.index)  # set before CUDA starts
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # as in another job's process
+    second = train_mod.lease_device(cfg)
+    assert {first.index, second.index} == {0, 1}
+    assert train_mod.lease_device(parse_train_args(["--device", "cpu"])) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # SLURM's choice wins
+    assert train_mod.lease_device(cfg) is None
+    first.release()
+    second.release()

@@ -277,6 +277,18 @@ def test_quick_end_to_end_with_mlflow(tmp_path):
     again = finished_runs()
     assert sorted(again["run_id"]) == sorted(runs["run_id"])
 
+    # a changed budget is a changed recipe: Snakemake reruns the cells, each old run folder
+    # is moved aside (checkpoint kept; its numbers stay in MLflow), the new runs start fresh
+    r = snakemake(tmp_path, "--cores", "2", "quick", "--config",
+                  budget.replace("epochs: 1", "epochs: 2"), timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for c in cells:
+        assert json.loads((quick / "runs" / c / "seed1" / "metrics.json").read_text())["epochs"] == 2
+        moved = list((quick / "runs" / c).glob("seed1.replaced-*"))
+        assert len(moved) == 1 and (moved[0] / "checkpoint.pt").is_file()   # metrics.json: Snakemake deleted it
+    assert len(finished_runs()) == 8
+    assert (quick / "tables" / "summary.md").read_text().count("[2/200 ep, 512 train ex, 512 test ex]") == 4
+
 
 def test_budget_flags_replace_the_recipe_values():
     args = ["--model", "mlp", "--epochs", "200", "--lr-decay-milestones", "100", "150", "--beta", "0.99"]

@@ -75,6 +75,18 @@ elif sm.rule == "train":
     for k, v in tags.items():
         args += ["--tag", f"{k}={v}"]
     args += ["--device", preset.device, "--threads", str(sm.threads)]
+    # The recipe flags of the run in this folder. Snakemake reruns a finished cell when
+    # they change (its only params); the trainer refuses to resume a checkpoint of another
+    # config, so the old run is moved aside (kept, never deleted) and this one starts fresh.
+    run_dir = Path(sm.output[0]).parent
+    stamp = run_dir / "harness.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("args") != list(sm.params.args):
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(run_dir, aside)
+        with open(log_path, "a") as log:
+            log.write(f"# the recipe flags changed: previous run moved to {aside}\n")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"args": list(sm.params.args)}, indent=1) + "\n")
     run(args)
     if not Path(sm.output[0]).is_file():
         sys.exit(f"{cell} seed {seed}: the trainer exited 0 without writing {sm.output[0]}")

@@ -1,0 +1,291 @@
+"""Bad input, one test each: a non-zero exit, one line on stderr that names what is wrong
+and where (no traceback), and no metrics.json that a later step could take as a result.
+
+Runs go through the CLI entry point in this process (`locallearn.cli.main`, what
+`python -m locallearn` calls) on a tiny fake MNIST, so the whole file takes seconds.
+cells.tsv and workflow-config errors are raised by the workflow's harness (before any
+job); tests/test_workflow.py covers them case by case, here one of each stands in.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import REPO
+from fake_data import write_fake
+from locallearn import cells
+from locallearn.cli import main
+from locallearn.config import parse_train_args
+from locallearn.errors import ConfigError
+
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+import harness  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    write_fake("MNIST", d, n_train=200, n_test=50)
+    return d
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def base(data_dir, out, *extra):
+    return ["--model", "mlp", "--dataset", "MNIST", "--num-layers", "2", "--num-hidden", "16",
+            "--epochs", "2", "--lr-decay-milestones", "10", "--device", "cpu", "--threads", "1",
+            "--data-dir", str(data_dir), "--out", str(out), "--mlflow-uri", "", *extra]
+
+
+def fails(capsys, argv, *needles, code=None, no_metrics=True):
+    """Run `locallearn train argv`; assert the one-line failure; return the line."""
+    rc = main(["train", *argv])
+    err = capsys.readouterr().err
+    assert rc != 0 and (code is None or rc == code), (rc, err)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("locallearn: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    out = argv[argv.index("--out") + 1] if "--out" in argv else None
+    if out and no_metrics:
+        assert not os.path.exists(os.path.join(out, "metrics.json"))
+    return lines[0]
+
+
+# ------------------------------------------------------------------------- flags
+FLAG_CASES = {
+    "unknown-model": (["--model", "resnet99"], ["--model", "resnet99", "known:"]),
+    "unknown-dataset": (["--dataset", "ImageNet"], ["--dataset", "ImageNet"]),
+    "unknown-loss": (["--loss-sup", "hinge"], ["--loss-sup", "hinge"]),
+    "unknown-optimizer": (["--optim", "rmsprop"], ["--optim", "rmsprop"]),
+    "unknown-nonlinearity": (["--nonlin", "tanh"], ["--nonlin", "tanh"]),
+    "bio-with-backprop": (["--bio", "--backprop"], ["--bio", "--backprop"]),
+    "no-detach-with-backprop": (["--no-detach", "--backprop"], ["--no-detach"]),
+    "zero-width": (["--num-hidden", "0"], ["--num-hidden", "positive"]),
+    "negative-batch": (["--batch-size", "-5"], ["--batch-size", "-5"]),
+    "zero-epochs": (["--epochs", "0"], ["--epochs"]),
+    "negative-lr": (["--lr", "-1"], ["--lr"]),
+    "dropout-above-1": (["--dropout", "1.5"], ["--dropout", "1.5"]),
+    "milestones-out-of-order": (["--lr-decay-milestones", "30", "20"], ["--lr-decay-milestones", "[30, 20]"]),
+    "not-a-number": (["--epochs", "many"], ["--epochs", "many"]),
+    "unknown-flag": (["--colour", "red"], ["unrecognized arguments: --colour red"]),
+    "bad-tag": (["--tag", "cell"], ["--tag", "KEY=VALUE"]),
+}
+
+
+@pytest.mark.parametrize("case", FLAG_CASES)
+def test_bad_flag(case, capsys, data, tmp_path):
+    extra, needles = FLAG_CASES[case]
+    fails(capsys, base(data, tmp_path / "run", *extra), *needles, code=2)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_cuda_on_a_machine_without_it(capsys, data, tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    fails(capsys, base(data, tmp_path / "run", "--device", "cuda"), "--device cuda", "CUDA is not available")
+
+
+def test_resume_from_a_missing_checkpoint(capsys, data, tmp_path):
+    fails(capsys, base(data, tmp_path / "run", "--resume", str(tmp_path / "nope.pt")),
+          "--resume", "nope.pt", "no such checkpoint")
+
+
+# ------------------------------------------------------------------ cells.tsv, workflow config
+def test_cells_row_with_a_bad_value_is_refused_as_flags():
+    row = dict(cells.read_cells()[0], nonlin="sigmoid")
+    with pytest.raises(ConfigError, match="--nonlin: unknown value 'sigmoid'"):
+        parse_train_args(cells.recipe_args(row))
+
+
+def test_cells_row_with_a_missing_column(tmp_path):
+    text = (REPO / "workflow" / "config" / "cells.tsv").read_text().splitlines()
+    header = text[0].split("\t")
+    k = header.index("beta")
+    drop = lambda line: "\t".join(v for i, v in enumerate(line.split("\t")) if i != k)  # noqa: E731
+    bad = tmp_path / "cells.tsv"
+    bad.write_text("\n".join(map(drop, text[:3])) + "\n")
+    with pytest.raises(harness.HarnessError, match=r"cells.tsv: missing column\(s\) 'beta'") as e:
+        harness.load_cells(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_cells_row_with_a_bad_value(tmp_path):
+    lines = (REPO / "workflow" / "config" / "cells.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    row = lines[1].split("\t")
+    row[header.index("epochs")] = "forever"
+    bad = tmp_path / "cells.tsv"
+    bad.write_text("\n".join([lines[0], "\t".join(row)]) + "\n")
+    with pytest.raises(harness.HarnessError, match="line 2 .*column 'epochs': expected an integer, got 'forever'"):
+        harness.load_cells(bad)
+
+
+def test_unknown_workflow_config_key():
+    with pytest.raises(harness.HarnessError, match="unknown key \\('colour' was unexpected\\)"):
+        harness.load_config(overrides={"colour": "red"})
+
+
+# ------------------------------------------------------------------------- data
+def test_data_dir_without_the_dataset_offline(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(capsys, base(empty, tmp_path / "run", "--dataset", "CIFAR10"),
+          "CIFAR10", "not found", str(empty), "locallearn data prepare CIFAR10")
+
+
+def _corrupt_copy(data, tmp_path, change):
+    import shutil
+    d = tmp_path / "data"
+    shutil.copytree(data, d)
+    f = d / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    change(f)
+    return d, f
+
+
+def test_truncated_dataset_file(capsys, data, tmp_path):
+    d, f = _corrupt_copy(data, tmp_path, lambda f: f.write_bytes(f.read_bytes()[:-100]))
+    fails(capsys, base(d, tmp_path / "run"), "MNIST", str(f), "corrupt")
+
+
+def test_bit_flipped_dataset_file(capsys, data, tmp_path):
+    def flip(f):
+        b = bytearray(f.read_bytes())
+        b[len(b) // 2] ^= 0x10
+        f.write_bytes(bytes(b))
+    d, f = _corrupt_copy(data, tmp_path, flip)
+    fails(capsys, base(d, tmp_path / "run"), "MNIST", str(f), "corrupt")
+
+
+# ------------------------------------------------------------------------- outputs
+def test_checkpoint_of_another_config_is_refused(capsys, data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *base(data, out, "--epochs", "1")]) == 0
+    (out / "metrics.json").unlink()  # as if killed after the checkpoint
+    before = (out / "checkpoint.pt").read_bytes()
+    fails(capsys, base(data, out, "--epochs", "1", "--seed", "2"),
+          str(out / "checkpoint.pt"), "another config", "seed: 1 -> 2")
+    assert (out / "checkpoint.pt").read_bytes() == before  # untouched
+
+
+def test_finished_run_of_another_config_is_refused(capsys, data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *base(data, out, "--epochs", "1")]) == 0
+    finished = (out / "metrics.json").read_text()
+    rc = main(["train", *base(data, out, "--epochs", "1", "--lr", "1e-3")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and err.count("\n") == 0 and "metrics.json" in err and "another config" in err
+    assert (out / "metrics.json").read_text() == finished  # the finished result is kept as it was
+
+
+def test_output_dir_under_a_regular_file(capsys, data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    fails(capsys, base(data, blocker / "run"), "--out", str(blocker / "run"), "cannot write there")
+
+
+def _mlflow_status(out, uri):
+    import mlflow.tracking
+    run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    run = mlflow.tracking.MlflowClient(uri).get_run(run_id)
+    return run.info.status, run.data.tags.get("locallearn.error", "")
+
+
+def test_disk_full_writing_a_checkpoint(capsys, data, tmp_path, monkeypatch, mlflow_uri):
+    import torch
+    out = tmp_path / "run"
+    monkeypatch.setenv("LOCALLEARN_FAULT", "enospc-checkpoint:2")
+    argv = base(data, out, "--mlflow-uri", mlflow_uri)
+    fails(capsys, argv, "cannot write checkpoint", str(out), "No space left on device",
+          "epoch 1 is kept")
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert not (out / "checkpoint.pt.tmp").exists()
+    assert _mlflow_status(out, mlflow_uri)[0] == "FAILED"
+    monkeypatch.delenv("LOCALLEARN_FAULT")  # space freed: the same command finishes the run
+    assert main(["train", *argv]) == 0 and json.loads((out / "metrics.json").read_text())["epochs"] == 2
+    assert _mlflow_status(out, mlflow_uri)[0] == "FINISHED"
+
+
+def test_disk_full_writing_metrics(capsys, data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("LOCALLEARN_FAULT", "enospc-metrics:2")
+    fails(capsys, base(data, out), "cannot write", str(out / "metrics.json"), "No space left on device",
+          "epoch 2 is kept")
+    assert not (out / "metrics.json.tmp").exists() and (out / "checkpoint.pt").exists()
+    monkeypatch.delenv("LOCALLEARN_FAULT")
+    assert main(["train", *base(data, out)]) == 0 and (out / "metrics.json").exists()
+    assert "resuming after epoch 2" in capsys.readouterr().out
+
+
+def test_divergence_injected_nan(capsys, data, tmp_path, monkeypatch, mlflow_uri):
+    import torch
+    out = tmp_path / "run"
+    monkeypatch.setenv("LOCALLEARN_FAULT", "nan:2")
+    line = fails(capsys, base(data, out, "--mlflow-uri", mlflow_uri), str(out), "diverged in epoch 2",
+                 "train_loss nan", "epoch 1) is kept")
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    status, error = _mlflow_status(out, mlflow_uri)
+    assert status == "FAILED" and "diverged in epoch 2" in error and error in line
+
+
+def test_divergence_huge_learning_rate(capsys, data, tmp_path):
+    out = tmp_path / "run"
+    fails(capsys, base(data, out, "--optim", "sgd", "--lr", "1e30", "--no-batch-norm"),
+          str(out), "diverged in epoch 1", "no checkpoint was written")
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_unreadable_metrics_json(capsys, data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *base(data, out, "--epochs", "1")]) == 0
+    (out / "metrics.json").write_text('{"test_error": 1')  # damaged by a copy or an editor
+    fails(capsys, base(data, out, "--epochs", "1"), str(out / "metrics.json"), "unreadable", "delete it",
+          no_metrics=False)  # the damaged file is the user's to inspect: refused, not removed
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ConfigError, match="--model"):
+        main(["train", "--model", "resnet99", "--out", str(tmp_path / "run"), "--debug"])
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """mount(size) -> a folder on a tmpfs of that many bytes (root only; skipped elsewhere)."""
+    import subprocess
+    mounts = []
+
+    def mount(size):
+        d = tmp_path / f"disk{len(mounts)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounts.append(d)
+        return d
+    yield mount
+    for d in mounts:
+        subprocess.run(["umount", str(d)], check=False)
+
+
+def test_disk_really_full(capsys, data, tmp_path, tiny_disk):
+    """No hook: a real filesystem fills up during the third epoch's checkpoint."""
+    import torch
+    probe = tmp_path / "probe"
+    assert main(["train", *base(data, probe, "--epochs", "1")]) == 0
+    size = (probe / "checkpoint.pt").stat().st_size
+    disk = tiny_disk((int(size * 2.5) // 4096 + 1) * 4096)  # room for two checkpoints, not three
+    out = disk / "run"
+    capsys.readouterr()
+    fails(capsys, base(data, out, "--epochs", "4"), "cannot write checkpoint", str(out),
+          "No space left on device", "epoch 2 is kept")
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    assert not (out / "checkpoint.pt.tmp").exists()
