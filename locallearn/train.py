@@ -362,7 +362,7 @@ def _tags(cfg) -> dict[str, str]:
 
 def run(cfg) -> dict:
     """Train (or resume, or recognise as finished) the run in cfg.out; return metrics."""
-    if getattr(cfg, "pipeline_stages", 1) > 1:  # one process per stage (pipeline.py, issue 8)
+    if getattr(cfg, "pipeline_stages", 1) != 1:  # one process per stage (pipeline.py, issue 8)
         from .pipeline import run_pipeline
         return run_pipeline(cfg)
     out = Path(cfg.out)

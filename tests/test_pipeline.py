@@ -104,6 +104,11 @@ def test_refuses_backprop_and_no_detach(tmp_path):
         cfg = parse_train_args(MLP + extra + ["--pipeline-stages", "2", "--out", str(tmp_path / "x")])
         with pytest.raises(ConfigError, match="cannot be combined with --pipeline-stages 2"):
             train_mod.run(cfg)
+    for extra, msg in ((["--pipeline-stages", "0"], "must be >= 1"),
+                       (["--pipeline-stages", "2", "--stage-devices", "cpu"], "1 devices given for 2 stages"),
+                       (["--pipeline-stages", "2", "--stage-devices", "cpu", "cuda:0"], "all stages must be")):
+        with pytest.raises(ConfigError, match=msg):
+            train_mod.run(parse_train_args(MLP + extra + ["--out", str(tmp_path / "x")]))
 
 
 def test_balance_minimises_slowest_stage():
