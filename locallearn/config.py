@@ -9,8 +9,10 @@ import argparse
 import hashlib
 import json
 
+from .specs import SPECS
+
 MODELS_HELP = "mlp, vgg6a, vgg6b, vgg8, vgg8a, vgg8b, vgg11, vgg11b, vgg13, vgg16, vgg19"
-DATASETS = ("MNIST", "FashionMNIST", "KuzushijiMNIST", "CIFAR10", "CIFAR100", "SVHN", "STL10")
+DATASETS = tuple(SPECS)
 
 
 from .errors import ConfigError  # noqa: E402  (re-exported: flag errors are config errors)

@@ -83,13 +83,14 @@ class DeviceSplit:
         self.spec = spec
         self.device = device
         self.augment = augment or Augment()
-        self.on_device = device.type == "cpu" or _fits_on_device(images, device)
+        self.on_device = _fits_on_device(images, device)
         if self.on_device:
             self.images = images.to(device)
             self.labels = labels.to(device)
-        else:
-            self.images = images.pin_memory()
-            self.labels = labels.pin_memory()
+        else:  # pinned pages copy to the GPU asynchronously
+            pin = torch.cuda.is_available()
+            self.images = images.pin_memory() if pin else images
+            self.labels = labels.pin_memory() if pin else labels
         self.labels_np = labels.numpy()
         self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)

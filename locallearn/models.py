@@ -14,21 +14,7 @@ import torch
 import torch.nn as nn
 
 from .local import LocalHead
-
-# 'M' = 2x2 max-pool, stride 2; integers are conv blocks (channels before feat_mult).
-VGG_CONFIGS = {
-    "vgg6a": [128, "M", 256, "M", 512, "M", 512],
-    "vgg6b": [128, "M", 256, "M", 512, "M", 512, "M"],
-    "vgg8": [64, "M", 128, "M", 256, "M", 512, "M", 512, "M"],
-    "vgg8a": [128, 256, "M", 256, 512, "M", 512, "M", 512],
-    "vgg8b": [128, 256, "M", 256, 512, "M", 512, "M", 512, "M"],
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg11b": [128, 128, 128, 256, "M", 256, 512, "M", 512, 512, "M", 512, "M"],
-    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
-}
+from .specs import VGG_CONFIGS
 
 MODELS: dict[str, Callable] = {}
 
@@ -90,6 +76,27 @@ class Block(nn.Module):
         return h, self.dropout(h)
 
 
+def forward_layers(layers, x, y=None, y_onehot=None, detach: bool = True, local: bool = True):
+    """Run a contiguous run of a LocalNet's layers (all of them, or a pipeline stage's).
+    Returns (output, [local loss per block], [stats per block]).
+
+    detach: cut the graph after every block, so each local loss reaches only its
+    own block and the output loss only the output layer (SPEC.md, The update).
+    """
+    losses, stats = [], []
+    for m in layers:
+        if isinstance(m, Block):
+            h, out = m(x)
+            if local and m.head is not None:
+                loss, st = m.head(h, x, y, y_onehot)
+                losses.append(loss)
+                stats.append(st)
+            x = out.detach() if detach else out
+        else:
+            x = m(x)
+    return x, losses, stats
+
+
 class LocalNet(nn.Module):
     def __init__(self, layers: list[nn.Module], output: nn.Linear, num_classes: int):
         super().__init__()
@@ -106,22 +113,8 @@ class LocalNet(nn.Module):
             b.seed_dropout(derive_seed(seed, epoch, 1000 + b.index))
 
     def forward(self, x, y=None, y_onehot=None, detach: bool = True, local: bool = True):
-        """Returns (logits, [local loss per block], [stats per block]).
-
-        detach: cut the graph after every block, so each local loss reaches only its
-        own block and the output loss only the output layer (SPEC.md, The update).
-        """
-        losses, stats = [], []
-        for m in self.layers:
-            if isinstance(m, Block):
-                h, out = m(x)
-                if local and m.head is not None:
-                    loss, st = m.head(h, x, y, y_onehot)
-                    losses.append(loss)
-                    stats.append(st)
-                x = out.detach() if detach else out
-            else:
-                x = m(x)
+        """Returns (logits, [local loss per block], [stats per block])."""
+        x, losses, stats = forward_layers(self.layers, x, y, y_onehot, detach, local)
         return self.output(x), losses, stats
 
     def backprop_parameters(self):

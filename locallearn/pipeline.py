@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from .config import config_hash, recipe_dict
 from .errors import CheckpointError, ConfigError, DivergenceError, LocallearnError
-from .models import Block, LocalNet, build_model
+from .models import Block, LocalNet, build_model, forward_layers
 
 TIMEOUT_ENV = "LOCALLEARN_PIPELINE_TIMEOUT"  # seconds a stage waits for a peer (default 60)
 FAULT_STAGE_ENV = "LOCALLEARN_FAULT_STAGE"  # which stage $LOCALLEARN_FAULT kills (default: last)
@@ -301,18 +301,7 @@ class Stage:
         return {k: v for k, v in self.model.state_dict().items() if k.startswith(self.prefixes)}
 
     def forward(self, x, y, y_onehot, local=True):
-        losses, stats = [], []
-        for m in self.layers:
-            if isinstance(m, Block):
-                h, out = m(x)
-                if local and m.head is not None:
-                    loss, st = m.head(h, x, y, y_onehot)
-                    losses.append(loss)
-                    stats.append(st)
-                x = out.detach()
-            else:
-                x = m(x)
-        return x, losses, stats
+        return forward_layers(self.layers, x, y, y_onehot, detach=True, local=local)
 
     def step(self, x, y):
         """This stage's part of train.FusedEngine.step: its losses summed (the output

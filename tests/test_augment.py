@@ -76,3 +76,22 @@ def test_train_batches_are_a_function_of_seed_and_epoch():
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
     assert not torch.equal(a[0][0], c[0][0])
     assert sum(y.numel() for _, y in a) == 300
+
+
+def test_split_streams_from_host_when_the_device_is_short(monkeypatch):
+    """A split too big for the device (SVHN's 604,388 images on a small card) stays in host
+    memory and is copied per batch: same batches as the device-resident split."""
+    from locallearn import data
+    from locallearn.data import Augment, DeviceSplit
+    from locallearn.datasets import SPECS
+    imgs = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (300,))
+    aug = Augment(crop_padding=4, hflip=True, cutout_length=16)
+    resident = DeviceSplit(imgs, labels, SPECS["SVHN"], torch.device("cpu"), aug)
+    monkeypatch.setattr(data, "_fits_on_device", lambda images, device: False)
+    streamed = DeviceSplit(imgs, labels, SPECS["SVHN"], torch.device("cpu"), aug)
+    assert resident.on_device and not streamed.on_device
+    for split in (resident, streamed):
+        split.batches = list(split.train_batches(split.order(1, 1), 128, 1, 1)) + list(split.eval_batches(128))
+    for (x1, y1), (x2, y2) in zip(resident.batches, streamed.batches):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)

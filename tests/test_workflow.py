@@ -141,11 +141,6 @@ def test_cost_model():
     assert harness.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == 600
 
 
-def test_vgg_configs_match_the_models():
-    models = pytest.importorskip("locallearn.models")
-    assert harness.VGG_CONFIGS == models.VGG_CONFIGS
-
-
 def test_schema_enums_match_the_package():
     from locallearn.cells import COLUMNS, LOSSES
     from locallearn.config import DATASETS

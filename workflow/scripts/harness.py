@@ -17,11 +17,16 @@ import fnmatch
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 import yaml
+
+if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script, no pip install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from locallearn.specs import SPECS, VGG_CONFIGS  # noqa: E402  (torch-free: the DAG imports no torch)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "workflow" / "schemas"
@@ -330,30 +335,8 @@ def tolerance(config: dict, dataset: str) -> float:
 # x2 (FLOPs) x3 (forward + backward), plus the local heads, over an effective device
 # throughput and a fixed cost per optimizer step (config key `estimate`).
 
-DATASETS = {  # channels, side, classes, train images, test images
-    "MNIST": (1, 28, 10, 60000, 10000),
-    "FashionMNIST": (1, 28, 10, 60000, 10000),
-    "KuzushijiMNIST": (1, 28, 10, 60000, 10000),
-    "CIFAR10": (3, 32, 10, 50000, 10000),
-    "CIFAR100": (3, 32, 100, 50000, 10000),
-    "SVHN": (3, 32, 10, 604388, 26032),
-    "STL10": (3, 96, 10, 5000, 8000),
-}
-# Same as locallearn.models.VGG_CONFIGS (a test checks); copied so that building the
-# DAG does not import torch.
-VGG_CONFIGS = {
-    "vgg6a": [128, "M", 256, "M", 512, "M", 512],
-    "vgg6b": [128, "M", 256, "M", 512, "M", 512, "M"],
-    "vgg8": [64, "M", 128, "M", 256, "M", 512, "M", 512, "M"],
-    "vgg8a": [128, 256, "M", 256, 512, "M", 512, "M", 512],
-    "vgg8b": [128, 256, "M", 256, 512, "M", 512, "M", 512, "M"],
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg11b": [128, 128, 128, 256, "M", 256, 512, "M", 512, 512, "M", 512, "M"],
-    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
-}
+# channels, side, classes, train images, test images: from the package's torch-free specs
+DATASETS = {n: (s.channels, s.size, s.num_classes, s.train_size, s.test_size) for n, s in SPECS.items()}
 
 
 def forward_macs(row: dict) -> tuple[float, float]:
@@ -432,9 +415,6 @@ def hours_by_dataset(rows: list[dict], est: dict, seeds: int = 1) -> dict[str, f
 
 
 if __name__ == "__main__":  # python workflow/scripts/harness.py: the README's estimate table
-    import sys
-
-    sys.path.insert(0, str(REPO))
     cfg = load_config()
     rows = load_cells(cells_path(cfg))
     table = hours_by_dataset(rows, cfg["estimate"])
