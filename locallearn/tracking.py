@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .atomic import atomic_write_text
 from .errors import ConfigError, TrackingError
 
 RUN_FILE = "mlflow_run.json"
@@ -365,11 +366,8 @@ def _tagged_run(client, exp_id: str, tags: dict[str, str]):
 
 def _write_run_file(out_dir: Path, uri: str, exp_id: str, run_id: str) -> None:
     """Atomic (write, then rename): a kill leaves the old file or the new one, never half."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{RUN_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"run_id": run_id, "experiment_id": exp_id, "tracking_uri": uri},
-                              indent=1) + "\n")
-    os.replace(tmp, out_dir / RUN_FILE)
+    atomic_write_text(out_dir / RUN_FILE, json.dumps(
+        {"run_id": run_id, "experiment_id": exp_id, "tracking_uri": uri}, indent=1) + "\n")
 
 
 def _log_run_start(client, run_id: str, run_name: str, tags: dict, params: dict) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_write_text
 from . import __version__
 from .config import config_hash, recipe_dict
 from .errors import CheckpointError, ConfigError, DivergenceError, OutputError, TrackingError
@@ -253,22 +254,8 @@ def evaluate(cfg, model: LocalNet, test, autocast) -> dict:
 
 
 # ========================================================================== checkpoints
-def atomic_write_bytes(path: Path, write) -> None:
-    """write(tmp_path), fsync, rename: a reader sees the old file or the new, never half.
-    A failed write (disk full) removes its temporary file and raises the OSError."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, lambda p: p.write_text(json.dumps(obj, indent=1)))
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def save_checkpoint(out: Path, state: dict) -> None:
