@@ -327,7 +327,7 @@ class Stage:
 
     # ---------------------------------------------------------------------- epoch
     def train_epoch(self, train, epoch: int) -> dict:
-        from .train import _fault
+        from .train import _fault, add_local_stats, epoch_batches
         cfg, dev = self.cfg, self.device
         self.model.train()
         self.model.seed_dropout(cfg.seed, epoch)
@@ -339,21 +339,8 @@ class Stage:
         seen = 0
         fault_here = os.environ.get(FAULT_STAGE_ENV, str(self.world - 1)) == str(self.rank)
 
-        def batches():
-            if self.first:
-                cpb = cfg.classes_per_batch if epoch <= cfg.classes_per_batch_until_epoch else 0
-                order = train.order(cfg.seed, epoch, cpb, cfg.batch_size)
-                yield from train.train_batches(order, cfg.batch_size, cfg.seed, epoch)
-                return
-            while True:
-                b, x, y = self.recv.get()
-                if b == STOP:
-                    raise PipelineError(f"stage {self.rank}: stage {self.rank - 1} stopped the run mid-epoch")
-                if b == END:
-                    return
-                yield x, y
-
-        for i, (x, y) in enumerate(batches()):
+        batches = epoch_batches(cfg, train, epoch) if self.first else self._received("mid-epoch")
+        for i, (x, y) in enumerate(batches):
             if i == 2 and fault_here:
                 _fault("kill-mid-epoch", epoch)
             out, logits, ce, losses, stats = self.step(x, y)
@@ -365,33 +352,29 @@ class Stage:
                 ce_sum += ce.detach() * b
                 wrong += (logits.detach().argmax(1) != y).sum()
             if nb:
-                local_sum += torch.stack(losses).float() * b
-                for k, st in enumerate(stats):
-                    if "pred_logits" in st and not cfg.bio:
-                        local_wrong[k] += (st["pred_logits"].detach().argmax(1) != y).sum()
+                add_local_stats(cfg, local_sum, local_wrong, losses, stats, y)
         if self.send is not None:
             self.send.send(None, None, END)
         return {"seen": seen, "ce_sum": ce_sum.cpu(), "wrong": wrong.cpu(), "local_sum": local_sum.cpu(),
                 "local_wrong": local_wrong.cpu(), "layers": [m.index for m in self.blocks]}
+
+    def _received(self, where: str):
+        """Batches from the previous stage until its END marker; STOP means it gave up."""
+        while True:
+            b, x, y = self.recv.get()
+            if b == STOP:
+                raise PipelineError(f"stage {self.rank}: stage {self.rank - 1} stopped the run {where}")
+            if b == END:
+                return
+            yield x, y
 
     @torch.no_grad()
     def evaluate(self, test) -> dict | None:
         self.model.eval()
         wrong, ce_sum = 0, 0.0
 
-        def batches():
-            if self.first:
-                yield from test.eval_batches(self.cfg.eval_batch_size)
-                return
-            while True:
-                b, x, y = self.recv.get()
-                if b == STOP:
-                    raise PipelineError(f"stage {self.rank}: stage {self.rank - 1} stopped the run in evaluation")
-                if b == END:
-                    return
-                yield x, y
-
-        for x, y in batches():
+        batches = test.eval_batches(self.cfg.eval_batch_size) if self.first else self._received("in evaluation")
+        for x, y in batches:
             with self.autocast():
                 out, _, _ = self.forward(x, None, None, local=False)
                 if self.last:

@@ -194,6 +194,23 @@ ENGINES = {"fused": FusedEngine, "reference": ReferenceEngine}
 
 
 # ================================================================================ epoch
+def epoch_batches(cfg, train, epoch: int):
+    """This epoch's training batches: the class-per-batch sampler's order while it is
+    on (epoch <= --classes-per-batch-until-epoch), else a plain shuffle."""
+    cpb = cfg.classes_per_batch if epoch <= cfg.classes_per_batch_until_epoch else 0
+    order = train.order(cfg.seed, epoch, cpb, cfg.batch_size)
+    return train.train_batches(order, cfg.batch_size, cfg.seed, epoch)
+
+
+def add_local_stats(cfg, local_sum, local_wrong, losses, stats, y) -> None:
+    """Accumulate one batch's per-block local losses (batch-weighted) and local pred
+    errors (where a decoder predicts the classes: pred/predsim without --bio)."""
+    local_sum += torch.stack(losses).float() * y.shape[0]
+    for k, st in enumerate(stats):
+        if "pred_logits" in st and not cfg.bio:
+            local_wrong[k] += (st["pred_logits"].detach().argmax(1) != y).sum()
+
+
 def train_epoch(cfg, engine, train, epoch: int, autocast, progress) -> dict:
     """One pass over the training split. Statistics stay on the device and are read
     once at the end: a .item() per step would stall a GPU every batch."""
@@ -207,9 +224,7 @@ def train_epoch(cfg, engine, train, epoch: int, autocast, progress) -> dict:
     local_sum = torch.zeros(n_blocks, device=device)
     local_wrong = torch.zeros(n_blocks, device=device)
     seen = 0
-    cpb = cfg.classes_per_batch if epoch <= cfg.classes_per_batch_until_epoch else 0
-    order = train.order(cfg.seed, epoch, cpb, cfg.batch_size)
-    batches = train.train_batches(order, cfg.batch_size, cfg.seed, epoch)
+    batches = epoch_batches(cfg, train, epoch)
     for i, (x, y) in enumerate(progress(batches, total=-(-train.n // cfg.batch_size), desc=f"epoch {epoch}")):
         if i == 2:
             _fault("kill-mid-epoch", epoch)
@@ -221,10 +236,7 @@ def train_epoch(cfg, engine, train, epoch: int, autocast, progress) -> dict:
         ce_sum += ce.detach() * b
         wrong += (logits.detach().argmax(1) != y).sum()
         if n_blocks:
-            local_sum += torch.stack(losses).float() * b
-            for k, st in enumerate(stats):
-                if "pred_logits" in st and not cfg.bio:
-                    local_wrong[k] += (st["pred_logits"].detach().argmax(1) != y).sum()
+            add_local_stats(cfg, local_sum, local_wrong, losses, stats, y)
     ce_mean = (ce_sum / seen).item()
     local_mean = (local_sum / seen).tolist()
     local_err = (local_wrong * 100 / seen).tolist()
