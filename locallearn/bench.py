@@ -66,11 +66,10 @@ def _flops_per_step(cfg, model_factory, spec, device) -> int:
 def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
     from .data import DeviceSplit, load_splits
     from .datasets import SPECS
-    from .train import ENGINES, evaluate, make_model, resolve_device, train_epoch
+    from .train import ENGINES, configure_host, evaluate, make_model, resolve_device, train_epoch
 
     device = resolve_device(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    configure_host(cfg.threads)
     if synthetic:  # right shapes, random pixels: for speed on machines without the data
         spec = SPECS[cfg.dataset]
         n = cfg.max_train_examples or spec.train_size

@@ -451,7 +451,8 @@ def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str) ->
     """One stage's whole run. Rank 0 writes metrics.json and returns the metrics."""
     out = Path(cfg.out)
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // world)
-    torch.set_num_threads(threads)
+    from .train import configure_host
+    configure_host(threads)
     device = _resolve_stage_device(cfg, rank, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -15,6 +15,7 @@ Two engines compute the same updates (tests/test_engines.py proves it):
 from __future__ import annotations
 
 import bisect
+import ctypes
 import errno
 import io
 import json
@@ -65,6 +66,26 @@ def _fault(point: str, epoch: int) -> bool:
 
 
 # =============================================================================== set-up
+def configure_host(threads: int) -> None:
+    """Threads for torch, and glibc's malloc told to keep freed memory.
+
+    glibc hands blocks above its mmap threshold back to the kernel when freed, so every
+    step's fresh weight gradients (4 MB each for a 1024x1024 layer) fault in again page
+    by page. Keeping them in the heap takes 11% off a CPU step (Fashion-MNIST mlp
+    3x1024 predsim, 2 threads: 45.5 -> 40.3 ms per step). No effect on the numbers.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    if platform.system() == "Linux":
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:  # not glibc (musl): nothing to tune
+            return
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum
+        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
 def resolve_device(cfg) -> torch.device:
     if cfg.no_cuda or cfg.device == "cpu":
         return torch.device("cpu")
@@ -392,8 +413,7 @@ def run(cfg) -> dict:
                          done, out)
         return done
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    configure_host(cfg.threads)
     lease = lease_device(cfg)  # noqa: F841  (held, with its lock file, for the life of the run)
     device = resolve_device(cfg)
     from .data import load_splits
