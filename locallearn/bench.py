@@ -7,6 +7,11 @@ Paths (each trains from the same initial weights for --epochs, then evaluates):
                   on the device from a uint8 tensor held there
   fused-bf16      the same under bfloat16 autocast
 
+With --pipeline-stages S the paths are instead `fused` in one process with all the
+threads (--threads T, default: every core) against `pipeline-S`: S stage processes of
+T/S threads each (pipeline.py), and each stage's share of the epoch spent waiting for
+its neighbours (the overlap the pipeline achieved).
+
 Printed per path: seconds per epoch, images per second, achieved GFLOP/s (multiply-
 adds of forward and backward, local heads included, counted by torch's FlopCounterMode
 on one step: 2 FLOP per multiply-add) and the test error after the timed epochs.
@@ -14,12 +19,14 @@ Ratios are taken within one run, so a noisy machine affects all paths alike.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 import torch.nn.functional as F
 
 from .config import build_parser, validate
+from .errors import ConfigError
 
 PATHS = ("reference-pil", "fused", "fused-bf16")
 
@@ -84,6 +91,9 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
     steps = -(-train.n // cfg.batch_size)
     results = []
     for path in paths:
+        if path.startswith("pipeline-"):
+            results.append(_pipeline_path(cfg, int(path.split("-")[1]), flops * steps))
+            continue
         engine_name = "reference" if path == "reference-pil" else "fused"
         bf16 = path.endswith("bf16")
         model = make_model(cfg, spec, device)
@@ -108,6 +118,27 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
     return results
 
 
+def _pipeline_path(cfg, stages: int, flops_per_epoch: float) -> dict:
+    """One pipelined run of the same recipe in a scratch folder; its history holds each
+    epoch's training seconds (the slowest stage) and every stage's waits."""
+    import copy
+    import tempfile
+
+    from .pipeline import run_pipeline
+    c = copy.copy(cfg)
+    c.pipeline_stages, c.stage_devices, c.mlflow_uri = stages, None, ""
+    c.threads = max(1, (cfg.threads or os.cpu_count() or 1) // stages)
+    with tempfile.TemporaryDirectory(prefix="locallearn-bench-") as out:
+        c.out = out
+        m = run_pipeline(c)
+    best = min(m["history"], key=lambda e: e["epoch_seconds"])
+    s = best["epoch_seconds"]
+    return {"path": f"pipeline-{stages}", "seconds_per_epoch": s, "images_per_second": best["images_per_second"],
+            "gflops_per_second": flops_per_epoch / s / 1e9, "test_error": m["test_error"],
+            "threads_per_stage": c.threads, "bounds": m["pipeline"]["bounds"],
+            "stage_waits": best["stage_wait_seconds"]}
+
+
 def _reference_epoch(cfg, engine, loader, device, autocast, epoch):
     engine.model.train()
     engine.model.seed_dropout(cfg.seed, epoch)
@@ -127,8 +158,17 @@ def cli_bench(argv: list[str]) -> int:
     paths, synthetic = args.paths, args.synthetic
     del args.paths, args.synthetic
     cfg = validate(args)
+    stages = cfg.pipeline_stages
+    if stages > 1:
+        from .pipeline import check_config
+        check_config(cfg)
+        if synthetic:
+            raise ConfigError("--pipeline-stages: the pipelined path reads the real dataset; drop --synthetic")
+        paths = ["fused", f"pipeline-{stages}"]
+        cfg.pipeline_stages = 1  # the in-process paths
+        cfg.threads = cfg.threads or os.cpu_count() or 1
     rows = bench(cfg, paths, synthetic)
-    base = next((r for r in rows if r["path"] == "reference-pil"), None)
+    base = next((r for r in rows if r["path"] == ("fused" if stages > 1 else "reference-pil")), None)
     dev = "cuda" if torch.cuda.is_available() and not cfg.no_cuda and cfg.device != "cpu" else "cpu"
     print(f"# {cfg.model} {cfg.dataset} {'backprop' if cfg.backprop else cfg.loss_sup}, batch {cfg.batch_size}, "
           f"{rows and int(rows[0]['images_per_second'] * rows[0]['seconds_per_epoch'])} images/epoch, "
@@ -138,6 +178,15 @@ def cli_bench(argv: list[str]) -> int:
         speed = f"{base['seconds_per_epoch'] / r['seconds_per_epoch']:.2f}x" if base else "-"
         print(f"{r['path']:<15}{r['seconds_per_epoch']:>10.2f}{r['images_per_second']:>10.0f}"
               f"{r['gflops_per_second']:>10.1f}{speed:>10}{r['test_error']:>12.2f}")
+    for r in rows:
+        if "stage_waits" not in r:
+            continue
+        s = r["seconds_per_epoch"]
+        print(f"# {r['path']}: {len(r['bounds'])} processes x {r['threads_per_stage']} thread(s); "
+              f"fused: 1 process x {cfg.threads} threads")
+        for k, ((a, b), w) in enumerate(zip(r["bounds"], r["stage_waits"])):
+            print(f"#   stage {k} (layers {a}..{b - 1}): waits {w['recv']:.2f} s for input, "
+                  f"{w['send']:.2f} s for sends; busy {100 * (1 - (w['recv'] + w['send']) / s):.0f}% of the epoch")
     return 0
 
 

@@ -191,6 +191,20 @@ def _prepare_dir(lock_dir: Path) -> None:
                             "(set LOCALLEARN_GPU_LOCK_DIR to a shared writable folder)")
 
 
+def _sign(fd: int, label: str | None) -> None:
+    """Say who holds a lock, for `python -m locallearn.gpulease` and error messages."""
+    note = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    if label:
+        note += f" ({label})"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (note + "\n").encode(), 0)
+
+
+def _set_visible(indices: list[int]) -> None:
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, indices))
+
+
 def lease_gpu(lock_dir: Path | str | None = None, count: int | None = None,
               slots_per_gpu: int | None = None, wait_seconds: float | None = None,
               set_env: bool = True, label: str | None = None) -> Lease | None:
@@ -228,15 +242,9 @@ def lease_gpu(lock_dir: Path | str | None = None, count: int | None = None,
             fd = _try_lock(path)
             if fd is None:
                 continue
-            # Say who holds it, for `python -m locallearn.gpulease` and error messages.
-            note = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-            if label:
-                note += f" ({label})"
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (note + "\n").encode(), 0)
+            _sign(fd, label)
             if set_env:
-                os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-                os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+                _set_visible([index])
             return Lease(index=index, slot=slot, path=path, fd=fd)
         if time.monotonic() >= deadline:
             break
@@ -247,6 +255,55 @@ def lease_gpu(lock_dir: Path | str | None = None, count: int | None = None,
         f"all {count} GPU(s) x {slots_per_gpu} slot(s) are leased after waiting {wait_seconds:g} s "
         f"(lock folder {lock_dir}; holders: {holders}); run fewer jobs at once "
         "(snakemake --resources gpu=N) or raise LOCALLEARN_GPU_SLOTS")
+
+
+def lease_gpus(n: int, lock_dir: Path | str | None = None, count: int | None = None,
+               wait_seconds: float | None = None, set_env: bool = True,
+               label: str | None = None) -> list[Lease] | None:
+    """n distinct whole GPUs for one job (a pipeline of n stages), all or none.
+
+    Takes the first slot of n cards; a partial set is given back at once, so two
+    jobs that each hold some cards never wait on each other. CUDA_VISIBLE_DEVICES
+    lists the n cards (the job's processes see them as cuda:0 .. cuda:n-1).
+    None where there is no GPU; GpuLeaseError if n cards are not free in time.
+    """
+    lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+    count = detect_gpu_count() if count is None else count
+    if wait_seconds is None:
+        env_wait = os.environ.get("LOCALLEARN_GPU_WAIT", "").strip()
+        wait_seconds = float(env_wait) if env_wait else DEFAULT_WAIT_SECONDS
+    if count <= 0:
+        return None
+    if n > count:
+        raise GpuLeaseError(f"{n} GPUs wanted for one job, this machine has {count}")
+    if set_env and _cuda_already_initialised():
+        raise GpuLeaseError("CUDA was initialised before the GPU lease was taken; "
+                            "lease_gpus() must run before any torch.cuda call")
+    _prepare_dir(lock_dir)
+    deadline = time.monotonic() + max(wait_seconds, 0.0)
+    while True:
+        held = []
+        for index in range(count):
+            path = _lock_path(lock_dir, index, 0)
+            fd = _try_lock(path)
+            if fd is not None:
+                held.append(Lease(index=index, slot=0, path=path, fd=fd))
+                if len(held) == n:
+                    break
+        if len(held) == n:
+            for lease in held:
+                _sign(lease.fd, label)
+            if set_env:
+                _set_visible([lease.index for lease in held])
+            return held
+        for lease in held:
+            lease.release()
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_SECONDS)
+    holders = "; ".join(f"gpu{i}: {_holder(_lock_path(lock_dir, i, 0))}" for i in range(count))
+    raise GpuLeaseError(f"{n} of {count} GPUs were not free together after waiting {wait_seconds:g} s "
+                        f"(lock folder {lock_dir}; holders: {holders}); run fewer jobs at once")
 
 
 def lease_status(lock_dir: Path | str | None = None, count: int | None = None,

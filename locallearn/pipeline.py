@@ -331,6 +331,9 @@ class Stage:
         cfg, dev = self.cfg, self.device
         self.model.train()
         self.model.seed_dropout(cfg.seed, epoch)
+        for channel in (self.send, self.recv):  # waits are reported per epoch
+            if channel is not None:
+                channel.wait_s = 0.0
         nb = len(self.blocks)
         ce_sum = torch.zeros((), device=dev)
         wrong = torch.zeros((), device=dev)
@@ -519,9 +522,9 @@ def _stage_run(cfg, rank, world, device, out):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
-            ev = st.evaluate(test)
-            waits = {"send_wait": st.send.wait_s if st.send else 0.0,
+            waits = {"send_wait": st.send.wait_s if st.send else 0.0,  # this epoch's training only
                      "recv_wait": st.recv.wait_s if st.recv else 0.0, "seconds": seconds}
+            ev = st.evaluate(test)
             parts = _gather((stats, ev, waits), rank, world)
             verdict = [None]
             if rank == 0:

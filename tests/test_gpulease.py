@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from locallearn.errors import LocallearnError
-from locallearn.gpulease import GpuLeaseError, detect_gpu_count, lease_gpu, lease_status
+from locallearn.gpulease import GpuLeaseError, detect_gpu_count, lease_gpu, lease_gpus, lease_status
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -149,6 +149,25 @@ def test_in_process_order_spreads_before_sharing(tmp_path):
     assert (again.index, again.slot) == (1, 0)
     for lease in leases + [again]:
         lease.release()
+
+
+def test_pipeline_job_leases_distinct_whole_gpus_all_or_none(tmp_path, monkeypatch):
+    """A pipelined job (issue 8) takes n cards at once, sees exactly them, and gives a
+    partial set back instead of sitting on it."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    one = lease_gpu(tmp_path, count=4, wait_seconds=0, set_env=False)       # a single-GPU job on gpu0
+    pair = lease_gpus(2, tmp_path, count=4, wait_seconds=0)
+    assert [lease.index for lease in pair] == [1, 2]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1,2"
+    with pytest.raises(GpuLeaseError, match="2 of 4 GPUs were not free together"):
+        lease_gpus(2, tmp_path, count=4, wait_seconds=0, set_env=False)       # only gpu3 is free
+    assert lease_gpu(tmp_path, count=4, wait_seconds=0, set_env=False).index == 3  # not left held
+    with pytest.raises(GpuLeaseError, match="8 GPUs wanted for one job, this machine has 4"):
+        lease_gpus(8, tmp_path, count=4, wait_seconds=0)
+    for lease in [one, *pair]:
+        lease.release()
+    assert [lease.index for lease in lease_gpus(3, tmp_path, count=4, wait_seconds=0, set_env=False)][:2] == [0, 1]
+    assert lease_gpus(2, tmp_path, count=0) is None
 
 
 def test_no_gpu_means_no_lease(tmp_path, monkeypatch):

@@ -285,6 +285,63 @@ def test_quick_end_to_end_with_mlflow(tmp_path):
     assert (quick / "tables" / "summary.md").read_text().count("[2/200 ep, 512 train ex, 512 test ex]") == 4
 
 
+@pytest.mark.slow
+@needs_trainer
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="needs Debian's dataset-fashion-mnist")
+def test_pipelined_cell_runs_under_torchrun(tmp_path):
+    """A cell of config pipeline_stages runs as S processes started by torchrun, asks
+    for S x threads, logs one FINISHED MLflow run; taking it out of pipeline_stages
+    retrains nothing (same numbers, not a recipe flag)."""
+    budget = ("quick={epochs: 1, max_train_examples: 512, max_test_examples: 256, "
+              "select: {cells: [fmnist-mlp-predsim]}}")
+    r = snakemake(tmp_path, "--cores", "2", "quick", "--config", budget,
+                  "pipeline_stages={fmnist-mlp-predsim: 2}", timeout=600)
+    assert r.returncode == 0, r.stderr[-5000:]
+    run = tmp_path / "results" / "quick" / "runs" / "fmnist-mlp-predsim" / "seed1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["pipeline"]["stages"] == 2 and metrics["epochs"] == 1
+    assert len(metrics["history"][0]["stage_wait_seconds"]) == 2
+    log = (tmp_path / "results" / "quick" / "logs" / "train" / "fmnist-mlp-predsim" / "seed1.log").read_text()
+    assert "-m torch.distributed.run --standalone --nproc-per-node=2 --no-python" in log
+    assert "--pipeline-stages 2" in log and "--threads 1" in log
+    assert re.search(r"threads: 2\b", r.stdout + r.stderr)
+
+    import mlflow
+    mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "results" / "quick" / "mlflow.db"))
+    runs = mlflow.search_runs(experiment_names=["locallearn-quick"])
+    assert list(runs["status"]) == ["FINISHED"] and list(runs["metrics.test_error"]) == [metrics["test_error"]]
+
+    r = snakemake(tmp_path, "--cores", "2", "quick", "--config", budget, timeout=300)
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_pipeline_stages_config():
+    config = harness.load_config(overrides={"pipeline_stages": {"cifar10-vgg11b-x3-*": 4, "fmnist-mlp-pred": 2}})
+    rows = harness.load_cells(CELLS)
+    stages = harness.pipeline_stages(config, rows)
+    assert {c: s for c, s in stages.items() if s > 1} == {
+        "cifar10-vgg11b-x3-pred": 4, "cifar10-vgg11b-x3-sim": 4, "cifar10-vgg11b-x3-predsim": 4,
+        "cifar10-vgg11b-x3-cutout-predsim": 4, "fmnist-mlp-pred": 2}   # the backprop cell stays whole
+    assert harness.hidden_blocks(next(r for r in rows if r["cell"] == "cifar10-vgg11b-predsim")) == 10  # 8 convs + 2 linear
+    for bad, message in (({"nope-*": 2}, "'nope-*' matches no cell of cells.tsv"),
+                         ({"fmnist-mlp-backprop": 2}, "fmnist-mlp-backprop is a backprop cell"),
+                         ({"fmnist-mlp-pred": 4}, "4 stages for fmnist-mlp-pred, whose network has 3 hidden blocks")):
+        with pytest.raises(harness.HarnessError, match=re.escape(message)):
+            harness.pipeline_stages(harness.load_config(overrides={"pipeline_stages": bad}), rows)
+    with pytest.raises(harness.HarnessError, match="'pipeline_stages.fmnist-mlp-pred': 0 is less than the minimum of 1"):
+        harness.load_config(overrides={"pipeline_stages": {"fmnist-mlp-pred": 0}})
+
+
+def test_dry_run_asks_pipelined_cells_for_s_gpus_and_threads(tmp_path):
+    r = snakemake(tmp_path, "-n", "--cores", "16", "--config", "select={cells: [cifar10-vgg11b-x3-pred]}",
+                  "pipeline_stages={cifar10-vgg11b-x3-*: 4}", "train={threads: 3, gpu: 1}")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert re.search(r"threads: 12\b", r.stdout) and "gpu=4" in r.stdout
+    r = snakemake(tmp_path, "-n", "--config", "pipeline_stages={mnist-mlp-backprop: 2}")
+    assert r.returncode != 0 and "mnist-mlp-backprop is a backprop cell" in r.stdout + r.stderr
+
+
 def test_budget_flags_replace_the_recipe_values():
     args = ["--model", "mlp", "--epochs", "200", "--lr-decay-milestones", "100", "150", "--beta", "0.99"]
     assert harness.with_flags(args, ["--epochs", "2", "--max-train-examples", "512"]) == [
@@ -307,3 +364,17 @@ def test_tables_target_compiles_existing_runs_without_training(tmp_path):
     assert "8.40 (8.37)" in text and "not run (0.75)" in text     # seeds: [1] -> seed 1 only
     assert (tmp_path / "results" / "full" / "figures" / "scatter.png").is_file()
     assert not (tmp_path / "results" / "full" / "runs" / "mnist-mlp-backprop").exists()
+
+
+def test_committed_results_regenerate_the_readme_byte_for_byte(tmp_path):
+    """The README's tables are exactly what `snakemake tables` makes of the committed
+    metrics.json files (results/full/runs), and nothing else."""
+    committed = sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
+    for m in committed:
+        dest = tmp_path / m.relative_to(REPO)
+        dest.parent.mkdir(parents=True)
+        shutil.copy(m, dest)
+    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    r = snakemake(tmp_path, "--cores", "1", "tables")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text()

@@ -12,6 +12,7 @@ try:
     _checked = harness.validate_config(config)
     CELLS = harness.load_cells(harness.cells_path(_checked))
     PRESETS = harness.make_presets(_checked, CELLS)
+    STAGES = harness.pipeline_stages(_checked, CELLS)  # cell -> pipeline stages (1: one process)
 except harness.HarnessError as e:
     raise WorkflowError(str(e)) from None
 config.clear()

@@ -1,5 +1,6 @@
 rule train:
-    """One cell x seed: `locallearn train <recipe> --seed S --out <run dir> ...`.
+    """One cell x seed: `locallearn train <recipe> --seed S --out <run dir> ...` (under
+    `torchrun --nproc-per-node S ... --pipeline-stages S` for a pipelined cell).
     Only metrics.json is declared: the checkpoint beside it survives a failed job, and the
     same command resumes from it. The full command line heads the log."""
     input:
@@ -13,9 +14,10 @@ rule train:
         f"{RES}/{{preset}}/benchmarks/train/{{cell}}/seed{{seed}}.tsv"
     params:
         args=train_args,
-    threads: lambda wc: PRESETS[wc.preset].threads
+    # A pipelined cell (config pipeline_stages) runs S processes: S x threads, S x GPUs.
+    threads: lambda wc: PRESETS[wc.preset].threads * STAGES[wc.cell]
     resources:
-        gpu=lambda wc: PRESETS[wc.preset].gpu,
+        gpu=lambda wc: PRESETS[wc.preset].gpu * STAGES[wc.cell],
         mem_mb=lambda wc: harness.mem_mb(ROW[wc.cell], config),
         runtime=lambda wc: harness.runtime_minutes(ROW[wc.cell], config, PRESETS[wc.preset]),
     conda:

@@ -235,6 +235,36 @@ def select_cells(rows: list[dict], select: dict, key: str = "select") -> list[di
     return chosen
 
 
+def hidden_blocks(row: dict) -> int:
+    """Hidden blocks of a row's network: the units a pipeline splits (models.py)."""
+    convs = sum(1 for item in VGG_CONFIGS.get(row["model"], []) if item != "M")
+    return convs + int(row["num_layers"])
+
+
+def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
+    """cell -> pipeline stages of its jobs (config `pipeline_stages`; 1 where no pattern
+    matches, the first matching pattern otherwise). Global backprop cannot be pipelined:
+    a pattern's backprop cells stay single-process, a pattern naming only backprop cells
+    is an error. Checked before any job starts."""
+    stages = {r["cell"]: 1 for r in rows}
+    # .get: a job script of this version started by a Snakemake that loaded an older config
+    for pattern, s in (config.get("pipeline_stages") or {}).items():
+        matched = [r for r in rows if fnmatch.fnmatchcase(r["cell"], pattern)]
+        if not matched:
+            raise HarnessError(f"config key 'pipeline_stages': {pattern!r} matches no cell of cells.tsv")
+        local = [r for r in matched if r["loss"] != "backprop"]
+        if s > 1 and not local:
+            raise HarnessError(f"config key 'pipeline_stages.{pattern}': {matched[0]['cell']} is a backprop "
+                               "cell; only local losses (detached blocks) can be pipelined")
+        for r in local:
+            if s > hidden_blocks(r):
+                raise HarnessError(f"config key 'pipeline_stages.{pattern}': {s} stages for {r['cell']}, "
+                                   f"whose network has {hidden_blocks(r)} hidden blocks")
+            if stages[r["cell"]] == 1:
+                stages[r["cell"]] = s
+    return stages
+
+
 @dataclass
 class Preset:
     """Everything one preset needs: which rows and seeds, the budget, the paths."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 sys.path.insert(0, sm.scriptdir)
-import harness  # noqa: E402
+import harness  # noqa: E402  (puts the repository on sys.path: locallearn's torch-free modules)
 
 config = sm.config
 rows = harness.load_cells(harness.cells_path(config))
@@ -74,7 +74,21 @@ elif sm.rule == "train":
             "--mlflow-experiment", preset.experiment, "--run-name", f"{cell}-s{seed}"]
     for k, v in tags.items():
         args += ["--tag", f"{k}={v}"]
-    args += ["--device", preset.device, "--threads", str(sm.threads)]
+    # A pipelined cell: S stage processes started by torchrun (one node; its rendezvous
+    # is what several nodes would use too), each with its share of the job's threads and,
+    # on GPUs, one of S cards leased for the job (the trainer leases none under torchrun).
+    stages = harness.pipeline_stages(config, rows)[cell]
+    args += ["--device", preset.device, "--threads", str(max(1, sm.threads // stages))]
+    if stages > 1:
+        args += ["--pipeline-stages", str(stages)]
+        if preset.device in ("auto", "cuda") and preset.gpu > 0 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            from locallearn.gpulease import lease_gpus
+            job_lease = lease_gpus(stages, label=f"{cell} seed {seed}")  # held until the job ends
+            if job_lease:
+                env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+                env["CUDA_DEVICE_ORDER"] = os.environ["CUDA_DEVICE_ORDER"]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={stages}", "--no-python", *command]
     # The recipe flags of the run in this folder. Snakemake reruns a finished cell when
     # they change (its only params); the trainer refuses to resume a checkpoint of another
     # config, so the old run is moved aside (kept, never deleted) and this one starts fresh.
