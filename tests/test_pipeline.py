@@ -26,6 +26,8 @@ CASES = {  # name: (flags, stages, train examples)
     "vgg-pred-3": (VGG + ["--loss-sup", "pred"], 3, 100),
     "vgg-sim-2": (VGG + ["--loss-sup", "sim", "--pipeline-balance", "time"], 2, 100),  # timed split
     "vgg-predsim-3": (VGG + ["--loss-sup", "predsim"], 3, 100),
+    "mlp-predsim-bf16-2": (MLP + ["--loss-sup", "predsim", "--precision", "bf16"], 2, 200),  # bf16 autocast
+    "vgg-predsim-bf16-2": (VGG + ["--loss-sup", "predsim", "--precision", "bf16"], 2, 100),
 }
 
 
