@@ -378,3 +378,13 @@ def test_committed_results_regenerate_the_readme_byte_for_byte(tmp_path):
     r = snakemake(tmp_path, "--cores", "1", "tables")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text()
+
+
+def test_job_script_is_the_stable_shim():
+    """Snakemake reruns every finished job whose `script:` text changed (its "code" rerun
+    trigger): editing run_locallearn.py would retrain every cell of a replication in
+    progress. Job logic belongs in workflow/scripts/jobs.py; change this hash only with a
+    reason that is worth retraining (or rerunning with --rerun-triggers without code)."""
+    import hashlib
+    shim = (REPO / "workflow" / "scripts" / "run_locallearn.py").read_bytes()
+    assert hashlib.sha256(shim).hexdigest() == "40be55813b63803dfabf3fb9ecc39ef7101db16b00f07aefa4d6abc5c1b15299"
