@@ -167,3 +167,35 @@ def test_layer_times_leave_the_model_untouched():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert len(split_layers(model, times, 3)) == 3
+
+
+def test_two_torchrun_nodes_make_one_pipeline(tmp_path):
+    """The several-machines launch of the README, on one machine: two torchrun "nodes"
+    (one stage each) meet through the c10d rendezvous and make the sequential run's
+    updates."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    flags, n = MLP + ["--loss-sup", "predsim"], 200
+    seq = train_mod.run(cfg_for(tmp_path, flags, "seq", n))
+    argv = [*flags, "--dropout", "0.2", "--batch-size", "32", "--epochs", "1", "--lr", "1e-3", "--threads", "1",
+            "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "pipe"), "--mlflow-uri", "",
+            "--eval-batch-size", "50", "--pipeline-stages", "2"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t",
+                               "-m", "locallearn", "train", *argv],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    pipe = json.loads((tmp_path / "pipe" / "metrics.json").read_text())
+    assert pipe["pipeline"]["stages"] == 2
+    assert strip(pipe["history"]) == strip(seq["history"])
+    assert_same_as_sequential(tmp_path / "seq", tmp_path / "pipe", 2)
