@@ -98,6 +98,8 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
         bf16 = path.endswith("bf16")
         model = make_model(cfg, spec, device)
         engine = ENGINES[engine_name](cfg, model, device)
+        if bf16:
+            engine.graphs = False  # CUDA graphs are captured for float32 steps only (train.FusedEngine)
         autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
         seconds = []
         for epoch in range(1, cfg.epochs + 1):

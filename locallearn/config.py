@@ -87,6 +87,8 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
     a("--pipeline-stages", type=int, default=1, help="split the blocks into S pipelined processes (exact; pipeline.py)")
     a("--stage-devices", nargs="+", default=None, help="one device per pipeline stage (default: automatic)")
     a("--pipeline-balance", default="flops", choices=["flops", "time"], help="stage split from")
+    a("--no-cuda-graph", action="store_true",
+      help="on CUDA, run every fused step eagerly instead of replaying it as one CUDA graph")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -173,7 +175,7 @@ NON_RECIPE = {
     "out", "data_dir", "download", "device", "no_cuda", "progress_bar", "no_print_stats",
     "resume", "save_dir", "threads", "mlflow_uri", "mlflow_experiment", "run_name", "tag",
     "debug", "eval_batch_size", "pipeline_stages", "stage_devices",
-    "pipeline_balance",
+    "pipeline_balance", "no_cuda_graph",
 }
 
 

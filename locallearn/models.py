@@ -55,7 +55,8 @@ class Block(nn.Module):
 
     def seed_dropout(self, seed: int) -> None:
         self._gen_seed = seed
-        self._gen = None  # made on the right device at the next forward
+        if self._gen is not None:  # reseeded in place: a CUDA graph holds this very generator
+            self._gen.manual_seed(seed)
 
     def dropout(self, h: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:

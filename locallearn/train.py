@@ -116,8 +116,10 @@ def make_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # fused Adam: one kernel over all parameters; the optimizer's memory traffic is a
     # fifth of an MLP epoch on CPU, and foreach Adam is ~35% slower there (issue 2).
+    # capturable on CUDA (step counts on the device), so that a step can be replayed as a
+    # CUDA graph, and with or without graphs the arithmetic is the same.
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            amsgrad=cfg.optim == "amsgrad", fused=True)
+                            amsgrad=cfg.optim == "amsgrad", fused=True, capturable=device.type == "cuda")
 
 
 def lr_at(cfg, epoch: int) -> float:
@@ -138,18 +140,61 @@ def output_scale(cfg) -> float:
 
 # ============================================================================== engines
 class FusedEngine:
-    """All losses summed, one backward, one step."""
+    """All losses summed, one backward, one step.
+
+    On CUDA (float32) the step of a full batch is captured once as a CUDA graph and
+    replayed: the mlp step is a few hundred small kernels, launch-bound when run eagerly
+    (H200, mlp 3x1024 predsim: 7.5 ms eager, 1.0 ms replayed, parameters bitwise equal
+    after 30 steps with dropout on). The graph holds the blocks' dropout generators
+    (reseeded in place each epoch) and bakes in the learning rate, so a new lr means a
+    new capture. A short last batch runs eagerly.
+    """
+
+    WARMUP_STEPS = 3  # eager steps on a side stream before a capture (cuBLAS, Adam state)
 
     def __init__(self, cfg, model: LocalNet, device):
         self.cfg, self.model = cfg, model
         self.optimizers = {"all": make_optimizer(cfg, model.parameters(), device)}
+        self.graphs = (device.type == "cuda" and not getattr(cfg, "no_cuda_graph", False)
+                       and getattr(cfg, "precision", "fp32") == "fp32")
+        self._graph, self._warm = None, 0
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers.values():
             for g in opt.param_groups:
+                if g["lr"] != lr:
+                    self._graph, self._warm = None, 0  # the captured step has the old lr
                 g["lr"] = lr
 
     def step(self, x, y, y_onehot, autocast):
+        if not self.graphs or x.shape[0] != self.cfg.batch_size:
+            return self.eager_step(x, y, y_onehot, autocast)
+        if self._graph is None:
+            if self._warm < self.WARMUP_STEPS:
+                self._warm += 1
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    out = self.eager_step(x, y, y_onehot, autocast)
+                torch.cuda.current_stream().wait_stream(side)
+                return out
+            self._capture(x, y, y_onehot, autocast)
+        for static, new in zip(self._inputs, (x, y, y_onehot)):
+            static.copy_(new)
+        self._graph.replay()
+        return self._outputs
+
+    def _capture(self, x, y, y_onehot, autocast):
+        self._inputs = (x.clone(), y.clone(), y_onehot.clone())
+        graph = torch.cuda.CUDAGraph()
+        for b in self.model.blocks:
+            if b._gen is not None:
+                graph.register_generator_state(b._gen)
+        with torch.cuda.graph(graph):  # records the step; nothing runs until replay
+            self._outputs = self.eager_step(*self._inputs, autocast)
+        self._graph = graph
+
+    def eager_step(self, x, y, y_onehot, autocast):
         cfg = self.cfg
         opt = self.optimizers["all"]
         opt.zero_grad(set_to_none=True)

@@ -99,3 +99,50 @@ def test_output_loss_reaches_first_layer(mode):
     logits, _, _ = model(x, y, F.one_hot(y, 10).float(), detach=detaches(cfg), local=not cfg.backprop)
     F.cross_entropy(logits, y).backward()
     assert model.blocks[0].layer.weight.grad.abs().sum() > 0
+
+
+def test_dropout_generator_is_reseeded_in_place():
+    """A CUDA graph holds each block's dropout generator, so a new epoch reseeds that very
+    generator; its masks are the ones a fresh generator of the epoch's seed draws."""
+    from locallearn.models import derive_seed
+    cfg = flags("--dropout", "0.3")
+    model = build_model(cfg, 1, 28, 10)
+    model.train()
+    block = model.blocks[0]
+    model.seed_dropout(1, 1)
+    h = torch.ones(8, 32)
+    first = block.dropout(h)
+    gen = block._gen
+    model.seed_dropout(1, 2)
+    second = block.dropout(h)
+    assert block._gen is gen                                     # the same object, reseeded
+    fresh = torch.Generator().manual_seed(derive_seed(1, 2, 1000 + block.index))
+    keep = torch.empty(8, 32).bernoulli_(0.7, generator=fresh)
+    assert torch.equal(second, h * keep / 0.7) and not torch.equal(first, second)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("shape, cfg", [((1, 28, 28), flags("--loss-sup", "predsim", "--dropout", "0.2")),
+                                        ((3, 16, 16), small_vgg("--loss-sup", "predsim", "--dropout", "0.2"))])
+def test_cuda_graph_step_equals_eager(shape, cfg):
+    """Replayed CUDA-graph steps make the eager steps' updates bit for bit, across a new
+    epoch's dropout seeds, an lr change (a new capture) and a short last batch."""
+    dev = torch.device("cuda")
+    models = []
+    for graphs in (True, False):
+        cfg.no_cuda_graph = not graphs
+        torch.manual_seed(0)
+        model = build_model(cfg, shape[0], shape[1], 10).to(dev)
+        model.train()
+        eng = ENGINES["fused"](cfg, model, dev)
+        assert eng.graphs == graphs
+        data = batches(12, shape, batch=cfg.batch_size) + batches(1, shape, batch=5, seed=1)
+        for epoch, lr in ((1, 1e-3), (2, 1e-3), (3, 2.5e-4)):
+            model.seed_dropout(cfg.seed, epoch)
+            eng.set_lr(lr)
+            for x, y in data:
+                x, y = x.to(dev), y.to(dev)
+                eng.step(x, y, F.one_hot(y, 10).float(), lambda: torch.autocast("cuda", enabled=False))
+        models.append(model)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), name
