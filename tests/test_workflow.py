@@ -380,6 +380,28 @@ def test_committed_results_regenerate_the_readme_byte_for_byte(tmp_path):
     assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text()
 
 
+def test_committed_runs_are_whole_recipes():
+    """Every committed run (results/full/runs) is a finished full-recipe run of its row:
+    the row's epochs of history, the final test error its last epoch's, seed and recipe
+    as the workflow runs them."""
+    from locallearn.cells import recipe_args
+    rows = {r["cell"]: r for r in harness.load_cells(CELLS)}
+    committed = sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
+    for path in committed:
+        cell, seed = path.parts[-3], int(path.parts[-2][len("seed"):])
+        m = json.loads(path.read_text())
+        row = rows[cell]
+        assert m["epochs"] == len(m["history"]) == int(row["epochs"]), path
+        assert [e["epoch"] for e in m["history"]] == list(range(1, int(row["epochs"]) + 1))
+        assert m["test_error"] == m["history"][-1]["test_error"] and m["seed"] == seed
+        args = recipe_args(row)
+        for flag in ("--model", "--dataset", "--lr", "--dropout", "--num-hidden", "--num-layers"):
+            want = args[args.index(flag) + 1]
+            got = m["config"][flag[2:].replace("-", "_")]
+            assert str(got) == want or float(got) == float(want), (path, flag, got, want)
+        assert m["config"]["max_train_examples"] == 0 and m["config"]["max_test_examples"] == 0
+
+
 def test_job_script_is_the_stable_shim():
     """Snakemake reruns every finished job whose `script:` text changed (its "code" rerun
     trigger): editing run_locallearn.py would retrain every cell of a replication in
