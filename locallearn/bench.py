@@ -19,6 +19,7 @@ Ratios are taken within one run, so a noisy machine affects all paths alike.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -97,9 +98,9 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
         engine_name = "reference" if path == "reference-pil" else "fused"
         bf16 = path.endswith("bf16")
         model = make_model(cfg, spec, device)
-        engine = ENGINES[engine_name](cfg, model, device)
-        if bf16:
-            engine.graphs = False  # CUDA graphs are captured for float32 steps only (train.FusedEngine)
+        path_cfg = copy.copy(cfg)
+        path_cfg.precision = "bf16" if bf16 else cfg.precision  # the engine keys its CUDA graphs on it
+        engine = ENGINES[engine_name](path_cfg, model, device)
         autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
         seconds = []
         for epoch in range(1, cfg.epochs + 1):
@@ -123,7 +124,6 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
 def _pipeline_path(cfg, stages: int, flops_per_epoch: float) -> dict:
     """One pipelined run of the same recipe in a scratch folder; its history holds each
     epoch's training seconds (the slowest stage) and every stage's waits."""
-    import copy
     import tempfile
 
     from .pipeline import run_pipeline
