@@ -116,7 +116,8 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
             seconds.append(time.perf_counter() - t0)
         err = evaluate(cfg, model, test, autocast)["test_error"]
         s = min(seconds)
-        results.append({"path": path, "seconds_per_epoch": s, "images_per_second": train.n / s,
+        results.append({"path": path, "images_per_epoch": train.n, "seconds_per_epoch": s,
+                        "images_per_second": train.n / s,
                         "gflops_per_second": flops * steps / s / 1e9, "test_error": err})
     return results
 
@@ -173,7 +174,7 @@ def cli_bench(argv: list[str]) -> int:
     base = next((r for r in rows if r["path"] == ("fused" if stages > 1 else "reference-pil")), None)
     dev = "cuda" if torch.cuda.is_available() and not cfg.no_cuda and cfg.device != "cpu" else "cpu"
     print(f"# {cfg.model} {cfg.dataset} {'backprop' if cfg.backprop else cfg.loss_sup}, batch {cfg.batch_size}, "
-          f"{rows and int(rows[0]['images_per_second'] * rows[0]['seconds_per_epoch'])} images/epoch, "
+          f"{rows[0]['images_per_epoch'] if rows else 0} images/epoch, "
           f"device {dev}, threads {torch.get_num_threads()}, best of {cfg.epochs} epoch(s)")
     print(f"{'path':<15}{'s/epoch':>10}{'img/s':>10}{'GFLOP/s':>10}{'speed-up':>10}{'test err %':>12}")
     for r in rows:

@@ -3,8 +3,9 @@
 Reads `<runs>/<cell>/seed<seed>/metrics.json` (the source of truth) for the rows of
 cells.tsv and writes markdown in the layout of the paper's README: one table per
 dataset (Network, #Params, Global loss, pred, sim, predsim), each entry showing ours
-beside the published number, `8.41 (8.37)`, then a summary table with the delta and a
-verdict per cell. A cell without metrics.json shows as "not run", never as a number.
+beside the published number, `8.41 (8.37)`, then a summary table with the delta, a
+verdict and the training wall time per cell. A cell without metrics.json shows as
+"not run", never as a number.
 
 `splice_file` puts the tables into a README between BEGIN and END; it writes only when
 the text changes and leaves everything outside the markers as it was.
@@ -166,11 +167,25 @@ class Cell:
         inside = abs(self.delta()) <= tol + 1e-9
         return f"{'within' if inside else 'outside'} tolerance (±{tol:g})"
 
+    def wall_time(self) -> str:
+        """Mean training time per seed (wall_seconds of metrics.json, which adds up the
+        time across resumes), or '-' where nothing has run."""
+        walls = [float(m["wall_seconds"]) for m in self.runs if m.get("wall_seconds") is not None]
+        return _duration(statistics.fmean(walls)) if walls else "-"
+
     def params(self) -> int | None:
         for m in self.runs:
             if isinstance(m.get("params_backprop"), int):
                 return m["params_backprop"]
         return None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
 
 
 def _millions(n: int) -> str:
@@ -236,9 +251,9 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
             name = f"[{name}]({figure_prefix}{name}.png)"
         delta = c.delta()
         body.append([name, str(c.n), _fmt(c.published) if c.published is not None else "n/a",
-                     c.ours(), f"{delta:+.2f}" if delta is not None else "-", verdict])
+                     c.ours(), f"{delta:+.2f}" if delta is not None else "-", verdict, c.wall_time()])
     summary = (f"{heading} Summary\n\n"
-               + _markdown(["Cell", "Seeds", "Published", "Ours", "Delta", "Verdict"], body) + "\n\n"
+               + _markdown(["Cell", "Seeds", "Published", "Ours", "Delta", "Verdict", "Wall time per seed"], body) + "\n\n"
                + f"{len(cells)} cells: {counts['within']} within tolerance, {counts['outside']} outside, "
                f"{counts['budget']} budget runs, {counts['no published']} without a published number, "
                f"{counts['not yet run']} not yet run.\n")

@@ -367,8 +367,8 @@ def test_tables_target_compiles_existing_runs_without_training(tmp_path):
 
 
 def test_committed_results_regenerate_the_readme_byte_for_byte(tmp_path):
-    """The README's tables are exactly what `snakemake tables` makes of the committed
-    metrics.json files (results/full/runs), and nothing else."""
+    """The README's tables, and results/full/tables/*.md, are exactly what `snakemake
+    tables` makes of the committed metrics.json files (results/full/runs), and nothing else."""
     committed = sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
     for m in committed:
         dest = tmp_path / m.relative_to(REPO)
@@ -378,6 +378,9 @@ def test_committed_results_regenerate_the_readme_byte_for_byte(tmp_path):
     r = snakemake(tmp_path, "--cores", "1", "tables")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text()
+    tables_dir = Path("results") / "full" / "tables"
+    for md in sorted((REPO / tables_dir).glob("*.md")):    # and the committed table files
+        assert (tmp_path / tables_dir / md.name).read_text() == md.read_text(), md.name
 
 
 def test_committed_runs_are_whole_recipes():
