@@ -60,7 +60,7 @@ def _pil_loader(cfg, spec, images, labels):
 def _flops_per_step(cfg, model_factory, spec, device) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .train import ENGINES
+    from .engines import ENGINES
     model = model_factory()
     engine = ENGINES["fused"](cfg, model, device)
     x = torch.randn(cfg.batch_size, spec.channels, spec.size, spec.size, device=device)
@@ -74,7 +74,8 @@ def _flops_per_step(cfg, model_factory, spec, device) -> int:
 def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
     from .data import DeviceSplit, load_splits
     from .datasets import SPECS
-    from .train import ENGINES, configure_host, evaluate, make_model, resolve_device, train_epoch
+    from .engines import ENGINES, evaluate, make_model, train_epoch
+    from .host import configure_host, resolve_device
 
     device = resolve_device(cfg)
     configure_host(cfg.threads)
@@ -110,11 +111,11 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
                 _reference_epoch(cfg, engine, _pil_loader(cfg, spec, train.images.cpu(), train.labels.cpu()),
                                  device, autocast, epoch)
             else:
-                train_epoch(cfg, engine, train, epoch, autocast, lambda it, total, desc: it)
+                train_epoch(cfg, engine, train, epoch, autocast)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - t0)
-        err = evaluate(cfg, model, test, autocast)["test_error"]
+        err = evaluate(cfg, engine, test, autocast)["wrong"] * 100 / test.n
         s = min(seconds)
         results.append({"path": path, "images_per_epoch": train.n, "seconds_per_epoch": s,
                         "images_per_second": train.n / s,

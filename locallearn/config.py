@@ -61,7 +61,7 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     a("--seed", type=int, default=1, help="seeds every random number of the run")
     a("--no-cuda", action="store_true", help="train on the CPU even where CUDA is present")
     a("--progress-bar", action="store_true", help="show a progress bar (also on by itself on a terminal)")
-    a("--no-print-stats", action="store_true", help="skip per-layer local statistics")
+    a("--no-print-stats", action="store_true", help="print no per-epoch statistics line (the reference's flag)")
     a("--resume", default="", help="checkpoint file to resume from (default: the one in --out)")
     a("--save-dir", default="", help="accepted for compatibility; --out decides where a run writes")
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import derive_seed
+from .seeding import derive_seed
 
 # Streams of randomness within one epoch (see derive_seed).
 ORDER_STREAM, SAMPLER_STREAM, AUGMENT_STREAM = 1, 2, 3

@@ -10,7 +10,7 @@ nonlinearity, before dropout) feeds small heads whose losses train only that blo
   bio      labels replaced by a fixed random projection; pred through feedback alignment
 
 `LocalHead` combines them for one block and returns one scalar loss plus statistics.
-Nothing here steps an optimizer: the engines in train.py decide how losses become
+Nothing here steps an optimizer: the engines in engines.py decide how losses become
 updates (SPEC.md, "The update").
 """
 from __future__ import annotations

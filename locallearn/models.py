@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from .local import LocalHead
+from .seeding import derive_seed
 from .specs import VGG_CONFIGS
 
 MODELS: dict[str, Callable] = {}
@@ -24,13 +24,6 @@ def register(name: str):
         MODELS[name] = fn
         return fn
     return add
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (run seed, epoch, stream...): independent streams
-    that are a pure function of where they are used, so a resumed run draws exactly
-    the numbers an uninterrupted one would."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class Block(nn.Module):

@@ -4,7 +4,7 @@ Local losses detach every block's input, so block k's update for batch t depends
 on its own weights and on block k-1's output for batch t, computed before block k-1's
 step t. Stage k can therefore work on batch t while stage k+1 works on batch t-1,
 sending activations forward only, and make exactly the updates of the sequential
-fused engine (train.FusedEngine): each stage sums its blocks' local losses (and, on the
+fused engine (engines.FusedEngine): each stage sums its blocks' local losses (and, on the
 last stage, the scaled output cross-entropy), runs one backward and one fused Adam step
 over its own parameters; Adam is elementwise, so the union of the stage steps is the
 fused step. Dropout masks come from per-block generators and BatchNorm statistics are
@@ -27,24 +27,25 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import os
 import socket
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .config import config_hash, recipe_dict
-from .errors import CheckpointError, ConfigError, DivergenceError, LocallearnError
-from .models import Block, LocalNet, build_model, forward_layers
+from . import faults
+from .engines import FusedEngine, epoch_batches
+from .errors import CheckpointError, ConfigError, LocallearnError
+from .fit import fit
+from .host import configure_host
+from .models import Block, LocalNet, build_model
+from .rundir import RunFolder
 
 TIMEOUT_ENV = "LOCALLEARN_PIPELINE_TIMEOUT"  # seconds a stage waits for a peer (default 60)
-FAULT_STAGE_ENV = "LOCALLEARN_FAULT_STAGE"  # which stage $LOCALLEARN_FAULT kills (default: last)
 END, STOP = 0, -1
 
 
@@ -54,10 +55,6 @@ class PipelineError(LocallearnError):
 
 def _timeout() -> float:
     return float(os.environ.get(TIMEOUT_ENV, "60"))
-
-
-def stage_checkpoint_name(k: int, prev: bool = False) -> str:
-    return f"checkpoint.stage{k}{'.prev' if prev else ''}.pt"
 
 
 # ======================================================================== configuration
@@ -258,108 +255,53 @@ class Receiver:
 
 
 # ================================================================================ stage
-class Stage:
+class StageEngine(FusedEngine):
+    """Pipeline stage `rank` of `world`: the fused engine over its slice of the layers
+    (the same step), whose batches come from the previous stage (stage 0 reads the
+    data) and whose activations go on to the next. The whole network is built, with
+    the sequential run's initial weights, so that every stage agrees on the split;
+    only the stage's own layers move to its device."""
+
     def __init__(self, cfg, rank: int, world: int, device: torch.device):
         from .datasets import SPECS
-        from .train import make_optimizer
-        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
-        self.first, self.last = rank == 0, rank == world - 1
-        self.spec = SPECS[cfg.dataset]
-        torch.manual_seed(cfg.seed)  # the sequential run's initial weights (train.make_model)
-        self.model = build_model(cfg, self.spec.channels, self.spec.size, self.spec.num_classes)
-        self.params_backprop, self.params_total = self.model.count_params()
-        costs, shapes, out_cost = layer_costs(self.model, self.spec, cfg)
+        spec = SPECS[cfg.dataset]
+        torch.manual_seed(cfg.seed)  # the sequential run's initial weights (engines.make_model)
+        model = build_model(cfg, spec.channels, spec.size, spec.num_classes)
+        costs, shapes, out_cost = layer_costs(model, spec, cfg)
         costs[-1] += out_cost
         how = "FLOP estimate per layer, forward + local loss + backward"
         if cfg.pipeline_balance == "time":  # rank 0 times the layers; every stage gets its numbers
-            timed = [layer_times(self.model, self.spec, cfg, device) if rank == 0 else None]
+            timed = [layer_times(model, spec, cfg, device) if rank == 0 else None]
             dist.broadcast_object_list(timed, src=0)
             costs, how = timed[0], f"measured per-layer time on {device}, batch {cfg.batch_size}"
-        self.bounds = split_layers(self.model, costs, world)
-        self.split_text = describe_split(self.model, self.bounds, costs, how)
+        self.bounds = split_layers(model, costs, world)
+        self.split_text = describe_split(model, self.bounds, costs, how)
         a, b = self.bounds[rank]
-        self.a, self.b = a, b
-        self.layers = list(self.model.layers[a:b])
-        for m in self.layers:
+        for m in model.layers[a:b]:
             m.to(device)
-        if self.last:
-            self.model.output.to(device)
-        prefixes = tuple(f"layers.{i}." for i in range(a, b)) + (("output.",) if self.last else ())
-        self.prefixes = prefixes
-        named = [(n, p) for n, p in self.model.named_parameters() if n.startswith(prefixes)]
-        self.param_names = [n for n, _ in named]
-        self.opt = make_optimizer(cfg, [p for _, p in named], device) if named else None
-        self.blocks = [m for m in self.layers if isinstance(m, Block)]
+        if rank == world - 1:
+            model.output.to(device)
+        super().__init__(cfg, model, device, a, b)
+        self.rank, self.world = rank, world
+        self.reports = rank == 0
         cap = max(cfg.batch_size, cfg.eval_batch_size)
         dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-        self.recv = None if self.first else Receiver(rank - 1, shapes[a - 1], cap, device, dtype)
-        self.send = None if self.last else Sender(rank + 1, shapes[b - 1], cap, device, dtype)
-        use_bf16 = cfg.precision == "bf16"
-        self.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+        self.recv = None if rank == 0 else Receiver(rank - 1, shapes[a - 1], cap, device, dtype)
+        self.send = None if rank == world - 1 else Sender(rank + 1, shapes[b - 1], cap, device, dtype)
 
     def state_dict(self) -> dict:
-        return {k: v for k, v in self.model.state_dict().items() if k.startswith(self.prefixes)}
+        return {**super().state_dict(), "stage": self.rank, "stages": self.world, "bounds": self.bounds,
+                "param_names": [n for n, _ in self.named_parameters]}
 
-    def forward(self, x, y, y_onehot, local=True):
-        return forward_layers(self.layers, x, y, y_onehot, detach=True, local=local)
-
-    def step(self, x, y):
-        """This stage's part of train.FusedEngine.step: its losses summed (the output
-        loss first, as there), one backward, one step over its parameters."""
-        from .train import output_scale
-        cfg = self.cfg
-        if self.opt is not None:
-            self.opt.zero_grad(set_to_none=True)
-        y_onehot = F.one_hot(y, self.spec.num_classes).float()
-        with self.autocast():
-            x, losses, stats = self.forward(x, y, y_onehot)
-            total, logits, ce = None, None, None
-            if self.last:
-                logits = self.model.output(x)
-                ce = F.cross_entropy(logits.float(), y)
-                total = ce * output_scale(cfg)
-            for loss in losses:
-                total = loss if total is None else total + loss
-        if total is not None and total.requires_grad:
-            total.backward()
-            self.opt.step()
-        return x, logits, ce, losses, stats
-
-    # ---------------------------------------------------------------------- epoch
-    def train_epoch(self, train, epoch: int) -> dict:
-        from .train import _fault, add_local_stats, epoch_batches
-        cfg, dev = self.cfg, self.device
-        self.model.train()
-        self.model.seed_dropout(cfg.seed, epoch)
+    # ------------------------------------------------------------- the fit loop's hooks
+    def train_batches(self, train, epoch: int):
         for channel in (self.send, self.recv):  # waits are reported per epoch
             if channel is not None:
                 channel.wait_s = 0.0
-        nb = len(self.blocks)
-        ce_sum = torch.zeros((), device=dev)
-        wrong = torch.zeros((), device=dev)
-        local_sum = torch.zeros(nb, device=dev)
-        local_wrong = torch.zeros(nb, device=dev)
-        seen = 0
-        fault_here = os.environ.get(FAULT_STAGE_ENV, str(self.world - 1)) == str(self.rank)
+        return epoch_batches(self.cfg, train, epoch) if self.recv is None else self._received("mid-epoch")
 
-        batches = epoch_batches(cfg, train, epoch) if self.first else self._received("mid-epoch")
-        for i, (x, y) in enumerate(batches):
-            if i == 2 and fault_here:
-                _fault("kill-mid-epoch", epoch)
-            out, logits, ce, losses, stats = self.step(x, y)
-            if self.send is not None:
-                self.send.send(out, y)
-            b = y.shape[0]
-            seen += b
-            if self.last:
-                ce_sum += ce.detach() * b
-                wrong += (logits.detach().argmax(1) != y).sum()
-            if nb:
-                add_local_stats(cfg, local_sum, local_wrong, losses, stats, y)
-        if self.send is not None:
-            self.send.send(None, None, END)
-        return {"seen": seen, "ce_sum": ce_sum.cpu(), "wrong": wrong.cpu(), "local_sum": local_sum.cpu(),
-                "local_wrong": local_wrong.cpu(), "layers": [m.index for m in self.blocks]}
+    def eval_batches(self, test):
+        return test.eval_batches(self.cfg.eval_batch_size) if self.recv is None else self._received("in evaluation")
 
     def _received(self, where: str):
         """Batches from the previous stage until its END marker; STOP means it gave up."""
@@ -371,75 +313,69 @@ class Stage:
                 return
             yield x, y
 
-    @torch.no_grad()
-    def evaluate(self, test) -> dict | None:
-        self.model.eval()
-        wrong, ce_sum = 0, 0.0
+    def pass_on(self, activation, y) -> None:
+        if self.send is not None:
+            self.send.send(activation, y)
 
-        batches = test.eval_batches(self.cfg.eval_batch_size) if self.first else self._received("in evaluation")
-        for x, y in batches:
-            with self.autocast():
-                out, _, _ = self.forward(x, None, None, local=False)
-                if self.last:
-                    logits = self.model.output(out)
-            if self.send is not None:
-                self.send.send(out, y)
-            else:
-                ce_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-                wrong += (logits.argmax(1) != y).sum().item()
+    def end_phase(self) -> None:
         if self.send is not None:
             self.send.send(None, None, END)
-        return {"wrong": wrong, "ce_sum": ce_sum}
 
-    def shutdown(self):
+    def waits(self) -> dict:
+        return {"send_wait": self.send.wait_s if self.send else 0.0,
+                "recv_wait": self.recv.wait_s if self.recv else 0.0}
+
+    def gather(self, obj):
+        """obj of every stage on rank 0 (tensors via the CPU), None elsewhere."""
+        obj = _to_cpu(obj)
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def agree(self, verdict):
+        box = [verdict]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def resume(self, folder):
+        """Resume together: the newest epoch every stage has a checkpoint of."""
+        found = {}
+        for state in folder.checkpoints():
+            if [tuple(b) for b in state.get("bounds", [])] != [tuple(b) for b in self.bounds]:
+                raise CheckpointError(f"{folder.checkpoint} was written with another stage split "
+                                      f"{state.get('bounds')} (now {self.bounds}); resume with the same "
+                                      "--pipeline-stages")
+            found.setdefault(state["epoch"], state)
+        epochs = [None] * self.world
+        dist.all_gather_object(epochs, sorted(found))
+        common = set(epochs[0]).intersection(*map(set, epochs[1:]))
+        return found[max(common)] if common else None
+
+    def finish(self) -> None:
         if self.send is not None:
             self.send.send(None, None, STOP)
             self.send.wait()
         if self.recv is not None and self.recv.works:
-            b, _, _ = self.recv.get()  # the previous stage's STOP completes the posted receive
+            self.recv.get()  # the previous stage's STOP completes the posted receive
+
+    def run_info(self) -> dict:
+        return {"pipeline": {"stages": self.world, "bounds": self.bounds}}
 
 
-# ========================================================================== checkpoints
-def _save_stage(out: Path, k: int, state: dict) -> None:
-    """Atomic, newest two kept (as train.save_checkpoint): a torn file falls back."""
-    cur, prev, tmp = out / stage_checkpoint_name(k), out / stage_checkpoint_name(k, True), \
-        out / (stage_checkpoint_name(k) + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    if cur.exists():
-        os.replace(cur, prev)
-    os.replace(tmp, cur)
-
-
-def _stage_candidates(cfg, out: Path, k: int, bounds) -> dict[int, Path]:
-    found = {}
-    chash = config_hash(cfg)
-    for path in (out / stage_checkpoint_name(k), out / stage_checkpoint_name(k, True)):
-        if not path.exists():
-            continue
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            print(f"locallearn: warning: {path} unreadable ({type(e).__name__})", file=sys.stderr)
-            continue
-        if state.get("config_hash") != chash:
-            raise CheckpointError(f"{path} belongs to another config; refusing to mix runs: "
-                                  "use another --out or delete the folder")
-        if [tuple(b) for b in state.get("bounds", [])] != [tuple(b) for b in bounds]:
-            raise CheckpointError(f"{path} was written with another stage split {state.get('bounds')} "
-                                  f"(now {bounds}); resume with the same --pipeline-stages")
-        found[state["epoch"]] = path
-    return found
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    return obj
 
 
 # ================================================================================= run
-def _gather(obj, rank: int, world: int):
-    out = [None] * world if rank == 0 else None
-    dist.gather_object(obj, out, dst=0)
-    return out
-
-
 def _resolve_stage_device(cfg, rank: int, local_rank: int) -> torch.device:
     if cfg.stage_devices:
         return torch.device(cfg.stage_devices[rank])
@@ -452,10 +388,8 @@ def _resolve_stage_device(cfg, rank: int, local_rank: int) -> torch.device:
 
 def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str) -> dict | None:
     """One stage's whole run. Rank 0 writes metrics.json and returns the metrics."""
-    out = Path(cfg.out)
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // world)
-    from .train import configure_host
-    configure_host(threads)
+    faults.set_stage(rank, world)
+    configure_host(cfg.threads or max(1, (os.cpu_count() or 1) // world))
     device = _resolve_stage_device(cfg, rank, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -463,148 +397,19 @@ def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str) ->
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=_timeout()))
     try:
-        return _stage_run(cfg, rank, world, device, out)
+        engine = StageEngine(cfg, rank, world, device)
+        if rank == 0:
+            print(engine.split_text, flush=True)
+        train = test = None
+        if rank == 0:  # stage 0 alone reads the data
+            from .data import load_splits
+            train, test, _ = load_splits(cfg, device)
+        return fit(cfg, RunFolder(cfg, stage=rank), engine, train, test)
     finally:
         try:
             dist.destroy_process_group()
         except Exception:
             pass
-
-
-def _stage_run(cfg, rank, world, device, out):
-    from .train import (_finish_tracking, _tags, environment_info, lr_at, output_scale, peak_memory_bytes)
-    st = Stage(cfg, rank, world, device)
-    chash = config_hash(cfg)
-    if rank == 0:
-        print(st.split_text, flush=True)
-    train = test = None
-    if st.first:
-        from .data import load_splits
-        train, test, _ = load_splits(cfg, device)
-
-    # Resume together: the newest epoch every stage has a checkpoint of.
-    cands = _stage_candidates(cfg, out, rank, st.bounds)
-    allc = [None] * world
-    dist.all_gather_object(allc, sorted(cands))
-    common = set(allc[0]).intersection(*map(set, allc[1:]))
-    history, wall_before = [], 0.0
-    if common:
-        epoch0 = max(common)
-        state = torch.load(cands[epoch0], map_location="cpu", weights_only=False)
-        st.model.load_state_dict(state["model"], strict=False)
-        if st.opt is not None:
-            st.opt.load_state_dict(state["optimizer"])
-        history, wall_before = state["history"] or [], state["wall_seconds"]
-        if rank == 0:
-            print(f"{out}: resuming all {world} stages after epoch {epoch0} of {cfg.epochs}", flush=True)
-    done = [None]
-    if rank == 0:
-        done = [len(history)]
-    dist.broadcast_object_list(done, src=0)
-    start_epoch = done[0] + 1
-
-    tracker = None
-    if rank == 0:
-        from .tracking import RunTracker, resolve_uri
-        run_name = cfg.run_name or out.resolve().name
-        tracker = RunTracker.open(out, resolve_uri(cfg.mlflow_uri), cfg.mlflow_experiment, run_name,
-                                  _tags(cfg), vars(cfg))
-        tracker.log_history(history)
-    t_start = time.perf_counter()
-    try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            lr = lr_at(cfg, epoch)
-            if st.opt is not None:
-                for g in st.opt.param_groups:
-                    g["lr"] = lr
-            t0 = time.perf_counter()
-            stats = st.train_epoch(train, epoch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - t0
-            waits = {"send_wait": st.send.wait_s if st.send else 0.0,  # this epoch's training only
-                     "recv_wait": st.recv.wait_s if st.recv else 0.0, "seconds": seconds}
-            ev = st.evaluate(test)
-            parts = _gather((stats, ev, waits), rank, world)
-            verdict = [None]
-            if rank == 0:
-                entry = _history_entry(cfg, epoch, lr, parts, test.n, output_scale(cfg))
-                losses = {k: entry[k] for k in ("train_loss", "local_loss", "test_loss")}
-                if not all(v == v and abs(v) != float("inf") for v in losses.values()):
-                    verdict = [f"{out}: training diverged in epoch {epoch} (lr {lr:g}): "
-                               f"{', '.join(f'{k} {v}' for k, v in losses.items())}; the checkpoints of "
-                               f"epoch {epoch - 1} are kept"]
-                else:
-                    history.append(entry)
-            dist.broadcast_object_list(verdict, src=0)  # every stage stops, none waits for a peer
-            if verdict[0]:
-                raise DivergenceError(verdict[0])
-            wall = wall_before + time.perf_counter() - t_start
-            _save_stage(out, rank, {
-                "epoch": epoch, "stage": rank, "stages": world, "bounds": st.bounds,
-                "config": recipe_dict(cfg), "config_hash": chash, "param_names": st.param_names,
-                "model": st.state_dict(), "optimizer": st.opt.state_dict() if st.opt else None,
-                "history": history if rank == 0 else None, "wall_seconds": wall})
-            dist.barrier()
-            if rank == 0:
-                tracker.log_history(history)
-                e = history[-1]
-                waits_txt = " ".join(f"s{k}:{p[2]['recv_wait']:.1f}/{p[2]['send_wait']:.1f}s"
-                                     for k, p in enumerate(parts))
-                print(f"epoch {epoch}/{cfg.epochs} lr {lr:.2e} train {e['train_error']:.2f}% "
-                      f"test {e['test_error']:.2f}% loss {e['train_loss']:.4f} local {e['local_loss']:.4f} "
-                      f"{e['epoch_seconds']:.1f}s {e['images_per_second']:.0f} img/s "
-                      f"(stage waits recv/send {waits_txt})", flush=True)
-        st.shutdown()
-        mems = _gather(peak_memory_bytes(device), rank, world)
-        if rank != 0:
-            return None
-        metrics = {
-            "test_error": history[-1]["test_error"], "train_error": history[-1]["train_error"],
-            "epochs": len(history), "history": history,
-            "params_backprop": st.params_backprop, "params_total": st.params_total,
-            "seed": cfg.seed, "config": vars(cfg), "config_hash": chash, **environment_info(),
-            "device": str(device), "peak_memory_bytes": max(mems),
-            "wall_seconds": wall_before + time.perf_counter() - t_start,
-            "run_name": cfg.run_name or out.resolve().name, "tags": _tags(cfg),
-            "pipeline": {"stages": world, "bounds": st.bounds},
-        }
-        from .train import METRICS, atomic_write_json
-        atomic_write_json(out / METRICS, metrics)
-        for k in range(world):
-            (out / stage_checkpoint_name(k, True)).unlink(missing_ok=True)
-        _finish_tracking(tracker, metrics, out)
-        return metrics
-    except BaseException as e:
-        if tracker is not None:
-            try:
-                tracker.finish("FAILED", {"error": str(e) or type(e).__name__})
-            except Exception:
-                pass
-        raise
-
-
-def _history_entry(cfg, epoch, lr, parts, n_test, scale) -> dict:
-    """The history entry train.run writes, from every stage's counts."""
-    stats = [p[0] for p in parts]
-    last = stats[-1]
-    seen = last["seen"]
-    ce_mean = (last["ce_sum"] / seen).item()
-    local_sum = torch.cat([s["local_sum"] for s in stats])
-    local_wrong = torch.cat([s["local_wrong"] for s in stats])
-    layers = [i for s in stats for i in s["layers"]]
-    local_mean = (local_sum / seen).tolist()
-    local_err = (local_wrong * 100 / seen).tolist()
-    has_error = cfg.loss_sup in ("pred", "predsim") and not cfg.bio
-    ev = parts[-1][1]
-    seconds = max(p[2]["seconds"] for p in parts)
-    return {"epoch": epoch, "lr": lr, "train_error": last["wrong"].item() * 100 / seen, "train_loss": ce_mean,
-            "train_loss_scaled": ce_mean * scale, "local_loss": sum(local_mean),
-            "local": [{"layer": i, "loss": local_mean[k], "error": local_err[k] if has_error else None}
-                      for k, i in enumerate(layers)],
-            "test_error": ev["wrong"] * 100 / n_test, "test_loss": ev["ce_sum"] / n_test,
-            "epoch_seconds": seconds, "images_per_second": seen / seconds,
-            "stage_wait_seconds": [{"recv": p[2]["recv_wait"], "send": p[2]["send_wait"]} for p in parts]}
 
 
 # ============================================================================ launching
@@ -614,11 +419,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(cfg, rank, world, init_method):
+def _child(cfg, rank, world, init_method, errors):
     try:
         stage_main(cfg, rank, world, rank, init_method)
-    except LocallearnError as e:
-        print(f"locallearn: error: stage {rank}: {e}", file=sys.stderr, flush=True)
+    except LocallearnError as e:  # the launcher raises it, as a sequential run would
+        errors.put(e)
         sys.exit(e.exit_code)
     except Exception as e:  # a peer died: gloo/NCCL raise here instead of hanging
         if cfg.debug:
@@ -628,28 +433,12 @@ def _child(cfg, rank, world, init_method):
         sys.exit(3)
 
 
-def _finished(cfg, out: Path, quiet: bool = False) -> dict | None:
-    from .train import METRICS
-    path = out / METRICS
-    if not path.exists():
-        return None
-    done = json.loads(path.read_text())
-    if done.get("config_hash") != config_hash(cfg):
-        raise CheckpointError(f"{path} holds a finished run of another config; use another --out")
-    if not quiet:
-        print(f"{out}: already finished (test error {done['test_error']:.2f}%)")
-    return done
-
-
 def run_pipeline(cfg) -> dict:
     """`locallearn train --pipeline-stages S`: as a torchrun rank, or spawning S stages."""
     check_config(cfg)
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot write there ({e.strerror})") from None
-    done = _finished(cfg, out)
+    folder = RunFolder(cfg)
+    folder.prepare()
+    done = folder.finished(quiet=os.environ.get("RANK", "0") != "0")  # rank 0 brings MLflow up to date
     if done is not None:
         return done
     world = cfg.pipeline_stages
@@ -669,14 +458,17 @@ def run_pipeline(cfg) -> dict:
         if metrics is None:  # ranks > 0: rank 0 wrote metrics.json
             return {}
         return metrics
-    return _spawn(cfg, world, out)
+    return _spawn(cfg, world, folder)
 
 
-def _spawn(cfg, world: int, out: Path) -> dict:
+def _spawn(cfg, world: int, folder: RunFolder) -> dict:
+    """S local processes, watched: a stage's own error (a full disk, a NaN) is raised
+    here as it would be in a sequential run; a stage that died is named."""
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     init = f"tcp://127.0.0.1:{_free_port()}"
-    procs = [ctx.Process(target=_child, args=(cfg, r, world, init), name=f"locallearn-stage{r}")
+    errors = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_child, args=(cfg, r, world, init, errors), name=f"locallearn-stage{r}")
              for r in range(world)]
     for p in procs:
         p.start()
@@ -699,13 +491,15 @@ def _spawn(cfg, world: int, out: Path) -> dict:
         raise
     codes = [p.exitcode for p in procs]
     if any(codes):
+        if not errors.empty():
+            raise errors.get()  # the first stage error reported
         first = min((r for r, c in enumerate(codes) if c), key=lambda r: (codes[r] >= 0, r))
         c = codes[first]
         how = f"was killed by signal {-c}" if c < 0 else f"exited with status {c}"
         raise PipelineError(f"pipeline stage {first} of {world} {how}; the other stages stopped "
                             f"(exit statuses {codes}); rerun the same command to resume from the last "
-                            f"common checkpoint in {out}")
-    done = _finished(cfg, out, quiet=True)
+                            f"common checkpoint in {folder.out}")
+    done = folder.finished(quiet=True)
     if done is None:
-        raise PipelineError(f"the pipeline ended without writing {out}/metrics.json")
+        raise PipelineError(f"the pipeline ended without writing {folder.metrics_path}")
     return done

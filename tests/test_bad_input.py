@@ -99,6 +99,63 @@ def test_resume_from_a_missing_checkpoint(capsys, data, tmp_path):
           "--resume", "nope.pt", "no such checkpoint")
 
 
+class PlantFile:
+    """Unpickled, creates a file: what a checkpoint from an untrusted source could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+        return Path.touch, (Path(self.path),)
+
+
+def _evil_checkpoint(path, marker):
+    import torch
+    torch.save({"epoch": 1, "payload": PlantFile(marker)}, path)
+    return path
+
+
+def test_checkpoint_that_would_run_code_is_refused(capsys, data, tmp_path):
+    """Checkpoints are loaded as data (weights_only): one that holds a pickled object is
+    refused by name, given with --resume or found in the run folder, and never unpickled."""
+    import torch
+    demo = tmp_path / "demo-planted"
+    torch.load(_evil_checkpoint(tmp_path / "demo.pt", demo), weights_only=False)
+    assert demo.exists()  # the trap is real: unpickled, it plants its file
+    marker = tmp_path / "planted"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
+    fails(capsys, base(data, tmp_path / "run", "--resume", str(evil)), str(evil), "pickled objects",
+          "refusing to load it")
+    out = tmp_path / "planted-run"
+    out.mkdir()
+    _evil_checkpoint(out / "checkpoint.pt", marker)
+    fails(capsys, base(data, out), str(out / "checkpoint.pt"), "pickled objects", "refusing to load it")
+    assert not marker.exists()
+
+
+def test_resume_from_a_torn_checkpoint(capsys, data, tmp_path):
+    """--resume names one file: if it is torn, the run stops instead of starting over."""
+    out = tmp_path / "run"
+    assert main(["train", *base(data, out, "--epochs", "1")]) == 0
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes((out / "checkpoint.pt").read_bytes()[:1000])
+    capsys.readouterr()
+    rc = main(["train", *base(data, tmp_path / "again", "--resume", str(torn))])
+    err = capsys.readouterr().err
+    assert rc != 0 and f"--resume {torn}: the checkpoint is unreadable" in err.splitlines()[-1]
+
+
+def test_no_print_stats_suppresses_the_epoch_lines(capsys, data, tmp_path):
+    """As the reference's flag: no per-epoch statistics lines; the run is the same."""
+    assert main(["train", *base(data, tmp_path / "quiet", "--no-print-stats")]) == 0
+    quiet = capsys.readouterr().out
+    assert main(["train", *base(data, tmp_path / "loud")]) == 0
+    loud = capsys.readouterr().out
+    assert "epoch 1/2" in loud and "epoch 2/2" in loud and "epoch" not in quiet
+    q, lo = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("quiet", "loud"))
+    assert q["test_error"] == lo["test_error"] and q["config_hash"] == lo["config_hash"]
+
 # ------------------------------------------------------------------ cells.tsv, workflow config
 def test_cells_row_with_a_bad_value_is_refused_as_flags():
     row = dict(cells.read_cells()[0], nonlin="sigmoid")
@@ -206,8 +263,8 @@ def test_disk_full_writing_a_checkpoint(capsys, data, tmp_path, monkeypatch, mlf
     argv = base(data, out, "--mlflow-uri", mlflow_uri)
     fails(capsys, argv, "cannot write checkpoint", str(out), "No space left on device",
           "epoch 1 is kept")
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
-    assert not (out / "checkpoint.pt.tmp").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not list(out.glob("*.tmp"))  # the temporary file is removed
     assert _mlflow_status(out, mlflow_uri)[0] == "FAILED"
     monkeypatch.delenv("LOCALLEARN_FAULT")  # space freed: the same command finishes the run
     assert main(["train", *argv]) == 0 and json.loads((out / "metrics.json").read_text())["epochs"] == 2
@@ -231,7 +288,7 @@ def test_divergence_injected_nan(capsys, data, tmp_path, monkeypatch, mlflow_uri
     monkeypatch.setenv("LOCALLEARN_FAULT", "nan:2")
     line = fails(capsys, base(data, out, "--mlflow-uri", mlflow_uri), str(out), "diverged in epoch 2",
                  "train_loss nan", "epoch 1) is kept")
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
     status, error = _mlflow_status(out, mlflow_uri)
     assert status == "FAILED" and "diverged in epoch 2" in error and error in line
 
@@ -287,5 +344,5 @@ def test_disk_really_full(capsys, data, tmp_path, tiny_disk):
     capsys.readouterr()
     fails(capsys, base(data, out, "--epochs", "4"), "cannot write checkpoint", str(out),
           "No space left on device", "epoch 2 is kept")
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 2
-    assert not (out / "checkpoint.pt.tmp").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert not list(out.glob("*.tmp"))  # the temporary file is removed

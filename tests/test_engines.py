@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import batches, flags
 from locallearn.models import build_model
-from locallearn.train import ENGINES, detaches
+from locallearn.engines import ENGINES, detaches
 
 NOOP = torch.autocast("cpu", enabled=False)
 
@@ -104,7 +104,7 @@ def test_output_loss_reaches_first_layer(mode):
 def test_dropout_generator_is_reseeded_in_place():
     """A CUDA graph holds each block's dropout generator, so a new epoch reseeds that very
     generator; its masks are the ones a fresh generator of the epoch's seed draws."""
-    from locallearn.models import derive_seed
+    from locallearn.seeding import derive_seed
     cfg = flags("--dropout", "0.3")
     model = build_model(cfg, 1, 28, 10)
     model.train()

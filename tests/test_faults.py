@@ -2,7 +2,7 @@
 SIGKILLed at every point where a machine can die, rerun with the same command each time.
 
 The kills land where they must through the trainer's fault hook ($LOCALLEARN_FAULT,
-locallearn/train.py): the process sends itself SIGKILL at that point, so no timing is
+locallearn/faults.py): the process sends itself SIGKILL at that point, so no timing is
 guessed. One output folder is killed six times in a row (each rerun gets further), and a
 checkpoint is torn by hand, then the same command is run to the end. It must end with
 metrics.json equal to an uninterrupted run's (every history value but the timings), one
@@ -49,11 +49,16 @@ def killed(r):
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
 
 
+def tmp_written(d):
+    """The checkpoint's temporary file (atomic.atomic_write's), complete."""
+    return any(p.stat().st_size > 0 for p in d.glob(".checkpoint.pt.*.tmp"))
+
+
 # (fault, what must be on disk right after the kill)
 KILLS = [
     ("kill-mid-epoch:2", lambda d: (d / "checkpoint.pt").exists() and not (d / "checkpoint.prev.pt").exists()),
-    ("kill-checkpoint-tmp:2", lambda d: (d / "checkpoint.pt.tmp").exists() and (d / "checkpoint.pt").exists()),
-    ("kill-checkpoint-rotated:3", lambda d: (d / "checkpoint.pt.tmp").exists()
+    ("kill-checkpoint-tmp:2", lambda d: tmp_written(d) and (d / "checkpoint.pt").exists()),
+    ("kill-checkpoint-rotated:3", lambda d: tmp_written(d)
      and not (d / "checkpoint.pt").exists() and (d / "checkpoint.prev.pt").exists()),
     ("term-mid-epoch:3", lambda d: (d / "checkpoint.prev.pt").exists()),  # SLURM's time limit
     ("kill-after-checkpoint:3", lambda d: (d / "checkpoint.pt").exists()),
@@ -91,7 +96,7 @@ def test_kill_anywhere_then_rerun_is_exact(tmp_path):
     # A checkpoint torn by the crash (half its bytes): detected, the previous one used.
     ckpt = out / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    assert torch.load(out / "checkpoint.prev.pt", weights_only=False)["epoch"] == EPOCHS - 1
+    assert torch.load(out / "checkpoint.prev.pt", weights_only=True)["epoch"] == EPOCHS - 1
     r = train(argv, f"kill-after-metrics:{EPOCHS}")
     killed(r)
     assert f"checkpoint {ckpt} unreadable" in r.stderr and f"resuming after epoch {EPOCHS - 1}" in r.stdout
@@ -104,7 +109,7 @@ def test_kill_anywhere_then_rerun_is_exact(tmp_path):
     assert strip_timing(got["history"]) == strip_timing(full["history"])
     assert got["test_error"] == full["test_error"] and got["epochs"] == EPOCHS
     assert got["config_hash"] == full["config_hash"]
-    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []  # killed writers' removed
 
     exp = client.get_experiment_by_name("faults")
     runs = client.search_runs([exp.experiment_id])

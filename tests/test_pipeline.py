@@ -12,8 +12,10 @@ import torch
 from fake_data import write_fake
 from locallearn import train as train_mod
 from locallearn.config import parse_train_args
-from locallearn.errors import ConfigError
-from locallearn.pipeline import PipelineError, balance, split_layers, stage_checkpoint_name
+from locallearn.errors import ConfigError, OutputError
+from locallearn.faults import FAULT_ENV
+from locallearn.pipeline import PipelineError, balance, split_layers
+from locallearn.rundir import CHECKPOINT, checkpoint_name
 
 TIMING = {"epoch_seconds", "images_per_second", "stage_wait_seconds"}
 
@@ -44,17 +46,17 @@ def cfg_for(tmp_path, flags, out, n_train, *extra):
 
 
 def assert_same_as_sequential(seq_dir, pipe_dir, stages):
-    seq = torch.load(seq_dir / train_mod.CHECKPOINT, weights_only=False)
+    seq = torch.load(seq_dir / CHECKPOINT, weights_only=True)
     names = [n for n, _ in _named_params(seq)]
     checked = set()
     for k in range(stages):
-        st = torch.load(pipe_dir / stage_checkpoint_name(k), weights_only=False)
+        st = torch.load(pipe_dir / checkpoint_name(k), weights_only=True)
         for key, v in st["model"].items():  # parameters and buffers (BN statistics)
             assert torch.equal(v, seq["model"][key]), f"stage {k}: {key} differs"
             checked.add(key)
         seq_opt = seq["optimizers"]["all"]["state"]
         for j, name in enumerate(st["param_names"]):
-            a, b = st["optimizer"]["state"][j], seq_opt[names.index(name)]
+            a, b = st["optimizers"]["all"]["state"][j], seq_opt[names.index(name)]
             for field in b:
                 assert torch.equal(a[field], b[field]), f"stage {k}: Adam {field} of {name} differs"
     assert checked == set(seq["model"]), "the stages together must hold the whole model"
@@ -140,7 +142,7 @@ def test_resume_of_killed_pipeline_equals_uninterrupted_sequential(tmp_path, mon
     pipe_cfg = cfg_for(tmp_path, flags, "pipe", n, "--epochs", "2", "--pipeline-stages", "2")
     # A stage killed mid-epoch (SIGKILL, no goodbye): the other one ends too, with a
     # message naming the dead stage, well within the peer timeout.
-    monkeypatch.setenv(train_mod.FAULT_ENV, "kill-mid-epoch:2")
+    monkeypatch.setenv(FAULT_ENV, "kill-mid-epoch:2")
     monkeypatch.setenv("LOCALLEARN_FAULT_STAGE", "1")
     monkeypatch.setenv("LOCALLEARN_PIPELINE_TIMEOUT", "20")
     t0 = time.monotonic()
@@ -148,11 +150,38 @@ def test_resume_of_killed_pipeline_equals_uninterrupted_sequential(tmp_path, mon
         train_mod.run(pipe_cfg)
     assert time.monotonic() - t0 < 40
     assert not (tmp_path / "pipe" / "metrics.json").exists()
-    monkeypatch.delenv(train_mod.FAULT_ENV)
+    monkeypatch.delenv(FAULT_ENV)
     pipe = train_mod.run(pipe_cfg)  # the same command again: resumes both stages after epoch 1
     assert strip(pipe["history"]) == strip(seq["history"]) and len(pipe["history"]) == 2
     assert_same_as_sequential(tmp_path / "seq", tmp_path / "pipe", 2)
 
+
+def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch):
+    """The same run folder and loop: curve.png, the same MLflow artifacts, and a full
+    disk in one stage reported as a sequential run reports it (not as a dead peer)."""
+    import mlflow.tracking
+    flags, n = MLP + ["--loss-sup", "predsim"], 200
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    seq = train_mod.run(cfg_for(tmp_path, flags, "seq", n, "--epochs", "2", "--mlflow-uri", uri,
+                                "--mlflow-experiment", "seq"))
+    pipe_cfg = cfg_for(tmp_path, flags, "pipe", n, "--epochs", "2", "--pipeline-stages", "2", "--mlflow-uri", uri,
+                       "--mlflow-experiment", "pipe")
+    monkeypatch.setenv(FAULT_ENV, "enospc-checkpoint:2")  # in the last stage
+    monkeypatch.setenv("LOCALLEARN_PIPELINE_TIMEOUT", "20")
+    with pytest.raises(OutputError) as err:
+        train_mod.run(pipe_cfg)
+    assert (f"cannot write checkpoint {tmp_path / 'pipe' / checkpoint_name(1)} (No space left on device); "
+            "the checkpoint of epoch 1 is kept: free space and rerun the same command") == str(err.value)
+    monkeypatch.delenv(FAULT_ENV)
+    pipe = train_mod.run(pipe_cfg)
+    assert strip(pipe["history"]) == strip(seq["history"])
+    client = mlflow.tracking.MlflowClient(uri)
+
+    def mlflow_run(d):
+        run_id = json.loads((tmp_path / d / "mlflow_run.json").read_text())["run_id"]
+        return client.get_run(run_id).info.status, sorted(a.path for a in client.list_artifacts(run_id))
+    assert mlflow_run("pipe") == mlflow_run("seq") == ("FINISHED", ["curve.png", "metrics.json"])
+    assert (tmp_path / "pipe" / "curve.png").stat().st_size > 0
 
 def test_layer_times_leave_the_model_untouched():
     from locallearn.datasets import SPECS

@@ -306,11 +306,6 @@ fi
 exec "$PY" -m locallearn "$@"
 """
 
-needs_trainer = pytest.mark.skipif(
-    not ((REPO / "locallearn" / "train.py").is_file() and (REPO / "locallearn" / "cli.py").is_file()),
-    reason="the trainer (locallearn.train, locallearn.cli) is not there yet")
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite backend, artifact folder) on a free local port."""
@@ -327,7 +322,6 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@needs_trainer
 @pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
                     reason="needs Debian's dataset-fashion-mnist")
 def test_quick_target_on_slurm_with_mlflow_server(slurm_cluster, mlflow_server, tmp_path):

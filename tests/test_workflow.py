@@ -4,7 +4,6 @@ configs failing before any job, and the quick preset end to end on the real
 Fashion-MNIST with MLflow (slow; needs the trainer)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -216,14 +215,10 @@ def test_bad_cells_row_fails_before_any_job(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
-needs_trainer = pytest.mark.skipif(importlib.util.find_spec("locallearn.train") is None
-                                   or importlib.util.find_spec("locallearn.cli") is None,
-                                   reason="the trainer (locallearn.train, locallearn.cli) is not there yet")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.mark.slow
-@needs_trainer
 @pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
                     reason="needs Debian's dataset-fashion-mnist")
 def test_quick_end_to_end_with_mlflow(tmp_path):
@@ -286,7 +281,6 @@ def test_quick_end_to_end_with_mlflow(tmp_path):
 
 
 @pytest.mark.slow
-@needs_trainer
 @pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
                     reason="needs Debian's dataset-fashion-mnist")
 def test_pipelined_cell_runs_under_torchrun(tmp_path):

@@ -1,0 +1,147 @@
+"""The run loop: schedule, epochs, divergence, history, progress, for a whole network
+and for every stage of a pipeline alike (the engine's hooks say where they differ).
+
+Per epoch: set the lr, train, evaluate, turn every stage's sums into one history
+entry (on the reporting process), stop every process on a NaN, checkpoint, log to
+MLflow, print one line. At the end: metrics.json, the curve, MLflow FINISHED.
+"""
+from __future__ import annotations
+
+import bisect
+import sys
+import time
+
+import torch
+
+from .engines import evaluate, no_progress, output_scale, train_epoch
+from .environment import environment_info, peak_memory_bytes
+from .errors import DivergenceError
+from .faults import fault
+from .rundir import run_tags
+
+
+def lr_at(cfg, epoch: int) -> float:
+    """lr * fact ** (number of milestones <= epoch - 1), epochs counted from 1."""
+    return cfg.lr * cfg.lr_decay_fact ** bisect.bisect_right(cfg.lr_decay_milestones, epoch - 1)
+
+
+def progress_bar(cfg):
+    if cfg.progress_bar or sys.stderr.isatty():
+        from tqdm import tqdm
+        return lambda it, total, desc: tqdm(it, total=total, desc=desc, leave=False)
+    return no_progress
+
+
+def history_entry(cfg, epoch: int, lr: float, parts: list, n_test: int) -> dict:
+    """One epoch's history entry from every stage's (train sums, eval sums, timing);
+    a whole network is one stage. The last stage holds the output layer."""
+    stats = [p[0] for p in parts]
+    last = stats[-1]
+    seen = last["seen"]
+    ce_mean = (last["ce_sum"] / seen).item()
+    local_mean = (torch.cat([s["local_sum"] for s in stats]) / seen).tolist()
+    local_err = (torch.cat([s["local_wrong"] for s in stats]) * 100 / seen).tolist()
+    layers = [i for s in stats for i in s["layers"]]
+    has_error = cfg.loss_sup in ("pred", "predsim") and not cfg.bio
+    ev = parts[-1][1]
+    seconds = max(p[2]["seconds"] for p in parts)
+    entry = {"epoch": epoch, "lr": lr, "train_error": last["wrong"].item() * 100 / seen, "train_loss": ce_mean,
+             "train_loss_scaled": ce_mean * output_scale(cfg), "local_loss": sum(local_mean),
+             "local": [{"layer": i, "loss": local_mean[k], "error": local_err[k] if has_error else None}
+                       for k, i in enumerate(layers)],
+             "test_error": ev["wrong"] * 100 / n_test, "test_loss": ev["ce_sum"] / n_test,
+             "epoch_seconds": seconds, "images_per_second": seen / seconds}
+    if len(parts) > 1:
+        entry["stage_wait_seconds"] = [{"recv": p[2]["recv_wait"], "send": p[2]["send_wait"]} for p in parts]
+    return entry
+
+
+def divergence(entry: dict, out, epoch: int, lr: float) -> str | None:
+    # the test loss too: a last step that turns the weights to NaN shows only there
+    losses = {k: entry[k] for k in ("train_loss", "local_loss", "test_loss")}
+    if all(v == v and v not in (float("inf"), float("-inf")) for v in losses.values()):
+        return None
+    kept = f"the last good checkpoint (epoch {epoch - 1}) is kept" if epoch > 1 else "no checkpoint was written"
+    return (f"{out}: training diverged in epoch {epoch} (lr {lr:g}): "
+            f"{', '.join(f'{k} {v}' for k, v in losses.items())}; {kept}")
+
+
+def progress_line(cfg, epoch: int, e: dict) -> str:
+    line = (f"epoch {epoch}/{cfg.epochs} lr {e['lr']:.2e} train {e['train_error']:.2f}% "
+            f"test {e['test_error']:.2f}% loss {e['train_loss']:.4f} local {e['local_loss']:.4f} "
+            f"{e['epoch_seconds']:.1f}s {e['images_per_second']:.0f} img/s")
+    if "stage_wait_seconds" in e:
+        line += " (stage waits recv/send " + " ".join(
+            f"s{k}:{w['recv']:.1f}/{w['send']:.1f}s" for k, w in enumerate(e["stage_wait_seconds"])) + ")"
+    return line
+
+
+def fit(cfg, folder, engine, train, test) -> dict | None:
+    """Train (or resume) the run in folder with engine; the metrics on the reporting
+    process, None on a pipeline's other stages."""
+    device, reports = engine.device, engine.reports
+    history, wall_before, start = [], 0.0, 1
+    state = engine.resume(folder)
+    if state is not None:
+        engine.load_state_dict(state)
+        history, wall_before, start = state["history"] or [], state["wall_seconds"], state["epoch"] + 1
+        if reports:
+            print(f"{folder.out}: resuming after epoch {state['epoch']} of {cfg.epochs}", flush=True)
+
+    tracker = folder.open_tracker() if reports else None
+    if tracker is not None:
+        tracker.log_history(history)
+    use_bf16 = cfg.precision == "bf16"
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+    progress = progress_bar(cfg) if reports else no_progress
+    t_start = time.perf_counter()
+    try:
+        for epoch in range(start, cfg.epochs + 1):
+            lr = lr_at(cfg, epoch)
+            engine.set_lr(lr)
+            t0 = time.perf_counter()
+            sums = train_epoch(cfg, engine, train, epoch, autocast, progress)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timing = {"seconds": time.perf_counter() - t0, **engine.waits()}  # this epoch's training only
+            parts = engine.gather((sums, evaluate(cfg, engine, test, autocast), timing))
+            verdict = None
+            if reports:
+                entry = history_entry(cfg, epoch, lr, parts, test.n)
+                if fault("nan", epoch):
+                    entry["train_loss"] = float("nan")
+                verdict = divergence(entry, folder.out, epoch, lr)
+            verdict = engine.agree(verdict)  # every stage stops, none waits for a peer
+            if verdict:
+                raise DivergenceError(verdict)
+            if reports:
+                history.append(entry)
+            folder.save_checkpoint({"epoch": epoch, **engine.state_dict(), "history": history if reports else None,
+                                    "wall_seconds": wall_before + time.perf_counter() - t_start})
+            engine.barrier()
+            fault("kill-after-checkpoint", epoch)
+            if reports:
+                tracker.log_history(history)  # after the checkpoint: a kill never loses a logged epoch
+                if not cfg.no_print_stats:
+                    print(progress_line(cfg, epoch, entry), flush=True)
+        engine.finish()
+        memory = engine.gather(peak_memory_bytes(device))
+        if not reports:
+            return None
+        params_backprop, params_total = engine.model.count_params()
+        metrics = {
+            "test_error": history[-1]["test_error"], "train_error": history[-1]["train_error"],
+            "epochs": len(history), "history": history,
+            "params_backprop": params_backprop, "params_total": params_total,
+            "seed": cfg.seed, "config": vars(cfg), "config_hash": folder.config_hash, **environment_info(),
+            "device": str(device), "peak_memory_bytes": max(memory),
+            "wall_seconds": wall_before + time.perf_counter() - t_start,
+            "run_name": folder.run_name, "tags": run_tags(cfg), **engine.run_info(),
+        }
+        folder.write_metrics(metrics)
+    except BaseException as e:
+        if tracker is not None:
+            tracker.finish("FAILED", {"error": str(e) or type(e).__name__})
+        raise
+    folder.finish_tracking(tracker, metrics)
+    return metrics

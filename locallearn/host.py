@@ -1,0 +1,49 @@
+"""The machine a run trains on: CPU threads and malloc, the device, a leased GPU."""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+import torch
+
+from .errors import ConfigError
+
+
+def configure_host(threads: int) -> None:
+    """Threads for torch, and glibc's malloc told to keep freed memory.
+
+    glibc hands blocks above its mmap threshold back to the kernel when freed, so every
+    step's fresh weight gradients (4 MB each for a 1024x1024 layer) fault in again page
+    by page. Keeping them in the heap takes 11% off a CPU step (Fashion-MNIST mlp
+    3x1024 predsim, 2 threads: 45.5 -> 40.3 ms per step). No effect on the numbers.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    if platform.system() == "Linux":
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:  # not glibc (musl): nothing to tune
+            return
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum
+        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def resolve_device(cfg) -> torch.device:
+    if cfg.no_cuda or cfg.device == "cpu":
+        return torch.device("cpu")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
+    return torch.device(cfg.device)
+
+
+def lease_device(cfg):
+    """Several GPUs, several jobs: take a free card for this run (gpulease.py), unless a
+    scheduler (SLURM, the user) already chose one with CUDA_VISIBLE_DEVICES."""
+    if cfg.no_cuda or cfg.device not in ("auto", "cuda") or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return None
+    from .gpulease import lease_gpu
+    return lease_gpu(label=str(cfg.out))

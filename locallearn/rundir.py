@@ -1,0 +1,202 @@
+"""A run's output folder: whether the run is finished, its checkpoints, metrics.json,
+the learning curve and the MLflow run that mirrors them. A sequential run and every
+stage of a pipelined one go through this one object, so they write the same files
+the same way (pipeline stage k keeps checkpoint.stage{k}.pt instead of checkpoint.pt).
+
+Checkpoints are written atomically (atomic.py) and rotated, the newest two kept, so a
+file torn by a crash falls back to the previous one; a full disk leaves the previous
+one and says so. They hold tensors and plain data only and are loaded with
+torch.load(weights_only=True): a file whose pickle would build any other object (and
+so could run code) is refused, never unpickled.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_write, atomic_write_text
+from .config import config_hash, recipe_dict
+from .environment import environment_info
+from .errors import CheckpointError, ConfigError, OutputError, TrackingError
+from .faults import fault
+
+METRICS, CURVE = "metrics.json", "curve.png"
+
+
+def checkpoint_name(stage: int | None = None, prev: bool = False) -> str:
+    """checkpoint.pt / checkpoint.prev.pt; a pipeline stage k: checkpoint.stage{k}[.prev].pt."""
+    return f"checkpoint{'' if stage is None else f'.stage{stage}'}{'.prev' if prev else ''}.pt"
+
+
+CHECKPOINT, CHECKPOINT_PREV = checkpoint_name(), checkpoint_name(prev=True)
+
+
+def run_tags(cfg) -> dict[str, str]:
+    tags = dict(t.split("=", 1) for t in cfg.tag)
+    tags.update(dataset=cfg.dataset, model=cfg.model, seed=str(cfg.seed), config_hash=config_hash(cfg),
+                loss="backprop" if cfg.backprop else cfg.loss_sup,
+                git_revision=environment_info()["git_revision"] or "unknown")
+    return tags
+
+
+def config_diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) or "unknown difference"
+
+
+class RunFolder:
+    def __init__(self, cfg, stage: int | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.config_hash = config_hash(cfg)
+        self.checkpoint = self.out / checkpoint_name(stage)
+        self.previous = self.out / checkpoint_name(stage, prev=True)
+        self.metrics_path = self.out / METRICS
+        self.curve = self.out / CURVE
+        self.run_name = cfg.run_name or self.out.resolve().name
+
+    def prepare(self) -> None:
+        """The folder exists and can be written (one clear error if not)."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.out, prefix=".write-test.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise ConfigError(f"--out {self.out}: cannot write there ({e.strerror})") from None
+
+    # ------------------------------------------------------------------ finished run
+    def finished(self, quiet: bool = False) -> dict | None:
+        """metrics.json of this config, or None. A finished run brings MLflow up to
+        date (quiet: the caller only reads the result)."""
+        if not self.metrics_path.exists():
+            return None
+        try:
+            done = json.loads(self.metrics_path.read_text())
+        except (OSError, ValueError) as e:  # never written torn by us: a copy or an edit broke it
+            raise CheckpointError(f"{self.metrics_path} is unreadable ({type(e).__name__}: {e}); delete it "
+                                  "to finish the run from its checkpoint") from None
+        if done.get("config_hash") != self.config_hash:
+            raise CheckpointError(f"{self.metrics_path} holds a finished run of another config "
+                                  f"({config_diff(done.get('config', {}), recipe_dict(self.cfg))}); "
+                                  "use another --out")
+        if not quiet:
+            print(f"{self.out}: already finished (test error {done['test_error']:.2f}%)")
+            self.finish_tracking(self.open_tracker(), done)
+        return done
+
+    # ------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, state: dict) -> None:
+        """state (an engine's state_dict, the epoch, history...) with this config,
+        written atomically; the one it replaces becomes the previous one."""
+        state = {"config": recipe_dict(self.cfg), "config_hash": self.config_hash, **state}
+        epoch = state["epoch"]
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if self.checkpoint.exists() else "no checkpoint is kept"
+        # Serialised in memory, written with plain file I/O: torch.save onto a full disk
+        # raises an opaque RuntimeError from its zip writer, a write() raises OSError(ENOSPC).
+        buf = io.BytesIO()
+        torch.save(state, buf)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+                fault("enospc-checkpoint", epoch)
+            fault("kill-checkpoint-tmp", epoch)
+            if self.checkpoint.exists():  # rotated only once the new one is complete
+                os.replace(self.checkpoint, self.previous)
+            fault("kill-checkpoint-rotated", epoch)
+        try:
+            atomic_write(self.checkpoint, write)
+        except OSError as e:  # disk full, quota, I/O error: the previous checkpoint stays
+            raise OutputError(f"cannot write checkpoint {self.checkpoint} ({e.strerror or e}); {kept}: "
+                              "free space and rerun the same command") from None
+
+    def read_checkpoint(self, path: Path) -> dict | None:
+        """A checkpoint of this config; None if the file is torn (a crash mid-write);
+        CheckpointError if it holds anything but data, or another config."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # a pickled object: never built, never run
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path} is not a locallearn checkpoint: it holds pickled objects, not just "
+                                  f"tensors and plain data ({reason[:200]}); refusing to load it") from None
+        except Exception as e:  # a torn or corrupt file
+            print(f"locallearn: warning: checkpoint {path} unreadable ({type(e).__name__}); "
+                  "trying the previous one", file=sys.stderr)
+            return None
+        if not isinstance(state, dict) or state.get("config_hash") != self.config_hash:
+            old = state.get("config", {}) if isinstance(state, dict) else {}
+            raise CheckpointError(f"{path} belongs to another config ({config_diff(old, recipe_dict(self.cfg))}); "
+                                  "refusing to mix runs: use another --out or delete the folder")
+        return state
+
+    def checkpoints(self) -> list[dict]:
+        """The readable checkpoints of this folder, newest first. Temporary files left
+        by a writer that was killed are removed first."""
+        for tmp in self.out.glob(f".{self.checkpoint.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        found = []
+        for path in (self.checkpoint, self.previous):
+            if path.exists():
+                state = self.read_checkpoint(path)
+                if state is not None:
+                    found.append(state)
+        return found
+
+    def latest_checkpoint(self) -> dict | None:
+        """--resume's checkpoint, else this folder's newest readable one."""
+        if self.cfg.resume:
+            path = Path(self.cfg.resume)
+            if not path.exists():
+                raise CheckpointError(f"--resume {path}: no such checkpoint")
+            state = self.read_checkpoint(path)
+            if state is None:
+                raise CheckpointError(f"--resume {path}: the checkpoint is unreadable (torn or corrupt)")
+            return state
+        found = self.checkpoints()
+        return found[0] if found else None
+
+    # ----------------------------------------------------------- metrics.json, curve
+    def write_metrics(self, metrics: dict) -> None:
+        """The curve, then metrics.json (last, atomically: it marks the run finished);
+        the previous checkpoints are no longer needed."""
+        epochs = metrics["epochs"]
+        try:
+            from .figures import plot_curves
+            plot_curves({f"seed {self.cfg.seed}": metrics["history"]}, self.curve, title=self.run_name)
+        except Exception as e:  # a figure is a convenience; never lose a finished run over one
+            print(f"locallearn: warning: could not draw {self.curve}: {e}", file=sys.stderr)
+        fault("kill-before-metrics", epochs)
+        try:
+            fault("enospc-metrics", epochs)
+            atomic_write_text(self.metrics_path, json.dumps(metrics, indent=1))
+        except OSError as e:
+            raise OutputError(f"cannot write {self.metrics_path} ({e.strerror or e}); the checkpoint of epoch "
+                              f"{epochs} is kept: free space and rerun the same command") from None
+        fault("kill-after-metrics", epochs)
+        for old in self.out.glob("checkpoint*.prev.pt"):  # the run's, or every pipeline stage's
+            old.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------------- tracking
+    def open_tracker(self):
+        from .tracking import RunTracker, resolve_uri
+        return RunTracker.open(self.out, resolve_uri(self.cfg.mlflow_uri), self.cfg.mlflow_experiment,
+                               self.run_name, run_tags(self.cfg), vars(self.cfg))
+
+    def finish_tracking(self, tracker, metrics: dict) -> None:
+        """metrics.json is already safe; a tracking failure is reported, not fatal, and the
+        next run of the same command repairs the MLflow run."""
+        tracker.log_history(metrics["history"])
+        artifacts = [p for p in (self.metrics_path, self.curve) if p.exists()]
+        try:
+            tracker.finish("FINISHED", metrics, artifacts)
+        except TrackingError as e:
+            print(f"locallearn: warning: {e} (metrics.json is kept; rerun the same command to sync MLflow)",
+                  file=sys.stderr)
