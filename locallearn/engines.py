@@ -192,8 +192,8 @@ class FusedEngine(Engine):
         self._inputs = (x.clone(), y.clone(), y_onehot.clone())
         graph = torch.cuda.CUDAGraph()
         for b in self.blocks:
-            if b._gen is not None:
-                graph.register_generator_state(b._gen)
+            if b.dropout_generator is not None:
+                graph.register_generator_state(b.dropout_generator)
         with torch.cuda.graph(graph):  # records the step; nothing runs until replay
             self._outputs = self.eager_step(*self._inputs, autocast)
         self._graph = graph

@@ -51,6 +51,12 @@ class Block(nn.Module):
         if self._gen is not None:  # reseeded in place: a CUDA graph holds this very generator
             self._gen.manual_seed(seed)
 
+    @property
+    def dropout_generator(self) -> torch.Generator | None:
+        """The generator of this block's dropout masks, once a mask was drawn (a CUDA
+        graph registers it, so that a replay draws fresh masks)."""
+        return self._gen
+
     def dropout(self, h: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return h

@@ -112,10 +112,10 @@ def test_dropout_generator_is_reseeded_in_place():
     model.seed_dropout(1, 1)
     h = torch.ones(8, 32)
     first = block.dropout(h)
-    gen = block._gen
+    gen = block.dropout_generator
     model.seed_dropout(1, 2)
     second = block.dropout(h)
-    assert block._gen is gen                                     # the same object, reseeded
+    assert block.dropout_generator is gen  # the same object, reseeded
     fresh = torch.Generator().manual_seed(derive_seed(1, 2, 1000 + block.index))
     keep = torch.empty(8, 32).bernoulli_(0.7, generator=fresh)
     assert torch.equal(second, h * keep / 0.7) and not torch.equal(first, second)
