@@ -11,6 +11,7 @@ from .engines import ENGINES, make_model
 from .fit import fit
 from .host import configure_host, lease_device, resolve_device
 from .rundir import RunFolder
+from .startup import startup_line
 
 
 def run(cfg) -> dict:
@@ -29,4 +30,5 @@ def run(cfg) -> dict:
     from .data import load_splits
     train, test, spec = load_splits(cfg, device)
     engine = ENGINES[cfg.engine](cfg, make_model(cfg, spec, device), device)
+    print(startup_line(cfg, device, engine.model, train, test), flush=True)
     return fit(cfg, folder, engine, train, test)
