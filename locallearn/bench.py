@@ -152,12 +152,11 @@ def _reference_epoch(cfg, engine, loader, device, autocast, epoch):
 
 
 def cli_bench(argv: list[str]) -> int:
-    p = build_parser("locallearn bench")
-    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    p = build_parser("locallearn bench", __doc__)
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS, help="the paths to time")
     p.add_argument("--synthetic", action="store_true", help="random inputs of the dataset's shape")
-    argv = list(argv)
-    if "--epochs" not in argv:
-        argv += ["--epochs", "1"]
+    epochs = next(a for a in p._actions if a.dest == "epochs")
+    epochs.default, epochs.help = 1, "epochs each path trains; the fastest one is reported"
     args = p.parse_args(argv)
     paths, synthetic = args.paths, args.synthetic
     del args.paths, args.synthetic

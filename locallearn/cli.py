@@ -10,9 +10,12 @@ import json
 import signal
 import sys
 
+from . import __version__
 from .errors import ConfigError, LocallearnError
 
-USAGE = """usage: locallearn <command> [flags]
+USAGE = f"""usage: locallearn <command> [flags]      (locallearn <command> --help: its flags)
+
+locallearn {__version__}: training neural networks with local error signals.
 
 commands:
   train      train one run (the reference's train.py flags, plus --out, --data-dir, ...)
@@ -21,6 +24,21 @@ commands:
   data       data prepare DATASET... [--data-dir D] [--download] [--source DIR]
   tracking   tracking init --uri URI --experiment NAME (create the MLflow experiment once)
   tables     compile markdown tables from metrics.json files (see workflow/rules/tables.smk)
+
+  --version  print the version and exit
+"""
+
+DESCRIBE = """Print the network a `locallearn train` command with these flags would build, as
+JSON (input shape, classes, parameter counts, each layer and its decoder pooling),
+without loading data or training."""
+
+TRACKING_USAGE = """usage: locallearn tracking ACTION [flags]
+
+The MLflow store the runs log to.
+
+actions:
+  init   create the store and the experiment once, before parallel jobs start
+         (locallearn tracking init --help)
 """
 
 
@@ -43,8 +61,9 @@ def describe(cfg) -> dict:
 
 
 def cmd_describe(argv: list[str]) -> int:
-    from .config import parse_train_args
-    print(json.dumps(describe(parse_train_args(argv)), indent=1))
+    from .config import build_parser, validate
+    cfg = validate(build_parser("locallearn describe", DESCRIBE).parse_args(argv))
+    print(json.dumps(describe(cfg), indent=1))
     return 0
 
 
@@ -52,10 +71,14 @@ def cmd_data(argv: list[str]) -> int:
     from pathlib import Path
 
     from .datasets import SPECS, prepare, resolve_data_dir
-    p = argparse.ArgumentParser(prog="locallearn data")
+    from .helpformat import HelpFormatter
+    p = argparse.ArgumentParser(
+        prog="locallearn data", formatter_class=HelpFormatter,
+        description="prepare: make datasets ready in the data dir (import from --source, or download, "
+                    "then verify checksums), before parallel jobs read them.")
     p.add_argument("action", choices=["prepare"])
     p.add_argument("datasets", nargs="+", help=", ".join(SPECS))
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
     p.add_argument("--download", action="store_true", help="fetch from the internet when missing")
     p.add_argument("--source", default=None, help="folder holding the original archive files")
     a = p.parse_args(argv)
@@ -70,9 +93,13 @@ def cmd_data(argv: list[str]) -> int:
 
 def cmd_tracking(argv: list[str]) -> int:
     from .tracking import cli_init
-    if not argv or argv[0] != "init":
-        raise ConfigError("usage: locallearn tracking init --uri URI --experiment NAME")
-    return cli_init(argv[1:])
+    if argv[:1] == ["init"]:
+        return cli_init(argv[1:])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(TRACKING_USAGE)
+        return 0
+    raise ConfigError("usage: locallearn tracking init --uri URI --experiment NAME "
+                      "(see locallearn tracking --help)")
 
 
 def cmd_tables(argv: list[str]) -> int:
@@ -100,6 +127,9 @@ COMMANDS = {"train": cmd_train, "describe": cmd_describe, "bench": cmd_bench, "d
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        print(f"locallearn {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -380,7 +380,9 @@ def _tolerance_arg(items: list[str], cells_path: Path) -> dict[str, float]:
 def cli_tables(argv: list[str]) -> int:
     """`locallearn tables`: compile the tables from whatever metrics.json exist (no
     training), draw the figures and splice the tables into a README."""
-    p = argparse.ArgumentParser(prog="locallearn tables", description=cli_tables.__doc__)
+    from .helpformat import HelpFormatter
+    p = argparse.ArgumentParser(prog="locallearn tables", description=cli_tables.__doc__,
+                                formatter_class=HelpFormatter)
     p.add_argument("--results", default="results/full",
                    help="a preset's results folder (holds runs/; tables/ and figures/ are written)")
     p.add_argument("--cells", default=str(DEFAULT_CELLS), help="cells.tsv")

@@ -84,8 +84,10 @@ def ensure_experiment(uri: str, name: str) -> str:
 def cli_init(argv: list[str]) -> int:
     """`locallearn tracking init`: create the store and the experiment once, before the
     jobs start, so they never race to create either."""
-    p = argparse.ArgumentParser(prog="locallearn tracking init",
-                                description="Create the MLflow store and experiment.")
+    from .helpformat import HelpFormatter
+    p = argparse.ArgumentParser(prog="locallearn tracking init", formatter_class=HelpFormatter,
+                                description="Create the MLflow store and experiment once, before "
+                                            "parallel jobs start, so they never race to create either.")
     p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", default="locallearn", help="experiment name")
     args = p.parse_args(argv)
