@@ -16,12 +16,21 @@ Under SLURM (or any scheduler that sets CUDA_VISIBLE_DEVICES) no lease is taken:
 the scheduler already picked the GPU, and its device numbering is per job.
 
 Configuration (arguments win over environment variables):
-  lock_dir       LOCALLEARN_GPU_LOCK_DIR   default <tmp>/locallearn-gpu-locks; must be the
-                                           same folder for every job on the machine
+  lock_dir       LOCALLEARN_GPU_LOCK_DIR   default <tmp>/locallearn-gpu-locks-<uid>; must be
+                                           the same folder for every job on the machine
   count          LOCALLEARN_GPU_COUNT      default: detected (NVML, nvidia-smi); tests fake it
   slots_per_gpu  LOCALLEARN_GPU_SLOTS      k jobs per GPU (small MNIST-family jobs), default 1
   wait_seconds   LOCALLEARN_GPU_WAIT       how long to wait for a free GPU, default 60
 Importing this module does not import torch.
+
+Who may touch the locks. A lock file that another user can replace is a lease they can
+steal, and a symbolic link planted where a lock file will be created would make us
+truncate and write whatever it points at. So: lock files are opened without following
+links and must be plain files with one link; the default folder is this user's own
+(created 0700, refused when it is anyone else's or open to others). A folder shared by
+several users (their jobs then share the GPUs) is used only when named, and only if it
+belongs to this user or root and, when others may write in it, has the sticky bit (as
+/tmp does), so nobody can delete or swap another user's lock file.
 """
 from __future__ import annotations
 
@@ -30,6 +39,7 @@ import fcntl
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -80,7 +90,22 @@ class Lease:
 
 def default_lock_dir() -> Path:
     env = os.environ.get("LOCALLEARN_GPU_LOCK_DIR")
-    return Path(env) if env else Path(tempfile.gettempdir()) / "locallearn-gpu-locks"
+    return Path(env) if env else own_lock_dir()
+
+
+def _chosen_dir(lock_dir: Path | str | None) -> tuple[Path, bool]:
+    """The lock folder, and whether the user named it (argument, then environment)."""
+    if lock_dir is not None:
+        return Path(lock_dir), True
+    env = os.environ.get("LOCALLEARN_GPU_LOCK_DIR")
+    return (Path(env), True) if env else (own_lock_dir(), False)
+
+
+def own_lock_dir() -> Path:
+    """This user's lock folder. Not under $XDG_RUNTIME_DIR: that is set only in login
+    sessions and removed at logout, so jobs started from cron, a detached screen or sudo
+    would use another folder and share GPUs without knowing."""
+    return Path(tempfile.gettempdir()) / f"locallearn-gpu-locks-{os.geteuid()}"
 
 
 def _env_int(name: str) -> int | None:
@@ -142,20 +167,36 @@ def _cuda_already_initialised() -> bool:
         return False
 
 
-def _open_lock(path: Path) -> int:
-    # 0o666 and a sticky, world-writable folder: jobs of different users on one
-    # machine share the same GPUs, so they must share the same lock files.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+def _open_lock(path: Path, shared: bool) -> int:
+    """An fd on the lock file `path`, created if missing; never through a link."""
+    nofollow = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a planted FIFO must not hang us
     try:
-        os.fchmod(fd, 0o666)
-    except OSError:
-        pass  # someone else's file: it is already usable, we just cannot chmod it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | nofollow, 0o644 if shared else 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise GpuLeaseError(f"GPU lock file {path} is a symbolic link; refusing to follow it "
+                                "(someone may be trying to redirect the lease: remove the link)") from None
+        if not (shared and e.errno == errno.EACCES):
+            raise GpuLeaseError(f"cannot open GPU lock file {path}: {e.strerror}") from None
+        try:  # another user's lock file in a shared folder: flock needs only read access
+            fd = os.open(path, os.O_RDONLY | nofollow)
+        except OSError as e2:
+            raise GpuLeaseError(f"cannot open GPU lock file {path}: {e2.strerror}") from None
+    st = os.fstat(fd)
+    problem = ("is not a plain file" if not stat.S_ISREG(st.st_mode)
+               else "has other hard links" if st.st_nlink != 1
+               else f"belongs to uid {st.st_uid}" if not shared and st.st_uid != os.geteuid() else None)
+    if problem:
+        os.close(fd)
+        raise GpuLeaseError(f"GPU lock file {path} {problem}; refusing to use it (remove it)")
+    if shared and st.st_uid == os.geteuid():
+        os.fchmod(fd, 0o644)  # whatever our umask: other users' jobs must be able to open it
     return fd
 
 
-def _try_lock(path: Path) -> int | None:
+def _try_lock(path: Path, shared: bool) -> int | None:
     """The fd of `path` locked exclusively, or None if another process holds it."""
-    fd = _open_lock(path)
+    fd = _open_lock(path, shared)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -172,23 +213,46 @@ def _lock_path(lock_dir: Path, index: int, slot: int) -> Path:
 
 def _holder(path: Path) -> str:
     try:
-        return path.read_text().strip() or "?"
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return "?"
-
-
-def _prepare_dir(lock_dir: Path) -> None:
     try:
-        lock_dir.mkdir(parents=True, exist_ok=True)
+        return os.read(fd, 300).decode(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
+    finally:
+        os.close(fd)
+
+
+def _prepare_dir(lock_dir: Path, named: bool) -> bool:
+    """Create the lock folder if missing and check that nobody else controls it; True if
+    it is a folder shared with other users. `named`: chosen by the user (argument or
+    LOCALLEARN_GPU_LOCK_DIR), the only way to share one."""
+    try:
+        lock_dir.mkdir(mode=0o700, parents=named, exist_ok=True)
+        st = os.stat(lock_dir) if named else os.lstat(lock_dir)
     except OSError as e:
         raise GpuLeaseError(f"cannot create the GPU lock folder {lock_dir}: {e.strerror}") from None
-    try:
-        os.chmod(lock_dir, 0o1777)
-    except OSError:
-        pass
+    me, mode = os.geteuid(), stat.S_IMODE(st.st_mode)
+    fix = (f"remove it, or set LOCALLEARN_GPU_LOCK_DIR to a folder of yours (mode 0700)" if not named else
+           "chmod go-w it, or chmod +t it to share it with other users (as /tmp is)")
+    if not stat.S_ISDIR(st.st_mode):
+        problem = "is not a folder" + ("" if named else " (a symbolic link?)")
+    elif st.st_uid not in ((me, 0) if named else (me,)):
+        problem = f"belongs to uid {st.st_uid}, not to you (uid {me})"
+    elif not named and mode & 0o077:
+        problem = f"has mode {mode:04o}; your own lock folder must be 0700"
+    elif mode & 0o022 and not mode & stat.S_ISVTX:
+        problem = f"has mode {mode:04o}: others may write in it without the sticky bit"
+    else:
+        problem = None
+    if problem:
+        raise GpuLeaseError(f"GPU lock folder {lock_dir} {problem}; refusing to take leases there "
+                            f"(another user could steal or redirect them): {fix}")
     if not os.access(lock_dir, os.W_OK | os.X_OK):
         raise GpuLeaseError(f"GPU lock folder {lock_dir} is not writable "
-                            "(set LOCALLEARN_GPU_LOCK_DIR to a shared writable folder)")
+                            "(set LOCALLEARN_GPU_LOCK_DIR to a writable folder)")
+    return bool(mode & 0o022)
 
 
 def _sign(fd: int, label: str | None) -> None:
@@ -196,8 +260,11 @@ def _sign(fd: int, label: str | None) -> None:
     note = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
     if label:
         note += f" ({label})"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (note + "\n").encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (note + "\n").encode(), 0)
+    except OSError:
+        pass  # another user's lock file, opened read-only: it keeps its old note
 
 
 def _set_visible(indices: list[int]) -> None:
@@ -217,7 +284,7 @@ def lease_gpu(lock_dir: Path | str | None = None, count: int | None = None,
     CUDA_DEVICE_ORDER to PCI_BUS_ID, so the numbers are nvidia-smi's); this must
     happen before CUDA initialises, which is checked.
     """
-    lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+    lock_dir, named = _chosen_dir(lock_dir)
     if count is None:
         count = detect_gpu_count()
     if slots_per_gpu is None:
@@ -232,14 +299,14 @@ def lease_gpu(lock_dir: Path | str | None = None, count: int | None = None,
     if set_env and _cuda_already_initialised():
         raise GpuLeaseError("CUDA was initialised before the GPU lease was taken; "
                             "lease_gpu() must run before any torch.cuda call")
-    _prepare_dir(lock_dir)
+    shared = _prepare_dir(lock_dir, named)
 
     order = [(i, s) for s in range(slots_per_gpu) for i in range(count)]
     deadline = time.monotonic() + max(wait_seconds, 0.0)
     while True:
         for index, slot in order:
             path = _lock_path(lock_dir, index, slot)
-            fd = _try_lock(path)
+            fd = _try_lock(path, shared)
             if fd is None:
                 continue
             _sign(fd, label)
@@ -267,7 +334,7 @@ def lease_gpus(n: int, lock_dir: Path | str | None = None, count: int | None = N
     lists the n cards (the job's processes see them as cuda:0 .. cuda:n-1).
     None where there is no GPU; GpuLeaseError if n cards are not free in time.
     """
-    lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+    lock_dir, named = _chosen_dir(lock_dir)
     count = detect_gpu_count() if count is None else count
     if wait_seconds is None:
         env_wait = os.environ.get("LOCALLEARN_GPU_WAIT", "").strip()
@@ -279,13 +346,13 @@ def lease_gpus(n: int, lock_dir: Path | str | None = None, count: int | None = N
     if set_env and _cuda_already_initialised():
         raise GpuLeaseError("CUDA was initialised before the GPU lease was taken; "
                             "lease_gpus() must run before any torch.cuda call")
-    _prepare_dir(lock_dir)
+    shared = _prepare_dir(lock_dir, named)
     deadline = time.monotonic() + max(wait_seconds, 0.0)
     while True:
         held = []
         for index in range(count):
             path = _lock_path(lock_dir, index, 0)
-            fd = _try_lock(path)
+            fd = _try_lock(path, shared)
             if fd is not None:
                 held.append(Lease(index=index, slot=0, path=path, fd=fd))
                 if len(held) == n:
@@ -309,9 +376,10 @@ def lease_gpus(n: int, lock_dir: Path | str | None = None, count: int | None = N
 def lease_status(lock_dir: Path | str | None = None, count: int | None = None,
                  slots_per_gpu: int | None = None) -> list[tuple[int, int, str | None]]:
     """(gpu, slot, holder or None if free) for every lock; probes without keeping."""
-    lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+    lock_dir, named = _chosen_dir(lock_dir)
     count = detect_gpu_count() if count is None else count
     slots_per_gpu = slots_per_gpu or _env_int("LOCALLEARN_GPU_SLOTS") or 1
+    shared = _prepare_dir(lock_dir, named)  # an unsafe folder is reported here too
     rows = []
     for index in range(count):
         for slot in range(slots_per_gpu):
@@ -319,7 +387,7 @@ def lease_status(lock_dir: Path | str | None = None, count: int | None = None,
             if not path.exists():
                 rows.append((index, slot, None))
                 continue
-            fd = _try_lock(path)
+            fd = _try_lock(path, shared)
             if fd is None:
                 rows.append((index, slot, _holder(path)))
             else:

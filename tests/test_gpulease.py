@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -205,3 +207,102 @@ def test_detect_counts_nvidia_smi_gpus(tmp_path, monkeypatch):
     if torch.cuda._device_count_nvml() >= 0:
         pytest.skip("NVML answers on this machine; nvidia-smi is not consulted")
     assert detect_gpu_count() == 2
+
+
+# --- nobody else controls the locks (issue 16) ------------------------------------------
+
+def test_default_folder_is_this_users_own_0700(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)    # re-read TMPDIR
+    with lease_gpu(count=1, wait_seconds=0, set_env=False) as lease:
+        folder = lease.path.parent
+        assert folder == tmp_path / f"locallearn-gpu-locks-{os.geteuid()}"
+        st = folder.stat()
+        assert st.st_uid == os.geteuid() and (st.st_mode & 0o777) == 0o700
+        assert (lease.path.stat().st_mode & 0o077) == 0
+
+
+def test_planted_symlink_is_never_followed(tmp_path):
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (locks / "gpu0.slot0.lock").symlink_to(victim)
+    with pytest.raises(GpuLeaseError, match="gpu0.slot0.lock is a symbolic link; refusing to follow it"):
+        lease_gpu(locks, count=1, wait_seconds=0, set_env=False)
+    assert victim.read_text() == "precious\n"
+    # a hard link is refused too: truncating it would truncate the victim
+    (locks / "gpu0.slot0.lock").unlink()
+    os.link(victim, locks / "gpu0.slot0.lock")
+    with pytest.raises(GpuLeaseError, match="has other hard links"):
+        lease_gpu(locks, count=1, wait_seconds=0, set_env=False)
+    assert victim.read_text() == "precious\n"
+
+
+def test_default_folder_made_by_someone_else_is_refused(tmp_path, monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a folder belong to another uid")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    planted = tmp_path / f"locallearn-gpu-locks-{os.geteuid()}"
+    planted.mkdir(mode=0o700)
+    os.chown(planted, 4242, 4242)        # another user got there first
+    with pytest.raises(GpuLeaseError, match=r"belongs to uid 4242, not to you .*remove it"):
+        lease_gpu(count=1, wait_seconds=0, set_env=False)
+    os.chown(planted, os.geteuid(), os.getegid())
+    planted.chmod(0o755)                 # ours, but open to others: not private
+    with pytest.raises(GpuLeaseError, match="has mode 0755; your own lock folder must be 0700"):
+        lease_gpu(count=1, wait_seconds=0, set_env=False)
+    planted.rmdir()
+    planted.symlink_to(tmp_path)         # a link where our folder should be
+    with pytest.raises(GpuLeaseError, match="is not a folder"):
+        lease_gpu(count=1, wait_seconds=0, set_env=False)
+
+
+def test_named_folder_unsafe_owner_or_mode_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)                  # anyone may swap lock files: no sticky bit
+    with pytest.raises(GpuLeaseError, match="mode 0777: others may write in it without the sticky bit"):
+        lease_gpu(shared, count=1, wait_seconds=0, set_env=False)
+    shared.chmod(0o1777)                 # as /tmp: a folder users may share
+    with lease_gpu(shared, count=1, wait_seconds=0, set_env=False) as lease:
+        assert (lease.path.stat().st_mode & 0o777) == 0o644   # other users' jobs must open it
+    if os.geteuid() != 0:
+        return
+    os.chown(shared, 4242, 4242)         # sticky, but someone else's folder
+    with pytest.raises(GpuLeaseError, match="belongs to uid 4242"):
+        lease_gpu(shared, count=1, wait_seconds=0, set_env=False)
+
+
+def test_shared_folder_uses_another_users_lock_file(tmp_path):
+    """Two users sharing GPUs: a lock file another user created (and we may not write) is
+    still a lease, taken read-only and left unwritten."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a lock file belong to another uid")
+    base = Path(tempfile.mkdtemp(prefix="locallearn-shared-"))   # pytest's tmp_path is closed to others
+    try:
+        base.chmod(0o755)
+        shared = base / "shared"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        theirs = shared / "gpu0.slot0.lock"
+        theirs.write_text("pid 1 on elsewhere\n")
+        os.chown(theirs, 4242, 4242)
+        theirs.chmod(0o644)
+        child = subprocess.run(   # imports first (the interpreter's files may be root's), then uid 4343
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import os
+                from locallearn.gpulease import lease_gpu
+                os.setgid(4343); os.setuid(4343)
+                lease = lease_gpu({str(shared)!r}, count=2, wait_seconds=0, set_env=False)
+                other = lease_gpu({str(shared)!r}, count=2, wait_seconds=0, set_env=False)
+                print(lease.index, other.index)
+            """)], env=_env(2), capture_output=True, text=True, timeout=60)
+        assert child.returncode == 0, child.stderr
+        # gpu0 taken through the other user's file (read-only, unwritten), gpu1 created
+        assert child.stdout.split() == ["0", "1"]
+        assert theirs.read_text() == "pid 1 on elsewhere\n"
+        assert (shared / "gpu1.slot0.lock").stat().st_uid == 4343
+    finally:
+        shutil.rmtree(base)
