@@ -3,14 +3,31 @@ the new one, never half of one, even when the writer dies or the disk fills."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it. os.umask can only read it by setting
+    it, which for a moment gives every other thread's new files a wrong mode; Linux
+    reports it in /proc/self/status instead. Elsewhere (no such line) the conventional
+    022 is assumed."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 def atomic_write(path: str | Path, write, mode: int | None = None) -> Path:
     """write(tmp) into a uniquely named temporary file beside `path` (so concurrent
-    writers never share one), fsync it, then rename it over `path`. The file keeps the
-    mode of the one it replaces (else 0644). On any failure the temporary file is
+    writers never share one), fsync it, then rename it over `path`. The file gets `mode`,
+    else what open() would have given it: 0o666 less the umask (mkstemp's own 0600 would
+    hide results from a group that shares them). On any failure the temporary file is
     removed and the error raised."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,9 +38,7 @@ def atomic_write(path: str | Path, write, mode: int | None = None) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        if mode is None:
-            mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        os.chmod(tmp, mode)
+        os.chmod(tmp, 0o666 & ~current_umask() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -33,3 +48,14 @@ def atomic_write(path: str | Path, write, mode: int | None = None) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
+
+
+def atomic_write_bytes(path: str | Path, content) -> Path:
+    """`content` (bytes, or a binary file object copied in 1 MiB pieces) atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
+            if isinstance(content, (bytes, bytearray)):
+                out.write(content)
+            else:
+                shutil.copyfileobj(content, out, 1 << 20)
+    return atomic_write(path, write)

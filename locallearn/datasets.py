@@ -54,6 +54,7 @@ import torch
 import torchvision.datasets as tvd
 from torchvision.datasets import utils as tv_utils
 
+from .atomic import atomic_write_bytes
 from .errors import ConfigError, DatasetError
 from .specs import SPECS, DatasetSpec  # noqa: F401  (re-exported: the dataset layer's names)
 
@@ -237,7 +238,7 @@ def accept_custom_files(data_dir: Path, rel_paths: list[str]) -> None:
     files.update({rel: _md5(data_dir / rel) for rel in rel_paths})
     doc = {"comment": "files accepted by locallearn.datasets.accept_custom_files instead of "
                       "the originals' checksums", "files": dict(sorted(files.items()))}
-    _write_atomic(data_dir / CUSTOM_CHECKSUMS, json.dumps(doc, indent=1).encode())
+    atomic_write_bytes(data_dir / CUSTOM_CHECKSUMS, json.dumps(doc, indent=1).encode())
 
 
 # --------------------------------------------------------------------------- decoding
@@ -463,7 +464,7 @@ def _import(name: str, data_dir: Path, source: Path, files: list[_File], move: b
             _install(path, data_dir / f.rel, move)
             if f.rel.endswith(".gz"):   # torchvision's MNIST classes read the unpacked copies
                 with gzip.open(data_dir / f.rel, "rb") as g:
-                    _write_atomic((data_dir / f.rel).with_suffix(""), g)
+                    atomic_write_bytes((data_dir / f.rel).with_suffix(""), g)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -496,27 +497,4 @@ def _install(src: Path, dest: Path, move: bool) -> None:
         os.replace(src, dest)
     else:
         with open(src, "rb") as f:
-            _write_atomic(dest, f)
-
-
-def _write_atomic(dest: Path, content) -> None:
-    """Write bytes or a file object to dest through a temporary name in the same folder."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if isinstance(content, bytes):
-                out.write(content)
-            else:
-                shutil.copyfileobj(content, out, 1 << 20)
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a data dir is often shared
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+            atomic_write_bytes(dest, f)

@@ -14,6 +14,7 @@ import torchvision.datasets as tvd
 from torchvision.datasets import utils as tv_utils
 
 from fake_data import SHAPES, fake_images, write_fake
+from locallearn.atomic import atomic_write_bytes
 from locallearn import datasets
 from locallearn.datasets import SPECS, load_split, prepare, resolve_data_dir
 from locallearn.errors import ConfigError, DatasetError
@@ -297,7 +298,7 @@ def test_an_interrupted_write_leaves_no_file(tmp_path):
         def read(self, size=-1):
             raise OSError("disk full")
     with pytest.raises(OSError):
-        datasets._write_atomic(tmp_path / "x" / "file", Broken())
+        atomic_write_bytes(tmp_path / "x" / "file", Broken())   # the writer the data layer uses
     assert files_under(tmp_path) == ["x"]
 
 

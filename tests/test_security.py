@@ -1,0 +1,75 @@
+"""Issue 16: files we write honour the umask (read without changing it), URIs are
+written without their credentials, and the documented way to point the workflow at a
+tracking server is one its config schema accepts."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from locallearn.atomic import atomic_write, atomic_write_bytes, atomic_write_text, current_umask
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def umask():
+    """Set the umask for one test (single-threaded here), restoring it after."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_honour_the_umask(tmp_path, umask, mask, mode):
+    umask(mask)
+    assert current_umask() == mask
+    for i, write in enumerate((lambda p: atomic_write_text(p, "x"),
+                               lambda p: atomic_write_bytes(p, b"x"),
+                               lambda p: atomic_write(p, lambda tmp: tmp.write_bytes(b"x")))):
+        path = write(tmp_path / f"f{i}")
+        assert (path.stat().st_mode & 0o777) == mode
+    assert os.umask(mask) == mask           # reading it never changed it
+    assert (atomic_write_text(tmp_path / "f0", "y").stat().st_mode & 0o777) == mode  # a rewrite too
+    assert (atomic_write(tmp_path / "g", lambda t: t.write_text("z"), mode=0o600).stat().st_mode & 0o777) == 0o600
+
+
+def test_umask_is_read_without_a_process_wide_change(umask):
+    """A thread creating files while another reads the umask must never see it at 0."""
+    umask(0o077)
+    stop, seen = threading.Event(), set()
+
+    def watch():
+        while not stop.is_set():
+            seen.add(current_umask())
+
+    t = threading.Thread(target=watch)
+    t.start()
+    for _ in range(2000):
+        current_umask()
+    stop.set()
+    t.join()
+    assert seen == {0o077}
+    sources = [p for p in (REPO / "locallearn").glob("*.py") if "os.umask(" in p.read_text()]
+    assert sources == [], "no module may set the umask to read it"
+
+
+def test_dataset_files_honour_the_umask(tmp_path, umask):
+    """The data layer writes through atomic.py (its own writer is gone): the custom
+    checksum file, and (where Debian's package is there) the imported and unpacked
+    Fashion-MNIST files."""
+    import locallearn.datasets as datasets
+    from conftest import FMNIST_DEBIAN
+    from fake_data import write_fake
+
+    assert not hasattr(datasets, "_write_atomic") and not hasattr(datasets, "_umask")
+    umask(0o027)
+    write_fake("MNIST", tmp_path / "fake", n_train=20, n_test=10)
+    assert (tmp_path / "fake" / datasets.CUSTOM_CHECKSUMS).stat().st_mode & 0o777 == 0o640
+    if FMNIST_DEBIAN.is_dir():
+        datasets.prepare("FashionMNIST", tmp_path / "data", source=FMNIST_DEBIAN)
+        written = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+        assert len(written) == 8 and {p.stat().st_mode & 0o777 for p in written} == {0o640}
