@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 
+from .credentials import take_credentials
 from .helpformat import HelpFormatter
 from .specs import SPECS
 
@@ -168,6 +169,9 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     for t in args.tag:
         if "=" not in t:
             bad("tag", f"expected KEY=VALUE, got {t!r}")
+    # A password in the URI would be recorded with the config (metrics.json, MLflow
+    # params): it moves to MLflow's own variables here, before anything sees the config.
+    args.mlflow_uri = take_credentials(args.mlflow_uri)
     return args
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .atomic import atomic_write_text
+from .credentials import redact_uri, take_credentials
 from .errors import ConfigError, TrackingError
 
 RUN_FILE = "mlflow_run.json"
@@ -69,10 +70,12 @@ log = logging.getLogger("locallearn.tracking")
 
 def resolve_uri(flag: str | None) -> str | None:
     """The tracking URI: the flag, else $MLFLOW_TRACKING_URI, else None (tracking off).
-    An empty flag turns tracking off even where the variable is set."""
+    An empty flag turns tracking off even where the variable is set. User-info in the URI
+    becomes MLflow's credential variables (credentials.py): what is returned may be
+    recorded anywhere."""
     if flag is not None:
-        return flag or None
-    return os.environ.get("MLFLOW_TRACKING_URI") or None
+        return take_credentials(flag) or None
+    return take_credentials(os.environ.get("MLFLOW_TRACKING_URI")) or None
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -122,6 +125,8 @@ class RunTracker:
         TrackingError when the store cannot be reached, before any training starts."""
         if uri is None:
             return cls()
+        uri = take_credentials(uri)
+        tags, params = _without_credentials(tags), _without_credentials(params)
         out_dir = Path(out_dir).resolve()
         client = _client(uri)
         exp_id = _experiment_id(client, uri, experiment)
@@ -261,7 +266,7 @@ def _probe_server(uri: str) -> None:
             reason = type(e).__name__
         if time.monotonic() + delay >= deadline:
             raise TrackingError(
-                f"MLflow tracking server {uri} is not reachable ({reason}, tried for "
+                f"MLflow tracking server {redact_uri(uri)} is not reachable ({reason}, tried for "
                 f"{time.monotonic() - start:.0f} s): "
                 "start it (mlflow server ...), fix --mlflow-uri / MLFLOW_TRACKING_URI, "
                 "or run without tracking (--mlflow-uri '')")
@@ -318,7 +323,7 @@ def _experiment_id(client, uri: str, name: str) -> str:
                 exp = client.get_experiment_by_name(name)   # another process won the race
         if exp.lifecycle_stage == "deleted":
             raise TrackingError(
-                f"MLflow experiment {name!r} in {uri} is deleted: restore it "
+                f"MLflow experiment {name!r} in {redact_uri(uri)} is deleted: restore it "
                 f"(mlflow experiments restore --experiment-id {exp.experiment_id}) "
                 "or choose another --mlflow-experiment")
         return exp.experiment_id
@@ -369,7 +374,7 @@ def _tagged_run(client, exp_id: str, tags: dict[str, str]):
 def _write_run_file(out_dir: Path, uri: str, exp_id: str, run_id: str) -> None:
     """Atomic (write, then rename): a kill leaves the old file or the new one, never half."""
     atomic_write_text(out_dir / RUN_FILE, json.dumps(
-        {"run_id": run_id, "experiment_id": exp_id, "tracking_uri": uri}, indent=1) + "\n")
+        {"run_id": run_id, "experiment_id": exp_id, "tracking_uri": redact_uri(uri)}, indent=1) + "\n")
 
 
 def _log_run_start(client, run_id: str, run_name: str, tags: dict, params: dict) -> None:
@@ -381,6 +386,11 @@ def _log_run_start(client, run_id: str, run_name: str, tags: dict, params: dict)
 
 
 # --- values ---------------------------------------------------------------------------
+
+def _without_credentials(values: dict) -> dict:
+    """Params and tags as they may be stored: any URI among them without user-info."""
+    return {k: redact_uri(v) if isinstance(v, str) else v for k, v in values.items()}
+
 
 def _param_strings(params: dict) -> dict[str, str]:
     """Flags as MLflow params: lists joined with spaces, everything a string, values over
@@ -444,7 +454,7 @@ def _call(uri: str, what: str, fn):
                 time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 2.0)
                 continue
-            raise TrackingError(f"MLflow store {uri}: could not {what}: {_reason(e)}") from e
+            raise TrackingError(f"MLflow store {redact_uri(uri)}: could not {what}: {_reason(e)}") from e
 
 
 def _reason(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from locallearn.atomic import atomic_write, atomic_write_bytes, atomic_write_text, current_umask
+from locallearn.credentials import PASSWORD_VAR, USERNAME_VAR, redact_uri, take_credentials
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,3 +74,38 @@ def test_dataset_files_honour_the_umask(tmp_path, umask):
         datasets.prepare("FashionMNIST", tmp_path / "data", source=FMNIST_DEBIAN)
         written = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
         assert len(written) == 8 and {p.stat().st_mode & 0o777 for p in written} == {0o640}
+
+
+@pytest.mark.parametrize("uri, clean", [
+    ("http://user:secret@127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("https://user:s%40cret@host.example/mlflow?x=1", "https://host.example/mlflow?x=1"),
+    ("http://token@host:5000/", "http://host:5000/"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("sqlite:////home/me/results/mlflow.db", "sqlite:////home/me/results/mlflow.db"),
+    ("postgresql://me:secret@db/mlflow", "postgresql://db/mlflow"),
+    ("", ""), (None, None), ("vgg8b", "vgg8b"), ("user@host", "user@host"),
+])
+def test_redact_uri(uri, clean):
+    assert redact_uri(uri) == clean
+
+
+def test_take_credentials_hands_them_to_mlflow(monkeypatch):
+    monkeypatch.delenv(USERNAME_VAR, raising=False)
+    monkeypatch.delenv(PASSWORD_VAR, raising=False)
+    assert take_credentials("http://me:s%40cret@h:1/x") == "http://h:1/x"
+    assert (os.environ[USERNAME_VAR], os.environ[PASSWORD_VAR]) == ("me", "s@cret")
+    monkeypatch.setenv(PASSWORD_VAR, "from-env")   # the environment wins
+    assert take_credentials("http://me:other@h:1") == "http://h:1"
+    assert os.environ[PASSWORD_VAR] == "from-env"
+
+
+def test_train_config_never_holds_a_uri_password(monkeypatch):
+    from conftest import flags
+    from locallearn.config import recipe_dict
+
+    monkeypatch.delenv(USERNAME_VAR, raising=False)
+    monkeypatch.delenv(PASSWORD_VAR, raising=False)
+    cfg = flags("--mlflow-uri", "http://me:secret@127.0.0.1:5000")
+    assert cfg.mlflow_uri == "http://127.0.0.1:5000"
+    assert "secret" not in repr(vars(cfg)) + repr(recipe_dict(cfg))
+    assert os.environ[PASSWORD_VAR] == "secret"

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import harness  # puts the repository on sys.path: locallearn's torch-free modules
+from locallearn.credentials import redact_uri
 
 
 class Job:
@@ -31,6 +32,12 @@ class Job:
             p for p in (str(harness.REPO), os.environ.get("PYTHONPATH", "")) if p))
         self.log_path = Path(sm.log[0])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def track_to(self, uri: str) -> None:
+        """The job logs to `uri`, handed over in its environment (MLFLOW_TRACKING_URI) and
+        not on its command line, which heads the log and is visible to every user in the
+        process list; only the redacted form is ever written."""
+        self.env["MLFLOW_TRACKING_URI"] = uri
 
     def run(self, args: list[str], command: list[str] | None = None) -> None:
         cmd = (command or self.command) + args
@@ -67,8 +74,9 @@ def tracking_init(job: Job) -> None:
     preset = job.presets[sm.wildcards.preset]
     uri = harness.tracking_uri(config, preset)
     Path(preset.results).mkdir(parents=True, exist_ok=True)
-    job.run(["tracking", "init", "--uri", uri, "--experiment", preset.experiment])
-    write_json(sm.output[0], {"uri": uri, "experiment": preset.experiment})
+    job.track_to(uri)
+    job.run(["tracking", "init", "--experiment", preset.experiment])
+    write_json(sm.output[0], {"uri": redact_uri(uri), "experiment": preset.experiment})
 
 
 def train(job: Job) -> None:
@@ -80,10 +88,10 @@ def train(job: Job) -> None:
             "model": row["model"], "network": row["network"], "loss": row["loss"]}
     args = ["train", *sm.params.args, "--seed", seed, "--out", str(Path(sm.output[0]).parent),
             "--data-dir", harness.data_dir(config),
-            "--mlflow-uri", harness.tracking_uri(config, preset),
             "--mlflow-experiment", preset.experiment, "--run-name", f"{cell}-s{seed}"]
     for k, v in tags.items():
         args += ["--tag", f"{k}={v}"]
+    job.track_to(harness.tracking_uri(config, preset))
     # A pipelined cell: S stage processes started by torchrun (one node; its rendezvous
     # is what several nodes would use too), each with its share of the job's threads and,
     # on GPUs, one of S cards leased for the job (the trainer leases none under torchrun).
