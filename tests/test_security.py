@@ -4,6 +4,10 @@ tracking server is one its config schema accepts."""
 from __future__ import annotations
 
 import os
+import re
+import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -109,3 +113,32 @@ def test_train_config_never_holds_a_uri_password(monkeypatch):
     assert cfg.mlflow_uri == "http://127.0.0.1:5000"
     assert "secret" not in repr(vars(cfg)) + repr(recipe_dict(cfg))
     assert os.environ[PASSWORD_VAR] == "secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_documented_tracking_server_config_is_accepted(tmp_path):
+    """The form the slurm profile and .ci/mlflow-server.sh tell users is accepted by
+    the config schema (the old `mlflow_uri=` was not)."""
+    documented = "--config 'mlflow={uri: http://tracking-host:5000}'"
+    for doc in (REPO / "workflow" / "profiles" / "slurm" / "config.yaml", REPO / ".ci" / "mlflow-server.sh"):
+        text = doc.read_text()
+        assert "mlflow_uri=" not in text, doc
+        assert re.sub(r"<uri>", "http://tracking-host:5000", text).count(documented) >= 1, doc
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+
+    def dry_run(config: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                               "-n", "quick", "--config", config],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+
+    ok = dry_run(f"mlflow={{uri: http://127.0.0.1:{_free_port()}}}")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "tracking_init" in ok.stdout + ok.stderr
+    old = dry_run("mlflow_uri=http://127.0.0.1:5000")
+    assert old.returncode != 0 and "mlflow_uri" in old.stdout + old.stderr
