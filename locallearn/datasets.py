@@ -110,46 +110,37 @@ def _cifar_layout(cls: type[tvd.CIFAR10]) -> _Layout:
                            + [(cls.meta["filename"], cls.meta["md5"], "meta")])
 
 
-def _svhn_layout() -> _Layout:
+def _svhn_layout(cls: type[tvd.SVHN]) -> _Layout:
     # train first, then extra: the order the two are concatenated in.
     return _Layout(tuple(
-        _File(f"SVHN/{fn}", md5, "test" if split == "test" else "train", (url,))
+        _File(f"{cls.__name__}/{fn}", md5, "test" if split == "test" else "train", (url,))
         for split in ("train", "extra", "test")
-        for url, fn, md5 in [tvd.SVHN.split_list[split]]))
+        for url, fn, md5 in [cls.split_list[split]]))
 
 
-def _stl10_layout() -> _Layout:
+def _stl10_layout(cls: type[tvd.STL10]) -> _Layout:
     # The labelled splits only: unlabeled_X.bin (2.6 GB) is never used by the paper.
-    listed = dict(tvd.STL10.train_list + tvd.STL10.test_list)
-    return _tarball_layout(tvd.STL10, [(fn, listed[fn], fn.split("_")[0])
-                                       for fn in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin")])
+    listed = dict(cls.train_list + cls.test_list)
+    return _tarball_layout(cls, [(fn, listed[fn], fn.split("_")[0])
+                                 for fn in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin")])
 
+
+# A DatasetSpec's `format`: how its files lie (from its torchvision class) and how they
+# are read (the readers below).
+_LAYOUT_OF_FORMAT = {"idx": _mnist_layout, "cifar": _cifar_layout, "svhn": _svhn_layout, "stl10": _stl10_layout}
 
 _LAYOUTS: dict[str, _Layout] = {
-    "MNIST": _mnist_layout(tvd.MNIST),
-    "FashionMNIST": _mnist_layout(tvd.FashionMNIST),
-    "KuzushijiMNIST": _mnist_layout(tvd.KMNIST),   # the real Kuzushiji-MNIST, never MNIST
-    "CIFAR10": _cifar_layout(tvd.CIFAR10),
-    "CIFAR100": _cifar_layout(tvd.CIFAR100),
-    "SVHN": _svhn_layout(),
-    "STL10": _stl10_layout(),
-}
+    name: _LAYOUT_OF_FORMAT[spec.format](getattr(tvd, spec.torchvision)) for name, spec in SPECS.items()}
 
-# md5 of the decompressed content of .gz originals, for copies that were re-compressed
-# (their .gz md5 differs, their content does not). The values other Fashion-MNIST loaders
-# list for the unpacked originals; Debian's dataset-fashion-mnist files match them.
+# md5 of the decompressed content of re-compressed .gz originals, by path in the data dir.
 _CONTENT_MD5: dict[str, str] = {
-    "FashionMNIST/raw/train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
-    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": "8181f5470baa50b63fa0f6fddb340f0a",
-    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": "15d484375f8d13e6eb1aabb0c3f46965",
-}
+    f.rel: md5 for name, spec in SPECS.items() for fn, md5 in spec.content_md5
+    for f in _LAYOUTS[name].files if Path(f.rel).name == fn}
 
 # Folders of original files that this machine may already have; a dataset missing from
 # the data dir is imported from here (verified) before anything asks for a download.
 OFFLINE_SOURCES: dict[str, tuple[Path, ...]] = {
-    "FashionMNIST": (Path("/usr/share/datasets/fashion-mnist"),),   # Debian: dataset-fashion-mnist
-}
+    name: tuple(map(Path, spec.offline_sources)) for name, spec in SPECS.items() if spec.offline_sources}
 
 CUSTOM_CHECKSUMS = "locallearn-custom-checksums.json"
 
@@ -292,8 +283,8 @@ def _read_stl10(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return images, np.fromfile(y_path, np.uint8).astype(np.int64) - 1
 
 
-_READERS = {"MNIST": _read_mnist, "FashionMNIST": _read_mnist, "KuzushijiMNIST": _read_mnist,
-            "CIFAR10": _read_cifar, "CIFAR100": _read_cifar, "SVHN": _read_svhn, "STL10": _read_stl10}
+_READER_OF_FORMAT = {"idx": _read_mnist, "cifar": _read_cifar, "svhn": _read_svhn, "stl10": _read_stl10}
+_READERS = {name: _READER_OF_FORMAT[spec.format] for name, spec in SPECS.items()}
 
 
 def _decode(name: str, data_dir: Path, files: list[_File]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ from tabulate import tabulate
 from .atomic import atomic_write_text
 from .cells import DEFAULT_CELLS, published_error, read_cells
 from .errors import ConfigError, LocallearnError
+from .specs import SPECS
 
 BEGIN = "<!-- locallearn:tables:begin -->"
 END = "<!-- locallearn:tables:end -->"
@@ -38,16 +39,6 @@ LOSS_COLUMNS = {
     "pred": "Local loss 'pred'",
     "sim": "Local loss 'sim'",
     "predsim": "Local loss 'predsim'",
-}
-# The captions of the paper's README (a dataset not listed here is captioned by its name).
-DATASET_TITLES = {
-    "MNIST": "MNIST with 2 pixel jittering",
-    "FashionMNIST": "Fashion-MNIST with 2 pixel jittering and horizontal flipping",
-    "KuzushijiMNIST": "Kuzushiji-MNIST with no data augmentation",
-    "CIFAR10": "CIFAR-10 with data augmentation",
-    "CIFAR100": "CIFAR-100 with data augmentation",
-    "SVHN": "SVHN with extra training data, but no augmentation",
-    "STL10": "STL-10 with no data augmentation",
 }
 NOT_RUN = "not run"
 NOTE = ("Test error (%) after the last epoch: ours (published). Ours is the mean ± std over "
@@ -234,7 +225,7 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
             by_loss = {c.row["loss"]: c for c in mine if c.row["network"] == net}
             body.append([net, _params_entry(list(by_loss.values()))]
                         + [by_loss[loss].entry() if loss in by_loss else "-" for loss in LOSS_COLUMNS])
-        title = DATASET_TITLES.get(ds, ds)
+        title = SPECS[ds].title if ds in SPECS else ds   # the paper's captions
         out[ds] = (f"{heading} Results on {title}\n\n"
                    + _markdown(["Network", "#Params", *LOSS_COLUMNS.values()], body) + "\n")
 

@@ -58,6 +58,25 @@ def test_specs_follow_spec_md():
     assert all(len(s.mean) == len(s.std) == s.channels for s in SPECS.values())
 
 
+def test_one_table_says_each_dataset_once():
+    """SPECS is the one place: readers, layouts, checksum extras, offline folders and
+    table captions are all derived from its rows; every format it may name is readable."""
+    from dataclasses import replace as with_
+    from locallearn import tables
+    from locallearn.specs import FORMATS, DatasetSpec
+
+    assert set(datasets._LAYOUT_OF_FORMAT) == set(datasets._READER_OF_FORMAT) == set(FORMATS)
+    assert set(datasets._LAYOUTS) == set(datasets._READERS) == set(SPECS)
+    assert datasets._LAYOUTS["KuzushijiMNIST"].files[0].rel.startswith("KMNIST/raw/")   # torchvision's KMNIST
+    assert set(datasets._CONTENT_MD5) == {f.rel for f in datasets._LAYOUTS["FashionMNIST"].files}
+    assert [n for n, s in SPECS.items() if s.offline_sources] == ["FashionMNIST"]  # (OFFLINE_SOURCES: patched here)
+    assert not hasattr(tables, "DATASET_TITLES") and SPECS["SVHN"].title.startswith("SVHN with extra")
+    with pytest.raises(ValueError, match="dataset EMNIST: format 'emnist' is not one of idx, cifar, svhn, stl10"):
+        with_(SPECS["MNIST"], name="EMNIST", format="emnist")
+    with pytest.raises(ValueError, match="dataset X: mean and std need one value per channel"):
+        DatasetSpec("X", "X", 10, 3, 32, (0.5,), (0.5,), 0, False, 1, 1, "cifar", "CIFAR10")
+
+
 def test_resolve_data_dir(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LOCALLEARN_DATA", raising=False)

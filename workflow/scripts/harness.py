@@ -40,9 +40,30 @@ class HarnessError(ValueError):
 
 # --------------------------------------------------------------------------- schemas
 
+# Lists the package owns: a schema names one by "x-locallearn-enum" and gets it as its
+# "enum" when loaded, so adding a dataset to locallearn.specs is the whole change.
+SCHEMA_ENUMS = {"datasets": list(SPECS)}
+
+
 def _schema(name: str) -> dict:
     with open(SCHEMAS / name) as f:
-        return json.load(f)
+        return _fill_enums(json.load(f), name)
+
+
+def _fill_enums(node, name: str):
+    if isinstance(node, dict):
+        if "x-locallearn-enum" in node:
+            key = node["x-locallearn-enum"]
+            if key not in SCHEMA_ENUMS:
+                raise HarnessError(f"workflow/schemas/{name}: x-locallearn-enum {key!r} is not one of "
+                                   f"{', '.join(SCHEMA_ENUMS)}")
+            node["enum"] = list(SCHEMA_ENUMS[key])
+        for value in node.values():
+            _fill_enums(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            _fill_enums(value, name)
+    return node
 
 
 def _path(error: jsonschema.ValidationError) -> str:
