@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .faults import fault
 from .models import Block, LocalNet, build_model, forward_layers
+from .sampler import classes_per_batch_at
 
 
 def make_model(cfg, spec, device: torch.device) -> LocalNet:
@@ -274,8 +275,8 @@ ENGINES = {"fused": FusedEngine, "reference": ReferenceEngine}
 # ========================================================================= epoch, eval
 def epoch_batches(cfg, train, epoch: int):
     """This epoch's training batches: the class-per-batch sampler's order while it is
-    on (epoch <= --classes-per-batch-until-epoch), else a plain shuffle."""
-    cpb = cfg.classes_per_batch if epoch <= cfg.classes_per_batch_until_epoch else 0
+    on (sampler.classes_per_batch_at), else a plain shuffle."""
+    cpb = classes_per_batch_at(cfg.classes_per_batch, cfg.classes_per_batch_until_epoch, epoch)
     order = train.order(cfg.seed, epoch, cpb, cfg.batch_size)
     return train.train_batches(order, cfg.batch_size, cfg.seed, epoch)
 

@@ -28,6 +28,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def classes_per_batch_at(n: int, until_epoch: int, epoch: int) -> int:
+    """The sampler's n in this epoch (1-based), 0 where batches are plain shuffles.
+
+    The reference attaches the sampler to its loader once and takes it off only when
+    until_epoch > 0 and the epoch is past it, so until_epoch 0 keeps it for the whole
+    run (its help: "default: 0, until end of training").
+    """
+    return n if until_epoch == 0 or epoch <= until_epoch else 0
+
+
 def class_batch_order(labels: np.ndarray, n: int, batch_size: int, rng: np.random.Generator,
                       min_classes: int = 10) -> np.ndarray:
     """A permutation of range(len(labels)) in the reference sampler's batch order.

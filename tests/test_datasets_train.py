@@ -12,6 +12,7 @@ from locallearn.cli import describe
 from locallearn.config import parse_train_args
 from locallearn.data import load_splits
 from locallearn.datasets import SPECS
+from locallearn.engines import epoch_batches
 
 SHAPES = {"MNIST": (1, 28, 10), "FashionMNIST": (1, 28, 10), "KuzushijiMNIST": (1, 28, 10),
           "CIFAR10": (3, 32, 10), "CIFAR100": (3, 32, 100), "SVHN": (3, 32, 10), "STL10": (3, 96, 10)}
@@ -59,3 +60,17 @@ def test_describe_reports_input_and_classes(row):
     d = describe(parse_train_args(recipe_args(row)))
     c, s, k = SHAPES[row["dataset"]]
     assert d["input_shape"] == [c, s, s] and d["num_classes"] == k == SPECS[row["dataset"]].num_classes
+
+
+@pytest.mark.parametrize("until, epoch, sampled", [(0, 1, True), (0, 400, True), (2, 2, True), (2, 3, False)])
+def test_sampler_until_epoch_zero_keeps_it_for_the_whole_run(until, epoch, sampled, tmp_path):
+    """As the reference: --classes-per-batch-until-epoch 0 (its default) never takes the
+    sampler off; a positive value takes it off after that epoch."""
+    write_fake("CIFAR100", tmp_path / "data")
+    cfg = cfg_for("CIFAR100", tmp_path, "--classes-per-batch", "20", "--classes-per-batch-until-epoch", str(until))
+    train, _, _ = load_splits(cfg, torch.device("cpu"))
+    got = torch.cat([y for _, y in epoch_batches(cfg, train, epoch)])
+    sampler = train.labels[train.order(cfg.seed, epoch, 20, cfg.batch_size)]
+    shuffle = train.labels[train.order(cfg.seed, epoch, 0, cfg.batch_size)]
+    assert not torch.equal(sampler, shuffle)
+    assert torch.equal(got, sampler if sampled else shuffle)
