@@ -6,8 +6,9 @@ Two engines compute the same updates (tests/test_engines.py proves it):
   on its own parameters and a detached input, and Adam/SGD act elementwise with one
   learning rate for every parameter (SPEC.md, The update).
 - reference: the authors' scheme, one optimizer per block stepping inside the
-  forward pass, and a global optimizer (over all parameters, as theirs) for the
-  output layer. Kept to prove the fused engine exact.
+  forward pass, and a global optimizer over the output layer alone (as theirs: their
+  networks' parameters() return only the output layer in local mode). Kept to prove
+  the fused engine exact, --no-detach included.
 A pipeline stage (pipeline.StageEngine) is the fused engine over a slice of the
 layers: the same step, with its batches received from and passed on to its peers.
 
@@ -228,10 +229,11 @@ class ReferenceEngine(Engine):
 
     def __init__(self, cfg, model: LocalNet, device):
         super().__init__(cfg, model, device)
-        # The reference's global optimizer holds every parameter; hidden ones have no
-        # gradient when it steps (their own optimizer cleared it), so it moves only
-        # the output layer. Under --no-detach both step every hidden parameter.
-        self.optimizers["global"] = make_optimizer(cfg, model.parameters(), device)
+        # The reference's global optimizer holds what its network's parameters() return:
+        # the output layer alone in local mode, so under --no-detach each hidden block
+        # still steps once, by its own optimizer; everything under --backprop.
+        held = model.parameters() if cfg.backprop else model.output.parameters()
+        self.optimizers["global"] = make_optimizer(cfg, held, device)
         if not cfg.backprop:
             for b in model.blocks:
                 self.optimizers[f"block{b.index}"] = make_optimizer(cfg, b.parameters(), device)

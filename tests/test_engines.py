@@ -32,6 +32,16 @@ CASES = {
     "vgg-bio-predsim": (small_vgg("--loss-sup", "predsim", "--bio", "--beta", "0.01"), (3, 16, 16)),
     "mlp-unsup-recon": (flags("--loss-sup", "predsim", "--loss-unsup", "recon", "--alpha", "0.5"), (1, 28, 28)),
     "vgg-unsup-sim": (small_vgg("--loss-sup", "pred", "--loss-unsup", "sim", "--alpha", "0.3"), (3, 16, 16)),
+    # --no-detach: the global loss and later blocks' losses reach every block, and each
+    # block steps once. The engines sum the same gradients in another order, so they
+    # agree to rounding; but a bias followed by BatchNorm has a gradient that is zero up
+    # to rounding, which Adam scales to +-lr (1e-3 apart after 6 steps, in those biases
+    # only). Adam cases therefore run without BatchNorm; SGD covers it.
+    "mlp-no-detach-predsim": (flags("--loss-sup", "predsim", "--no-detach", "--no-batch-norm",
+                                    "--dropout", "0.2"), (1, 28, 28)),
+    "vgg-no-detach-pred": (small_vgg("--loss-sup", "pred", "--no-detach", "--no-batch-norm"), (3, 16, 16)),
+    "vgg-no-detach-predsim-sgd": (small_vgg("--loss-sup", "predsim", "--no-detach", "--optim", "sgd",
+                                            "--momentum", "0.9"), (3, 16, 16)),
 }
 
 
