@@ -6,7 +6,8 @@ nonlinearity, before dropout) feeds small heads whose losses train only that blo
   pred     cross-entropy of a linear decoder of (average-pooled) h     -> `PredHead`
   sim      || S(conv_or_linear(h)) - S(onehot(y)) ||^2                  -> `SimHead`
   predsim  (1 - beta) * pred + beta * sim
-  unsup    alpha * unsup + (1 - alpha) * sup, unsup in {sim, recon}
+  unsup    alpha * unsup + (1 - alpha) * sup, unsup in {sim, recon}; 0 where there is
+           none (--loss-unsup none, or recon in a first layer), as in the reference
   bio      labels replaced by a fixed random projection; pred through feedback alignment
 
 `LocalHead` combines them for one block and returns one scalar loss plus statistics.
@@ -112,7 +113,9 @@ class LocalHead(nn.Module):
 
     side:     the output map's side for a conv block (h is B x C x S x S); None for a
               linear block (h is B x C).
-    first:    the block reads the network input (recon is skipped there).
+    first:    the block is its network's first layer (recon is skipped there): the first
+              conv of a VGG, and the first linear block of the mlp and of a VGG's head,
+              as the reference builds its head as a network of its own.
     conv_geometry: (kernel, stride, padding) of the block's conv, mirrored by recon.
     """
 
@@ -180,8 +183,12 @@ class LocalHead(nn.Module):
             pred, logits = self.pred_loss(h, y, y_onehot)
             stats["pred_logits"] = logits
             sup = (1 - self.beta) * pred + self.beta * self.sim_loss(h, y_onehot)
-        if self.alpha == 0 or self.loss_unsup == "none" or (self.loss_unsup == "recon" and self.first):
+        if self.alpha == 0:
             return sup, stats
+        if self.loss_unsup == "none" or (self.loss_unsup == "recon" and self.first):
+            # The reference still weighs: alpha * 0 + (1 - alpha) * sup. Under Adam the
+            # factor cancels (up to eps); under SGD it is the effective learning rate.
+            return (1 - self.alpha) * sup, stats
         if self.loss_unsup == "sim":
             target = similarity_matrix(x, self.use_std).detach()
             unsup = F.mse_loss(similarity_matrix(self.sim_features(h), self.use_std), target)

@@ -132,11 +132,13 @@ def _local(cfg) -> bool:
     return not cfg.backprop
 
 
-def _linear_blocks(cfg, n_in: int, num_classes: int, start: int, first: bool) -> tuple[list[Block], int]:
+def _linear_blocks(cfg, n_in: int, num_classes: int, start: int) -> tuple[list[Block], int]:
+    """The mlp, or a VGG's classifier head: the reference builds both as its `Net`,
+    whose first block is a first layer (no recon loss) even on top of a VGG's convs."""
     blocks = []
     for i in range(cfg.num_layers):
         lin = nn.Linear(n_in, cfg.num_hidden)
-        head = (LocalHead(cfg, cfg.num_hidden, None, n_in, num_classes, first=first and i == 0)
+        head = (LocalHead(cfg, cfg.num_hidden, None, n_in, num_classes, first=i == 0)
                 if _local(cfg) else None)
         blocks.append(Block(lin, cfg.num_hidden, conv=False, cfg=cfg, head=head, index=start + i))
         n_in = cfg.num_hidden
@@ -145,14 +147,17 @@ def _linear_blocks(cfg, n_in: int, num_classes: int, start: int, first: bool) ->
 
 def _output_layer(cfg, n_in: int, num_classes: int) -> nn.Linear:
     out = nn.Linear(n_in, num_classes)
-    if _local(cfg):
-        nn.init.zeros_(out.weight)  # the reference zeroes the output layer in local mode
+    # The reference zeroes the output layer of its `Net` (the mlp, a VGG's classifier
+    # head) in local mode. A VGG with --num-layers 0 has no Net: its output is a plain
+    # nn.Linear there, which keeps PyTorch's default initialisation.
+    if _local(cfg) and cfg.num_layers > 0:
+        nn.init.zeros_(out.weight)
     return out
 
 
 @register("mlp")
 def build_mlp(cfg, channels: int, size: int, num_classes: int) -> LocalNet:
-    blocks, n_out = _linear_blocks(cfg, channels * size * size, num_classes, start=0, first=True)
+    blocks, n_out = _linear_blocks(cfg, channels * size * size, num_classes, start=0)
     return LocalNet([nn.Flatten(), *blocks], _output_layer(cfg, n_out, num_classes), num_classes)
 
 
@@ -175,7 +180,7 @@ def build_vgg(name: str, cfg, channels: int, size: int, num_classes: int) -> Loc
         layers.append(Block(conv, ch, conv=True, cfg=cfg, head=head, index=index))
         ch_in, index = ch, index + 1
     n_flat = ch_in * (size // scale) ** 2
-    mlp_head, n_out = _linear_blocks(cfg, n_flat, num_classes, start=index, first=False)
+    mlp_head, n_out = _linear_blocks(cfg, n_flat, num_classes, start=index)
     layers += [nn.Flatten(), *mlp_head]
     return LocalNet(layers, _output_layer(cfg, n_out, num_classes), num_classes)
 

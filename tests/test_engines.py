@@ -32,6 +32,9 @@ CASES = {
     "vgg-bio-predsim": (small_vgg("--loss-sup", "predsim", "--bio", "--beta", "0.01"), (3, 16, 16)),
     "mlp-unsup-recon": (flags("--loss-sup", "predsim", "--loss-unsup", "recon", "--alpha", "0.5"), (1, 28, 28)),
     "vgg-unsup-sim": (small_vgg("--loss-sup", "pred", "--loss-unsup", "sim", "--alpha", "0.3"), (3, 16, 16)),
+    "vgg-unsup-recon": (small_vgg("--loss-sup", "predsim", "--loss-unsup", "recon", "--alpha", "0.3",
+                                  "--num-layers", "2"), (3, 16, 16)),
+    "vgg-no-head-pred": (small_vgg("--loss-sup", "pred", "--num-layers", "0"), (3, 16, 16)),
     # --no-detach: the global loss and later blocks' losses reach every block, and each
     # block steps once. The engines sum the same gradients in another order, so they
     # agree to rounding; but a bias followed by BatchNorm has a gradient that is zero up

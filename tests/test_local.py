@@ -1,9 +1,11 @@
 """The paper's maths: similarity matrix and the decoder pooling rule."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import batches, flags
 from locallearn.local import decoder_pooling, similarity_matrix
 
 
@@ -47,3 +49,41 @@ def test_decoder_pooling_rule():
     assert out.flatten(1).shape[1] == size
     # already small enough: no pooling
     assert decoder_pooling(16, 2, 4096) == ((1, 1), (0, 0), 64)
+
+
+def _local_losses(cfg, shape, model=None):
+    from locallearn.models import build_model
+    torch.manual_seed(0)
+    model = model or build_model(cfg, shape[0], shape[1], 10)
+    (x, y), = batches(1, shape)
+    _, losses, _ = model(x, y, F.one_hot(y, 10).float())
+    return model, losses
+
+
+def test_recon_is_skipped_in_the_first_conv_and_the_first_linear_block_of_a_vgg():
+    """The reference builds a VGG's classifier head as its mlp (`Net`), whose first block
+    is a first layer: recon is skipped there as in the network's first conv."""
+    cfg = flags("--model", "vgg8b", "--feat-mult", "0.0625", "--num-layers", "2", "--num-hidden", "32",
+                "--dim-in-decoder", "64", "--loss-sup", "pred", "--loss-unsup", "recon", "--alpha", "0.5")
+    model, losses = _local_losses(cfg, (3, 16, 16))
+    sum(losses).backward()
+    reconstructs = [b.head.recon.weight.grad is not None for b in model.blocks]
+    first_linear = [b.conv for b in model.blocks].index(False)
+    assert reconstructs == [k not in (0, first_linear) for k in range(len(model.blocks))]
+    assert first_linear == 6 and len(model.blocks) == 8
+
+
+@pytest.mark.parametrize("unsup", ["none", "recon"])
+def test_alpha_weighs_the_supervised_loss_where_there_is_no_unsupervised_one(unsup):
+    """As the reference: alpha * 0 + (1 - alpha) * sup, with no unsupervised loss at all
+    or where recon is skipped (the first layer)."""
+    from locallearn.models import build_model
+    weighted, w = _local_losses(flags("--loss-sup", "predsim", "--loss-unsup", unsup, "--alpha", "0.25"), (1, 28, 28))
+    plain = build_model(flags("--loss-sup", "predsim"), 1, 28, 10)
+    plain.load_state_dict(weighted.state_dict(), strict=False)  # the same weights, no recon layers
+    _, p = _local_losses(None, (1, 28, 28), plain)
+    torch.testing.assert_close(w[0], 0.75 * p[0])
+    if unsup == "none":
+        torch.testing.assert_close(w[1], 0.75 * p[1])
+    else:  # the second block reconstructs its input
+        assert abs(w[1].item() - 0.75 * p[1].item()) > 1e-4

@@ -88,3 +88,21 @@ def test_seed_readme_recipes_all_parse():
     for argv in cmds:
         d = describe(parse_train_args(argv))
         assert d["params_backprop"] > 0
+
+
+@pytest.mark.parametrize("argv, zeroed", [
+    (["--model", "mlp"], True),
+    (["--model", "vgg8b", "--num-layers", "1"], True),
+    (["--model", "vgg8b", "--num-layers", "0"], False),       # a plain nn.Linear in the reference
+    (["--model", "vgg8b", "--num-layers", "0", "--backprop"], False),
+    (["--model", "mlp", "--backprop"], False),
+])
+def test_output_layer_is_zeroed_where_the_reference_zeroes_it(argv, zeroed):
+    """The reference zeroes the output layer of its `Net` (the mlp, a VGG's head) in local
+    mode; a VGG with --num-layers 0 ends in a plain nn.Linear, default-initialised."""
+    from locallearn.models import build_model
+    cfg = parse_train_args(argv + ["--dataset", "MNIST", "--feat-mult", "0.0625", "--num-hidden", "32"])
+    out = build_model(cfg, 1, 28, 10).output
+    assert bool((out.weight == 0).all()) == zeroed
+    bound = 1 / out.in_features ** 0.5  # nn.Linear's default: uniform within +-1/sqrt(fan_in)
+    assert zeroed or (out.weight.abs().max() <= bound and out.weight.std() > bound / 4)
