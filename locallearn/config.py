@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from pathlib import Path
 
 from .credentials import take_credentials
 from .helpformat import HelpFormatter
@@ -15,6 +16,7 @@ from .specs import SPECS
 
 MODELS_HELP = "mlp, vgg6a, vgg6b, vgg8, vgg8a, vgg8b, vgg11, vgg11b, vgg13, vgg16, vgg19"
 DATASETS = tuple(SPECS)
+DEFAULT_OUT = "runs/last"
 
 
 from .errors import ConfigError  # noqa: E402  (re-exported: flag errors are config errors)
@@ -26,7 +28,8 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     # What is trained
     a("--model", default="vgg8b", help=f"network: {MODELS_HELP}")
     a("--dataset", default="CIFAR10", help=", ".join(DATASETS))
-    a("--num-layers", type=int, default=1, help="linear blocks of the MLP (head)")
+    a("--num-layers", type=int, default=1, help="linear blocks of the MLP (head); the mlp needs >= 1 "
+      "(refused: the reference silently builds one for 0)")
     a("--num-hidden", type=int, default=1024, help="width of every linear block")
     a("--feat-mult", type=float, default=1, help="VGG channel multiplier (1, 2, 3 in the paper)")
     a("--nonlin", default="relu", help="relu | leakyrelu (slope 0.01)")
@@ -39,7 +42,8 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     a("--beta", type=float, default=0.99, help="weight of sim in predsim (pred gets 1-beta)")
     a("--dim-in-decoder", type=int, default=4096, help="bound on the pred decoder's input size")
     a("--no-similarity-std", action="store_true", help="similarity of flattened maps, not of channel stds")
-    a("--backprop", action="store_true", help="plain global backprop, no local heads")
+    a("--backprop", action="store_true", help="plain global backprop, no local heads (refused with --bio "
+      "and --no-detach, which the reference silently misreads: README, Flags that differ)")
     a("--no-detach", action="store_true", help="keep the graph between blocks (global loss reaches all)")
     a("--bio", action="store_true", help="fixed random label projection + feedback alignment")
     a("--target-proj-size", type=int, default=128, help="size of the bio label projection")
@@ -56,7 +60,7 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     # Data
     a("--cutout", action="store_true", help="cutout regularisation on training images")
     a("--n_holes", type=int, default=1, help="cutout squares per image")
-    a("--length", type=int, default=16, help="cutout square side (px)")
+    a("--length", type=int, default=16, help="cutout square side (px); > 0 with --cutout")
     a("--classes-per-batch", type=int, default=0, help="sampler: n examples then >=10 classes per batch")
     a("--classes-per-batch-until-epoch", type=int, default=0, help="sampler on while epoch <= this (0: the whole run, as the reference)")
     # Running
@@ -64,14 +68,19 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     a("--no-cuda", action="store_true", help="train on the CPU even where CUDA is present")
     a("--progress-bar", action="store_true", help="show a progress bar (also on by itself on a terminal)")
     a("--no-print-stats", action="store_true", help="print no per-epoch statistics line (the reference's flag)")
-    a("--resume", default="", help="checkpoint file to resume from (default: the one in --out)")
-    a("--save-dir", default="", help="accepted for compatibility; --out decides where a run writes")
+    a("--resume", default="", help="checkpoint file to resume from (default: the one in --out); "
+      "refused if it is of another recipe (the reference takes the recipe from it)")
+    a("--save-dir", default="", help="an alias of --out: the run writes into this folder itself, not "
+      "into the reference's <dataset>/<model>/<config> subfolders (README: Flags that differ)")
+    a("--pre-act", action="store_true", help="accepted and without effect, as in the reference: it "
+      "applies it only to its ResNets (none here); mlp and VGG blocks stay layer -> BN -> nonlin")
 
 
 def _add_project_flags(p: argparse.ArgumentParser) -> None:
     """Additive flags: where a run reads and writes, and how it is executed."""
     a = p.add_argument
-    a("--out", default="runs/last", help="output folder: metrics.json, checkpoint, log")
+    a("--out", default=None, help=f"output folder: metrics.json, checkpoint, log "
+      f"(default: --save-dir, else {DEFAULT_OUT})")
     a("--data-dir", default=None, help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
     a("--download", action="store_true", help="allow downloading missing datasets")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -80,7 +89,8 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
     a("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's choice)")
     a("--max-train-examples", type=int, default=0, help="use only the first N training examples (0: all)")
     a("--max-test-examples", type=int, default=0, help="use only the first N test examples (0: all)")
-    a("--eval-batch-size", type=int, default=1000, help="batch size for the test pass (BN in eval mode)")
+    a("--eval-batch-size", type=int, default=1000, help="batch size for the test pass (the reference "
+      "uses --batch-size; BN is in eval mode, so only rounding differs)")
     a("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none: off)")
     a("--mlflow-experiment", default="locallearn", help="MLflow experiment name")
     a("--run-name", default=None, help="MLflow run name (default: the --out folder name)")
@@ -166,6 +176,10 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         bad("no-detach", "--no-detach changes local training; it has no meaning with --backprop")
     if args.cutout and args.length == 0:
         bad("length", "cutout needs a square side > 0")
+    if args.save_dir and args.out is not None and Path(args.out) != Path(args.save_dir):
+        bad("save-dir", f"is an alias of --out; they name two folders ({args.save_dir!r}, {args.out!r})")
+    if args.out is None:
+        args.out = args.save_dir or DEFAULT_OUT
     for t in args.tag:
         if "=" not in t:
             bad("tag", f"expected KEY=VALUE, got {t!r}")
@@ -179,14 +193,15 @@ def parse_train_args(argv: list[str]) -> argparse.Namespace:
     return validate(build_parser().parse_args(argv))
 
 
-# Fields that say where or how a run is watched, not what it computes. Everything
-# else is the recipe: it decides every number, so it decides whether a checkpoint
-# may be continued.
+# Fields that say where or how a run is watched, not what it computes, and reference
+# flags that compute nothing here (pre_act: the reference reads it only in ResNets).
+# Everything else is the recipe: it decides every number, so it decides whether a
+# checkpoint may be continued.
 NON_RECIPE = {
     "out", "data_dir", "download", "device", "no_cuda", "progress_bar", "no_print_stats",
     "resume", "save_dir", "threads", "mlflow_uri", "mlflow_experiment", "run_name", "tag",
     "debug", "eval_batch_size", "pipeline_stages", "stage_devices",
-    "pipeline_balance", "no_cuda_graph",
+    "pipeline_balance", "no_cuda_graph", "pre_act",
 }
 
 

@@ -77,6 +77,7 @@ FLAG_CASES = {
     "not-a-number": (["--epochs", "many"], ["--epochs", "many"]),
     "unknown-flag": (["--colour", "red"], ["unrecognized arguments: --colour red"]),
     "bad-tag": (["--tag", "cell"], ["--tag", "KEY=VALUE"]),
+    "save-dir-and-out-disagree": (["--save-dir", "elsewhere"], ["--save-dir", "alias of --out"]),
 }
 
 

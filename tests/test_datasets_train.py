@@ -74,3 +74,16 @@ def test_sampler_until_epoch_zero_keeps_it_for_the_whole_run(until, epoch, sampl
     shuffle = train.labels[train.order(cfg.seed, epoch, 0, cfg.batch_size)]
     assert not torch.equal(sampler, shuffle)
     assert torch.equal(got, sampler if sampled else shuffle)
+
+
+def test_save_dir_is_an_alias_of_out(tmp_path):
+    """The reference's --save-dir names where a run writes; here the folder itself."""
+    write_fake("MNIST", tmp_path / "data")
+    argv = ["--model", "mlp", "--dataset", "MNIST", "--num-layers", "1", "--num-hidden", "16", "--epochs", "1",
+            "--data-dir", str(tmp_path / "data"), "--mlflow-uri", ""]
+    assert parse_train_args(argv).out == "runs/last"
+    cfg = parse_train_args(argv + ["--save-dir", str(tmp_path / "saved")])
+    assert cfg.out == str(tmp_path / "saved")
+    assert parse_train_args(argv + ["--save-dir", str(tmp_path / "saved"), "--out", str(tmp_path / "saved/")]).out
+    train_mod.run(cfg)
+    assert (tmp_path / "saved" / "metrics.json").exists()

@@ -106,3 +106,22 @@ def test_output_layer_is_zeroed_where_the_reference_zeroes_it(argv, zeroed):
     assert bool((out.weight == 0).all()) == zeroed
     bound = 1 / out.in_features ** 0.5  # nn.Linear's default: uniform within +-1/sqrt(fan_in)
     assert zeroed or (out.weight.abs().max() <= bound and out.weight.std() > bound / 4)
+
+
+def test_pre_act_is_accepted_and_changes_nothing_as_in_the_reference():
+    """The reference reads --pre-act only in its ResNet blocks; its mlp and VGG blocks
+    are post-activation whatever the flag says. Same network, same recipe hash."""
+    import torch
+
+    from locallearn.config import config_hash
+    from locallearn.models import build_model
+    argv = ["--model", "vgg8b", "--dataset", "MNIST", "--feat-mult", "0.0625", "--num-hidden", "32"]
+    plain, pre = parse_train_args(argv), parse_train_args(argv + ["--pre-act"])
+    assert pre.pre_act and config_hash(pre) == config_hash(plain)
+    nets = []
+    for cfg in (plain, pre):
+        torch.manual_seed(0)
+        nets.append(build_model(cfg, 1, 28, 10))
+    assert str(nets[0]) == str(nets[1])
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        assert torch.equal(a, b)

@@ -412,6 +412,19 @@ def test_committed_runs_are_whole_recipes():
         assert m["config"]["max_train_examples"] == 0 and m["config"]["max_test_examples"] == 0
 
 
+def test_committed_runs_keep_their_config_hash():
+    """A flag added at its default leaves every committed run's config hash alone; a new
+    hash would make the trainer refuse the finished run as one of another config."""
+    from locallearn.config import config_hash, parse_train_args
+    committed = sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
+    assert committed
+    for path in committed:
+        m = json.loads(path.read_text())
+        cfg = parse_train_args([])       # every flag at its default,
+        vars(cfg).update(m["config"])    # then the run's own values
+        assert config_hash(cfg) == m["config_hash"], path
+
+
 def test_job_script_is_the_stable_shim():
     """Snakemake reruns every finished job whose `script:` text changed (its "code" rerun
     trigger): editing run_locallearn.py would retrain every cell of a replication in
