@@ -62,7 +62,8 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     a("--n_holes", type=int, default=1, help="cutout squares per image")
     a("--length", type=int, default=16, help="cutout square side (px); > 0 with --cutout")
     a("--classes-per-batch", type=int, default=0, help="sampler: n examples then >=10 classes per batch")
-    a("--classes-per-batch-until-epoch", type=int, default=0, help="sampler on while epoch <= this (0: the whole run, as the reference)")
+    a("--classes-per-batch-until-epoch", type=int, default=0,
+      help="sampler on while epoch <= this (0: the whole run, as the reference)")
     # Running
     a("--seed", type=int, default=1, help="seeds every random number of the run")
     a("--no-cuda", action="store_true", help="train on the CPU even where CUDA is present")

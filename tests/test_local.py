@@ -1,4 +1,5 @@
-"""The paper's maths: similarity matrix and the decoder pooling rule."""
+"""The paper's maths: similarity matrix, the decoder pooling rule, and how a block's
+losses combine (alpha, recon in first layers)."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 
 from conftest import batches, flags
 from locallearn.local import decoder_pooling, similarity_matrix
+from locallearn.models import build_model
 
 
 def test_similarity_matrix_properties():
@@ -52,7 +54,6 @@ def test_decoder_pooling_rule():
 
 
 def _local_losses(cfg, shape, model=None):
-    from locallearn.models import build_model
     torch.manual_seed(0)
     model = model or build_model(cfg, shape[0], shape[1], 10)
     (x, y), = batches(1, shape)
@@ -77,8 +78,8 @@ def test_recon_is_skipped_in_the_first_conv_and_the_first_linear_block_of_a_vgg(
 def test_alpha_weighs_the_supervised_loss_where_there_is_no_unsupervised_one(unsup):
     """As the reference: alpha * 0 + (1 - alpha) * sup, with no unsupervised loss at all
     or where recon is skipped (the first layer)."""
-    from locallearn.models import build_model
-    weighted, w = _local_losses(flags("--loss-sup", "predsim", "--loss-unsup", unsup, "--alpha", "0.25"), (1, 28, 28))
+    cfg = flags("--loss-sup", "predsim", "--loss-unsup", unsup, "--alpha", "0.25")
+    weighted, w = _local_losses(cfg, (1, 28, 28))
     plain = build_model(flags("--loss-sup", "predsim"), 1, 28, 10)
     plain.load_state_dict(weighted.state_dict(), strict=False)  # the same weights, no recon layers
     _, p = _local_losses(None, (1, 28, 28), plain)
