@@ -22,7 +22,8 @@ commands:
   describe   print a run's network as JSON (parameter counts, decoder pooling) without training
   bench      time epochs of a recipe: fused engine vs the reference engine with a PIL DataLoader
   data       data prepare DATASET... [--data-dir D] [--download] [--source DIR]
-  tracking   tracking init --uri URI --experiment NAME (create the MLflow experiment once)
+  tracking   tracking init --uri URI --experiment NAME (create the MLflow experiment once);
+             tracking sync RESULTS (mirror a preset's finished runs into its MLflow store)
   tables     compile markdown tables from metrics.json files (see workflow/rules/tables.smk)
 
   --version  print the version and exit
@@ -39,6 +40,8 @@ The MLflow store the runs log to.
 actions:
   init   create the store and the experiment once, before parallel jobs start
          (locallearn tracking init --help)
+  sync   mirror a preset's finished run folders into its store, idempotently
+         (locallearn tracking sync --help)
 """
 
 
@@ -92,14 +95,14 @@ def cmd_data(argv: list[str]) -> int:
 
 
 def cmd_tracking(argv: list[str]) -> int:
-    from .tracking import cli_init
-    if argv[:1] == ["init"]:
-        return cli_init(argv[1:])
+    from .tracking import cli_init, cli_sync
+    actions = {"init": cli_init, "sync": cli_sync}
+    if argv[:1] and argv[0] in actions:
+        return actions[argv[0]](argv[1:])
     if argv[:1] in (["-h"], ["--help"]):
         print(TRACKING_USAGE)
         return 0
-    raise ConfigError("usage: locallearn tracking init --uri URI --experiment NAME "
-                      "(see locallearn tracking --help)")
+    raise ConfigError("usage: locallearn tracking init|sync ... (see locallearn tracking --help)")
 
 
 def cmd_tables(argv: list[str]) -> int:

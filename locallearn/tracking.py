@@ -13,6 +13,15 @@ shaped by three facts of how the grid runs:
   naming the URI (MLflow's own default retries would take minutes); once training has
   started, an outage only delays logging: the next call catches up from the history.
 
+What a run carries: the recipe as params (config.NON_RECIPE left out), the grid's tags,
+MLflow's own tags (run name, source, git commit, user) and the environment as `env.*`
+tags, all derived by `run_tags` from what metrics.json holds, so a run logged live and
+the same run mirrored by `sync_results` (`locallearn tracking sync`) carry the same.
+
+Stores move: a SQLite store keeps its artifacts as `mlflow-artifacts:` URIs, proxied by
+`mlflow ui --artifacts-destination <preset>/mlartifacts` and written here straight into
+that folder, so no absolute path is stored anywhere in the database.
+
 mlflow is imported lazily: with tracking off the trainer never pays for the import.
 """
 from __future__ import annotations
@@ -23,13 +32,15 @@ import json
 import logging
 import os
 import random
+import re
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write, atomic_write_text
+from .config import NON_RECIPE
 from .credentials import redact_uri, take_credentials
 from .errors import ConfigError, TrackingError
 
@@ -37,6 +48,14 @@ RUN_FILE = "mlflow_run.json"
 TAG_OUT_DIR = "locallearn.out_dir"
 TAG_CONFIG_HASH = "config_hash"   # the trainer's tag; matched when a lost run file is recovered
 TAG_ERROR = "locallearn.error"
+TAG_GIT_REVISION = "git_revision"  # the trainer's tag, logged as MLflow's own (below)
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+SOURCE_TAGS = {"mlflow.source.name": "locallearn train", "mlflow.source.type": "LOCAL"}
+# metrics.json "environment" keys (environment.describe) logged as env.<key> tags
+ENV_KEYS = ("python", "torch", "torchvision", "cuda", "cudnn", "device", "device_name",
+            "cpu_model", "threads", "precision")
+ARTIFACTS = ("metrics.json", "curve.png")   # a run folder's files mirrored as artifacts
+PROXY_SCHEME = "mlflow-artifacts"
 
 # Per-epoch scalars of a metrics.json history entry, logged under the same names.
 # "epoch" is logged too: its latest value is how a reopened run knows where it stopped.
@@ -107,12 +126,13 @@ class RunTracker:
     trainer calls it unconditionally."""
 
     def __init__(self, client=None, uri: str | None = None, run_id: str | None = None,
-                 last_epoch: int = 0):
+                 last_epoch: int = 0, monitor=None):
         self._client = client
         self._uri = uri
         self._run_id = run_id
         self._last_epoch = last_epoch   # None: unknown after a failed write, re-read it
         self._warned = False
+        self._monitor = monitor         # MLflow's system metrics sampler, when switched on
 
     @property
     def run_id(self) -> str | None:
@@ -120,9 +140,14 @@ class RunTracker:
 
     @classmethod
     def open(cls, out_dir: Path, uri: str | None, experiment: str, run_name: str,
-             tags: dict[str, str], params: dict) -> "RunTracker":
+             tags: dict[str, str], params: dict, environment: dict | None = None,
+             system_metrics: bool | None = None) -> "RunTracker":
         """Continue the folder's run (status back to RUNNING) or create it. Raises
-        TrackingError when the store cannot be reached, before any training starts."""
+        TrackingError when the store cannot be reached, before any training starts.
+        `params`: the run's config (only the recipe is logged); `environment`: what
+        environment.describe gave, as metrics.json will hold it; `system_metrics`: sample
+        CPU, memory, disk, network (and GPU) into `system/*` metrics while the run is open
+        (None: MLflow's own switch, $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING)."""
         if uri is None:
             return cls()
         uri = take_credentials(uri)
@@ -130,7 +155,9 @@ class RunTracker:
         out_dir = Path(out_dir).resolve()
         client = _client(uri)
         exp_id = _experiment_id(client, uri, experiment)
-        tags = {**{k: str(v) for k, v in tags.items()}, TAG_OUT_DIR: str(out_dir)}
+        record = {"config": params, "tags": tags, "run_name": run_name, "environment": environment}
+        tags = {**run_tags(record), TAG_OUT_DIR: str(out_dir)}
+        params = run_params(params)
 
         def open_run():
             run = _stored_run(client, out_dir, exp_id) or _tagged_run(client, exp_id, tags)
@@ -144,7 +171,8 @@ class RunTracker:
         new_params = {k: v for k, v in _param_strings(params).items()
                       if k not in run.data.params}  # a rerun's extra flags may differ: keep the first
         _call(uri, "start the run", lambda: _log_run_start(client, run_id, run_name, tags, new_params))
-        return cls(client, uri, run_id, int(run.data.metrics.get("epoch", 0)))
+        monitor = _start_system_metrics(uri, run_id) if _system_metrics_on(system_metrics) else None
+        return cls(client, uri, run_id, int(run.data.metrics.get("epoch", 0)), monitor)
 
     def log_history(self, history: list[dict]) -> None:
         """Log every epoch of `history` (metrics.json's list) not yet in the run, one
@@ -167,6 +195,9 @@ class RunTracker:
         never raising, so the trainer's own error is the one the user sees."""
         if self._client is None:
             return
+        if self._monitor is not None:   # its last samples are flushed while the run is open
+            self._monitor.finish()
+            self._monitor = None
         metrics = metrics or {}
         if status == "FAILED":
             try:
@@ -179,16 +210,8 @@ class RunTracker:
         if "history" in metrics:
             self._sync(metrics["history"])
         client, run_id = self._client, self._run_id
-        logged = _call(self._uri, "read the run", lambda: client.get_run(run_id)).data.metrics
-        now = _now_ms()
-        summary = [_metric(name, metrics[key], now, 0) for key, name in SUMMARY_KEYS.items()
-                   if _is_number(metrics.get(key)) and logged.get(name) != float(metrics[key])]
-        _call(self._uri, "log the summary", lambda: client.log_batch(run_id, metrics=summary))
-        for path in map(Path, artifacts):
-            if path.is_file():
-                _call(self._uri, f"upload {path.name}", lambda: client.log_artifact(run_id, str(path)))
-            else:
-                log.warning("locallearn: warning: artifact %s does not exist; not uploaded", path)
+        run = _call(self._uri, "read the run", lambda: client.get_run(run_id))
+        _log_finished_run(client, self._uri, run, metrics, artifacts)
         _call(self._uri, "finish the run", lambda: client.set_terminated(run_id, "FINISHED"))
 
     def _sync(self, history: list[dict]) -> None:
@@ -301,12 +324,33 @@ def _sqlite_init_lock(uri: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _artifact_location(uri: str) -> str | None:
-    """Where a new experiment keeps artifacts. SQLite: `mlartifacts` beside the database,
-    so they land under results/ (MLflow's default is ./mlruns of whatever the CWD is).
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps artifacts. SQLite: `mlflow-artifacts:/<experiment>`,
+    a location relative to the folder `mlartifacts` beside the database (MLflow's default
+    would be an absolute file:// path into ./mlruns of whatever the CWD is): the store
+    keeps working when the folder moves, served by `mlflow ui --artifacts-destination`.
     Servers and other databases: their own default (the server's artifact root)."""
+    return f"{PROXY_SCHEME}:/{quote(experiment, safe='')}" if _sqlite_path(uri) else None
+
+
+def artifact_destination(uri: str) -> Path | None:
+    """The folder that holds a SQLite store's artifacts (what `mlflow ui
+    --artifacts-destination` must be given), else None."""
     db = _sqlite_path(uri)
-    return (db.parent / "mlartifacts").as_uri() if db else None
+    return db.parent / "mlartifacts" if db else None
+
+
+def _local_artifact_dir(uri: str, artifact_uri: str) -> Path | None:
+    """The folder of a run's artifacts when this process can write it directly: a
+    file:// location (stores made before locations were proxied), or a proxied one of a
+    SQLite store (no server translates it here). None: go through the store's API."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    dest = artifact_destination(uri)
+    if parsed.scheme == PROXY_SCHEME and dest is not None:
+        return dest / unquote(parsed.path).lstrip("/")
+    return None
 
 
 def _experiment_id(client, uri: str, name: str) -> str:
@@ -316,7 +360,7 @@ def _experiment_id(client, uri: str, name: str) -> str:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             try:
-                return client.create_experiment(name, artifact_location=_artifact_location(uri))
+                return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
             except MlflowException as e:
                 if e.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -383,6 +427,211 @@ def _log_run_start(client, run_id: str, run_name: str, tags: dict, params: dict)
     client.update_run(run_id, status="RUNNING", name=run_name)
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
                      tags=[RunTag(k, v[:MAX_TAG_LENGTH]) for k, v in tags.items()])
+
+
+# --- what a run carries ---------------------------------------------------------------
+
+def run_params(config: dict) -> dict[str, str]:
+    """A run's params: its recipe, every flag that decides its numbers (the flags of
+    config.NON_RECIPE, where and how a run is watched, are left out)."""
+    return _param_strings({k: v for k, v in config.items() if k not in NON_RECIPE})
+
+
+def run_tags(record: dict) -> dict[str, str]:
+    """A run's tags from a metrics.json-shaped record (keys used: tags, run_name,
+    git_revision, versions, device, environment, config): the grid's tags, MLflow's own
+    (mlflow.runName, mlflow.source.*, mlflow.source.git.commit, mlflow.user) and the
+    environment as env.<key>. The "environment" record (environment.describe) wins;
+    older metrics.json files fall back on their versions, device and config (threads,
+    precision; device only once resolved, never "auto")."""
+    config = record.get("config") or {}
+    env: dict = {"precision": config.get("precision"), "threads": config.get("threads") or None}
+    if config.get("no_cuda"):
+        env["device"] = "cpu"
+    elif config.get("device") not in (None, "auto", "cuda"):
+        env["device"] = config["device"]
+    env.update({k: v for k, v in (record.get("versions") or {}).items() if k in ENV_KEYS})
+    if record.get("device"):
+        env["device"] = record["device"]
+    env.update(record.get("environment") or {})
+
+    tags = {str(k): str(v) for k, v in (record.get("tags") or {}).items()}
+    commit = tags.pop(TAG_GIT_REVISION, None) or record.get("git_revision")
+    if commit and commit != "unknown":
+        tags[TAG_GIT_COMMIT] = str(commit)
+    if record.get("run_name"):
+        tags["mlflow.runName"] = str(record["run_name"])
+    tags.update(SOURCE_TAGS)
+    if env.get("user"):
+        tags["mlflow.user"] = str(env["user"])
+    tags.update({f"env.{k}": str(env[k]) for k in ENV_KEYS if env.get(k) not in (None, "")})
+    return {k: v[:MAX_TAG_LENGTH] for k, v in tags.items()}
+
+
+def _log_finished_run(client, uri: str, run, metrics: dict, artifacts) -> int:
+    """Bring a run up to its finished metrics.json: the tags it implies, the summary
+    metrics and the artifacts, each only where the run differs. Returns how many things
+    were written (0: the run already was the mirror of `metrics`)."""
+    run_id = run.info.run_id
+    writes = 0
+    if "config" in metrics:
+        tags = {k: v for k, v in run_tags(metrics).items() if run.data.tags.get(k) != v}
+        if tags:
+            from mlflow.entities import RunTag
+            _call(uri, "tag the run", lambda: client.log_batch(
+                run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+            writes += len(tags)
+    now = _now_ms()
+    summary = [_metric(name, metrics[key], now, 0) for key, name in SUMMARY_KEYS.items()
+               if _is_number(metrics.get(key)) and run.data.metrics.get(name) != float(metrics[key])]
+    if summary:
+        _call(uri, "log the summary", lambda: client.log_batch(run_id, metrics=summary))
+        writes += len(summary)
+    for path in map(Path, artifacts):
+        if not path.is_file():
+            log.warning("locallearn: warning: artifact %s does not exist; not uploaded", path)
+        elif _upload(client, uri, run, path):
+            writes += 1
+    return writes
+
+
+def _upload(client, uri: str, run, path: Path) -> bool:
+    """Put `path` among the run's artifacts unless the same file is there. True if written."""
+    local = _local_artifact_dir(uri, run.info.artifact_uri)
+    if local is not None:
+        dest = local / path.name
+        if dest.is_file() and dest.read_bytes() == path.read_bytes():
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        data = path.read_bytes()
+        atomic_write(dest, lambda tmp: Path(tmp).write_bytes(data))
+        return True
+    run_id = run.info.run_id
+    stored = _call(uri, "list the artifacts", lambda: client.list_artifacts(run_id))
+    if any(a.path == path.name and a.file_size == path.stat().st_size for a in stored):
+        return False
+    _call(uri, f"upload {path.name}", lambda: client.log_artifact(run_id, str(path)))
+    return True
+
+
+def _system_metrics_on(flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+    return bool(MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get())
+
+
+def _start_system_metrics(uri: str, run_id: str):
+    """MLflow's psutil sampler (and its GPU one where NVML answers) on a thread, logging
+    `system/*` metrics every $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s (default 10), one
+    step per sample, continuing a resumed run's steps. A sampler that cannot start only warns."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+        monitor.start()
+        return monitor
+    except Exception as e:  # noqa: BLE001 - watching the machine must never stop training
+        log.warning("locallearn: warning: MLflow system metrics are off: %s", _reason(e))
+        return None
+
+
+# --- mirroring finished run folders -------------------------------------------------
+
+def sync_results(preset_dir: str | Path, uri: str, experiment: str) -> dict[str, str]:
+    """Mirror every finished run folder (<preset_dir>/runs/<cell>/seed<k>/metrics.json)
+    into `experiment` of the store at `uri`: one run per folder, found again by the
+    folder's mlflow_run.json or its config hash (a run logged live is continued, never
+    doubled), with the whole per-epoch history, params, tags, and metrics.json and the
+    learning curve as artifacts. Idempotent: a second call writes nothing.
+    Returns {run folder: "created" | "updated" | "unchanged"}."""
+    uri = take_credentials(uri)
+    runs_dir = Path(preset_dir) / "runs"
+    folders = sorted(p.parent for p in runs_dir.glob("*/seed*/metrics.json")
+                     if re.fullmatch(r"seed\d+", p.parent.name))
+    if not folders:
+        return {}
+    client = _client(uri)
+    exp_id = _experiment_id(client, uri, experiment)
+    return {str(d): _sync_folder(client, uri, exp_id, d) for d in folders}
+
+
+def _sync_folder(client, uri: str, exp_id: str, folder: Path) -> str:
+    folder = folder.resolve()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    run_name = metrics.get("run_name") or f"{folder.parent.name}-s{metrics.get('seed', folder.name)}"
+    metrics = {**metrics, "run_name": run_name}
+    tags = _without_credentials(run_tags(metrics))
+
+    def find_or_create():
+        run = _stored_run(client, folder, exp_id) or _run_of_hash(client, exp_id, metrics.get("config_hash"))
+        if run is None:
+            run = client.create_run(exp_id, run_name=run_name, tags={**tags, TAG_OUT_DIR: str(folder)})
+            created = True
+        else:
+            created = False
+        run_file = folder / RUN_FILE
+        if not run_file.is_file() or json.loads(run_file.read_text()).get("run_id") != run.info.run_id:
+            _write_run_file(folder, uri, exp_id, run.info.run_id)
+        return run, created
+
+    run, created = _call(uri, f"find the run of {folder}", find_or_create)
+    run_id = run.info.run_id
+    writes = 0
+    params = {k: v for k, v in run_params(metrics.get("config") or {}).items() if k not in run.data.params}
+    if params:
+        from mlflow.entities import Param
+        _call(uri, "log the params", lambda: client.log_batch(
+            run_id, params=[Param(k, v) for k, v in params.items()]))
+        writes += len(params)
+    last = int(run.data.metrics.get("epoch", 0))
+    for entry in sorted(metrics.get("history") or [], key=lambda h: h["epoch"]):
+        if entry["epoch"] > last:
+            batch = _epoch_metrics(entry, _now_ms())
+            _call(uri, f"log epoch {entry['epoch']}", lambda: client.log_batch(run_id, metrics=batch))
+            writes += 1
+    curve = folder / "curve.png"
+    if not curve.is_file():   # not committed: drawn as the trainer draws it
+        from .figures import plot_curves
+        plot_curves({f"seed {metrics.get('seed', '?')}": metrics.get("history") or []}, curve, title=run_name)
+    writes += _log_finished_run(client, uri, run, metrics, [folder / a for a in ARTIFACTS])
+    if run.info.status != "FINISHED":
+        _call(uri, "finish the run", lambda: client.set_terminated(run_id, "FINISHED"))
+        writes += 1
+    return "created" if created else "updated" if writes else "unchanged"
+
+
+def _run_of_hash(client, exp_id: str, chash: str | None):
+    """The oldest active run of this config hash (the recipe and seed) in the experiment."""
+    if not chash:
+        return None
+    found = client.search_runs([exp_id], filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{chash}'",
+                               max_results=1, order_by=["attributes.start_time ASC"])
+    return found[0] if found else None
+
+
+def cli_sync(argv: list[str]) -> int:
+    """`locallearn tracking sync RESULTS`: mirror a preset's finished runs into MLflow."""
+    from .helpformat import HelpFormatter
+    p = argparse.ArgumentParser(prog="locallearn tracking sync", formatter_class=HelpFormatter,
+                                description="Mirror every finished run folder of a preset (runs/*/seed*/"
+                                            "metrics.json) into its MLflow store: one run per cell x seed, "
+                                            "a run logged live continued, nothing written twice.")
+    p.add_argument("results", help="a preset's results folder (holds runs/), e.g. results/full")
+    p.add_argument("--uri", default=None, help="tracking URI (default: sqlite:///RESULTS/mlflow.db)")
+    p.add_argument("--experiment", default="locallearn", help="experiment name")
+    args = p.parse_args(argv)
+    results = Path(args.results)
+    if not (results / "runs").is_dir():
+        raise ConfigError(f"{results}: no runs/ folder (expected a preset's results folder, e.g. results/full)")
+    uri = take_credentials(args.uri) or "sqlite:///" + str((results / "mlflow.db").resolve())
+    done = sync_results(results, uri, args.experiment)
+    counts = {a: sum(v == a for v in done.values()) for a in ("created", "updated", "unchanged")}
+    print(f"MLflow experiment {args.experiment!r} at {uri}: {len(done)} finished runs "
+          f"({', '.join(f'{n} {a}' for a, n in counts.items())})")
+    dest = artifact_destination(uri)
+    if dest is not None:
+        print(f"browse: mlflow ui --backend-store-uri {uri} --artifacts-destination {dest}")
+    return 0
 
 
 # --- values ---------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """locallearn.tracking against real MLflow stores: a SQLite file and a `mlflow server`.
 
-No torch: histories are synthetic, shaped like metrics.json's."""
+No torch (but for environment.describe): histories are synthetic, shaped like
+metrics.json's, except where the committed runs (results/full/runs) are mirrored."""
 import json
 import multiprocessing
+import shutil
 import os
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,8 +111,11 @@ def test_open_log_finish(tmp_path, monkeypatch):
     assert run.data.tags[tracking.TAG_OUT_DIR] == str(out.resolve())
     client = MlflowClient(uri)
     assert_steps(client, run_id, 5)
-    assert {a.path for a in client.list_artifacts(run_id)} == {"metrics.json", "curve.png"}
-    assert run.info.artifact_uri.startswith((tmp_path / "results" / "mlartifacts").as_uri())
+    # artifacts: proxied (no absolute path in the database), kept beside it
+    assert run.info.artifact_uri == f"mlflow-artifacts:/{EXPERIMENT}/{run_id}/artifacts"
+    stored = tmp_path / "results" / "mlartifacts" / EXPERIMENT / run_id / "artifacts"
+    assert sorted(p.name for p in stored.iterdir()) == ["curve.png", "metrics.json"]
+    assert (stored / "metrics.json").read_bytes() == (out / "metrics.json").read_bytes()
     assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == run_id
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "runs"]
 
@@ -276,13 +282,21 @@ def free_port() -> int:
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` (SQLite backend, served artifacts) on a free local port."""
+    with serve(tmp_path, f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
+        yield uri
+
+
+@contextmanager
+def serve(tmp_path: Path, backend: str, artifacts: Path, command: str = "server"):
+    """`mlflow server` (or `mlflow ui`) on `backend`, serving `artifacts`, on a free port."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "server.log", "w")
+    workers = ["--workers", "1"] if command == "server" else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--serve-artifacts", "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        [sys.executable, "-m", "mlflow", command, "--host", "127.0.0.1", "--port", str(port),
+         *workers, "--backend-store-uri", backend,
+         "--serve-artifacts", "--artifacts-destination", str(artifacts)],
         stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     try:
@@ -310,3 +324,168 @@ def test_concurrent_server(mlflow_server, tmp_path):
     assert {a.path for a in MlflowClient(mlflow_server).list_artifacts(run_id)} == {
         "metrics.json", "curve.png"}
     assert list((tmp_path / "server-artifacts").rglob("metrics.json"))
+
+
+# --------------------------------------------------------------------------- what a run carries
+
+def test_params_are_the_recipe_and_tags_explain_the_run(tmp_path):
+    """Params: the recipe only (no output folder, URI, debug or progress flags). Tags:
+    MLflow's own (git commit, run name, source, user) and the environment, from the
+    record environment.describe makes; the device resolved, never "auto"."""
+    from locallearn.environment import describe
+    uri = sqlite_uri(tmp_path)
+    env = describe("cpu", threads=2, precision="fp32")
+    config = {"lr": 5e-4, "seed": 1, "device": "auto", "threads": 2, "precision": "fp32",
+              "out": str(tmp_path / "run"), "mlflow_uri": uri, "debug": False, "progress_bar": False,
+              "run_name": "cell-a", "tag": ["cell=cell-a"], "data_dir": "data"}
+    tags = {"cell": "cell-a", "config_hash": "ab12", "git_revision": "0123abcd" * 5}
+    tracker = RunTracker.open(tmp_path / "run", uri, EXPERIMENT, "cell-a", tags, config, environment=env)
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.data.params == {"lr": "0.0005", "seed": "1", "precision": "fp32"}
+    t = run.data.tags
+    assert t["mlflow.source.git.commit"] == "0123abcd" * 5 and "git_revision" not in t
+    assert t["mlflow.runName"] == "cell-a" and t["mlflow.source.name"] == "locallearn train"
+    assert t["mlflow.source.type"] == "LOCAL" and t["mlflow.user"] == env["user"]
+    assert t["env.device"] == "cpu" and t["env.threads"] == "2" and t["env.precision"] == "fp32"
+    assert t["env.cpu_model"] == env["cpu_model"] == t["env.device_name"] and t["env.cpu_model"]
+    assert t["env.torch"] == env["torch"] and t["env.python"] == env["python"] and t["env.cuda"]
+    # finishing with metrics.json (device resolved there) gives the same tags
+    doc = {**metrics_doc(make_history(2)), "config": config, "tags": tags, "run_name": "cell-a",
+           "device": "cpu", "environment": env}
+    tracker.finish("FINISHED", doc)
+    again = MlflowClient(uri).get_run(tracker.run_id).data.tags
+    assert {k: v for k, v in again.items() if k != tracking.TAG_OUT_DIR} == \
+        {k: v for k, v in t.items() if k != tracking.TAG_OUT_DIR}
+
+
+def test_tags_of_a_metrics_json_without_environment():
+    """Runs written before metrics.json held "environment": versions, the resolved device
+    and the config's threads and precision; "auto" is never a device."""
+    doc = {"config": {"device": "auto", "threads": 2, "precision": "fp32"},
+           "versions": {"python": "3.11.7", "torch": "2.14.1", "locallearn": "0.1.0"},
+           "git_revision": "abc", "run_name": "r", "tags": {"cell": "c", "git_revision": "abc"}}
+    tags = tracking.run_tags(doc)
+    assert "env.device" not in tags and tags["env.threads"] == "2" and tags["env.torch"] == "2.14.1"
+    assert tags["mlflow.source.git.commit"] == "abc" and tags["cell"] == "c"
+    assert tracking.run_tags({**doc, "device": "cuda:0"})["env.device"] == "cuda:0"
+
+
+def test_system_metrics_when_switched_on(tmp_path, monkeypatch):
+    """MLflow's psutil sampler logs system/* metrics while the run is open (CPU here)."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    uri = sqlite_uri(tmp_path)
+    off = RunTracker.open(tmp_path / "off", uri, EXPERIMENT, "off", {"config_hash": "a"}, {})
+    on = RunTracker.open(tmp_path / "on", uri, EXPERIMENT, "on", {"config_hash": "b"}, {},
+                         system_metrics=True)
+    time.sleep(3.5)
+    on.finish("FINISHED", {})
+    off.finish("FINISHED", {})
+    client = MlflowClient(uri)
+    logged = client.get_run(on.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in logged and "system/system_memory_usage_megabytes" in logged
+    assert len(client.get_metric_history(on.run_id, "system/cpu_utilization_percentage")) >= 2
+    assert not any(k.startswith("system/") for k in client.get_run(off.run_id).data.metrics)
+
+
+# --------------------------------------------------------------------------- sync
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "results" / "full" / "runs"
+
+
+def store_dump(uri: str) -> dict:
+    """Everything a browser sees of the experiment: runs, params, tags, every metric
+    step, artifacts (by folder)."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("locallearn")
+    out = {}
+    for run in client.search_runs([exp.experiment_id]):
+        rid = run.info.run_id
+        out[rid] = {"status": run.info.status, "end": run.info.end_time, "params": run.data.params,
+                    "tags": run.data.tags, "artifact_uri": run.info.artifact_uri,
+                    "history": {k: [(m.step, m.value, m.timestamp) for m in client.get_metric_history(rid, k)]
+                                for k in run.data.metrics}}
+    return out
+
+
+def test_sync_mirrors_the_committed_runs_idempotently(tmp_path):
+    """`locallearn tracking sync results/full` on a copy of the committed runs: one
+    FINISHED run per cell x seed with the whole history, the recipe, the tags and both
+    artifacts; a second sync changes nothing at all."""
+    from locallearn.cli import main
+    shutil.copytree(COMMITTED, tmp_path / "full" / "runs")
+    folders = sorted(p.parent for p in (tmp_path / "full" / "runs").glob("*/seed*/metrics.json"))
+    assert len(folders) >= 4
+    assert main(["tracking", "sync", str(tmp_path / "full")]) == 0
+    uri = f"sqlite:///{tmp_path / 'full' / 'mlflow.db'}"
+    first = store_dump(uri)
+    assert len(first) == len(folders)
+    by_name = {r["tags"]["mlflow.runName"]: r for r in first.values()}
+    for folder in folders:
+        m = json.loads((folder / "metrics.json").read_text())
+        run = by_name[m["run_name"]]
+        assert run["status"] == "FINISHED" and run["artifact_uri"].startswith("mlflow-artifacts:/locallearn/")
+        assert [v for _, v, _ in sorted(run["history"]["test_error"])] == [h["test_error"] for h in m["history"]]
+        for layer in m["history"][-1]["local"]:   # per-layer local losses (none under backprop)
+            key = f"local_loss_layer{layer['layer']}"
+            assert [s for s, _, _ in sorted(run["history"][key])] == list(range(1, m["epochs"] + 1))
+        assert run["history"]["final_test_error"][0][1] == m["test_error"]
+        assert run["params"]["lr"] == str(m["config"]["lr"]) and run["params"]["seed"] == str(m["seed"])
+        assert not {"out", "mlflow_uri", "debug", "progress_bar", "threads", "device"} & set(run["params"])
+        t = run["tags"]
+        assert t["mlflow.source.git.commit"] == m["git_revision"] and t["cell"] == folder.parent.name
+        assert t["env.device"] == m["device"] and t["env.threads"] == str(m["config"]["threads"])
+        assert t["env.precision"] == m["config"]["precision"] and t["env.torch"] == m["versions"]["torch"]
+        rid = json.loads((folder / "mlflow_run.json").read_text())["run_id"]
+        stored = tmp_path / "full" / "mlartifacts" / "locallearn" / rid / "artifacts"
+        assert (stored / "metrics.json").read_bytes() == (folder / "metrics.json").read_bytes()
+        assert (stored / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    done = tracking.sync_results(tmp_path / "full", uri, "locallearn")
+    assert set(done.values()) == {"unchanged"}
+    assert store_dump(uri) == first
+
+
+def test_sync_continues_a_run_logged_live(tmp_path):
+    """A folder whose run was logged live is found again (by its run file, or by its
+    config hash when the run file is lost), completed, never doubled."""
+    uri = f"sqlite:///{tmp_path / 'full' / 'mlflow.db'}"
+    out = tmp_path / "full" / "runs" / "cell-a" / "seed1"
+    tracker = RunTracker.open(out, uri, "locallearn", "cell-a-s1",
+                              {"cell": "cell-a", "config_hash": "ab12cd34ef56"}, {"lr": 5e-4})
+    history = make_history(6)
+    tracker.log_history(history[:3])   # killed after epoch 3; metrics.json written later
+    doc = {**metrics_doc(history), "seed": 1, "run_name": "cell-a-s1", "config_hash": "ab12cd34ef56",
+           "config": {"lr": 5e-4, "seed": 1, "threads": 1, "precision": "fp32"},
+           "tags": {"cell": "cell-a", "config_hash": "ab12cd34ef56"}}
+    (out / "metrics.json").write_text(json.dumps(doc))
+    assert tracking.sync_results(tmp_path / "full", uri, "locallearn") == {str(out.resolve()): "updated"}
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("locallearn").experiment_id])
+    assert run.info.run_id == tracker.run_id and run.info.status == "FINISHED"
+    assert_steps(client, run.info.run_id, 6)
+    (out / "mlflow_run.json").unlink()
+    assert tracking.sync_results(tmp_path / "full", uri, "locallearn") == {str(out.resolve()): "unchanged"}
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_synced_store_works_after_the_folder_moves(tmp_path):
+    """Sync, move the whole preset folder, serve it with `mlflow ui`: runs, metrics and
+    artifacts all there (no absolute path was stored)."""
+    src = tmp_path / "clone" / "results" / "full"
+    shutil.copytree(COMMITTED, src / "runs")
+    assert tracking.sync_results(src, f"sqlite:///{src / 'mlflow.db'}", "locallearn")
+    moved = tmp_path / "elsewhere" / "clone"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "clone", moved)
+    full = moved / "results" / "full"
+    assert "file://" not in (full / "mlflow.db").read_bytes().decode("latin-1")   # no artifact path
+    with serve(tmp_path, f"sqlite:///{full / 'mlflow.db'}", full / "mlartifacts", command="ui") as http:
+        client = MlflowClient(http)
+        runs = client.search_runs([client.get_experiment_by_name("locallearn").experiment_id])
+        assert len(runs) == len(list(full.glob("runs/*/seed*/metrics.json")))
+        run = runs[0]
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"metrics.json", "curve.png"}
+        got = Path(client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path)))
+        cell, seed = run.data.tags["cell"], run.data.tags["seed"]
+        assert got.read_bytes() == (full / "runs" / cell / f"seed{seed}" / "metrics.json").read_bytes()
+        assert len(client.get_metric_history(run.info.run_id, "test_error")) == 200
