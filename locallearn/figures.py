@@ -1,6 +1,7 @@
 """PNG figures with matplotlib's Agg canvas (no display, no pyplot global state, safe in
-jobs and threads): learning curves of one cell (one line per seed) and the scatter of
-reproduced vs published error.
+jobs and threads): learning curves of one cell (one line per seed, the published error
+as a dotted line) and, per cell, our error minus the published one against the
+verdict's tolerance (the "scatter", results/<preset>/figures/scatter.png).
 
     plot_curves({"seed 1": metrics["history"], ...}, "curve.png", "fmnist-mlp-pred")
 
@@ -90,34 +91,66 @@ def plot_cell(runs: list[dict], path: str | Path, row: dict) -> Path:
 
 
 def plot_scatter(points: list[dict], path: str | Path, title: str = "ours vs published") -> Path:
-    """Our final test error against the published one, log-log, one colour per dataset,
-    error bars = std over seeds, the diagonal y = x. `points`: dicts with dataset,
-    published, ours, std (see tables.scatter_points)."""
-    fig = Figure(figsize=(6.0, 6.0))
+    """Write scatter_figure(points, title) to `path`."""
+    return _save(scatter_figure(points, title), path)
+
+
+def scatter_figure(points: list[dict], title: str = "ours vs published") -> Figure:
+    """Each cell's difference to the paper, one labelled row per cell in table order:
+    ours minus published test error (percentage points), the mean over seeds with its
+    std as an error bar and each seed as a small circle, over the cell's tolerance band
+    (shaded, ±tolerance) and zero (the published number). The text at the right gives
+    both numbers, in red where the cell is outside its tolerance. `points`: dicts with cell, dataset, published, ours, std, and
+    optionally errors (one per seed), tolerance, budget (see tables.scatter_points)."""
+    n = len(points)
+    fig = Figure(figsize=(7.2, 1.3 + 0.42 * max(n, 2)))
     ax = fig.add_subplot(1, 1, 1)
     if not points:
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])
     else:
         datasets = list(dict.fromkeys(p["dataset"] for p in points))
-        for i, ds in enumerate(datasets):
-            mine = [p for p in points if p["dataset"] == ds]
-            ax.errorbar([p["published"] for p in mine], [p["ours"] for p in mine],
-                        yerr=[p.get("std") or 0.0 for p in mine], fmt="o", ms=5, capsize=2,
-                        color=_COLORS[i % len(_COLORS)], label=ds)
-        vals = [v for p in points for v in (p["published"], p["ours"]) if v > 0]
-        lo, hi = (min(vals) / 1.5, max(vals) * 1.5) if vals else (0.1, 100)
-        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--", label="y = x")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        _plain_log_ticks(ax.xaxis)
-        _plain_log_ticks(ax.yaxis)
-        ax.legend(fontsize=8)
+        color = {ds: _COLORS[i % len(_COLORS)] for i, ds in enumerate(datasets)}
+        reach = 0.0
+        bands = set()
+        for y, p in enumerate(points):
+            delta = p["ours"] - p["published"]
+            std = p.get("std") or 0.0
+            tol = p.get("tolerance")
+            if tol:
+                label = f"tolerance ±{tol:g}" if tol not in bands else None
+                bands.add(tol)
+                ax.fill_betweenx([y - 0.4, y + 0.4], -tol, tol, color="#2ca02c", alpha=0.15, lw=0, label=label)
+            seeds = [e - p["published"] for e in p.get("errors") or []]
+            if len(seeds) > 1:
+                ax.plot(seeds, [y] * len(seeds), "o", ms=3.5, mfc="none", color=color[p["dataset"]], alpha=0.7)
+            ax.errorbar([delta], [y], xerr=[std] if std else None, fmt="o", ms=6, capsize=3,
+                        color=color[p["dataset"]])
+            reach = max(reach, abs(delta) + std, *(abs(d) for d in seeds), tol or 0.0)
+        ax.axvline(0.0, color="black", lw=0.9)
+        lim = max(reach * 1.25, 0.25)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(n - 0.5, -0.5)   # the first cell on top, as in the tables
+        ax.set_yticks(range(n))
+        ax.set_yticklabels([p["cell"] for p in points], fontsize=8)
+        for tick, p in zip(ax.get_yticklabels(), points):
+            tick.set_color(color[p["dataset"]])
+        text = ax.secondary_yaxis("right")
+        text.set_yticks(range(n))
+        text.set_yticklabels([f"{p['ours']:.2f}" + (f" ± {p['std']:.2f}" if p.get("std") else "")
+                              + f" vs {p['published']:.2f}" for p in points], fontsize=8)
+        text.tick_params(length=0)
+        for tick, p in zip(text.get_yticklabels(), points):   # outside its tolerance: red
+            if p.get("tolerance") and not p.get("budget") and abs(p["ours"] - p["published"]) > p["tolerance"] + 1e-9:
+                tick.set_color("#d62728")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 5, 10], symmetric=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "0" if abs(v) < 1e-12 else f"{v:+g}"))
+        for ds in datasets:
+            ax.plot([], [], "o", color=color[ds], label=ds)
+        ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=4, frameon=False)
         if any(p.get("budget") for p in points):
-            title += " (budget runs)"
-    ax.set_xlabel("published test error (%)")
-    ax.set_ylabel("our test error (%)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, path)
+            title += " (budget runs: not comparable)"
+    ax.set_xlabel("ours − published test error (percentage points); right: ours vs published (%)")
+    ax.set_title(title, pad=22 if points else 6)
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig

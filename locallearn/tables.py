@@ -257,14 +257,17 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
     return out
 
 
-def scatter_points(rows: list[dict], runs: Mapping[str, list[dict]]) -> list[dict]:
-    """(published, ours) of every cell that has both, for figures.plot_scatter."""
+def scatter_points(rows: list[dict], runs: Mapping[str, list[dict]],
+                   tolerance: Mapping[str, float] | float | None = None) -> list[dict]:
+    """(published, ours, each seed's error, the verdict's tolerance) of every cell that
+    has both numbers, in table order, for figures.plot_scatter."""
     points = []
     for r in rows:
         c = Cell(r, list(runs.get(r["cell"], [])), 1)
         if c.n and c.published is not None:
             points.append({"cell": r["cell"], "dataset": r["dataset"], "published": c.published,
-                           "ours": c.mean, "std": c.std or 0.0, "budget": c.budget})
+                           "ours": c.mean, "std": c.std or 0.0, "errors": c.errors, "budget": c.budget,
+                           "tolerance": None if tolerance is None else _tolerance(tolerance, r["dataset"])})
     return points
 
 
@@ -340,7 +343,7 @@ def refresh(rows: list[dict], preset_dir: str | Path, *, seeds: list[int] | None
         for r in rows:
             if r["cell"] in runs:
                 plot_cell(runs[r["cell"]], fig_dir / "curves" / f"{r['cell']}.png", r)
-        plot_scatter(scatter_points(rows, runs), fig_dir / "scatter.png",
+        plot_scatter(scatter_points(rows, runs, tolerance), fig_dir / "scatter.png",
                      title=f"ours vs published ({preset_dir.name})")
     tables = compile_tables(rows, runs, expected_seeds=len(seeds) if seeds else 1, tolerance=tolerance,
                             figure_prefix=f"{rel}/curves/" if figures else None,

@@ -193,6 +193,28 @@ def test_figures_write_pngs(tmp_path, rows):
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".*.png"))
 
 
+def test_scatter_labels_every_cell_against_its_tolerance(rows):
+    """The ours-vs-published figure names each cell on its own row (table order), gives
+    both numbers beside it, shades each cell's tolerance band and has readable ticks."""
+    runs = tables.load_runs(FIXTURES / "runs", rows, [1, 2, 3])
+    pts = tables.scatter_points(rows, runs, {"default": 0.5, "CIFAR100": 1.0})
+    assert [p["tolerance"] for p in pts] == [1.0 if p["dataset"] == "CIFAR100" else 0.5 for p in pts]
+    fig = figures.scatter_figure(pts, "t")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [p["cell"] for p in pts]
+    right = [t.get_text() for t in ax.child_axes[0].get_yticklabels()]
+    assert right == [f"{p['ours']:.2f}" + (f" ± {p['std']:.2f}" if p["std"] else "") + f" vs {p['published']:.2f}"
+                     for p in pts]
+    bands = [c for c in ax.collections if c.get_label().startswith("tolerance")]
+    assert {c.get_label() for c in bands} == {"tolerance ±0.5", "tolerance ±1"}
+    xticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert len(xticks) >= 5 and "0" in xticks
+    multi = next(p for p in pts if len(p["errors"]) > 1)     # every seed drawn
+    assert any(len(line.get_xdata()) == len(multi["errors"]) for line in ax.lines)
+
+
 def test_cli_tables_refresh(tmp_path, capsys):
     results = tmp_path / "results" / "full"
     shutil.copytree(FIXTURES / "runs", results / "runs")

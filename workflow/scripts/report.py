@@ -52,7 +52,7 @@ with open(sm.log[0], "w") as log:
 
     elif sm.rule == "scatter":
         runs = tables.load_runs(Path(preset.results, "runs"), preset.table_rows, preset.seeds)
-        figures.plot_scatter(tables.scatter_points(preset.table_rows, runs), sm.output[0],
+        figures.plot_scatter(tables.scatter_points(preset.table_rows, runs, config["tolerance"]), sm.output[0],
                              title=f"ours vs published ({preset.name} preset)")
 
     elif sm.rule == "compile_tables":
