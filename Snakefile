@@ -18,6 +18,9 @@ configfile: Path(workflow.basedir) / "workflow" / "config" / "config.yaml"
 include: "workflow/rules/common.smk"
 
 
+report: "workflow/report/workflow.rst"
+
+
 rule all:
     """The full replication: train every selected cell x seed, then tables, figures, README."""
     default_target: True

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -373,6 +374,41 @@ def test_tables_target_compiles_existing_runs_without_training(tmp_path):
     assert not (tmp_path / "results" / "full" / "runs" / "mnist-mlp-backprop").exists()
 
 
+def test_report_holds_tables_scatter_every_curve_and_runtimes(tmp_path):
+    """`snakemake --report report.html` after a run: the tables, the scatter and every
+    cell's learning curve (categorised by dataset), with each job's runtime. The runs
+    are fixtures, marked prepared so that no training job is scheduled."""
+    import base64
+    cells = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-predsim", "cifar100-mlp-backprop"]
+    full = tmp_path / "results" / "full"
+    for marker in (tmp_path / "results" / ".prepared" / "FashionMNIST.ok",
+                   tmp_path / "results" / ".prepared" / "CIFAR100.ok", full / "mlflow.init.json"):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    time.sleep(0.05)
+    for c in cells:   # newer than the markers: nothing to retrain
+        shutil.copytree(REPO / "tests" / "fixtures" / "runs" / c / "seed1", full / "runs" / c / "seed1")
+        (full / "runs" / c / "seed1" / "metrics.json").touch()
+    (tmp_path / "README.md").write_text("# x\n\n<!-- locallearn:tables:begin -->\n<!-- locallearn:tables:end -->\n")
+    select = "select={cells: [%s]}" % ", ".join(cells)
+    r = snakemake(tmp_path, "--cores", "1", "--config", select)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "train" not in job_counts(r.stdout + r.stderr)
+    r = snakemake(tmp_path, "--config", select, "--report", "report.html")
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", html).group(1))
+    curves = "results/full/figures/curves/{}.png"
+    assert categories["Learning curves"] == {"FashionMNIST": [curves.format(c) for c in cells[:3]],
+                                             "CIFAR100": [curves.format(cells[3])]}
+    assert categories["Ours vs published"] == {"Other": ["results/full/figures/scatter.png"]}
+    assert sorted(categories["Tables"]["Other"]) == ["results/full/tables/summary.md", "results/full/tables/tables.md"]
+    summary = re.search(r'"results/full/tables/summary.md": \{.*?"data_uri": "data:text/markdown;[^,]*,([^"]+)"', html)
+    assert base64.b64decode(summary.group(1)).decode() == (full / "tables" / "summary.md").read_text()
+    runtimes = re.findall(r'\{"rule": "(\w+)", "runtime": [0-9.]+\}', html)
+    assert sorted(runtimes) == sorted(["compile_tables", "scatter", "splice_readme", *["curve"] * 4])
+
+
 def test_committed_results_regenerate_the_readme_byte_for_byte(tmp_path):
     """The README's tables, and results/full/tables/*.md, are exactly what `snakemake
     tables` makes of the committed metrics.json files (results/full/runs), and nothing else."""
@@ -388,6 +424,37 @@ def test_committed_results_regenerate_the_readme_byte_for_byte(tmp_path):
     tables_dir = Path("results") / "full" / "tables"
     for md in sorted((REPO / tables_dir).glob("*.md")):    # and the committed table files
         assert (tmp_path / tables_dir / md.name).read_text() == md.read_text(), md.name
+
+
+def test_tables_target_makes_the_committed_runs_browsable(tmp_path):
+    """A fresh clone holds only the runs' metrics.json: `snakemake --cores 1 tables`
+    mirrors each into results/full's MLflow store (one FINISHED run per cell x seed, the
+    whole history); running it again changes nothing."""
+    from mlflow import MlflowClient
+    committed = sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
+    for m in committed:
+        dest = tmp_path / m.relative_to(REPO)
+        dest.parent.mkdir(parents=True)
+        shutil.copy(m, dest)
+    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    r = snakemake(tmp_path, "--cores", "1", "tables")
+    assert r.returncode == 0, r.stderr[-3000:]
+    full = tmp_path / "results" / "full"
+    assert f"browse: mlflow ui --backend-store-uri sqlite:///{full / 'mlflow.db'}" in r.stdout
+    client = MlflowClient(f"sqlite:///{full / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("locallearn")
+    runs = {run.info.run_name: run for run in client.search_runs([exp.experiment_id])}
+    assert len(runs) == len(committed)
+    for m in committed:
+        doc = json.loads(m.read_text())
+        run = runs[doc["run_name"]]
+        assert run.info.status == "FINISHED" and run.data.metrics["test_error"] == doc["test_error"]
+        assert len(client.get_metric_history(run.info.run_id, "test_error")) == doc["epochs"]
+    r = snakemake(tmp_path, "--cores", "1", "tables")
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (full / "logs" / "tables-target.log").read_text()
+    assert f"{len(committed)} finished runs, 0 created or updated" in log
+    assert len(client.search_runs([exp.experiment_id])) == len(committed)
 
 
 def test_committed_runs_are_whole_recipes():

@@ -3,7 +3,13 @@ rule curve:
     input:
         seed_metrics,
     output:
-        f"{RES}/{{preset}}/figures/curves/{{cell}}.png",
+        report(
+            f"{RES}/{{preset}}/figures/curves/{{cell}}.png",
+            caption="../report/curve.rst",
+            category="Learning curves",
+            subcategory=lambda wc: ROW[wc.cell]["dataset"],
+            labels={"cell": "{cell}"},
+        ),
     log:
         f"{RES}/{{preset}}/logs/figures/{{cell}}.log",
     localrule: True
@@ -18,7 +24,11 @@ rule scatter:
     input:
         preset_metrics,
     output:
-        f"{RES}/{{preset}}/figures/scatter.png",
+        report(
+            f"{RES}/{{preset}}/figures/scatter.png",
+            caption="../report/scatter.rst",
+            category="Ours vs published",
+        ),
     log:
         f"{RES}/{{preset}}/logs/figures/scatter.log",
     localrule: True

@@ -4,8 +4,8 @@ rule compile_tables:
     input:
         preset_metrics,
     output:
-        tables=f"{RES}/{{preset}}/tables/tables.md",
-        summary=f"{RES}/{{preset}}/tables/summary.md",
+        tables=report(f"{RES}/{{preset}}/tables/tables.md", caption="../report/tables.rst", category="Tables"),
+        summary=report(f"{RES}/{{preset}}/tables/summary.md", caption="../report/summary.rst", category="Tables"),
     log:
         f"{RES}/{{preset}}/logs/tables.log",
     localrule: True
@@ -17,7 +17,8 @@ rule compile_tables:
 
 rule tables:
     """Named target: tables, figures and the README from whatever runs of the full preset
-    exist now; trains nothing. Cells without metrics.json show as "not run"."""
+    exist now, and those runs mirrored into its MLflow store; trains nothing. Cells
+    without metrics.json show as "not run"."""
     log:
         f"{RES}/full/logs/tables-target.log",
     localrule: True

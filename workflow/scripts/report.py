@@ -1,6 +1,7 @@
 """Snakemake `script:` of the reporting rules: curve, scatter, compile_tables,
-splice_readme and the `tables` target. All the work is in locallearn.tables and
-locallearn.figures; this file only maps a rule to a call."""
+splice_readme and the `tables` target (which also mirrors the finished runs into the
+preset's MLflow store). All the work is in locallearn.tables, locallearn.figures and
+locallearn.tracking; this file only maps a rule to a call."""
 import os
 import sys
 from pathlib import Path
@@ -77,6 +78,21 @@ with open(sm.log[0], "w") as log:
                        tolerance=config["tolerance"], readme=readme, intro=intro(preset))
         print(f"refreshed {preset.results}/tables, {preset.results}/figures and {readme}", file=log)
         print(f"tables: {preset.results}/tables/summary.md; README: {readme}")
+        # the finished runs, browsable in MLflow (a fresh clone has only their metrics.json)
+        from locallearn.errors import TrackingError
+        from locallearn.tracking import artifact_destination, sync_results
+        uri = harness.tracking_uri(config, preset)
+        try:
+            done = sync_results(preset.results, uri, preset.experiment)
+        except TrackingError as e:   # the tables are made; a store that is down only warns
+            print(f"warning: MLflow not synced: {e}", file=log)
+            print(f"locallearn: warning: MLflow not synced: {e}", file=sys.stderr)
+        else:
+            changed = sum(v != "unchanged" for v in done.values())
+            print(f"MLflow {uri}: {len(done)} finished runs, {changed} created or updated", file=log)
+            dest = artifact_destination(uri)
+            print(f"browse: mlflow ui --backend-store-uri {uri}"
+                  + (f" --artifacts-destination {dest}" if dest else ""))
 
     else:
         sys.exit(f"report.py: no action for rule {sm.rule!r}")
