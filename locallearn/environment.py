@@ -2,7 +2,7 @@
 and (describe) the resolved device and its name, the CPU, the threads and the precision.
 
 The run loop stores describe(...) in metrics.json under "environment"; the MLflow tags of
-a run are derived from that record (tracking.run_tags), so a run logged live and the same
+a run are derived from that record (tracking.mlflow_tags), so a run logged live and the same
 run mirrored later from its metrics.json, on another machine, carry the same tags.
 
     env = describe(device, threads=torch.get_num_threads(), precision=cfg.precision)

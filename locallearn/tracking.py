@@ -15,7 +15,7 @@ shaped by three facts of how the grid runs:
 
 What a run carries: the recipe as params (config.NON_RECIPE left out), the grid's tags,
 MLflow's own tags (run name, source, git commit, user) and the environment as `env.*`
-tags, all derived by `run_tags` from what metrics.json holds, so a run logged live and
+tags, all derived by `mlflow_tags` from what metrics.json holds, so a run logged live and
 the same run mirrored by `sync_results` (`locallearn tracking sync`) carry the same.
 
 Stores move: a SQLite store keeps its artifacts as `mlflow-artifacts:` URIs, proxied by
@@ -156,7 +156,7 @@ class RunTracker:
         client = _client(uri)
         exp_id = _experiment_id(client, uri, experiment)
         record = {"config": params, "tags": tags, "run_name": run_name, "environment": environment}
-        tags = {**run_tags(record), TAG_OUT_DIR: str(out_dir)}
+        tags = {**mlflow_tags(record), TAG_OUT_DIR: str(out_dir)}
         params = run_params(params)
 
         def open_run():
@@ -437,7 +437,7 @@ def run_params(config: dict) -> dict[str, str]:
     return _param_strings({k: v for k, v in config.items() if k not in NON_RECIPE})
 
 
-def run_tags(record: dict) -> dict[str, str]:
+def mlflow_tags(record: dict) -> dict[str, str]:
     """A run's tags from a metrics.json-shaped record (keys used: tags, run_name,
     git_revision, versions, device, environment, config): the grid's tags, MLflow's own
     (mlflow.runName, mlflow.source.*, mlflow.source.git.commit, mlflow.user) and the
@@ -475,7 +475,7 @@ def _log_finished_run(client, uri: str, run, metrics: dict, artifacts) -> int:
     run_id = run.info.run_id
     writes = 0
     if "config" in metrics:
-        tags = {k: v for k, v in run_tags(metrics).items() if run.data.tags.get(k) != v}
+        tags = {k: v for k, v in mlflow_tags(metrics).items() if run.data.tags.get(k) != v}
         if tags:
             from mlflow.entities import RunTag
             _call(uri, "tag the run", lambda: client.log_batch(
@@ -560,7 +560,7 @@ def _sync_folder(client, uri: str, exp_id: str, folder: Path) -> str:
     metrics = json.loads((folder / "metrics.json").read_text())
     run_name = metrics.get("run_name") or f"{folder.parent.name}-s{metrics.get('seed', folder.name)}"
     metrics = {**metrics, "run_name": run_name}
-    tags = _without_credentials(run_tags(metrics))
+    tags = _without_credentials(mlflow_tags(metrics))
 
     def find_or_create():
         run = _stored_run(client, folder, exp_id) or _run_of_hash(client, exp_id, metrics.get("config_hash"))

@@ -23,12 +23,14 @@ HELPS = {
     ("bench",): "time epochs of one recipe on several training paths",
     ("data",): "make datasets ready in the data dir",
     ("tracking", "init"): "Create the MLflow store and experiment",
+    ("tracking", "sync"): "Mirror every finished run folder of a preset",
     ("tables",): "compile the tables from whatever metrics.json exist",
 }
 
 # The commands with a parser of their own: a default of each, shown.
 OTHER_DEFAULTS = {
     ("tracking", "init"): {"--experiment": "locallearn"},
+    ("tracking", "sync"): {"--experiment": "locallearn"},
     ("tables",): {"--results": "results/full"},
 }
 
@@ -117,6 +119,7 @@ def test_tracking_help_and_bare_tracking(capsys):
     code, out, err = run_main(["tracking", "--help"], capsys)
     assert code == 0 and err == ""
     assert out.startswith("usage: locallearn tracking ") and re.search(r"^  init ", out, re.M)
+    assert re.search(r"^  sync ", out, re.M)
     code, out, err = run_main(["tracking"], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1 and "locallearn tracking --help" in err
 

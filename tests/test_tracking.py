@@ -364,10 +364,10 @@ def test_tags_of_a_metrics_json_without_environment():
     doc = {"config": {"device": "auto", "threads": 2, "precision": "fp32"},
            "versions": {"python": "3.11.7", "torch": "2.14.1", "locallearn": "0.1.0"},
            "git_revision": "abc", "run_name": "r", "tags": {"cell": "c", "git_revision": "abc"}}
-    tags = tracking.run_tags(doc)
+    tags = tracking.mlflow_tags(doc)
     assert "env.device" not in tags and tags["env.threads"] == "2" and tags["env.torch"] == "2.14.1"
     assert tags["mlflow.source.git.commit"] == "abc" and tags["cell"] == "c"
-    assert tracking.run_tags({**doc, "device": "cuda:0"})["env.device"] == "cuda:0"
+    assert tracking.mlflow_tags({**doc, "device": "cuda:0"})["env.device"] == "cuda:0"
 
 
 def test_system_metrics_when_switched_on(tmp_path, monkeypatch):
