@@ -79,9 +79,10 @@ with open(sm.log[0], "w") as log:
         print(f"refreshed {preset.results}/tables, {preset.results}/figures and {readme}", file=log)
         print(f"tables: {preset.results}/tables/summary.md; README: {readme}")
         # the finished runs, browsable in MLflow (a fresh clone has only their metrics.json)
+        from locallearn.credentials import take_credentials
         from locallearn.errors import TrackingError
         from locallearn.tracking import artifact_destination, sync_results
-        uri = harness.tracking_uri(config, preset)
+        uri = take_credentials(harness.tracking_uri(config, preset))   # never printed with a password
         try:
             done = sync_results(preset.results, uri, preset.experiment)
         except TrackingError as e:   # the tables are made; a store that is down only warns
