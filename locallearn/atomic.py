@@ -59,3 +59,13 @@ def atomic_write_bytes(path: str | Path, content) -> Path:
             else:
                 shutil.copyfileobj(content, out, 1 << 20)
     return atomic_write(path, write)
+
+
+def write_if_changed(path: str | Path, text: str) -> bool:
+    """atomic_write_text, only when the file's content differs (its mtime then stays, so
+    a README or table that did not change is not rewritten). True if written."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    atomic_write_text(path, text)
+    return True

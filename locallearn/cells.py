@@ -1,4 +1,5 @@
-"""The paper's grid as data: one row of `workflow/config/cells.tsv` per published run.
+"""The paper's grid as data: one row of a cells table per published run (the workflow
+passes its own, workflow/config/cells.tsv).
 
 This module is the only place that turns a row into `locallearn train` flags, so a
 recipe is written once (in the TSV) and read by the tests, the CLI and the workflow.
@@ -7,8 +8,6 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-
-DEFAULT_CELLS = Path(__file__).resolve().parent.parent / "workflow" / "config" / "cells.tsv"
 
 COLUMNS = (
     "cell", "dataset", "network", "model", "feat_mult", "num_layers", "num_hidden", "loss",
@@ -19,8 +18,9 @@ COLUMNS = (
 LOSSES = ("backprop", "pred", "sim", "predsim")
 
 
-def read_cells(path: str | Path = DEFAULT_CELLS) -> list[dict]:
-    """Rows as dicts of strings, in file order. Column checks live in the workflow's schema."""
+def read_cells(path: str | Path) -> list[dict]:
+    """Rows of a cells table (the workflow's is workflow/config/cells.tsv) as dicts of
+    strings, in file order. Column checks live in the workflow's schema."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))
 

@@ -24,7 +24,7 @@ commands:
   data       data prepare DATASET... [--data-dir D] [--download] [--source DIR]
   tracking   tracking init --uri URI --experiment NAME (create the MLflow experiment once);
              tracking sync RESULTS (mirror a preset's finished runs into its MLflow store)
-  tables     compile markdown tables from metrics.json files (see workflow/rules/tables.smk)
+  tables     tables, figures and README from the metrics.json files that exist (= `snakemake tables`)
 
   --version  print the version and exit
 """
@@ -105,9 +105,66 @@ def cmd_tracking(argv: list[str]) -> int:
     raise ConfigError("usage: locallearn tracking init|sync ... (see locallearn tracking --help)")
 
 
+# `locallearn tables` defaults: the workflow's own files, taken from the working
+# directory (the repository root); the package itself never reads workflow/.
+TABLES_DEFAULTS = {"results": "results/full", "cells": "workflow/config/cells.tsv",
+                   "workflow_config": "workflow/config/config.yaml"}
+
+
 def cmd_tables(argv: list[str]) -> int:
-    from .tables import cli_tables
-    return cli_tables(argv)
+    """`locallearn tables`: compile the tables from whatever metrics.json exist (no
+    training), draw the figures and splice the tables into a README: what `snakemake
+    --cores 1 tables` does (report.refresh), without Snakemake."""
+    from pathlib import Path
+
+    import yaml
+
+    from .cells import read_cells
+    from .report import refresh, runs
+    from .tables import intro
+
+    d = TABLES_DEFAULTS
+    from .helpformat import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="locallearn tables", description=cmd_tables.__doc__,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--results", default=d["results"],
+                   help="a preset's results folder: reads runs/, writes tables/ and figures/")
+    p.add_argument("--cells", default=d["cells"], help="the grid")
+    p.add_argument("--workflow-config", default=d["workflow_config"], metavar="YAML",
+                   help="where `seeds` and `tolerance` are read")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds to read (default: `seeds` of --workflow-config)")
+    p.add_argument("--tolerance", action="append", default=[], metavar="[DATASET=]PP",
+                   help="verdict tolerance in percentage points, over those of --workflow-config")
+    p.add_argument("--readme", default=None, help="README to splice the tables into (markers required)")
+    p.add_argument("--only-run", action="store_true", help="tables of the cells that have run only")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    args = p.parse_args(argv)
+    for flag, path in (("--cells", args.cells), ("--workflow-config", args.workflow_config)):
+        if not Path(path).is_file():
+            raise ConfigError(f"{flag}: no such file {path} (run from the repository root, or name it)")
+    with open(args.workflow_config) as f:
+        settings = yaml.safe_load(f) or {}
+    tolerance = dict(settings.get("tolerance") or {})
+    for item in args.tolerance:
+        key, sep, value = item.partition("=")
+        try:
+            tolerance[key if sep else "default"] = float(value if sep else key)
+        except ValueError:
+            raise ConfigError(f"--tolerance: expected NUMBER or DATASET=NUMBER, got {item!r}") from None
+    tolerance.setdefault("default", 0.5)
+    seeds = args.seeds or settings.get("seeds") or [1]
+    rows = read_cells(args.cells)
+    if args.only_run:
+        found = runs(rows, args.results, seeds)
+        rows = [r for r in rows if r["cell"] in found]
+    source = f"`{args.workflow_config}`" + (" and --tolerance" if args.tolerance else "")
+    tables = refresh(rows, args.results, seeds=seeds, tolerance=tolerance, intro=intro(seeds, source),
+                     readme_path=args.readme, draw=not args.no_figures)
+    print(f"wrote {Path(args.results) / 'tables'}/ ({len(tables)} files)"
+          + (f" and spliced {args.readme}" if args.readme else ""))
+    return 0
 
 
 def cmd_bench(argv: list[str]) -> int:

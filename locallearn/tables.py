@@ -7,31 +7,23 @@ beside the published number, `8.41 (8.37)`, then a summary table with the delta,
 verdict and the training wall time per cell. A cell without metrics.json shows as
 "not run", never as a number.
 
-`splice_file` puts the tables into a README between BEGIN and END; it writes only when
-the text changes and leaves everything outside the markers as it was.
-
-Used by the workflow (workflow/scripts/report.py) and by `locallearn tables`
-(`cli_tables`). Importing this module does not import torch.
+Compiling only: the README splice is in readme.py, the figures in figures.py, and
+report.py puts the three together for the workflow and `locallearn tables`. The rows,
+paths and tolerances come in as arguments. Importing this module does not import torch.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Mapping
 
 from tabulate import tabulate
 
-from .atomic import atomic_write_text
-from .cells import DEFAULT_CELLS, published_error, read_cells
-from .errors import ConfigError, LocallearnError
+from .atomic import write_if_changed
+from .cells import published_error
+from .errors import LocallearnError
 from .specs import SPECS
-
-BEGIN = "<!-- locallearn:tables:begin -->"
-END = "<!-- locallearn:tables:end -->"
 
 # cells.tsv `loss` -> column of the paper's tables
 LOSS_COLUMNS = {
@@ -49,6 +41,23 @@ NOTE = ("Test error (%) after the last epoch: ours (published). Ours is the mean
 
 class TablesError(LocallearnError):
     """A metrics.json or README that cannot be used."""
+
+
+def intro(seeds: list[int], tolerance_source: str, *, epochs: int | None = None,
+          max_train_examples: int = 0, max_test_examples: int = 0) -> str:
+    """The line above the tables: what the runs are (the full recipes, or a budget run
+    when `epochs` or the example limits shrink them) and where the tolerances come from."""
+    if not (epochs or max_train_examples or max_test_examples):
+        return (f"Full recipes, seeds: {', '.join(map(str, seeds))}; verdict tolerances "
+                f"(percentage points) from {tolerance_source}.")
+    budget = [f"cut to {epochs} epochs" if epochs else "with its full epochs"]
+    if max_train_examples:
+        budget.append(f"the first {max_train_examples} training examples")
+    if max_test_examples:
+        budget.append(f"the first {max_test_examples} test examples")
+    return ("**Quick preset: a budget run, not a replication.** Each cell runs its real recipe "
+            f"{', '.join(budget)}; the bracket beside each of our numbers states that budget "
+            "(epochs run / recipe epochs). Expect errors far above the published ones (in parentheses).")
 
 
 # --------------------------------------------------------------------------- reading
@@ -273,138 +282,12 @@ def scatter_points(rows: list[dict], runs: Mapping[str, list[dict]],
 
 # --------------------------------------------------------------------------- files
 
-def write_text(path: str | Path, text: str) -> bool:
-    """Write atomically, only when the content differs. True if written."""
-    path = Path(path)
-    if path.is_file() and path.read_text() == text:
-        return False
-    atomic_write_text(path, text)
-    return True
-
-
 def write_tables(tables: Mapping[str, str], out_dir: str | Path) -> list[Path]:
     """<out_dir>/<dataset lower>.md, summary.md and tables.md (all of them together)."""
     out_dir = Path(out_dir)
     paths = []
     for key, text in tables.items():
         p = out_dir / f"{key.lower()}.md"
-        write_text(p, text)
+        write_if_changed(p, text)
         paths.append(p)
     return paths
-
-
-def splice_text(text: str, block: str, where: str = "README") -> str:
-    """`text` with everything between the markers replaced by `block`."""
-    nb, ne = text.count(BEGIN), text.count(END)
-    if nb != 1 or ne != 1:
-        raise TablesError(f"{where}: expected one {BEGIN} and one {END} marker, "
-                          f"found {nb} and {ne}")
-    i, j = text.index(BEGIN) + len(BEGIN), text.index(END)
-    if j < i:
-        raise TablesError(f"{where}: {END} comes before {BEGIN}")
-    return text[:i] + "\n" + block.strip("\n") + "\n" + text[j:]
-
-
-def splice_file(path: str | Path, block: str, template: str | None = None) -> bool:
-    """Put `block` between the markers of `path`; write only if that changes the file.
-    A missing file is created from `template` (which must hold the markers) if given.
-    True if the file was written."""
-    path = Path(path)
-    if path.is_file():
-        text = path.read_text()
-    elif template is not None:
-        text = template
-    else:
-        raise TablesError(f"{path}: no such file (expected a README with the markers "
-                          f"{BEGIN} and {END})")
-    return write_text(path, splice_text(text, block, str(path)))
-
-
-def readme_template(title: str, body: str = "") -> str:
-    """A README made only to hold tables (the quick preset's)."""
-    return f"# {title}\n\n{body.strip()}\n\n{BEGIN}\n{END}\n".replace("\n\n\n", "\n\n")
-
-
-# --------------------------------------------------------------------------- all at once
-
-def refresh(rows: list[dict], preset_dir: str | Path, *, seeds: list[int] | None,
-            tolerance: Mapping[str, float] | float, readme: str | Path | None = None,
-            readme_template_text: str | None = None, figures: bool = True, intro: str = "") -> dict[str, str]:
-    """Compile the tables of `rows` from <preset_dir>/runs, write them to
-    <preset_dir>/tables, draw <preset_dir>/figures (curves of every cell that has run,
-    the scatter) and splice the tables into `readme` (links relative to it)."""
-    preset_dir = Path(preset_dir)
-    runs = load_runs(preset_dir / "runs", rows, seeds)
-    base = Path(readme).resolve().parent if readme else (preset_dir / "tables").resolve()
-    fig_dir = preset_dir / "figures"
-    rel = Path(os.path.relpath(fig_dir.resolve(), base)).as_posix()
-    if figures:
-        from .figures import plot_cell, plot_scatter
-        for r in rows:
-            if r["cell"] in runs:
-                plot_cell(runs[r["cell"]], fig_dir / "curves" / f"{r['cell']}.png", r)
-        plot_scatter(scatter_points(rows, runs, tolerance), fig_dir / "scatter.png",
-                     title=f"ours vs published ({preset_dir.name})")
-    tables = compile_tables(rows, runs, expected_seeds=len(seeds) if seeds else 1, tolerance=tolerance,
-                            figure_prefix=f"{rel}/curves/" if figures else None,
-                            scatter=f"{rel}/scatter.png" if figures else None, intro=intro)
-    write_tables(tables, preset_dir / "tables")
-    if readme:
-        splice_file(readme, tables["tables"], readme_template_text)
-    return tables
-
-
-def _tolerance_arg(items: list[str], cells_path: Path) -> dict[str, float]:
-    tol: dict[str, float] = {}
-    config = cells_path.parent / "config.yaml"
-    if config.is_file():
-        import yaml
-        with open(config) as f:
-            tol.update((yaml.safe_load(f) or {}).get("tolerance") or {})
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            tol[key if sep else "default"] = float(value if sep else key)
-        except ValueError:
-            raise ConfigError(f"--tolerance: expected NUMBER or DATASET=NUMBER, got {item!r}") from None
-    tol.setdefault("default", 0.5)
-    return tol
-
-
-def cli_tables(argv: list[str]) -> int:
-    """`locallearn tables`: compile the tables from whatever metrics.json exist (no
-    training), draw the figures and splice the tables into a README."""
-    from .helpformat import HelpFormatter
-    p = argparse.ArgumentParser(prog="locallearn tables", description=cli_tables.__doc__,
-                                formatter_class=HelpFormatter)
-    p.add_argument("--results", default="results/full",
-                   help="a preset's results folder (holds runs/; tables/ and figures/ are written)")
-    p.add_argument("--cells", default=str(DEFAULT_CELLS), help="cells.tsv")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="seeds to read (default: every seed folder found)")
-    p.add_argument("--tolerance", action="append", default=[], metavar="[DATASET=]PP",
-                   help="verdict tolerance in percentage points (default: config.yaml beside cells.tsv)")
-    p.add_argument("--readme", default=None, help="README to splice the tables into (markers required)")
-    p.add_argument("--only-run", action="store_true", help="tables of the cells that have run only")
-    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    args = p.parse_args(argv)
-    cells_path = Path(args.cells)
-    if not cells_path.is_file():
-        raise ConfigError(f"--cells: no such file {cells_path}")
-    rows = read_cells(cells_path)
-    if args.only_run:
-        runs = load_runs(Path(args.results) / "runs", rows, args.seeds)
-        rows = [r for r in rows if r["cell"] in runs]
-    tables = refresh(rows, args.results, seeds=args.seeds, tolerance=_tolerance_arg(args.tolerance, cells_path),
-                     readme=args.readme, figures=not args.no_figures)
-    print(f"wrote {Path(args.results) / 'tables'}/ ({len(tables)} files)"
-          + (f" and spliced {args.readme}" if args.readme else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(cli_tables(sys.argv[1:]))
-    except LocallearnError as e:
-        print(f"locallearn: error: {e}", file=sys.stderr)
-        sys.exit(getattr(e, "exit_code", 1))

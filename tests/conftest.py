@@ -10,6 +10,7 @@ import torch
 from locallearn.config import parse_train_args
 
 REPO = Path(__file__).resolve().parent.parent
+CELLS_TSV = REPO / "workflow" / "config" / "cells.tsv"   # the workflow's grid
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 # Tests share 2 cores with nothing else; one thread keeps them from oversubscribing

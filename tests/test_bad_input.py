@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import CELLS_TSV, REPO
 from fake_data import write_fake
 from locallearn import cells
 from locallearn.cli import main
@@ -159,7 +159,7 @@ def test_no_print_stats_suppresses_the_epoch_lines(capsys, data, tmp_path):
 
 # ------------------------------------------------------------------ cells.tsv, workflow config
 def test_cells_row_with_a_bad_value_is_refused_as_flags():
-    row = dict(cells.read_cells()[0], nonlin="sigmoid")
+    row = dict(cells.read_cells(CELLS_TSV)[0], nonlin="sigmoid")
     with pytest.raises(ConfigError, match="--nonlin: unknown value 'sigmoid'"):
         parse_train_args(cells.recipe_args(row))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import CELLS_TSV
 from fake_data import write_fake
 from locallearn import train as train_mod
 from locallearn.cells import read_cells, recipe_args
@@ -55,7 +56,7 @@ def test_classes_per_batch_sampler_on_cifar100(tmp_path):
     assert m["epochs"] == 1
 
 
-@pytest.mark.parametrize("row", read_cells(), ids=lambda r: r["cell"])
+@pytest.mark.parametrize("row", read_cells(CELLS_TSV), ids=lambda r: r["cell"])
 def test_describe_reports_input_and_classes(row):
     d = describe(parse_train_args(recipe_args(row)))
     c, s, k = SHAPES[row["dataset"]]

@@ -7,13 +7,13 @@ import shlex
 
 import pytest
 
-from conftest import REPO
+from conftest import CELLS_TSV, REPO
 from locallearn.cells import published_params_millions, read_cells, recipe_args
 from locallearn.cli import describe
 from locallearn.config import parse_train_args
 from locallearn.models import MODELS, VGG_CONFIGS
 
-ROWS = read_cells()
+ROWS = read_cells(CELLS_TSV)
 
 # SPEC.md: the one published count inconsistent with its own architecture.
 TRUE_COUNT_MILLIONS = {"CIFAR100/mlp": 27.5}

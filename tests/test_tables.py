@@ -1,5 +1,5 @@
 """Table compilation (exact markdown on fixture metrics.json files), the README splice,
-the figures and `cli_tables`. Fixtures: tests/fixtures/runs (full-budget runs: several
+the figures and `locallearn tables`. Fixtures: tests/fixtures/runs (full-budget runs: several
 seeds, one cell missing, one outside tolerance, the CIFAR-100 #Params discrepancy, a
 cell without a published number) and tests/fixtures/budget_runs (a quick-preset run)."""
 from __future__ import annotations
@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from locallearn import figures, tables
+from conftest import CELLS_TSV, REPO
+from locallearn import figures, readme, tables
 from locallearn.cells import read_cells
+from locallearn.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOL = {"default": 0.5, "FashionMNIST": 0.3, "CIFAR100": 1.0}
@@ -19,7 +21,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _rows(*cells_or_prefixes: str) -> list[dict]:
-    return [r for r in read_cells() if any(r["cell"] == c or (c.endswith("*") and r["cell"].startswith(c[:-1]))
+    return [r for r in read_cells(CELLS_TSV) if any(r["cell"] == c or (c.endswith("*") and r["cell"].startswith(c[:-1]))
                                            for c in cells_or_prefixes)]
 
 
@@ -147,36 +149,36 @@ Text after.
 
 
 def test_splice_replaces_only_between_markers():
-    out = tables.splice_text(README, "NEW\nBLOCK\n")
-    before, after = README.split(tables.BEGIN)[0], README.split(tables.END)[1]
-    assert out == before + tables.BEGIN + "\nNEW\nBLOCK\n" + tables.END + after
-    assert tables.splice_text(out, "NEW\nBLOCK\n") == out          # idempotent
+    out = readme.splice_text(README, "NEW\nBLOCK\n")
+    before, after = README.split(readme.BEGIN)[0], README.split(readme.END)[1]
+    assert out == before + readme.BEGIN + "\nNEW\nBLOCK\n" + readme.END + after
+    assert readme.splice_text(out, "NEW\nBLOCK\n") == out          # idempotent
 
 
 def test_splice_file_writes_only_on_change(tmp_path):
     p = tmp_path / "README.md"
     p.write_text(README)
-    assert tables.splice_file(p, "A") is True
+    assert readme.splice_file(p, "A") is True
     first = p.read_text()
     os.utime(p, (1_000_000_000, 1_000_000_000))
-    assert tables.splice_file(p, "A") is False                  # same content: not written
+    assert readme.splice_file(p, "A") is False                  # same content: not written
     assert p.stat().st_mtime == 1_000_000_000 and p.read_text() == first
-    assert tables.splice_file(p, "B") is True
+    assert readme.splice_file(p, "B") is True
     assert p.read_text() == first.replace("\nA\n", "\nB\n")
 
 
 def test_splice_errors_and_template(tmp_path):
-    with pytest.raises(tables.TablesError, match="expected one"):
-        tables.splice_text("no markers here", "x")
-    with pytest.raises(tables.TablesError, match="expected one"):
-        tables.splice_text(README + tables.BEGIN, "x")
-    with pytest.raises(tables.TablesError, match="comes before"):
-        tables.splice_text(f"{tables.END}\n{tables.BEGIN}\n", "x")
-    with pytest.raises(tables.TablesError, match="no such file"):
-        tables.splice_file(tmp_path / "missing.md", "x")
+    with pytest.raises(readme.ReadmeError, match="expected one"):
+        readme.splice_text("no markers here", "x")
+    with pytest.raises(readme.ReadmeError, match="expected one"):
+        readme.splice_text(README + readme.BEGIN, "x")
+    with pytest.raises(readme.ReadmeError, match="comes before"):
+        readme.splice_text(f"{readme.END}\n{readme.BEGIN}\n", "x")
+    with pytest.raises(readme.ReadmeError, match="no such file"):
+        readme.splice_file(tmp_path / "missing.md", "x")
     p = tmp_path / "quick" / "README.md"
-    assert tables.splice_file(p, "T", tables.readme_template("Quick", "Body.")) is True
-    assert p.read_text() == f"# Quick\n\nBody.\n\n{tables.BEGIN}\nT\n{tables.END}\n"
+    assert readme.splice_file(p, "T", readme.template("Quick", "Body.")) is True
+    assert p.read_text() == f"# Quick\n\nBody.\n\n{readme.BEGIN}\nT\n{readme.END}\n"
 
 
 def test_figures_write_pngs(tmp_path, rows):
@@ -215,35 +217,45 @@ def test_scatter_labels_every_cell_against_its_tolerance(rows):
     assert any(len(line.get_xdata()) == len(multi["errors"]) for line in ax.lines)
 
 
+def tables_cli(*args: str) -> int:
+    """`locallearn tables ...` with the workflow's files named (the defaults are relative
+    to the working directory, the repository root)."""
+    return main(["tables", "--cells", str(CELLS_TSV),
+                 "--workflow-config", str(REPO / "workflow" / "config" / "config.yaml"), *args])
+
+
 def test_cli_tables_refresh(tmp_path, capsys):
     results = tmp_path / "results" / "full"
     shutil.copytree(FIXTURES / "runs", results / "runs")
-    readme = tmp_path / "README.md"
-    readme.write_text(README)
-    assert tables.cli_tables(["--results", str(results), "--readme", str(readme), "--seeds", "1", "2", "3"]) == 0
-    text = readme.read_text()
-    assert text.startswith(README.split(tables.BEGIN)[0]) and text.endswith(README.split(tables.END)[1])
+    readme_path = tmp_path / "README.md"
+    readme_path.write_text(README)
+    assert tables_cli("--results", str(results), "--readme", str(readme_path), "--seeds", "1", "2", "3") == 0
+    text = readme_path.read_text()
+    assert text.startswith(README.split(readme.BEGIN)[0]) and text.endswith(README.split(readme.END)[1])
     assert "not run (0.75)" in text                          # the whole grid, MNIST not run
     assert "8.40 ± 0.05 (8.37)" in text
     assert "(results/full/figures/curves/fmnist-mlp-backprop.png)" in text     # relative to the README
     assert "![ours vs published](results/full/figures/scatter.png)" in text
-    # tolerance from workflow/config/config.yaml beside cells.tsv (FashionMNIST: 0.3)
+    # tolerance from --workflow-config (FashionMNIST: 0.3)
     assert "outside tolerance (±0.3)" in text
     assert (results / "tables" / "summary.md").is_file() and (results / "tables" / "fashionmnist.md").is_file()
     assert (results / "figures" / "curves" / "fmnist-mlp-predsim.png").read_bytes()[:8] == PNG
     assert not (results / "figures" / "curves" / "fmnist-mlp-sim.png").exists()
     # a second refresh of the same runs leaves the README as it is (not even rewritten)
-    os.utime(readme, (1_000_000_000, 1_000_000_000))
-    assert tables.cli_tables(["--results", str(results), "--readme", str(readme), "--seeds", "1", "2", "3"]) == 0
-    assert readme.read_text() == text and readme.stat().st_mtime == 1_000_000_000
+    os.utime(readme_path, (1_000_000_000, 1_000_000_000))
+    assert tables_cli("--results", str(results), "--readme", str(readme_path), "--seeds", "1", "2", "3") == 0
+    assert readme_path.read_text() == text and readme_path.stat().st_mtime == 1_000_000_000
 
 
-def test_cli_tables_tolerance_flag(tmp_path):
+def test_cli_tables_tolerance_flag(tmp_path, capsys):
     results = tmp_path / "full"
     shutil.copytree(FIXTURES / "runs", results / "runs")
-    tables.cli_tables(["--results", str(results), "--tolerance", "FashionMNIST=1", "--only-run", "--no-figures"])
+    assert tables_cli("--results", str(results), "--seeds", "1", "2", "3", "--tolerance", "FashionMNIST=1",
+                      "--only-run", "--no-figures") == 0
     summary = (results / "tables" / "summary.md").read_text()
     assert "outside" not in summary.split("|\n\n")[0] and "within tolerance (±1)" in summary
     assert "mnist-mlp-backprop " not in summary.replace("fmnist", "")   # --only-run: the cells that ran
-    with pytest.raises(tables.ConfigError, match="--tolerance"):
-        tables.cli_tables(["--results", str(results), "--tolerance", "MNIST=abc"])
+    assert tables_cli("--results", str(results), "--tolerance", "MNIST=abc") == 2
+    assert "locallearn: error: --tolerance: expected NUMBER or DATASET=NUMBER, got 'MNIST=abc'" in capsys.readouterr().err
+    assert main(["tables", "--cells", str(tmp_path / "nope.tsv")]) == 2
+    assert f"--cells: no such file {tmp_path / 'nope.tsv'}" in capsys.readouterr().err

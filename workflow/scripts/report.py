@@ -1,83 +1,52 @@
 """Snakemake `script:` of the reporting rules: curve, scatter, compile_tables,
-splice_readme and the `tables` target (which also mirrors the finished runs into the
-preset's MLflow store). All the work is in locallearn.tables, locallearn.figures and
-locallearn.tracking; this file only maps a rule to a call."""
-import os
+splice_readme and the `tables` target. Each maps its rule to one call of
+locallearn.report (the `tables` target's, `report.refresh`, is also what
+`locallearn tables` calls), passing the preset's rows, seeds, paths and tolerances;
+the `tables` target then also mirrors the finished runs into the preset's MLflow store
+(locallearn.tracking)."""
 import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 sys.path.insert(0, sm.scriptdir)
-import harness  # noqa: E402
+import harness  # noqa: E402  (puts the repository on sys.path)
 
-sys.path.insert(0, str(harness.REPO))
-from locallearn import figures, tables  # noqa: E402
+from locallearn import readme, report, tables  # noqa: E402
 
 config = sm.config
 rows = harness.load_cells(harness.cells_path(config))
-presets = harness.make_presets(config, rows)
-preset = presets.get(sm.wildcards.get("preset", "full"))
+preset = harness.make_presets(config, rows)[sm.wildcards.get("preset", "full")]
 Path(sm.log[0]).parent.mkdir(parents=True, exist_ok=True)
 
-
-def intro(p: harness.Preset) -> str:
-    if p.name == "full":
-        return (f"Full recipes, seeds: {', '.join(map(str, p.seeds))}; verdict tolerances "
-                "(percentage points) from `workflow/config/config.yaml`.")
-    budget = [f"cut to {p.epochs} epochs" if p.epochs else "with its full epochs"]
-    if p.max_train_examples:
-        budget.append(f"the first {p.max_train_examples} training examples")
-    if p.max_test_examples:
-        budget.append(f"the first {p.max_test_examples} test examples")
-    return ("**Quick preset: a budget run, not a replication.** Each cell runs its real recipe "
-            f"{', '.join(budget)}; the bracket beside each of our numbers states that budget "
-            "(epochs run / recipe epochs). Expect errors far above the published ones (in parentheses).")
-
-
-def readme_and_prefix(p: harness.Preset) -> tuple[Path, str]:
-    readme = Path(p.readme)
-    rel = Path(os.path.relpath(Path(p.results, "figures").resolve(), readme.resolve().parent))
-    return readme, rel.as_posix()
-
-
-QUICK_TEMPLATE = tables.readme_template(
+INTRO = tables.intro(preset.seeds, f"`{harness.DEFAULT_CONFIG.relative_to(harness.REPO)}`", epochs=preset.epochs,
+                     max_train_examples=preset.max_train_examples, max_test_examples=preset.max_test_examples)
+TEMPLATE = None if preset.name == "full" else readme.template(
     "locallearn: quick replication (budget run)",
     "Made by `snakemake --cores all quick`; regenerated on every run. The replication "
     "proper is `snakemake --cores all` (tables in the top-level README.md).")
 
 with open(sm.log[0], "w") as log:
     if sm.rule == "curve":
-        row = next(r for r in rows if r["cell"] == sm.wildcards.cell)
-        runs = tables.load_runs(Path(preset.results, "runs"), [row], preset.seeds)
-        figures.plot_cell(runs.get(row["cell"], []), sm.output[0], row)
+        report.draw_curve(next(r for r in rows if r["cell"] == sm.wildcards.cell), preset.results, preset.seeds)
 
     elif sm.rule == "scatter":
-        runs = tables.load_runs(Path(preset.results, "runs"), preset.table_rows, preset.seeds)
-        figures.plot_scatter(tables.scatter_points(preset.table_rows, runs, config["tolerance"]), sm.output[0],
-                             title=f"ours vs published ({preset.name} preset)")
+        report.draw_scatter(preset.table_rows, preset.results, preset.seeds, config["tolerance"])
 
     elif sm.rule == "compile_tables":
-        runs = tables.load_runs(Path(preset.results, "runs"), preset.table_rows, preset.seeds)
-        readme, rel = readme_and_prefix(preset)
-        out = tables.compile_tables(preset.table_rows, runs, expected_seeds=len(preset.seeds),
-                                    tolerance=config["tolerance"], figure_prefix=f"{rel}/curves/",
-                                    scatter=f"{rel}/scatter.png", intro=intro(preset))
-        for p in tables.write_tables(out, Path(sm.output.tables).parent):
-            print(f"wrote {p}", file=log)
+        report.compile_tables(preset.table_rows, preset.results, seeds=preset.seeds,
+                              tolerance=config["tolerance"], intro=INTRO, readme_path=preset.readme)
+        print(f"wrote {Path(sm.output.tables).parent}", file=log)
 
     elif sm.rule == "splice_readme":
-        readme = Path(preset.readme)
-        changed = tables.splice_file(readme, Path(sm.input[0]).read_text(),
-                                     QUICK_TEMPLATE if preset.name == "quick" else None)
-        print(f"{readme}: {'updated' if changed else 'unchanged'}", file=log)
-        Path(sm.output[0]).write_text(f"{readme}\n")
+        changed = readme.splice_file(preset.readme, Path(sm.input[0]).read_text(), TEMPLATE)
+        print(f"{preset.readme}: {'updated' if changed else 'unchanged'}", file=log)
+        Path(sm.output[0]).write_text(f"{preset.readme}\n")
 
     elif sm.rule == "tables":
-        readme, _ = readme_and_prefix(preset)
-        tables.refresh(preset.table_rows, preset.results, seeds=preset.seeds,
-                       tolerance=config["tolerance"], readme=readme, intro=intro(preset))
-        print(f"refreshed {preset.results}/tables, {preset.results}/figures and {readme}", file=log)
-        print(f"tables: {preset.results}/tables/summary.md; README: {readme}")
+        report.refresh(preset.table_rows, preset.results, seeds=preset.seeds, tolerance=config["tolerance"],
+                       intro=INTRO, readme_path=preset.readme, readme_template=TEMPLATE)
+        print(f"refreshed {preset.results}/tables, {preset.results}/figures and {preset.readme}", file=log)
+        print(f"tables: {preset.results}/tables/summary.md; README: {preset.readme}")
         # the finished runs, browsable in MLflow (a fresh clone has only their metrics.json)
         from locallearn.credentials import take_credentials
         from locallearn.errors import TrackingError
