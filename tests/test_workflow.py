@@ -179,6 +179,10 @@ def _env() -> dict:
 
 
 def job_counts(output: str) -> dict[str, int]:
+    """{rule: jobs} of Snakemake's job stats; {} when it had nothing to do."""
+    if "Job stats:" not in output:
+        assert "Nothing to be done" in output, output[-3000:]
+        return {}
     stats = output[output.index("Job stats:"):]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
 
@@ -274,22 +278,27 @@ def test_quick_end_to_end_with_mlflow(tmp_path):
         assert run["tags.seed"] == "1" and run["tags.preset"] == "quick"
 
     stamps = {c: (quick / "runs" / c / "seed1" / "metrics.json").stat().st_mtime_ns for c in cells}
+    # finished runs are never scheduled again (the figures and tables may be redrawn once:
+    # the runs they waited for are no longer jobs, a change of their input files)
     r = snakemake(tmp_path, "--cores", "2", "quick", "--config", budget, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Nothing to be done" in r.stdout + r.stderr
+    assert "train" not in job_counts(r.stdout + r.stderr)
     assert stamps == {c: (quick / "runs" / c / "seed1" / "metrics.json").stat().st_mtime_ns for c in cells}
     again = finished_runs()
     assert sorted(again["run_id"]) == sorted(runs["run_id"])
 
-    # a changed budget is a changed recipe: Snakemake reruns the cells, each old run folder
-    # is moved aside (checkpoint kept; its numbers stay in MLflow), the new runs start fresh
+    # a changed budget is a changed recipe: the cells are trained again, each old run folder
+    # is first moved aside whole (metrics.json and checkpoint kept; its numbers stay in
+    # MLflow), the new runs start fresh
     r = snakemake(tmp_path, "--cores", "2", "quick", "--config",
                   budget.replace("epochs: 1", "epochs: 2"), timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     for c in cells:
         assert json.loads((quick / "runs" / c / "seed1" / "metrics.json").read_text())["epochs"] == 2
         moved = list((quick / "runs" / c).glob("seed1.replaced-*"))
-        assert len(moved) == 1 and (moved[0] / "checkpoint.pt").is_file()   # metrics.json: Snakemake deleted it
+        assert len(moved) == 1 and (moved[0] / "checkpoint.pt").is_file()
+        assert json.loads((moved[0] / "metrics.json").read_text()) == metrics[c]
+        assert json.loads((moved[0] / "replaced.json").read_text())["test_error"] == metrics[c]["test_error"]
     assert len(finished_runs()) == 8
     assert (quick / "tables" / "summary.md").read_text().count("[2/200 ep, 512 train ex, 512 test ex]") == 4
 
@@ -321,7 +330,7 @@ def test_pipelined_cell_runs_under_torchrun(tmp_path):
     assert list(runs["status"]) == ["FINISHED"] and list(runs["metrics.test_error"]) == [metrics["test_error"]]
 
     r = snakemake(tmp_path, "--cores", "2", "quick", "--config", budget, timeout=300)
-    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+    assert r.returncode == 0 and "train" not in job_counts(r.stdout + r.stderr)
 
 
 def test_pipeline_stages_config():
@@ -492,11 +501,80 @@ def test_committed_runs_keep_their_config_hash():
         assert config_hash(cfg) == m["config_hash"], path
 
 
-def test_job_script_is_the_stable_shim():
-    """Snakemake reruns every finished job whose `script:` text changed (its "code" rerun
-    trigger): editing run_locallearn.py would retrain every cell of a replication in
-    progress. Job logic belongs in workflow/scripts/jobs.py; change this hash only with a
-    reason that is worth retraining (or rerunning with --rerun-triggers without code)."""
-    import hashlib
-    shim = (REPO / "workflow" / "scripts" / "run_locallearn.py").read_bytes()
-    assert hashlib.sha256(shim).hexdigest() == "40be55813b63803dfabf3fb9ecc39ef7101db16b00f07aefa4d6abc5c1b15299"
+# --------------------------------------------------------------------------- which runs are scheduled
+
+def _committed_run(dest: Path, cell: str = "fmnist-mlp-pred") -> Path:
+    run = dest / "results" / "full" / "runs" / cell / "seed1"
+    run.mkdir(parents=True)
+    shutil.copy(REPO / "results" / "full" / "runs" / cell / "seed1" / "metrics.json", run / "metrics.json")
+    return run
+
+
+def test_run_state_reads_the_run_folder(tmp_path):
+    cfg = harness.load_config()
+    full = harness.make_presets(cfg, harness.load_cells(CELLS))["full"]
+    row = next(r for r in full.rows if r["cell"] == "fmnist-mlp-pred")
+    args = full.args(row) + ["--seed", "1"]
+    run = tmp_path / "seed1"
+    assert harness.run_state(run, args) == harness.TRAIN                        # nothing yet
+    run.mkdir()
+    (run / "harness.json").write_text(json.dumps({"args": args}))
+    assert harness.run_state(run, args) == harness.TRAIN                        # started: resumed
+    assert harness.run_state(run, harness.with_flags(args, ["--lr", "1e-3"])) == harness.REPLACE
+    shutil.copy(REPO / "results" / "full" / "runs" / "fmnist-mlp-pred" / "seed1" / "metrics.json", run)
+    assert harness.run_state(run, args) == harness.FINISHED                     # the committed run
+    assert harness.run_state(run, args + ["--threads", "7", "--device", "cuda"]) == harness.FINISHED
+    assert harness.run_state(run, args + ["--precision", "bf16"]) == harness.REPLACE
+    assert harness.run_state(run, harness.with_flags(args, ["--seed", "2"])) == harness.REPLACE
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["config"]["a_flag_added_later"] = 1                                 # not known to this trainer
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert harness.run_state(run, args) == harness.FINISHED
+    (run / "metrics.json").write_text("{")
+    with pytest.raises(harness.HarnessError, match="metrics.json: unreadable"):
+        harness.run_state(run, args)
+
+
+def test_finished_runs_are_never_jobs_and_a_changed_recipe_is_set_aside_first(tmp_path):
+    run = _committed_run(tmp_path)
+    os.utime(run / "metrics.json", (1, 1))                  # older than every script and input
+    select = "select={datasets: [FashionMNIST], models: [mlp]}"
+    for extra in ([], ["--forceall"], ["--rerun-triggers", "mtime", "code", "params", "input", "software-env"]):
+        r = snakemake(tmp_path, "-n", *extra, "--config", select)
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert job_counts(r.stdout)["train"] == 3 and "set_aside" not in job_counts(r.stdout)
+        assert "runs/fmnist-mlp-pred/seed1/metrics.json" not in r.stdout   # no job's input or output
+    # settings that do not change the numbers schedule nothing more
+    r = snakemake(tmp_path, "-n", "--config", select, "train={device: cpu, gpu: 0, threads: 2}",
+                  "mlflow={uri: http://elsewhere:5000}", "data_dir=/elsewhere")
+    assert job_counts(r.stdout)["train"] == 3
+    # a changed recipe (train.extra_args) retrains all four, the finished one moved aside first
+    r = snakemake(tmp_path, "-n", "--config", select, "train={extra_args: [--precision, bf16]}")
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    assert counts["train"] == 4 and counts["set_aside"] == 1
+    assert re.search(r"output: results/full/runs/fmnist-mlp-pred/seed1\.replaced-\d{8}-\d{6}/replaced\.json", r.stdout)
+    assert (run / "metrics.json").is_file() and not (tmp_path / "results" / "full" / "runs" / "fmnist-mlp-pred"
+                                                     / "seed1.replaced").exists()
+
+
+def test_a_grid_without_the_quick_rows(tmp_path):
+    """A custom grid (config cells) without Fashion-MNIST: `all` and `tables` work; only
+    `quick`, which trains the Fashion-MNIST mlp rows by default, says what it needs."""
+    mine = tmp_path / "my.tsv"
+    lines = CELLS.read_text().splitlines()
+    mine.write_text("\n".join(lines[:10]) + "\n")            # the header and the 9 MNIST rows
+    r = snakemake(tmp_path, "-n", "--config", f"cells={mine}")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert job_counts(r.stdout)["train"] == 9
+    (tmp_path / "README.md").write_text("# Mine\n\n<!-- locallearn:tables:begin -->\n<!-- locallearn:tables:end -->\n")
+    r = snakemake(tmp_path, "--cores", "1", "tables", "--config", f"cells={mine}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = (tmp_path / "README.md").read_text()
+    assert "not run (0.75)" in text and "Fashion" not in text and "9 cells:" in text
+    r = snakemake(tmp_path, "-n", "quick", "--config", f"cells={mine}")
+    assert r.returncode != 0
+    assert ("the `quick` target trains the cells of config quick.select (by default the Fashion-MNIST mlp row), "
+            "but config key 'quick.select.datasets': 'FashionMNIST' matches no row") in r.stdout + r.stderr
+    r = snakemake(tmp_path, "-n", "quick", "--config", f"cells={mine}", "quick={select: {datasets: [MNIST], networks: [mlp]}}")
+    assert r.returncode == 0 and job_counts(r.stdout)["train"] == 4

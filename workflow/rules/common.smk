@@ -1,7 +1,14 @@
 # Config and grid, validated before any job is scheduled; helpers for the rules.
 # The logic lives in workflow/scripts/harness.py (plain Python, unit-tested).
+#
+# Which runs are trained is decided here, not by Snakemake's rerun triggers: a run
+# folder with a finished metrics.json of its current recipe is final (harness.run_state).
+# Its metrics.json is read by the tables and figures but is no job's output in the DAG,
+# so no trigger (mtime, code, params, input, software-env), profile, --forcerun or a
+# fresh `git clone` can schedule it again, delete it or overwrite it.
 import re
 import sys
+import time
 
 from snakemake.exceptions import WorkflowError
 
@@ -11,7 +18,7 @@ import harness  # noqa: E402
 try:
     _checked = harness.validate_config(config)
     CELLS = harness.load_cells(harness.cells_path(_checked))
-    PRESETS = harness.make_presets(_checked, CELLS)
+    PRESETS = harness.make_presets(_checked, CELLS)  # "quick" raises on use where its rows are missing
     STAGES = harness.pipeline_stages(_checked, CELLS)  # cell -> pipeline stages (1: one process)
 except harness.HarnessError as e:
     raise WorkflowError(str(e)) from None
@@ -21,6 +28,8 @@ config.update(_checked)  # the typed config: what the scripts read as snakemake.
 ROW = {r["cell"]: r for r in CELLS}
 RES = harness.results_root(config)
 CONDA_ENV = "../../envs/environment.yaml"  # relative to workflow/rules/
+# Names the folder a replaced run is moved to (seed<k>.replaced-<STAMP>): this invocation.
+STAMP = time.strftime("%Y%m%d-%H%M%S")
 
 
 wildcard_constraints:
@@ -28,35 +37,56 @@ wildcard_constraints:
     cell="|".join(re.escape(c) for c in ROW),
     seed=r"\d+",
     dataset="|".join(sorted({r["dataset"] for r in CELLS})),
+    stamp=r"\d{8}-\d{6}",
+
+
+def preset(name):
+    """The named preset, or the reason it cannot run (as a Snakemake error)."""
+    try:
+        return PRESETS[name]
+    except harness.HarnessError as e:
+        raise WorkflowError(str(e)) from None
 
 
 def train_args(wildcards):
     """The flags that decide a run's numbers: the row's recipe, the preset's budget and
-    train.extra_args. They are the train rule's only params, so changing them (and only
-    them) makes Snakemake rerun a finished cell."""
-    from locallearn.cells import recipe_args
+    train.extra_args (harness.Preset.args). When they differ from a finished run's, the
+    run is moved aside and trained again."""
+    return preset(wildcards.preset).args(ROW[wildcards.cell])
 
-    preset = PRESETS[wildcards.preset]
-    extra = config["train"]["extra_args"] if preset.name == "full" else []
-    return harness.with_flags(recipe_args(ROW[wildcards.cell]), preset.budget_args()) + extra
+
+def train_inputs(wildcards):
+    """The dataset checked, the MLflow experiment created and, for a run folder holding
+    a run of another recipe, that run moved aside first (rule set_aside)."""
+    p = preset(wildcards.preset)
+    inputs = {
+        "data": f"{RES}/.prepared/{ROW[wildcards.cell]['dataset']}.ok",
+        "tracking": f"{RES}/{wildcards.preset}/mlflow.init.json",
+    }
+    if p.state(ROW[wildcards.cell], wildcards.seed) == harness.REPLACE:
+        inputs["replaced"] = f"{p.run_dir(wildcards.cell, wildcards.seed)}.replaced-{STAMP}/replaced.json"
+    return inputs
 
 
 def seed_metrics(wildcards):
-    preset = PRESETS[wildcards.preset]
-    return [preset.metrics(wildcards.cell, s) for s in preset.seeds]
+    """The runs of one cell still to train (the figure waits for them)."""
+    p = preset(wildcards.preset)
+    return p.to_train([ROW[wildcards.cell]])
 
 
 def preset_metrics(wildcards):
-    return PRESETS[wildcards.preset].all_metrics()
+    """The runs of a preset still to train (tables and scatter wait for them)."""
+    return preset(wildcards.preset).to_train()
 
 
 def targets(name):
-    """Everything a named target (all, quick) builds."""
-    preset = PRESETS[name]
+    """Everything a named target (all, quick) builds: its runs still to train, then the
+    figures, tables and README from every finished run."""
+    p = preset(name)
     return [
-        *preset.all_metrics(),
-        *[f"{preset.results}/figures/curves/{r['cell']}.png" for r in preset.rows],
-        f"{preset.results}/figures/scatter.png",
-        f"{preset.results}/tables/summary.md",
-        f"{preset.results}/tables/readme.ok",
+        *p.to_train(),
+        *[f"{p.results}/figures/curves/{r['cell']}.png" for r in p.rows],
+        f"{p.results}/figures/scatter.png",
+        f"{p.results}/tables/summary.md",
+        f"{p.results}/tables/readme.ok",
     ]

@@ -5,7 +5,9 @@ and tests can call it directly:
   checked against workflow/schemas/config.schema.json, with errors naming the key;
 - `load_cells`: cells.tsv typed and checked row by row against
   workflow/schemas/cells.schema.json, with errors naming the row and the column;
-- `Preset`: what one preset (full, quick) trains, with which budget, where it writes;
+- `Preset`: what one preset (full, quick) trains, with which budget, where it writes,
+  and which of its runs still need training (`run_state`: a finished metrics.json of
+  the run's current recipe is final; the workflow never schedules it again);
 - `estimate_hours`: a FLOP-count estimate of a cell's GPU time (runtime resource, README).
 
 Importing this module does not import torch or snakemake.
@@ -18,7 +20,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
@@ -286,6 +288,53 @@ def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
     return stages
 
 
+# --------------------------------------------------------------------------- run folders
+# A run folder (<results>/<preset>/runs/<cell>/seed<k>) is in one of three states,
+# decided here, before Snakemake builds its DAG, from the folder alone:
+FINISHED = "finished"   # metrics.json of the run's current recipe: final, never scheduled again
+REPLACE = "replace"     # a run (finished or not) of another recipe: moved aside, then trained anew
+TRAIN = "train"         # nothing yet, or an unfinished run of this recipe (the trainer resumes it)
+METRICS, STARTED = "metrics.json", "harness.json"  # STARTED: the flags a job started the folder with
+
+
+def _recipe(args: list[str]) -> dict:
+    """The fields of `locallearn train <args>` that decide its numbers (locallearn.config's
+    recipe_dict), as JSON values. Parsed without the trainer's checks, which import torch."""
+    from locallearn.config import build_parser, recipe_dict
+
+    return json.loads(json.dumps(recipe_dict(build_parser().parse_args(args))))
+
+
+def same_recipe(recorded: dict, args: list[str]) -> bool:
+    """Whether a run recorded with `recorded` (a recipe dict) is a run of `args`. Fields
+    only one side knows (a flag added to the trainer after the run) are not compared."""
+    wanted = _recipe(args)
+    return all(recorded[k] == v for k, v in wanted.items() if k in recorded)
+
+
+def run_state(run_dir: str | Path, args: list[str]) -> str:
+    """FINISHED, REPLACE or TRAIN for the run of `args` (recipe flags and --seed) in
+    `run_dir`. A finished metrics.json is authoritative: its recorded config decides."""
+    run_dir = Path(run_dir)
+    metrics, started = run_dir / METRICS, run_dir / STARTED
+    if metrics.is_file():
+        try:
+            recorded = json.loads(metrics.read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise HarnessError(f"{metrics}: unreadable ({e}); move the folder away to retrain it") from None
+        return FINISHED if same_recipe(recorded, args) else REPLACE
+    if started.is_file():
+        try:
+            started_args = list(json.loads(started.read_text())["args"])
+            if "--seed" not in started_args and "--seed" in args:  # written before the seed was kept
+                started_args += args[args.index("--seed"):args.index("--seed") + 2]
+            recorded = _recipe(started_args)
+        except (OSError, ValueError, KeyError, TypeError, SystemExit):
+            return REPLACE
+        return TRAIN if recorded == _recipe(args) else REPLACE
+    return TRAIN
+
+
 @dataclass
 class Preset:
     """Everything one preset needs: which rows and seeds, the budget, the paths."""
@@ -302,12 +351,14 @@ class Preset:
     gpu: int
     experiment: str
     readme: str                 # file whose markers receive the tables
+    extra_args: list[str] = field(default_factory=list)   # more recipe flags (train.extra_args)
+    _states: dict = field(default_factory=dict, repr=False)
 
     def run_dir(self, cell: str, seed) -> str:
         return f"{self.results}/runs/{cell}/seed{seed}"
 
     def metrics(self, cell: str, seed) -> str:
-        return f"{self.run_dir(cell, seed)}/metrics.json"
+        return f"{self.run_dir(cell, seed)}/{METRICS}"
 
     def all_metrics(self, rows: list[dict] | None = None) -> list[str]:
         return [self.metrics(r["cell"], s) for r in (rows or self.rows) for s in self.seeds]
@@ -322,6 +373,41 @@ class Preset:
         if self.max_test_examples:
             args += ["--max-test-examples", str(self.max_test_examples)]
         return args
+
+    def args(self, row: dict) -> list[str]:
+        """The flags that decide a run's numbers: the row's recipe, the preset's budget
+        and (full preset) train.extra_args. The seed comes on top."""
+        from locallearn.cells import recipe_args
+
+        return with_flags(recipe_args(row), self.budget_args()) + list(self.extra_args)
+
+    def state(self, row: dict, seed) -> str:
+        """run_state of one run, looked at once per workflow invocation."""
+        key = (row["cell"], int(seed))
+        if key not in self._states:
+            self._states[key] = run_state(self.run_dir(row["cell"], seed), self.args(row) + ["--seed", str(seed)])
+        return self._states[key]
+
+    def to_train(self, rows: list[dict] | None = None) -> list[str]:
+        """metrics.json of the selected runs that are not finished: the only runs the
+        workflow schedules (finished ones are read, never rebuilt)."""
+        return [self.metrics(r["cell"], s) for r in (rows or self.rows) for s in self.seeds
+                if self.state(r, s) != FINISHED]
+
+
+class Presets(dict):
+    """name -> Preset. A preset whose selection does not fit the grid (the quick preset
+    on a grid without its Fashion-MNIST mlp rows) is kept as its error, raised only when
+    that preset is used, so the other targets still work."""
+
+    def __init__(self, presets: dict[str, Preset], errors: dict[str, HarnessError]):
+        super().__init__(presets)
+        self.errors = errors
+
+    def __getitem__(self, name: str) -> Preset:
+        if name in self.errors:
+            raise self.errors[name]
+        return super().__getitem__(name)
 
 
 def results_root(config: dict) -> str:
@@ -345,22 +431,30 @@ def with_flags(args: list[str], flags: list[str]) -> list[str]:
     return args
 
 
-def make_presets(config: dict, rows: list[dict]) -> dict[str, Preset]:
+def make_presets(config: dict, rows: list[dict]) -> Presets:
     res = results_root(config)
     train, quick = config["train"], config["quick"]
     full = Preset(
         name="full", rows=select_cells(rows, config["select"], "select"), table_rows=rows,
         seeds=config["seeds"], results=f"{res}/full", epochs=None, max_train_examples=0,
         max_test_examples=0, device=train["device"], threads=train["threads"], gpu=train["gpu"],
-        experiment=config["mlflow"]["experiment"], readme=config["readme"])
-    qrows = select_cells(rows, quick["select"], "quick.select")
-    q = Preset(
+        experiment=config["mlflow"]["experiment"], readme=config["readme"], extra_args=train["extra_args"])
+    presets, errors = {"full": full}, {}
+    try:
+        qrows = select_cells(rows, quick["select"], "quick.select")
+    except HarnessError as e:
+        errors["quick"] = HarnessError(
+            f"the `quick` target trains the cells of config quick.select (by default the "
+            f"Fashion-MNIST mlp row), but {e} ({cells_path(config)}); set quick.select to rows of "
+            "this grid, e.g. --config 'quick={select: {datasets: [MNIST], networks: [mlp]}}'")
+        return Presets(presets, errors)
+    presets["quick"] = Preset(
         name="quick", rows=qrows, table_rows=qrows, seeds=quick["seeds"], results=f"{res}/quick",
         epochs=quick["epochs"], max_train_examples=quick["max_train_examples"],
         max_test_examples=quick["max_test_examples"], device=quick["device"],
         threads=quick["threads"], gpu=quick["gpu"], experiment=quick["experiment"],
         readme=f"{res}/quick/README.md")
-    return {"full": full, "quick": q}
+    return Presets(presets, errors)
 
 
 def tracking_uri(config: dict, preset: Preset) -> str:
@@ -374,11 +468,6 @@ def tracking_uri(config: dict, preset: Preset) -> str:
 def data_dir(config: dict) -> str:
     """config data_dir, else $LOCALLEARN_DATA, else ./data (locallearn's own default)."""
     return config["data_dir"] or os.environ.get("LOCALLEARN_DATA") or "data"
-
-
-def tolerance(config: dict, dataset: str) -> float:
-    tol = config["tolerance"]
-    return float(tol.get(dataset, tol["default"]))
 
 
 # --------------------------------------------------------------------------- estimates

@@ -1,14 +1,19 @@
-"""The jobs that call the locallearn CLI (rules prepare_data, tracking_init, train), run
-through the shim run_locallearn.py. Values that do not change a run's numbers (data
-dir, tracking URI, device, threads, pipeline stages) are read here from the config
-rather than declared as params, so changing them never makes Snakemake retrain a
-finished cell. The command line heads the job's log; the job fails with the command's
-exit status."""
+"""The jobs of the rules prepare_data, tracking_init, set_aside and train, run through
+the shim run_locallearn.py. Values that do not change a run's numbers (data dir,
+tracking URI, device, threads, pipeline stages) are read here from the config rather
+than declared as params. Which runs are trained at all is decided before the DAG
+(harness.run_state); a finished run never reaches these jobs.
+
+Each command is headed, in its log, by the time, the host and the command line; the
+job fails with the command's exit status. A training run's output goes to train.log in
+its run folder, appended across attempts and resumes (Snakemake empties a rule's log
+before each attempt); the rule's log gets a copy of the attempt."""
 from __future__ import annotations
 
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -39,17 +44,30 @@ class Job:
         process list; only the redacted form is ever written."""
         self.env["MLFLOW_TRACKING_URI"] = uri
 
-    def run(self, args: list[str], command: list[str] | None = None) -> None:
+    def run(self, args: list[str], command: list[str] | None = None, keep: Path | None = None) -> None:
+        """Run the command; its output goes to `keep` (appended, kept across attempts)
+        if given, then is copied to the rule's log, else straight to the rule's log."""
         cmd = (command or self.command) + args
-        with open(self.log_path, "a") as log:
-            log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
-            log.flush()
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
-            log.write(f"# exit status {rc}\n")
+        header = f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {socket.gethostname()}: {shlex.join(cmd)}\n"
+        out_path = keep or self.log_path
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        if keep:
+            with open(self.log_path, "a") as log:
+                log.write(header + f"# output: {keep} (this attempt is copied here when it ends)\n")
+        with open(out_path, "a") as out:
+            start = out.tell()
+            out.write(header)
+            out.flush()
+            rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+            out.write(f"# exit status {rc}\n")
+        if keep:
+            with open(keep, "rb") as src, open(self.log_path, "ab") as log:
+                src.seek(start)
+                log.write(src.read().split(b"\n", 1)[1])   # the header is there already
         if rc != 0:
             tail = self.log_path.read_text().splitlines()[-15:]
             sys.stderr.write("\n".join(tail) + "\n")
-            sys.exit(f"{shlex.join(cmd)} failed with exit status {rc}; log: {self.log_path}")
+            sys.exit(f"{shlex.join(cmd)} failed with exit status {rc}; log: {out_path}")
 
 
 def write_json(path: str, data: dict) -> None:
@@ -108,24 +126,42 @@ def train(job: Job) -> None:
                 job.env["CUDA_DEVICE_ORDER"] = os.environ["CUDA_DEVICE_ORDER"]
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={stages}", "--no-python", *job.command]
-    # The recipe flags of the run in this folder. Snakemake reruns a finished cell when
-    # they change (its only params); the trainer refuses to resume a checkpoint of another
-    # config, so the old run is moved aside (kept, never deleted) and this one starts fresh.
+    # The flags this folder's run was started with: harness.run_state reads them to tell
+    # an unfinished run of this recipe (resumed) from one of another (set aside first).
     run_dir = Path(sm.output[0]).parent
-    stamp = run_dir / "harness.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("args") != list(sm.params.args):
-        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(run_dir, aside)
-        with open(job.log_path, "a") as log:
-            log.write(f"# the recipe flags changed: previous run moved to {aside}\n")
     run_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"args": list(sm.params.args)}, indent=1) + "\n")
-    job.run(args, command)
+    (run_dir / harness.STARTED).write_text(json.dumps({"args": [*sm.params.args, "--seed", seed]}, indent=1) + "\n")
+    job.run(args, command, keep=run_dir / "train.log")
     if not Path(sm.output[0]).is_file():
         sys.exit(f"{cell} seed {seed}: the trainer exited 0 without writing {sm.output[0]}")
 
 
-ACTIONS = {"prepare_data": prepare_data, "tracking_init": tracking_init, "train": train}
+def set_aside(job: Job) -> None:
+    """Move a run folder of another recipe to seed<k>.replaced-<time>/ (the output's
+    folder, which Snakemake has just created empty) and record it in replaced.json."""
+    sm = job.sm
+    preset = job.presets[sm.wildcards.preset]
+    run_dir = Path(preset.run_dir(sm.wildcards.cell, sm.wildcards.seed))
+    aside = Path(sm.output[0]).parent
+    record = {"moved": str(run_dir), "to": str(aside), "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "host": socket.gethostname(), "new_recipe_args": list(sm.params.args)}
+    metrics = run_dir / harness.METRICS
+    if metrics.is_file():
+        old = json.loads(metrics.read_text())
+        record.update(finished=True, test_error=old.get("test_error"), config_hash=old.get("config_hash"))
+    else:
+        record["finished"] = False
+    if run_dir.exists():
+        os.replace(run_dir, aside)  # one rename: the folder is at one place or the other, never lost
+    else:
+        record["note"] = "the run folder was already gone"
+    with open(job.log_path, "a") as log:
+        log.write(f"# {record['time']}: {run_dir} (a run of another recipe) moved to {aside}\n")
+    write_json(sm.output[0], record)
+
+
+ACTIONS = {"prepare_data": prepare_data, "tracking_init": tracking_init, "set_aside": set_aside,
+           "train": train}
 
 
 def main(sm) -> None:

@@ -1,8 +1,5 @@
-"""Snakemake `script:` of the rules that call the locallearn CLI; the jobs are in jobs.py.
-
-Kept this short on purpose: Snakemake reruns every finished job whose script text
-changed (its "code" rerun trigger), so a change to the job logic must not touch this
-file, or every trained cell would be trained again."""
+"""Snakemake `script:` of the rules that call the locallearn CLI (prepare_data,
+tracking_init, set_aside, train): a shim into jobs.py, where the jobs are."""
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821  (snakemake is injected by Snakemake)
