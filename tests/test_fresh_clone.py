@@ -1,0 +1,149 @@
+"""What a new user gets: a real `git clone` of this repository (no .snakemake/, every
+file's mtime the time of the clone), then the README's own commands, as typed, from
+the clone's root. Every documented form schedules exactly the runs without a finished
+metrics.json (82 of the 86 with the committed Fashion-MNIST mlp row; none of that
+row), for the reason that their metrics.json is missing; and a changed row of a
+committed cell trains it again with the old run kept whole beside the new one."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, needs_fmnist
+
+COMMITTED = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist-mlp-predsim"]
+FMNIST_MLP = "select={datasets: [FashionMNIST], models: [mlp]}"
+HAS_SLURM_PLUGIN = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
+                                reason="needs git and a git checkout of the repository")
+
+
+def git_clone(dest: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", str(REPO), str(dest)], check=True, timeout=120)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    return git_clone(tmp_path_factory.mktemp("clone") / "locallearn")
+
+
+def env_for(root: Path) -> dict:
+    """A new user's shell: the clone's package, no tracking server or data dir set."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LOCALLEARN_DATA")}
+    env["PYTHONPATH"] = str(root)
+    return env
+
+
+def snakemake(root: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=root, env=env_for(root),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def train_jobs(output: str) -> dict[str, str]:
+    """{metrics.json the train job writes: its reason} of a dry run."""
+    jobs = {}
+    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", output):
+        if re.search(r"^(?:local)?rule train:", block, re.M):
+            out = re.search(r"^\s+output: (\S+)", block, re.M).group(1)
+            jobs[out] = re.search(r"^\s+reason: (.*)$", block, re.M).group(1)
+    return jobs
+
+
+def test_readme_counts_what_the_dry_run_lists(clone):
+    readme = (clone / "README.md").read_text()
+    claimed = re.search(r"snakemake -n +# dry run: lists the (\d+) training jobs", readme)
+    assert claimed, "the README's dry-run line is gone"
+    r = snakemake(clone, "-n")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(train_jobs(r.stdout)) == int(claimed.group(1)) == 82
+
+
+FORMS = [
+    # (the command line after `snakemake`, training jobs expected)
+    (["--cores", "all", "--resources", "gpu=1", "--keep-going"], 82),
+    (["--cores", "all", "--resources", "gpu=4", "--keep-going"], 82),
+    (["--workflow-profile", "workflow/profiles/default"], 82),
+    (["--cores", "all", "--config", "train={device: cpu, gpu: 0}"], 82),
+    (["--cores", "all", "--resources", "gpu=1", "all", "--config", "mlflow={uri: http://tracking:5000}",
+      "data_dir=/shared/data"], 82),
+    (["--cores", "all", "--resources", "gpu=1", "--keep-going", "--config", FMNIST_MLP], 0),
+    (["--workflow-profile", "workflow/profiles/default", "--config", FMNIST_MLP], 0),
+    (["--cores", "2", "--workflow-profile", "workflow/profiles/default",
+      "--config", FMNIST_MLP, "train={device: cpu, gpu: 0, threads: 2}"], 0),
+    (["--cores", "all", "--config", "select={datasets: [MNIST, KuzushijiMNIST]}"], 18),
+    (["--cores", "all", "--config", "select={models: [mlp], losses: [predsim]}"], 4),
+    (["--cores", "all", "--config", "select={cells: [cifar10-vgg11b-x3-*]}", "seeds=[1,2,3]"], 15),
+    (["--cores", "all", "--config", "seeds=[1,2]"], 82 + 86),
+    pytest.param(["--profile", "workflow/profiles/slurm", "all"], 82,
+                 marks=pytest.mark.skipif(not HAS_SLURM_PLUGIN, reason="no SLURM executor plugin")),
+    pytest.param(["--profile", "workflow/profiles/slurm", "all", "--config", FMNIST_MLP], 0,
+                 marks=pytest.mark.skipif(not HAS_SLURM_PLUGIN, reason="no SLURM executor plugin")),
+]
+
+
+@pytest.mark.parametrize("args, expected", FORMS, ids=lambda a: " ".join(a) if isinstance(a, list) else str(a))
+def test_documented_forms_schedule_only_unfinished_runs(clone, args, expected):
+    r = snakemake(clone, "-n", *args)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    jobs = train_jobs(r.stdout)
+    assert len(jobs) == expected, sorted(jobs)
+    for out, reason in jobs.items():
+        assert reason.startswith(f"Missing output files: {out}"), (out, reason)
+    for cell in COMMITTED:
+        assert f"results/full/runs/{cell}/seed1/metrics.json" not in r.stdout
+    if expected == 0:
+        assert "prepare_data" not in r.stdout and "tracking_init" not in r.stdout
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True)
+    assert status.stdout == "", status.stdout                 # a dry run writes nothing
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_changed_row_of_a_committed_cell_keeps_the_old_run_whole(tmp_path):
+    """Change a committed cell's row (its epochs), run the README's command for it: the
+    finished run is moved aside, metrics.json and all, before the new run starts; every
+    other committed run is untouched; the next run of the same command trains nothing."""
+    root = git_clone(tmp_path / "locallearn")
+    runs = root / "results" / "full" / "runs"
+    committed = {c: (runs / c / "seed1" / "metrics.json").read_bytes() for c in COMMITTED}
+    cells = root / "workflow" / "config" / "cells.tsv"
+    lines = cells.read_text().splitlines()
+    header = lines[0].split("\t")
+    for i, line in enumerate(lines):
+        row = dict(zip(header, line.split("\t")))
+        if row["cell"] == "fmnist-mlp-pred":
+            row["epochs"], row["milestones"] = "1", "1"
+            lines[i] = "\t".join(row[c] for c in header)
+    cells.write_text("\n".join(lines) + "\n")
+    command = ["--cores", "1", "--config", "select={cells: [fmnist-mlp-pred]}",
+               "train={device: cpu, gpu: 0, threads: 1, extra_args: [--max-train-examples, 512, "
+               "--max-test-examples, 256]}"]
+    r = snakemake(root, *command, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+
+    moved = list((runs / "fmnist-mlp-pred").glob("seed1.replaced-*"))
+    assert len(moved) == 1 and (moved[0] / "metrics.json").read_bytes() == committed["fmnist-mlp-pred"]
+    record = json.loads((moved[0] / "replaced.json").read_text())
+    assert record["finished"] is True and record["test_error"] == 8.58
+    new = json.loads((runs / "fmnist-mlp-pred" / "seed1" / "metrics.json").read_text())
+    assert new["epochs"] == 1 and new["config"]["max_train_examples"] == 512
+    for c in COMMITTED[:1] + COMMITTED[2:]:
+        assert (runs / c / "seed1" / "metrics.json").read_bytes() == committed[c], c
+
+    stamp = hashlib.sha256((runs / "fmnist-mlp-pred" / "seed1" / "metrics.json").read_bytes()).hexdigest()
+    r = snakemake(root, *command, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert not re.search(r"^(?:local)?rule (train|set_aside):", r.stdout, re.M)
+    assert hashlib.sha256((runs / "fmnist-mlp-pred" / "seed1" / "metrics.json").read_bytes()).hexdigest() == stamp
+    assert len(list((runs / "fmnist-mlp-pred").glob("seed1.replaced-*"))) == 1
