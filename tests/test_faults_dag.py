@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,3 +85,46 @@ def test_killed_grid_resumes_to_identical_tables(tmp_path):
         a = json.loads((runs / c / "seed1" / "metrics.json").read_text())
         b = json.loads((clean / "results" / "quick" / "runs" / c / "seed1" / "metrics.json").read_text())
         assert [h["test_error"] for h in a["history"]] == [h["test_error"] for h in b["history"]]
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_killed_job_keeps_its_log_and_quick_writes_only_its_own_files(tmp_path):
+    """A training job killed mid-epoch, then the same command again: the run folder's
+    train.log holds both attempts, each under its own header (time, host, command); the
+    rule's log (emptied by Snakemake before each attempt) the last one. With a tracking
+    server named by $MLFLOW_TRACKING_URI, the quick preset's runs go there and its files
+    only under results/quick/ (plus the dataset and its check mark), as the README says."""
+    work, server = tmp_path / "work", tmp_path / "server"
+    work.mkdir()
+    server.mkdir()
+    env = dict(_env(), MLFLOW_TRACKING_URI=f"sqlite:///{server}/mlflow.db")
+    budget = ("quick={epochs: 2, max_train_examples: 640, max_test_examples: 256, "
+              "select: {cells: [fmnist-mlp-pred]}}")
+    cmd = _cmd(work, "--cores", "1", "quick", "--config", budget)
+    killed = subprocess.run(cmd, cwd=work, env=dict(env, LOCALLEARN_FAULT="kill-mid-epoch:2"),
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode != 0
+    run = work / "results" / "quick" / "runs" / "fmnist-mlp-pred" / "seed1"
+    assert (run / "checkpoint.pt").is_file() and not (run / "metrics.json").exists()
+    again = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+
+    log = (run / "train.log").read_text()
+    header = re.compile(r"^# \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S* ?on (\S+): .*-m locallearn train .*--seed 1 .*$", re.M)
+    assert header.findall(log) == [socket.gethostname()] * 2, log[:3000]
+    _, _, first, _, second = header.split(log)   # before, host, attempt 1, host, attempt 2
+    assert "# exit status -9" in first and "resuming after epoch 1" in second and "# exit status 0" in second
+    rule_log = (work / "results" / "quick" / "logs" / "train" / "fmnist-mlp-pred" / "seed1.log").read_text()
+    assert len(header.findall(rule_log)) == 1 and "resuming after epoch 1" in rule_log
+
+    written = sorted(p.relative_to(work).as_posix() for p in work.rglob("*")
+                     if p.is_file() and p.relative_to(work).parts[0] != ".snakemake")
+    outside = [p for p in written if not p.startswith(("results/quick/", "data/", "results/.prepared/"))]
+    assert outside == [] and written, outside
+    assert "results/.prepared/FashionMNIST.ok" in written and not (work / "results" / "quick" / "mlflow.db").exists()
+    import mlflow
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["locallearn-quick"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert list(runs["status"]) == ["FINISHED"] and list(runs["metrics.test_error"]) == [metrics["test_error"]]

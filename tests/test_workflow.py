@@ -578,3 +578,31 @@ def test_a_grid_without_the_quick_rows(tmp_path):
             "but config key 'quick.select.datasets': 'FashionMNIST' matches no row") in r.stdout + r.stderr
     r = snakemake(tmp_path, "-n", "quick", "--config", f"cells={mine}", "quick={select: {datasets: [MNIST], networks: [mlp]}}")
     assert r.returncode == 0 and job_counts(r.stdout)["train"] == 4
+
+
+def test_locallearn_tables_writes_what_the_tables_target_writes(tmp_path):
+    """`locallearn tables --results results/full --readme README.md`, from the
+    repository root, makes the same README, tables and figures as `snakemake --cores 1
+    tables`, byte for byte: both call locallearn.report.refresh with the same arguments."""
+    made = {}
+    for how in ("snakemake", "cli"):
+        root = tmp_path / how
+        for m in sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json")):
+            dest = root / m.relative_to(REPO)
+            dest.parent.mkdir(parents=True)
+            shutil.copy(m, dest)
+        shutil.copy(REPO / "README.md", root / "README.md")
+        (root / "workflow").symlink_to(REPO / "workflow")      # the CLI's defaults, as in a checkout
+        if how == "snakemake":
+            r = snakemake(root, "--cores", "1", "tables")
+        else:
+            r = subprocess.run([sys.executable, "-m", "locallearn", "tables", "--results", "results/full",
+                                "--readme", "README.md"], cwd=root, env=_env(), capture_output=True, text=True)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        made[how] = {p.relative_to(root).as_posix(): p.read_bytes() for p in
+                     [root / "README.md", *sorted((root / "results" / "full").rglob("*.md")),
+                      *sorted((root / "results" / "full").rglob("*.png"))]}
+    assert sorted(made["cli"]) == sorted(made["snakemake"])
+    for name, data in made["snakemake"].items():
+        assert made["cli"][name] == data, name
+    assert made["cli"]["README.md"] == (REPO / "README.md").read_bytes()

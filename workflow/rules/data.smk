@@ -3,7 +3,7 @@ rule prepare_data:
     output:
         f"{RES}/.prepared/{{dataset}}.ok",
     log:
-        f"{RES}/logs/data/{{dataset}}.log",
+        f"{RES}/.prepared/{{dataset}}.log",
     localrule: True
     conda:
         CONDA_ENV
