@@ -6,6 +6,9 @@
 #
 # Config: workflow/config/config.yaml (checked against workflow/schemas/ before any job).
 # The grid: workflow/config/cells.tsv, one row per cell.
+# Only runs without a finished metrics.json of their recipe become jobs (rules/common.smk);
+# the stages: rules/data.smk (prepare_data, tracking_init), rules/train.smk (set_aside,
+# train), rules/figures.smk, rules/tables.smk, rules/readme.smk.
 from snakemake.utils import min_version
 
 min_version("9.0")

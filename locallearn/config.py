@@ -80,8 +80,8 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
 def _add_project_flags(p: argparse.ArgumentParser) -> None:
     """Additive flags: where a run reads and writes, and how it is executed."""
     a = p.add_argument
-    a("--out", default=None, help=f"output folder: metrics.json, checkpoint, log "
-      f"(default: --save-dir, else {DEFAULT_OUT})")
+    a("--out", default=None, help=f"output folder: metrics.json, checkpoint, curve.png; the workflow "
+      f"adds train.log (default: --save-dir, else {DEFAULT_OUT})")
     a("--data-dir", default=None, help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
     a("--download", action="store_true", help="allow downloading missing datasets")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
