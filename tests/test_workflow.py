@@ -583,7 +583,8 @@ def test_a_grid_without_the_quick_rows(tmp_path):
 def test_locallearn_tables_writes_what_the_tables_target_writes(tmp_path):
     """`locallearn tables --results results/full --readme README.md`, from the
     repository root, makes the same README, tables and figures as `snakemake --cores 1
-    tables`, byte for byte: both call locallearn.report.refresh with the same arguments."""
+    tables`, byte for byte: both call locallearn.report.refresh with the same arguments
+    (the target then also mirrors the runs into MLflow)."""
     made = {}
     for how in ("snakemake", "cli"):
         root = tmp_path / how
@@ -600,8 +601,8 @@ def test_locallearn_tables_writes_what_the_tables_target_writes(tmp_path):
                                 "--readme", "README.md"], cwd=root, env=_env(), capture_output=True, text=True)
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         made[how] = {p.relative_to(root).as_posix(): p.read_bytes() for p in
-                     [root / "README.md", *sorted((root / "results" / "full").rglob("*.md")),
-                      *sorted((root / "results" / "full").rglob("*.png"))]}
+                     [root / "README.md", *sorted((root / "results" / "full" / "tables").rglob("*.md")),
+                      *sorted((root / "results" / "full" / "figures").rglob("*.png"))]}
     assert sorted(made["cli"]) == sorted(made["snakemake"])
     for name, data in made["snakemake"].items():
         assert made["cli"][name] == data, name
