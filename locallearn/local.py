@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cost import decoder_pooling  # the rule is architecture arithmetic, shared with the cost model
+
 
 # --------------------------------------------------------------------------- similarity
 def similarity_matrix(x: torch.Tensor, use_std: bool = True) -> torch.Tensor:
@@ -42,29 +44,6 @@ def similarity_matrix(x: torch.Tensor, use_std: bool = True) -> torch.Tensor:
 
 
 # ------------------------------------------------------------- decoder input pooling
-def decoder_pooling(channels: int, side: int, dim_in_decoder: int):
-    """The reference's rule for bounding a conv block's pred-decoder input.
-
-    Start from kernel (1, 1); while channels * out_h * out_w exceeds the bound and
-    kh < side, double kh, and if still too big double kw. Output side ceil(side / k),
-    zero padding (k * (ceil(side/k) - side//k)) // 2, stride = kernel.
-    Returns (kernel, padding, decoder_input_size).
-    """
-    kh = kw = 1
-    out_h = out_w = side
-    size = channels * out_h * out_w
-    while size > dim_in_decoder and kh < side:
-        kh *= 2
-        out_h = math.ceil(side / kh)
-        size = channels * out_h * out_w
-        if size > dim_in_decoder:
-            kw *= 2
-            out_w = math.ceil(side / kw)
-            size = channels * out_h * out_w
-    pad = ((kh * (out_h - side // kh)) // 2, (kw * (out_w - side // kw)) // 2)
-    return (kh, kw), pad, size
-
-
 class DecoderPool(nn.Module):
     """Average pooling before the pred decoder (identity when the kernel is 1x1).
     Padded zeros count in the average (count_include_pad), as in the reference."""

@@ -38,6 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import faults
+from .cost import network_cost, stage_count_error
 from .engines import FusedEngine, epoch_batches
 from .errors import CheckpointError, ConfigError, LocallearnError
 from .fit import fit
@@ -60,15 +61,11 @@ def _timeout() -> float:
 # ======================================================================== configuration
 def check_config(cfg) -> None:
     s = cfg.pipeline_stages
-    if s < 1:
-        raise ConfigError(f"--pipeline-stages: must be >= 1, got {s}")
+    problem = stage_count_error(cfg, s)  # stage count, backprop, no-detach: cost.py
+    if problem:
+        raise ConfigError(problem)
     if s == 1:
         return
-    if cfg.backprop or cfg.no_detach:
-        flag = "--backprop" if cfg.backprop else "--no-detach"
-        raise ConfigError(f"{flag} cannot be combined with --pipeline-stages {s}: only local training with "
-                          "detached block inputs is pipelined exactly (gradients would have to flow back "
-                          "across stages); drop --pipeline-stages or the flag")
     if cfg.engine != "fused":
         raise ConfigError(f"--engine {cfg.engine}: the pipeline reproduces the fused engine; use --engine fused")
     if cfg.stage_devices and len(cfg.stage_devices) != s:
@@ -80,32 +77,10 @@ def check_config(cfg) -> None:
 
 # ============================================================================ balancing
 def layer_costs(model: LocalNet, spec, cfg) -> tuple[list[float], list[tuple], float]:
-    """(FLOPs of forward + local loss + backward per layer at batch 1 (from batch 2),
-    each layer's output shape per example, output layer's FLOPs). Runs on a copy:
-    the real model's BatchNorm statistics and dropout generators are untouched."""
-    from torch.utils.flop_counter import FlopCounterMode
-    m = copy.deepcopy(model).cpu().train()
-    for b in m.blocks:
-        b.seed_dropout(0)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, spec.channels, spec.size, spec.size, generator=g)
-    y = torch.arange(2) % spec.num_classes
-    yo = F.one_hot(y, spec.num_classes).float()
-    costs, shapes = [], []
-    for layer in m.layers:
-        with FlopCounterMode(display=False) as fc:
-            if isinstance(layer, Block):
-                h, out = layer(x)
-                loss = layer.head(h, x, y, yo)[0] if layer.head is not None else out.sum()
-                loss.backward()
-            else:
-                out = layer(x)
-        costs.append(fc.get_total_flops() / 2)
-        x = out.detach()
-        shapes.append(tuple(x.shape[1:]))
-    with FlopCounterMode(display=False) as fc:
-        F.cross_entropy(m.output(x), y).backward()
-    return costs, shapes, fc.get_total_flops() / 2
+    """(multiply-adds of forward + local loss + backward per layer and example, each
+    layer's output shape per example, the output layer's multiply-adds): cost.py."""
+    cost = network_cost(cfg)
+    return [l.train for l in cost.layers], [l.shape for l in cost.layers], cost.output.train
 
 
 def balance(costs: list[float], stages: int) -> list[tuple[int, int]]:
@@ -139,9 +114,7 @@ def split_layers(model: LocalNet, costs: list[float], stages: int) -> list[tuple
     """Balanced contiguous split of model.layers: a parameter-free step (max-pool,
     flatten) stays with the block before it (a leading one with the first block), so
     every stage owns at least one block."""
-    starts = [i for i, m in enumerate(model.layers) if isinstance(m, Block)]
-    if stages > len(starts):
-        raise ConfigError(f"--pipeline-stages {stages}: the network has only {len(starts)} blocks to split")
+    starts = [i for i, m in enumerate(model.layers) if isinstance(m, Block)]  # check_config bounds stages
     starts[0] = 0
     ends = starts[1:] + [len(model.layers)]
     unit_costs = [sum(costs[a:b]) for a, b in zip(starts, ends)]

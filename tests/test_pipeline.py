@@ -14,7 +14,7 @@ from locallearn import train as train_mod
 from locallearn.config import parse_train_args
 from locallearn.errors import ConfigError, OutputError
 from locallearn.faults import FAULT_ENV
-from locallearn.pipeline import PipelineError, balance, split_layers
+from locallearn.pipeline import PipelineError, balance, check_config, split_layers
 from locallearn.rundir import CHECKPOINT, checkpoint_name
 
 TIMING = {"epoch_seconds", "images_per_second", "stage_wait_seconds"}
@@ -132,8 +132,8 @@ def test_balance_minimises_slowest_stage():
     assert all(a == b2 for (_, a), (b2, _) in zip(bounds, bounds[1:]))
     from locallearn.models import Block
     assert all(isinstance(model.layers[a], Block) or a == 0 for a, _ in bounds)
-    with pytest.raises(ConfigError, match="only 7 blocks"):
-        split_layers(model, [1.0] * n, 8)
+    with pytest.raises(ConfigError, match="only 7 hidden blocks"):  # the trainer's check (cost.py)
+        check_config(parse_train_args(VGG + ["--pipeline-stages", "8"]))
 
 
 def test_resume_of_killed_pipeline_equals_uninterrupted_sequential(tmp_path, monkeypatch):

@@ -1,0 +1,101 @@
+"""The torch-free cost model (locallearn/cost.py) against what torch counts.
+
+For networks of every kind (mlp, VGG with max-pools, the STL-10 7x7/2 stem, an MLP
+head), every local loss (pred, sim, predsim, bio, the unsupervised terms) and global
+backprop / --no-detach, one real fused training step and one evaluation forward pass
+run under torch's FlopCounterMode; the counted multiply-adds (FLOP / 2) per example
+must equal cost.network_cost's train_macs and eval_macs within TOLERANCE, and every
+layer's output shape must be the one the real layer returns (the pipeline sizes its
+message buffers from them)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from locallearn.config import parse_train_args
+from locallearn.cost import network_cost, stage_count_error
+from locallearn.datasets import SPECS
+from locallearn.models import Block, build_model
+from locallearn.engines import FusedEngine
+
+TOLERANCE = 0.01  # relative; the two agree exactly on every case below today
+
+SMALL_VGG = ["--feat-mult", "0.0625", "--dim-in-decoder", "256", "--num-hidden", "32"]
+CASES = {
+    "mlp-backprop": ["--model", "mlp", "--dataset", "MNIST", "--num-layers", "3", "--num-hidden", "64", "--backprop"],
+    "mlp-pred": ["--model", "mlp", "--dataset", "FashionMNIST", "--num-layers", "2", "--num-hidden", "64",
+                 "--loss-sup", "pred"],
+    "mlp-predsim": ["--model", "mlp", "--dataset", "CIFAR100", "--num-layers", "2", "--num-hidden", "64"],
+    "mlp-sim-no-detach": ["--model", "mlp", "--dataset", "MNIST", "--num-layers", "2", "--num-hidden", "64",
+                          "--loss-sup", "sim", "--no-detach"],
+    "vgg8b-predsim": ["--model", "vgg8b", "--dataset", "CIFAR10", *SMALL_VGG],
+    "vgg8b-backprop": ["--model", "vgg8b", "--dataset", "CIFAR10", "--backprop", *SMALL_VGG],
+    "vgg6a-sim-head0": ["--model", "vgg6a", "--dataset", "KuzushijiMNIST", "--loss-sup", "sim",
+                        "--num-layers", "0", *SMALL_VGG],
+    "vgg8b-stl10-stem": ["--model", "vgg8b", "--dataset", "STL10", "--feat-mult", "0.03125",
+                         "--dim-in-decoder", "512", "--num-hidden", "32"],
+    "vgg11b-bio-predsim": ["--model", "vgg11b", "--dataset", "SVHN", "--bio", *SMALL_VGG],
+    "vgg8-unsup-sim": ["--model", "vgg8", "--dataset", "CIFAR10", "--loss-unsup", "sim", "--alpha", "0.5",
+                       *SMALL_VGG],
+    "vgg8b-unsup-recon-no-std": ["--model", "vgg8b", "--dataset", "MNIST", "--loss-unsup", "recon", "--alpha", "0.5",
+                                "--no-similarity-std", *SMALL_VGG],
+}
+BATCH = 8
+
+
+def counted(flags):
+    cfg = parse_train_args(flags + ["--batch-size", str(BATCH), "--device", "cpu"])
+    spec = SPECS[cfg.dataset]
+    torch.manual_seed(0)
+    model = build_model(cfg, spec.channels, spec.size, spec.num_classes)
+    engine = FusedEngine(cfg, model, torch.device("cpu"))
+    x = torch.randn(BATCH, spec.channels, spec.size, spec.size)
+    y = torch.arange(BATCH) % spec.num_classes
+    no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    with FlopCounterMode(display=False) as fc:
+        engine.step(x, y, F.one_hot(y, spec.num_classes).float(), no_autocast)
+    train = fc.get_total_flops() / 2 / BATCH
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x, local=False)
+    shapes, h = [], x
+    with torch.no_grad():
+        for layer in model.layers:
+            h = layer(h)[1] if isinstance(layer, Block) else layer(h)
+            shapes.append(tuple(h.shape[1:]))
+    return cfg, train, fc.get_total_flops() / 2 / BATCH, shapes
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cost_model_matches_flop_counter(case):
+    cfg, train, evaluate, shapes = counted(CASES[case])
+    cost = network_cost(cfg)
+    assert cost.train_macs == pytest.approx(train, rel=TOLERANCE), case
+    assert cost.eval_macs == pytest.approx(evaluate, rel=TOLERANCE), case
+    assert [l.shape for l in cost.layers] == shapes
+    assert cost.blocks == len(build_model(cfg, 3 if cfg.dataset != "MNIST" else 1,
+                                          SPECS[cfg.dataset].size, SPECS[cfg.dataset].num_classes).blocks)
+
+
+def test_paper_sized_counts():
+    """Counts of full-size networks, checked by hand: mlp 3x1024 on MNIST evaluates its
+    weight matrices once per example; vgg8b on CIFAR-10's first conv is 32*32*3*128*9."""
+    mlp = network_cost(parse_train_args(["--model", "mlp", "--dataset", "MNIST", "--num-layers", "3", "--backprop"]))
+    assert mlp.eval_macs == 784 * 1024 + 2 * 1024 * 1024 + 1024 * 10
+    assert mlp.train_macs == 3 * mlp.eval_macs - 784 * 1024      # no input gradient for the first layer
+    vgg = network_cost(parse_train_args(["--model", "vgg8b", "--dataset", "CIFAR10", "--dim-in-decoder", "2048"]))
+    first = vgg.layers[0]
+    assert first.kind == "conv" and first.forward == 32 * 32 * 3 * 128 * 9 and first.shape == (128, 32, 32)
+    assert first.heads > 128 * 128 * 9 * 32 * 32            # sim's extra conv dominates the heads
+    assert vgg.blocks == 7
+
+
+def test_stage_count_error():
+    cfg = parse_train_args(["--model", "mlp", "--dataset", "MNIST", "--num-layers", "3"])
+    assert stage_count_error(cfg, 1) is None and stage_count_error(cfg, 3) is None
+    assert stage_count_error(cfg, 4) == "--pipeline-stages 4: the network has only 3 hidden blocks to split"
+    assert "must be >= 1" in stage_count_error(cfg, 0)
+    cfg.backprop = True
+    assert stage_count_error(cfg, 2).startswith("--backprop cannot be combined with --pipeline-stages 2")
