@@ -86,7 +86,9 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
     a("--download", action="store_true", help="allow downloading missing datasets")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a("--engine", default="fused", help="fused (one backward, one step) | reference (per-block optimizers)")
-    a("--precision", default="fp32", help="fp32 | bf16 (autocast for forward and local losses)")
+    a("--precision", default="fp32",
+      help="fp32 (TF32 off: float32 as the paper) | tf32 (CUDA matmuls and convolutions in TF32) "
+           "| bf16 (autocast for forward and local losses); precision.py")
     a("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's choice)")
     a("--max-train-examples", type=int, default=0, help="use only the first N training examples (0: all)")
     a("--max-test-examples", type=int, default=0, help="use only the first N test examples (0: all)")
@@ -131,7 +133,7 @@ CHOICES = {
     "loss_unsup": ("none", "sim", "recon"),
     "optim": ("adam", "amsgrad", "sgd"),
     "engine": ("fused", "reference"),
-    "precision": ("fp32", "bf16"),
+    "precision": ("fp32", "tf32", "bf16"),  # precision.PRECISIONS (that module imports torch)
     "dataset": DATASETS,
 }
 

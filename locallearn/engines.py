@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import precision
 from .faults import fault
 from .models import Block, LocalNet, build_model, forward_layers
 from .sampler import classes_per_batch_at
@@ -163,7 +164,7 @@ class FusedEngine(Engine):
         if self.named_parameters:
             self.optimizers["all"] = make_optimizer(cfg, [p for _, p in self.named_parameters], device)
         self.graphs = (self.whole and device.type == "cuda" and not getattr(cfg, "no_cuda_graph", False)
-                       and getattr(cfg, "precision", "fp32") == "fp32")
+                       and precision.graphable(getattr(cfg, "precision", "fp32")))
         self._graph, self._warm = None, 0
 
     def set_lr(self, lr: float) -> bool:

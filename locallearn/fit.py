@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from . import precision
 from .engines import evaluate, no_progress, output_scale, train_epoch
 from .environment import environment_info, peak_memory_bytes
 from .errors import DivergenceError
@@ -91,8 +92,8 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
     tracker = folder.open_tracker() if reports else None
     if tracker is not None:
         tracker.log_history(history)
-    use_bf16 = cfg.precision == "bf16"
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+    precision_used = precision.apply(cfg.precision)  # this process's TF32 switches (every stage's)
+    autocast = precision.autocast(cfg.precision, device)
     progress = progress_bar(cfg) if reports else no_progress
     t_start = time.perf_counter()
     try:
@@ -134,7 +135,7 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
             "epochs": len(history), "history": history,
             "params_backprop": params_backprop, "params_total": params_total,
             "seed": cfg.seed, "config": vars(cfg), "config_hash": folder.config_hash, **environment_info(),
-            "device": str(device), "peak_memory_bytes": max(memory),
+            "device": str(device), "precision": precision_used, "peak_memory_bytes": max(memory),
             "wall_seconds": wall_before + time.perf_counter() - t_start,
             "run_name": folder.run_name, "tags": run_tags(cfg), **engine.run_info(),
         }

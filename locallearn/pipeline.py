@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from . import faults
+from . import faults, precision
 from .cost import network_cost, stage_count_error
 from .engines import FusedEngine, epoch_batches
 from .errors import CheckpointError, ConfigError, LocallearnError
@@ -258,7 +258,7 @@ class StageEngine(FusedEngine):
         self.rank, self.world = rank, world
         self.reports = rank == 0
         cap = max(cfg.batch_size, cfg.eval_batch_size)
-        dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+        dtype = precision.activation_dtype(cfg.precision)
         self.recv = None if rank == 0 else Receiver(rank - 1, shapes[a - 1], cap, device, dtype)
         self.send = None if rank == world - 1 else Sender(rank + 1, shapes[b - 1], cap, device, dtype)
 

@@ -111,6 +111,12 @@ def budget(metrics: dict, row: dict) -> str | None:
     return ", ".join(parts) or None
 
 
+def precision(metrics: dict) -> str | None:
+    """'bf16' or 'tf32' for a run not computed in float32 (--precision), else None."""
+    name = (metrics.get("config") or {}).get("precision") or "fp32"
+    return None if name == "fp32" else name
+
+
 class Cell:
     """One row of cells.tsv with its finished runs."""
 
@@ -122,6 +128,7 @@ class Cell:
         self.published = published_error(row)
         budgets = list(dict.fromkeys(b for b in (budget(m, row) for m in runs) if b))
         self.budget = "; ".join(budgets) or None
+        self.precision = ", ".join(dict.fromkeys(p for p in map(precision, runs) if p)) or None
 
     @property
     def n(self) -> int:
@@ -136,7 +143,7 @@ class Cell:
         return statistics.stdev(self.errors) if self.n > 1 else None
 
     def ours(self) -> str:
-        """'8.41', '8.41 ± 0.05', '8.41 ± 0.05 [2/3 seeds, 2/200 ep]' or 'not run'."""
+        """'8.41', '8.41 ± 0.05', '8.41 ± 0.05 [2/3 seeds, 2/200 ep, bf16]' or 'not run'."""
         if not self.n:
             return NOT_RUN
         text = _fmt(self.mean) + (f" ± {_fmt(self.std)}" if self.std is not None else "")
@@ -145,6 +152,8 @@ class Cell:
             notes.append(f"{self.n}/{self.expected} seeds")
         if self.budget:
             notes.append(self.budget)
+        if self.precision:  # not float32, as the paper: said in every table
+            notes.append(self.precision)
         return text + (f" [{', '.join(notes)}]" if notes else "")
 
     def entry(self) -> str:

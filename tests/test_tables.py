@@ -123,6 +123,18 @@ def test_budget_runs_state_their_budget():
             "| +37.13  | budget run (not compared) |") in out["summary"]
 
 
+def test_runs_not_in_float32_say_their_precision():
+    """A cell trained with --precision bf16 or tf32 says so in every table (issue 18);
+    float32 runs (the paper's precision, and runs written before the flag) say nothing."""
+    rows = _rows("fmnist-mlp-*")
+    run = {"test_error": 8.5, "epochs": 200, "config": {"epochs": 200, "precision": "bf16"}}
+    fp32 = {"test_error": 8.4, "epochs": 200, "config": {"epochs": 200}}
+    out = tables.compile_tables(rows, {"fmnist-mlp-predsim": [run], "fmnist-mlp-backprop": [fp32]},
+                                expected_seeds=1, tolerance=TOL)
+    assert "| 8.50 [bf16] (8.54)" in out["FashionMNIST"] and "| 8.40 (8.37)" in out["FashionMNIST"]
+    assert "| fmnist-mlp-predsim  | 1       | 8.54        | 8.50 [bf16] |" in out["summary"]
+
+
 def test_load_runs_discovers_seeds_and_reports_bad_json(tmp_path, rows):
     runs = tables.load_runs(FIXTURES / "runs", rows, None)
     assert [m["seed"] for m in runs["fmnist-mlp-backprop"]] == [1, 2, 3]

@@ -1,0 +1,55 @@
+"""`--precision fp32 | tf32 | bf16`: the arithmetic a run uses, as an explicit choice.
+
+  fp32  float32 everywhere, TF32 off for CUDA matrix products and cuDNN convolutions
+        (PyTorch's own default lets cuDNN run convolutions in TF32; the paper ran
+        float32). The default, on every device, until GPU evidence says otherwise.
+  tf32  float32 tensors, but CUDA matrix products and cuDNN convolutions in TF32
+        (10-bit mantissa inputs, float32 accumulation) on GPUs that have it (Ampere
+        and later). No effect on the CPU.
+  bf16  bfloat16 autocast for the forward pass and the local losses (CPU and CUDA);
+        what autocast leaves in float32 runs with TF32 off, as fp32.
+
+`apply` sets the process-wide switches and returns what it set, which a run writes
+into metrics.json ("precision") so every result says how it was computed.
+"""
+from __future__ import annotations
+
+import torch
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def apply(precision: str) -> dict:
+    """Set torch's TF32 switches for `precision`; return the record of what is in effect."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return record(precision)
+
+
+def record(precision: str) -> dict:
+    """What a run of `precision` computes in, read back from torch's switches."""
+    return {"name": precision,
+            "autocast": "bfloat16" if precision == "bf16" else None,
+            "cuda_matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn_conv_tf32": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def autocast(precision: str, device: torch.device):
+    """A factory of the autocast context the engines and evaluation enter."""
+    enabled = precision == "bf16"
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def activation_dtype(precision: str) -> torch.dtype:
+    """The dtype of the activations a block passes on (pipeline messages)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def graphable(precision: str) -> bool:
+    """Whether the fused step is captured as a CUDA graph in this precision: the
+    float32 paths are (tested bitwise equal to eager on an H200); the bf16 path is not
+    yet measured there, so it runs eagerly."""
+    return precision in ("fp32", "tf32")
