@@ -5,6 +5,7 @@ Fashion-MNIST with MLflow (slow; needs the trainer)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -128,17 +129,40 @@ def test_tracking_uri_and_data_dir(monkeypatch):
     assert harness.tracking_uri(cfg, quick) == "sqlite:///x.db"
 
 
-def test_cost_model():
+def test_cost_model(tmp_path):
+    """runtime from the FLOP model (cost.py's counts) until a measured grid-cost table of
+    the preset's kind of device and precision exists, then from that table."""
+    from locallearn import gridcost
     rows = {r["cell"]: r for r in harness.load_cells(CELLS)}
-    net, heads = harness.forward_macs(rows["mnist-mlp-backprop"])
-    assert net == 784 * 1024 + 2 * 1024 * 1024 + 1024 * 10 and heads == 0   # = its parameter count, less biases and BN
-    assert harness.forward_macs(rows["mnist-mlp-sim"])[1] > 0
-    cfg = harness.load_config()
+    cfg = harness.load_config(overrides={"results_dir": str(tmp_path)})
     full = harness.make_presets(cfg, list(rows.values()))["full"]
     small, big = (harness.runtime_minutes(rows[c], cfg, full) for c in ("mnist-mlp-backprop", "cifar10-vgg11b-x3-predsim"))
     assert 10 < small < big
+    assert harness.estimate_hours(rows["mnist-mlp-sim"], cfg["estimate"]) > \
+        harness.estimate_hours(rows["mnist-mlp-backprop"], cfg["estimate"])          # the sim heads cost
+    path = gridcost.table_path(tmp_path, "cuda", "fp32")
+    path.parent.mkdir(parents=True)
+    cell = {"seconds_per_step": 0.01, "seconds_per_test_image": 1e-5}
+    path.write_text(json.dumps({"batch_size": 128, "scale": 1, "cells": {"cifar10-vgg11b-x3-predsim": cell}}))
+    # 400 epochs x (391 steps x 10 ms + 10,000 x 10 us) = 1604 s = 26.7 min; x3 + 10
+    assert harness.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == math.ceil(1604 / 60 * 3) + 10
+    assert harness.runtime_minutes(rows["mnist-mlp-backprop"], cfg, full) == small   # not measured: the model
+    full.precision = "bf16"                                                            # another precision's table
+    assert harness.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == big
     cfg["train"]["runtime_minutes"] = {"CIFAR10": 600}
     assert harness.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == 600
+
+
+def test_precision_setting_reaches_the_flags():
+    """train.precision: fp32 adds no flag (a float32 grid's finished cells keep their
+    params, so Snakemake retrains none); another precision is a flag, and a new run."""
+    cfg = harness.load_config()
+    rows = harness.load_cells(CELLS)
+    assert harness.make_presets(cfg, rows)["full"].precision_args() == []
+    cfg = harness.load_config(overrides={"train": {"precision": "bf16"}})
+    assert harness.make_presets(cfg, rows)["full"].precision_args() == ["--precision", "bf16"]
+    with pytest.raises(harness.HarnessError, match="config key 'train.precision': 'fp16' is not one of fp32, tf32, bf16"):
+        harness.load_config(overrides={"train": {"precision": "fp16"}})
 
 
 def test_schema_enums_match_the_package():
@@ -161,7 +185,14 @@ def test_dataset_enums_come_from_the_one_table(monkeypatch):
     monkeypatch.setitem(harness.SCHEMA_ENUMS, "datasets", list(SPECS))
     with pytest.raises(harness.HarnessError, match="config key 'tolerance': unknown key 'EMNIST'"):
         harness.load_config(overrides={"tolerance": {"EMNIST": 1}})
-    assert set(harness.DATASETS) == set(SPECS)
+
+
+def test_precision_enum_comes_from_the_package():
+    from locallearn.config import CHOICES
+    assert '"bf16"' not in (REPO / "workflow" / "schemas" / "config.schema.json").read_text()
+    schema = harness._schema("config.schema.json")
+    for preset in ("train", "quick"):
+        assert schema["properties"][preset]["properties"]["precision"]["enum"] == list(CHOICES["precision"])
 
 
 # --------------------------------------------------------------------------- snakemake
@@ -340,10 +371,13 @@ def test_pipeline_stages_config():
     assert {c: s for c, s in stages.items() if s > 1} == {
         "cifar10-vgg11b-x3-pred": 4, "cifar10-vgg11b-x3-sim": 4, "cifar10-vgg11b-x3-predsim": 4,
         "cifar10-vgg11b-x3-cutout-predsim": 4, "fmnist-mlp-pred": 2}   # the backprop cell stays whole
-    assert harness.hidden_blocks(next(r for r in rows if r["cell"] == "cifar10-vgg11b-predsim")) == 10  # 8 convs + 2 linear
+    from locallearn.cost import network_cost
+    vgg11b = next(r for r in rows if r["cell"] == "cifar10-vgg11b-predsim")
+    assert network_cost(harness.recipe(vgg11b)).blocks == 10  # 8 convs + 2 linear
     for bad, message in (({"nope-*": 2}, "'nope-*' matches no cell of cells.tsv"),
                          ({"fmnist-mlp-backprop": 2}, "fmnist-mlp-backprop is a backprop cell"),
-                         ({"fmnist-mlp-pred": 4}, "4 stages for fmnist-mlp-pred, whose network has 3 hidden blocks")):
+                         ({"fmnist-mlp-pred": 4}, "fmnist-mlp-pred: --pipeline-stages 4: the network has only 3 "
+                                                  "hidden blocks to split")):
         with pytest.raises(harness.HarnessError, match=re.escape(message)):
             harness.pipeline_stages(harness.load_config(overrides={"pipeline_stages": bad}), rows)
     with pytest.raises(harness.HarnessError, match="'pipeline_stages.fmnist-mlp-pred': 0 is less than the minimum of 1"):

@@ -8,7 +8,9 @@ and tests can call it directly:
 - `Preset`: what one preset (full, quick) trains, with which budget, where it writes,
   and which of its runs still need training (`run_state`: a finished metrics.json of
   the run's current recipe is final; the workflow never schedules it again);
-- `estimate_hours`: a FLOP-count estimate of a cell's GPU time (runtime resource, README).
+- `runtime_minutes`: a cell's `runtime` resource, from the measured grid cost
+  (locallearn/gridcost.py, `locallearn bench --grid`) where one exists for the device
+  kind and precision, else from `estimate_hours`, the FLOP model over cost.py's counts.
 
 Importing this module does not import torch or snakemake.
 """
@@ -28,7 +30,12 @@ import yaml
 
 if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script, no pip install
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from locallearn.specs import SPECS, VGG_CONFIGS  # noqa: E402  (torch-free: the DAG imports no torch)
+# torch-free modules of the package: the DAG imports no torch
+from locallearn import gridcost  # noqa: E402
+from locallearn.cells import recipe_args  # noqa: E402
+from locallearn.config import CHOICES, build_parser  # noqa: E402
+from locallearn.cost import network_cost, stage_count_error  # noqa: E402
+from locallearn.specs import SPECS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "workflow" / "schemas"
@@ -44,7 +51,7 @@ class HarnessError(ValueError):
 
 # Lists the package owns: a schema names one by "x-locallearn-enum" and gets it as its
 # "enum" when loaded, so adding a dataset to locallearn.specs is the whole change.
-SCHEMA_ENUMS = {"datasets": list(SPECS)}
+SCHEMA_ENUMS = {"datasets": list(SPECS), "precisions": list(CHOICES["precision"])}
 
 
 def _schema(name: str) -> dict:
@@ -258,10 +265,9 @@ def select_cells(rows: list[dict], select: dict, key: str = "select") -> list[di
     return chosen
 
 
-def hidden_blocks(row: dict) -> int:
-    """Hidden blocks of a row's network: the units a pipeline splits (models.py)."""
-    convs = sum(1 for item in VGG_CONFIGS.get(row["model"], []) if item != "M")
-    return convs + int(row["num_layers"])
+def recipe(row: dict):
+    """A row's training config, as `locallearn train` parses its flags (no torch)."""
+    return build_parser().parse_args(recipe_args(row))
 
 
 def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
@@ -280,9 +286,9 @@ def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
             raise HarnessError(f"config key 'pipeline_stages.{pattern}': {matched[0]['cell']} is a backprop "
                                "cell; only local losses (detached blocks) can be pipelined")
         for r in local:
-            if s > hidden_blocks(r):
-                raise HarnessError(f"config key 'pipeline_stages.{pattern}': {s} stages for {r['cell']}, "
-                                   f"whose network has {hidden_blocks(r)} hidden blocks")
+            problem = stage_count_error(recipe(r), s)  # the trainer's own check (cost.py)
+            if problem:
+                raise HarnessError(f"config key 'pipeline_stages.{pattern}': {r['cell']}: {problem}")
             if stages[r["cell"]] == 1:
                 stages[r["cell"]] = s
     return stages
@@ -349,6 +355,7 @@ class Preset:
     device: str
     threads: int
     gpu: int
+    precision: str              # fp32 | tf32 | bf16 (--precision)
     experiment: str
     readme: str                 # file whose markers receive the tables
     extra_args: list[str] = field(default_factory=list)   # more recipe flags (train.extra_args)
@@ -374,12 +381,17 @@ class Preset:
             args += ["--max-test-examples", str(self.max_test_examples)]
         return args
 
+    def precision_args(self) -> list[str]:
+        """--precision where it is not the trainer's default (fp32), so a float32 grid's
+        flags, and with them its finished cells, stay as they were before the flag."""
+        return [] if self.precision == "fp32" else ["--precision", self.precision]
+
     def args(self, row: dict) -> list[str]:
         """The flags that decide a run's numbers: the row's recipe, the preset's budget
-        and (full preset) train.extra_args. The seed comes on top."""
+        and precision, and (full preset) train.extra_args. The seed comes on top."""
         from locallearn.cells import recipe_args
 
-        return with_flags(recipe_args(row), self.budget_args()) + list(self.extra_args)
+        return with_flags(recipe_args(row), self.budget_args() + self.precision_args()) + list(self.extra_args)
 
     def state(self, row: dict, seed) -> str:
         """run_state of one run, looked at once per workflow invocation."""
@@ -438,6 +450,7 @@ def make_presets(config: dict, rows: list[dict]) -> Presets:
         name="full", rows=select_cells(rows, config["select"], "select"), table_rows=rows,
         seeds=config["seeds"], results=f"{res}/full", epochs=None, max_train_examples=0,
         max_test_examples=0, device=train["device"], threads=train["threads"], gpu=train["gpu"],
+        precision=train.get("precision", "fp32"),
         experiment=config["mlflow"]["experiment"], readme=config["readme"], extra_args=train["extra_args"])
     presets, errors = {"full": full}, {}
     try:
@@ -452,7 +465,8 @@ def make_presets(config: dict, rows: list[dict]) -> Presets:
         name="quick", rows=qrows, table_rows=qrows, seeds=quick["seeds"], results=f"{res}/quick",
         epochs=quick["epochs"], max_train_examples=quick["max_train_examples"],
         max_test_examples=quick["max_test_examples"], device=quick["device"],
-        threads=quick["threads"], gpu=quick["gpu"], experiment=quick["experiment"],
+        threads=quick["threads"], gpu=quick["gpu"], precision=quick.get("precision", "fp32"),
+        experiment=quick["experiment"],
         readme=f"{res}/quick/README.md")
     return Presets(presets, errors)
 
@@ -471,74 +485,45 @@ def data_dir(config: dict) -> str:
 
 
 # --------------------------------------------------------------------------- estimates
-# A cost model, not a measurement: forward multiply-adds counted from the architecture,
-# x2 (FLOPs) x3 (forward + backward), plus the local heads, over an effective device
-# throughput and a fixed cost per optimizer step (config key `estimate`).
-
-# channels, side, classes, train images, test images: from the package's torch-free specs
-DATASETS = {n: (s.channels, s.size, s.num_classes, s.train_size, s.test_size) for n, s in SPECS.items()}
-
-
-def forward_macs(row: dict) -> tuple[float, float]:
-    """(multiply-adds of one image's forward pass, of its local heads' forward pass)."""
-    ch, side, classes, _, _ = DATASETS[row["dataset"]]
-    local = row["loss"] != "backprop"
-    sim = local and row["loss"] in ("sim", "predsim") and str(row["bio"]) != "1"
-    net = heads = 0.0
-    n_in = ch * side * side
-    if row["model"] != "mlp":
-        c_in = ch
-        first = True
-        for item in VGG_CONFIGS[row["model"]]:
-            if item == "M":
-                side //= 2
-                continue
-            c = int(int(item) * float(row["feat_mult"]))
-            k = 3
-            if first and side > 64:
-                k, side = 7, (side + 1) // 2
-            net += side * side * c_in * c * k * k
-            if sim:
-                heads += side * side * c * c * 9
-            if local:
-                heads += min(side * side * c, int(row["dim_in_decoder"])) * classes
-            c_in, first = c, False
-        n_in = c_in * side * side
-    hidden = int(row["num_hidden"])
-    for _ in range(int(row["num_layers"])):
-        net += n_in * hidden
-        if sim:
-            heads += hidden * hidden
-        if local:
-            heads += hidden * classes
-        n_in = hidden
-    net += n_in * classes
-    return net, heads
-
+# Measured where someone measured (gridcost.py: `locallearn bench --grid` on the device),
+# else a cost model: multiply-adds of a training and a test example counted from the
+# architecture (cost.py), 2 FLOP each, over an effective device throughput, plus a fixed
+# cost per optimizer step (config key `estimate`).
 
 def estimate_hours(row: dict, est: dict, epochs: int | None = None,
                    max_train: int = 0, max_test: int = 0) -> float:
-    """Estimated device hours of one run of `row` (config key `estimate`)."""
-    _, _, _, n_train, n_test = DATASETS[row["dataset"]]
-    n_train = min(n_train, max_train) if max_train else n_train
-    n_test = min(n_test, max_test) if max_test else n_test
-    net, heads = forward_macs(row)
-    flops = 2 * (3 * (net + heads) * n_train + net * n_test)
+    """FLOP-model device hours of one run of `row` (config key `estimate`)."""
+    spec = SPECS[row["dataset"]]
+    n_train = min(spec.train_size, max_train) if max_train else spec.train_size
+    n_test = min(spec.test_size, max_test) if max_test else spec.test_size
+    cost = network_cost(recipe(row))
+    flops = 2 * (cost.train_macs * n_train + cost.eval_macs * n_test)
     steps = math.ceil(n_train / 128)
     seconds_per_epoch = flops / (est["tflops"] * 1e12) + steps * est["step_overhead_ms"] / 1000
     return (epochs or int(row["epochs"])) * seconds_per_epoch / 3600
 
 
+def measured_table(config: dict, preset: Preset) -> dict | None:
+    """The grid cost measured on this preset's kind of device in its precision, if any."""
+    kind = "cuda" if preset.gpu else "cpu"
+    return gridcost.load_table(gridcost.table_path(results_root(config), kind, preset.precision))
+
+
 def runtime_minutes(row: dict, config: dict, preset: Preset) -> int:
     """The `runtime` resource (minutes): config train.runtime_minutes[dataset], else the
-    estimate x estimate.safety_factor + 10 minutes of start-up."""
+    measured hours (or, unmeasured, the FLOP model's) x estimate.safety_factor + 10
+    minutes of start-up."""
     fixed = config["train"]["runtime_minutes"].get(row["dataset"])
     if fixed:
         return int(fixed)
     est = config["estimate"]
-    hours = estimate_hours(row, est, preset.epochs, preset.max_train_examples, preset.max_test_examples)
-    if preset.gpu == 0:
-        hours *= est["cpu_slowdown"]
+    budget = (preset.epochs, preset.max_train_examples, preset.max_test_examples)
+    table = measured_table(config, preset)
+    hours = gridcost.cell_hours(table, row, *budget) if table else None
+    if hours is None:
+        hours = estimate_hours(row, est, *budget)
+        if preset.gpu == 0:
+            hours *= est["cpu_slowdown"]
     return int(math.ceil(hours * 60 * est["safety_factor"])) + 10
 
 
