@@ -23,9 +23,10 @@ from .specs import SPECS
 
 TABLE_DIR = "grid-cost"
 # The columns of cells.tsv that decide a training step's work (with the dataset's
-# shape and class count): cells equal in these are timed once.
-STEP_COLUMNS = ("model", "feat_mult", "num_layers", "num_hidden", "loss", "bio", "dim_in_decoder",
-                "dropout", "cutout", "length")
+# shape and class count): cells equal in these are timed once, with the first one's
+# recipe. Dropout, cutout and the class sampler change a step's time by little (masks,
+# one fill, an index permutation) and are left out.
+STEP_COLUMNS = ("model", "feat_mult", "num_layers", "num_hidden", "loss", "bio", "dim_in_decoder")
 
 
 def table_path(results_root: str | Path, device_kind: str, precision: str) -> Path:
@@ -74,7 +75,7 @@ def markdown(table: dict, rows: list[dict]) -> str:
             by_ds.setdefault(r["dataset"], []).append(h)
     lines = [f"Measured on {table['device']}, torch {table['torch']}, precision {table['precision']}, "
              f"{table['date']} ({table['steps']} timed steps per network, synthetic inputs):", "",
-             "| Dataset | Cells | Measured GPU-hours (1 seed) |", "|:--|--:|--:|"]
+             f"| Dataset | Cells | Measured {'GPU' if table.get('device_kind') == 'cuda' else 'CPU'}-hours (1 seed) |", "|:--|--:|--:|"]
     for ds, hs in by_ds.items():
         lines.append(f"| {ds} | {len(hs)} | {sum(hs):.1f} |")
     lines.append(f"| **all** | {sum(map(len, by_ds.values()))} | **{table['total_hours']:.1f}** |")

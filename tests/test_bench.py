@@ -54,7 +54,7 @@ def test_bench_prints_every_path(data_dir):
     for r in got.values():
         assert r["s"] > 0 and r["gflops"] > 0 and 0 <= r["err"] <= 100
         assert r["img"] > 0
-    assert "512 images/epoch, device cpu, threads 2, best of 1 epoch(s)" in out
+    assert "512 images/epoch, device cpu, threads 2, precision fp32, best of 1 epoch(s)" in out
 
 
 def test_bench_pipeline_against_one_process(data_dir):
