@@ -287,7 +287,7 @@ def grid_bench(rows: list[dict], *, steps: int, prec: str, device_flags: list[st
             f"{cells[first['cell']]['seconds_per_epoch']:.1f} s/epoch, {cells[first['cell']]['hours']:.2f} h")
     device = device or torch.device("cpu")
     return {"device": device_name(device), "device_kind": device.type, "torch": torch.__version__,
-            "precision": prec, "date": time.strftime("%Y-%m-%d", time.gmtime()), "steps": steps,
+            "precision": prec, "flags": device_flags, "date": time.strftime("%Y-%m-%d", time.gmtime()), "steps": steps,
             "batch_size": batch, "scale": scale, "networks_timed": len(keys), "networks": len(groups),
             "cells": cells, "total_hours": sum(e["hours"] for e in cells.values())}
 
@@ -312,6 +312,8 @@ def cli_grid(argv: list[str]) -> int:
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply feat_mult and num_hidden (a quick test of the command; such a table "
                         "is never used for runtimes)")
+    p.add_argument("--channels-last", action="store_true", help="as locallearn train (kernels.py)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="as locallearn train (kernels.py)")
     p.add_argument("--results", default="results", help="writes <results>/grid-cost/<device>-<precision>.json")
     p.add_argument("--out", default=None, help="write the table here instead")
     args = p.parse_args(argv)
@@ -325,6 +327,8 @@ def cli_grid(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     flags = ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    flags += [f for f, on in (("--channels-last", args.channels_last), ("--cudnn-benchmark", args.cudnn_benchmark))
+              if on]
     table = grid_bench(rows, steps=args.steps, prec=args.precision, device_flags=flags, scale=args.scale,
                        limit=args.limit)
     out = args.out or gridcost.table_path(args.results, table["device_kind"], args.precision)

@@ -104,6 +104,8 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
     a("--pipeline-balance", default="flops", choices=["flops", "time"], help="stage split from")
     a("--no-cuda-graph", action="store_true",
       help="on CUDA, run every fused step eagerly instead of replaying it as one CUDA graph")
+    a("--channels-last", action="store_true", help="conv weights and activations in NHWC order (kernels.py)")
+    a("--cudnn-benchmark", action="store_true", help="let cuDNN autotune its convolution algorithms (kernels.py)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -204,7 +206,7 @@ NON_RECIPE = {
     "out", "data_dir", "download", "device", "no_cuda", "progress_bar", "no_print_stats",
     "resume", "save_dir", "threads", "mlflow_uri", "mlflow_experiment", "run_name", "tag",
     "debug", "eval_batch_size", "pipeline_stages", "stage_devices",
-    "pipeline_balance", "no_cuda_graph", "pre_act",
+    "pipeline_balance", "no_cuda_graph", "pre_act", "channels_last", "cudnn_benchmark",
 }
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import precision
+from . import kernels, precision
 from .faults import fault
 from .models import Block, LocalNet, build_model, forward_layers
 from .sampler import classes_per_batch_at
@@ -29,7 +29,7 @@ from .sampler import classes_per_batch_at
 
 def make_model(cfg, spec, device: torch.device) -> LocalNet:
     torch.manual_seed(cfg.seed)  # initial weights: a function of the seed alone
-    return build_model(cfg, spec.channels, spec.size, spec.num_classes).to(device)
+    return kernels.configure(cfg, build_model(cfg, spec.channels, spec.size, spec.num_classes).to(device))
 
 
 def make_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:

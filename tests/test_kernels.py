@@ -1,0 +1,58 @@
+"""--channels-last and --cudnn-benchmark (kernels.py): what they set, that they leave
+the config hash alone, and that a channels-last step computes the same update as the
+default layout to within float32 rounding (CPU; the GPU speed is not claimed here)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from locallearn.config import config_hash, parse_train_args
+from locallearn.datasets import SPECS
+from locallearn.engines import FusedEngine, make_model
+
+VGG = ["--model", "vgg8b", "--dataset", "CIFAR10", "--feat-mult", "0.0625", "--dim-in-decoder", "256",
+       "--num-hidden", "32", "--dropout", "0.1", "--device", "cpu"]
+
+
+def steps(*extra, n=3):
+    cfg = parse_train_args(VGG + list(extra))
+    spec = SPECS[cfg.dataset]
+    model = make_model(cfg, spec, torch.device("cpu"))
+    engine = FusedEngine(cfg, model, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    model.seed_dropout(cfg.seed, 1)
+    no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    outputs = []
+    for _ in range(n):
+        x = torch.randn(16, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (16,), generator=g)
+        logits, ce, losses, _ = engine.step(x, y, F.one_hot(y, 10).float(), no_autocast)
+        outputs.append(torch.cat([logits.detach().flatten(), ce.detach().view(1), torch.stack(losses)]))
+    return cfg, model, torch.cat(outputs)
+
+
+def test_channels_last_same_update_within_rounding():
+    saved = torch.backends.cudnn.benchmark
+    try:
+        cfg, nchw, out = steps()
+        cfg_cl, nhwc, out_cl = steps("--channels-last", "--cudnn-benchmark")
+        assert torch.backends.cudnn.benchmark is True
+        assert config_hash(cfg) == config_hash(cfg_cl)           # not part of the recipe
+        conv = nhwc.blocks[0].layer.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        assert nchw.blocks[0].layer.weight.is_contiguous()
+        # Each step's logits, output loss and local losses. (Not the parameters: a conv
+        # bias before BatchNorm has a gradient of pure rounding noise, which Adam turns
+        # into steps of size lr whatever the layout.)
+        assert torch.allclose(out, out_cl, rtol=1e-4, atol=1e-5), (out - out_cl).abs().max()
+        steps()                                                     # the default turns autotuning off again
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def test_channels_last_leaves_an_mlp_alone():
+    cfg = parse_train_args(["--model", "mlp", "--dataset", "MNIST", "--channels-last", "--num-hidden", "16"])
+    model = make_model(cfg, SPECS["MNIST"], torch.device("cpu"))
+    assert all(p.is_contiguous() for p in model.parameters())
