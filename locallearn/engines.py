@@ -5,10 +5,11 @@ Two engines compute the same updates (tests/test_engines.py proves it):
   optimizer step over all parameters. Exact because each block's loss depends only
   on its own parameters and a detached input, and Adam/SGD act elementwise with one
   learning rate for every parameter (SPEC.md, The update).
-- reference: the authors' scheme, one optimizer per block stepping inside the
-  forward pass, and a global optimizer over the output layer alone (as theirs: their
-  networks' parameters() return only the output layer in local mode). Kept to prove
-  the fused engine exact, --no-detach included.
+- reference: the reference scheme, our reimplementation of the authors' training
+  scheme (not their code): one optimizer per block stepping inside the forward pass,
+  and a global optimizer over the output layer alone (as theirs: their networks'
+  parameters() return only the output layer in local mode). Kept to prove the fused
+  engine exact, --no-detach included.
 A pipeline stage (pipeline.StageEngine) is the fused engine over a slice of the
 layers: the same step, with its batches received from and passed on to its peers.
 
@@ -226,7 +227,8 @@ class FusedEngine(Engine):
 
 
 class ReferenceEngine(Engine):
-    """The authors' scheme: each block's optimizer steps inside the forward pass."""
+    """The reference scheme (the authors' scheme, reimplemented): each block's optimizer
+    steps inside the forward pass."""
 
     def __init__(self, cfg, model: LocalNet, device):
         super().__init__(cfg, model, device)
