@@ -137,16 +137,19 @@ def _heads(cfg, in_shape, out_shape, layer_macs: float, first: bool, classes: in
     return fwd + grad, fwd + 3 * grad
 
 
-def _block(cfg, kind, in_shape, out_shape, macs, index, classes) -> LayerCost:
+def _block(cfg, kind, in_shape, out_shape, macs, index, classes, first: bool) -> LayerCost:
+    """first: a first layer as the reference builds it (no recon loss): a VGG's first
+    conv, and the first linear block of the mlp and of a VGG's head (models.py)."""
     input_grad = index > 0 and (cfg.backprop or cfg.no_detach)
-    head_fwd, head_train = _heads(cfg, in_shape, out_shape, macs, index == 0, classes)
+    head_fwd, head_train = _heads(cfg, in_shape, out_shape, macs, first, classes)
     return LayerCost(kind, out_shape, forward=macs, heads=head_fwd,
                      train=macs * (2 + input_grad) + head_train)
 
 
 def _linear_blocks(cfg, layers: list, n_in: int, index: int, classes: int) -> int:
-    for _ in range(cfg.num_layers):
-        layers.append(_block(cfg, "linear", (n_in,), (cfg.num_hidden,), n_in * cfg.num_hidden, index, classes))
+    for i in range(cfg.num_layers):
+        layers.append(_block(cfg, "linear", (n_in,), (cfg.num_hidden,), n_in * cfg.num_hidden, index, classes,
+                             first=i == 0))
         n_in, index = cfg.num_hidden, index + 1
     return n_in
 
@@ -183,7 +186,7 @@ def vgg_cost(name: str, cfg, spec) -> NetworkCost:
         k, stride, pad = (7, 2, 3) if index == 0 and spec.size > 64 else (3, 1, 1)
         out = (side + 2 * pad - k) // stride + 1
         layers.append(_block(cfg, "conv", (c_in, side, side), (c, out, out), out * out * c_in * c * k * k,
-                             index, spec.num_classes))
+                             index, spec.num_classes, first=index == 0))
         c_in, side, index = c, out, index + 1
     n_flat = c_in * side * side
     layers.append(LayerCost("flatten", (n_flat,)))
