@@ -41,7 +41,7 @@ CHECKPOINT, CHECKPOINT_PREV = checkpoint_name(), checkpoint_name(prev=True)
 def run_tags(cfg) -> dict[str, str]:
     tags = dict(t.split("=", 1) for t in cfg.tag)
     tags.update(dataset=cfg.dataset, model=cfg.model, seed=str(cfg.seed), config_hash=config_hash(cfg),
-                loss="backprop" if cfg.backprop else cfg.loss_sup, precision=cfg.precision,
+                loss="backprop" if cfg.backprop else cfg.loss_sup,
                 git_revision=environment_info()["git_revision"] or "unknown")
     return tags
 

@@ -1,5 +1,5 @@
 """`--precision fp32 | tf32 | bf16` (issue 18): the switches really set, the choice
-recorded in metrics.json and MLflow's tags, and float32 (the default) leaving the
+recorded in metrics.json and MLflow, and float32 (the default) leaving the
 config hash of every committed run unchanged. What TF32 and bf16 do to the numbers
 needs a GPU (README "Precision"); here the CPU checks the plumbing."""
 from __future__ import annotations
@@ -14,6 +14,7 @@ from conftest import REPO, needs_fmnist
 from locallearn import precision, train as train_mod
 from locallearn.cells import read_cells, recipe_args
 from locallearn.config import config_hash, parse_train_args
+from locallearn.tracking import mlflow_tags
 
 
 @pytest.fixture
@@ -72,9 +73,10 @@ def test_run_records_its_precision(tmp_path, restore_switches):
             "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / name), "--mlflow-uri", "", *extra]))
     tf32 = run("tf32", "--precision", "tf32")
     assert tf32["precision"] == {"name": "tf32", "autocast": None, "cuda_matmul_tf32": True, "cudnn_conv_tf32": True}
-    assert tf32["tags"]["precision"] == "tf32" and tf32["config"]["precision"] == "tf32"
+    assert tf32["config"]["precision"] == "tf32"
+    assert mlflow_tags(tf32)["env.precision"] == "tf32"            # MLflow: param precision, tag env.precision
     fp32 = run("fp32")
     assert fp32["precision"]["cudnn_conv_tf32"] is False and not torch.backends.cudnn.allow_tf32
     assert fp32["config_hash"] != tf32["config_hash"]       # another precision is another run
     on_disk = json.loads(Path(tmp_path / "fp32" / "metrics.json").read_text())
-    assert on_disk["precision"]["name"] == "fp32" and on_disk["tags"]["precision"] == "fp32"
+    assert on_disk["precision"]["name"] == "fp32" and mlflow_tags(on_disk)["env.precision"] == "fp32"
