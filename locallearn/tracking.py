@@ -340,7 +340,7 @@ def artifact_destination(uri: str) -> Path | None:
     return db.parent / "mlartifacts" if db else None
 
 
-def _local_artifact_dir(uri: str, artifact_uri: str) -> Path | None:
+def local_artifact_dir(uri: str, artifact_uri: str) -> Path | None:
     """The folder of a run's artifacts when this process can write it directly: a
     file:// location (stores made before locations were proxied), or a proxied one of a
     SQLite store (no server translates it here). None: go through the store's API."""
@@ -497,7 +497,7 @@ def _log_finished_run(client, uri: str, run, metrics: dict, artifacts) -> int:
 
 def _upload(client, uri: str, run, path: Path) -> bool:
     """Put `path` among the run's artifacts unless the same file is there. True if written."""
-    local = _local_artifact_dir(uri, run.info.artifact_uri)
+    local = local_artifact_dir(uri, run.info.artifact_uri)
     if local is not None:
         dest = local / path.name
         if dest.is_file() and dest.read_bytes() == path.read_bytes():
