@@ -96,6 +96,9 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
       "uses --batch-size; BN is in eval mode, so only rounding differs)")
     a("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none: off)")
     a("--mlflow-experiment", default="locallearn", help="MLflow experiment name")
+    a("--mlflow-system-metrics", action="store_true",
+      help="sample CPU, memory, disk (and GPU) use into the run's system/* metrics "
+           "(also on with $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true)")
     a("--run-name", default=None, help="MLflow run name (default: the --out folder name)")
     a("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
     a("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -204,7 +207,8 @@ def parse_train_args(argv: list[str]) -> argparse.Namespace:
 # checkpoint may be continued.
 NON_RECIPE = {
     "out", "data_dir", "download", "device", "no_cuda", "progress_bar", "no_print_stats",
-    "resume", "save_dir", "threads", "mlflow_uri", "mlflow_experiment", "run_name", "tag",
+    "resume", "save_dir", "threads", "mlflow_uri", "mlflow_experiment", "mlflow_system_metrics",
+    "run_name", "tag",
     "debug", "eval_batch_size", "pipeline_stages", "stage_devices",
     "pipeline_balance", "no_cuda_graph", "pre_act", "channels_last", "cudnn_benchmark",
 }

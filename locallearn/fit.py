@@ -15,7 +15,7 @@ import torch
 
 from . import precision
 from .engines import evaluate, no_progress, output_scale, train_epoch
-from .environment import environment_info, peak_memory_bytes
+from .environment import describe, environment_info, peak_memory_bytes
 from .errors import DivergenceError
 from .faults import fault
 from .rundir import run_tags
@@ -89,7 +89,8 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
         if reports:
             print(f"{folder.out}: resuming after epoch {state['epoch']} of {cfg.epochs}", flush=True)
 
-    tracker = folder.open_tracker() if reports else None
+    env = describe(device, torch.get_num_threads(), cfg.precision)   # metrics.json and MLflow's env.* tags
+    tracker = folder.open_tracker(env) if reports else None
     if tracker is not None:
         tracker.log_history(history)
     precision_used = precision.apply(cfg.precision)  # this process's TF32 switches (every stage's)
@@ -135,7 +136,7 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
             "epochs": len(history), "history": history,
             "params_backprop": params_backprop, "params_total": params_total,
             "seed": cfg.seed, "config": vars(cfg), "config_hash": folder.config_hash, **environment_info(),
-            "device": str(device), "precision": precision_used, "peak_memory_bytes": max(memory),
+            "device": str(device), "environment": env, "precision": precision_used, "peak_memory_bytes": max(memory),
             "wall_seconds": wall_before + time.perf_counter() - t_start,
             "run_name": folder.run_name, "tags": run_tags(cfg), **engine.run_info(),
         }

@@ -89,7 +89,7 @@ class RunFolder:
                                   "use another --out")
         if not quiet:
             print(f"{self.out}: already finished (test error {done['test_error']:.2f}%)")
-            self.finish_tracking(self.open_tracker(), done)
+            self.finish_tracking(self.open_tracker(done.get("environment")), done)
         return done
 
     # ------------------------------------------------------------------- checkpoints
@@ -185,10 +185,12 @@ class RunFolder:
             old.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------------- tracking
-    def open_tracker(self):
+    def open_tracker(self, environment: dict | None):
+        """The run's MLflow mirror; `environment` (environment.describe) becomes its env.* tags."""
         from .tracking import RunTracker, resolve_uri
         return RunTracker.open(self.out, resolve_uri(self.cfg.mlflow_uri), self.cfg.mlflow_experiment,
-                               self.run_name, run_tags(self.cfg), vars(self.cfg))
+                               self.run_name, run_tags(self.cfg), vars(self.cfg), environment,
+                               system_metrics=self.cfg.mlflow_system_metrics or None)
 
     def finish_tracking(self, tracker, metrics: dict) -> None:
         """metrics.json is already safe; a tracking failure is reported, not fatal, and the

@@ -106,3 +106,26 @@ def test_run_leases_a_gpu_unless_a_scheduler_chose(tmp_path, monkeypatch):
     assert lease_device(cfg) is None
     first.release()
     second.release()
+
+
+@needs_fmnist
+def test_live_run_explains_itself_in_mlflow(tmp_path, monkeypatch):
+    """A run logged live carries the environment it ran in (resolved device, CPU model,
+    threads, precision) as env.* tags and in metrics.json, the same record a later
+    `tracking sync` reads; --mlflow-system-metrics adds MLflow's system/* metrics."""
+    from mlflow import MlflowClient
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = recipe(tmp_path, "run", "--device", "auto", "--mlflow-system-metrics")
+    cfg.mlflow_uri = uri
+    metrics = train_mod.run(cfg)
+    env = metrics["environment"]
+    assert env["device"] == "cpu" and env["cpu_model"] and env["precision"] == "fp32"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["environment"] == env
+    client = MlflowClient(uri)
+    run = client.get_run(json.loads((tmp_path / "run" / "mlflow_run.json").read_text())["run_id"])
+    tags = run.data.tags
+    assert tags["env.device"] == "cpu" and tags["env.cpu_model"] == env["cpu_model"]
+    assert tags["env.device_name"] == env["device_name"] and tags["env.threads"] == str(env["threads"])
+    assert "mlflow_system_metrics" not in run.data.params and "device" not in run.data.params
+    assert "system/cpu_utilization_percentage" in run.data.metrics

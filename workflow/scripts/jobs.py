@@ -107,6 +107,8 @@ def train(job: Job) -> None:
     args = ["train", *sm.params.args, "--seed", seed, "--out", str(Path(sm.output[0]).parent),
             "--data-dir", harness.data_dir(config),
             "--mlflow-experiment", preset.experiment, "--run-name", f"{cell}-s{seed}"]
+    if config["mlflow"]["system_metrics"]:
+        args.append("--mlflow-system-metrics")
     for k, v in tags.items():
         args += ["--tag", f"{k}={v}"]
     job.track_to(harness.tracking_uri(config, preset))
