@@ -76,7 +76,7 @@ def _pil_loader(cfg, spec, images, labels):
 
 
 def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
-    from .data import DeviceSplit, load_splits
+    from .batches import DeviceSplit, load_splits
     from .datasets import SPECS
     from .engines import ENGINES, evaluate, make_model, train_epoch
     from .host import configure_host, resolve_device
@@ -207,7 +207,7 @@ def time_recipe(cfg, spec, device, steps: int) -> dict:
     real epoch loop (train.train_epoch): one epoch of `steps` steps warms up (allocator,
     cuDNN, the CUDA graph capture), the next is timed; one test batch warms up, the
     next is timed."""
-    from .data import Augment, DeviceSplit
+    from .batches import Augment, DeviceSplit
     from .engines import ENGINES, evaluate, make_model, train_epoch
 
     precision.apply(cfg.precision)

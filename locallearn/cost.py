@@ -7,7 +7,7 @@ multiply-adds (MACs) per example: the layer's own forward, its local heads' forw
 matrices, the bio label projection, the unsupervised terms), and forward + backward of
 both as one training step runs them. Users of these numbers:
 
-- the workflow's cost model and `runtime` resource (workflow/scripts/harness.py),
+- the workflow's cost model and `runtime` resource (workflow/scripts/plan.py),
 - the pipeline's stage split (pipeline.layer_costs) and its stage-count check,
 - the bench's GFLOP/s (bench.py).
 
@@ -211,7 +211,7 @@ def network_cost(cfg) -> NetworkCost:
 def stage_count_error(cfg, stages: int) -> str | None:
     """Why the recipe cannot run as `stages` pipeline stages, or None. The one home of
     this check: the trainer (pipeline.check_config) and the workflow
-    (harness.pipeline_stages) both ask it."""
+    (plan.pipeline_stages) both ask it."""
     if stages < 1:
         return f"--pipeline-stages: must be >= 1, got {stages}"
     if stages == 1:

@@ -1,6 +1,6 @@
 """The grid's measured cost, as data (no torch import): the table `locallearn bench
 --grid` writes (bench.py times the steps) and the workflow's `runtime` resource reads
-(workflow/scripts/harness.py), instead of the FLOP model (cost.py) where it exists.
+(workflow/scripts/plan.py), instead of the FLOP model (cost.py) where it exists.
 
 A table is one JSON file per kind of device and precision,
 `<results_dir>/grid-cost/<cuda|cpu>-<precision>.json`:

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .local import LocalHead
+from .local_losses import LocalHead
 from .seeding import derive_seed
 from .specs import VGG_CONFIGS
 

@@ -375,7 +375,7 @@ def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str) ->
             print(engine.split_text, flush=True)
         train = test = None
         if rank == 0:  # stage 0 alone reads the data
-            from .data import load_splits
+            from .batches import load_splits
             train, test, _ = load_splits(cfg, device)
         return fit(cfg, RunFolder(cfg, stage=rank), engine, train, test)
     finally:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 class DatasetSpec:
     """Everything about one dataset, in one row (SPEC.md, Data). Every other place that
     needs a dataset derives it from SPECS: the readers and file layouts (datasets.py),
-    the augmentation (data.py), the table captions (tables.py), the workflow schemas'
-    dataset enums (workflow/scripts/harness.py), the flags' choices (config.py)."""
+    the augmentation (batches.py), the table captions (tables.py), the workflow schemas'
+    dataset enums (workflow/scripts/plan.py), the flags' choices (config.py)."""
     name: str                     # as on the command line and in cells.tsv
     title: str                    # the caption of its results table (the paper's README)
     num_classes: int

@@ -27,7 +27,7 @@ def run(cfg) -> dict:
     configure_host(cfg.threads)
     lease = lease_device(cfg)  # noqa: F841  (held, with its lock file, for the life of the run)
     device = resolve_device(cfg)
-    from .data import load_splits
+    from .batches import load_splits
     train, test, spec = load_splits(cfg, device)
     engine = ENGINES[cfg.engine](cfg, make_model(cfg, spec, device), device)
     print(startup_line(cfg, device, engine.model, train, test), flush=True)

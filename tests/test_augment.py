@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from locallearn.data import cutout, normalize, random_crop, random_hflip
+from locallearn.batches import cutout, normalize, random_crop, random_hflip
 
 
 def test_crop_offsets_uniform_and_content_shifted():
@@ -62,7 +62,7 @@ def test_cutout_square_all_channels_clipped():
 
 
 def test_train_batches_are_a_function_of_seed_and_epoch():
-    from locallearn.data import Augment, DeviceSplit
+    from locallearn.batches import Augment, DeviceSplit
     from locallearn.datasets import SPECS
     imgs = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (300,))
@@ -81,14 +81,14 @@ def test_train_batches_are_a_function_of_seed_and_epoch():
 def test_split_streams_from_host_when_the_device_is_short(monkeypatch):
     """A split too big for the device (SVHN's 604,388 images on a small card) stays in host
     memory and is copied per batch: same batches as the device-resident split."""
-    from locallearn import data
-    from locallearn.data import Augment, DeviceSplit
+    from locallearn import batches
+    from locallearn.batches import Augment, DeviceSplit
     from locallearn.datasets import SPECS
     imgs = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (300,))
     aug = Augment(crop_padding=4, hflip=True, cutout_length=16)
     resident = DeviceSplit(imgs, labels, SPECS["SVHN"], torch.device("cpu"), aug)
-    monkeypatch.setattr(data, "_fits_on_device", lambda images, device: False)
+    monkeypatch.setattr(batches, "_fits_on_device", lambda images, device: False)
     streamed = DeviceSplit(imgs, labels, SPECS["SVHN"], torch.device("cpu"), aug)
     assert resident.on_device and not streamed.on_device
     for split in (resident, streamed):

@@ -3,7 +3,7 @@ and where (no traceback), and no metrics.json that a later step could take as a 
 
 Runs go through the CLI entry point in this process (`locallearn.cli.main`, what
 `python -m locallearn` calls) on a tiny fake MNIST, so the whole file takes seconds.
-cells.tsv and workflow-config errors are raised by the workflow's harness (before any
+cells.tsv and workflow-config errors are raised by the workflow plan (workflow/scripts/plan.py, before any
 job); tests/test_workflow.py covers them case by case, here one of each stands in.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from locallearn.config import parse_train_args
 from locallearn.errors import ConfigError
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-import harness  # noqa: E402
+import plan  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +171,8 @@ def test_cells_row_with_a_missing_column(tmp_path):
     drop = lambda line: "\t".join(v for i, v in enumerate(line.split("\t")) if i != k)  # noqa: E731
     bad = tmp_path / "cells.tsv"
     bad.write_text("\n".join(map(drop, text[:3])) + "\n")
-    with pytest.raises(harness.HarnessError, match=r"cells.tsv: missing column\(s\) 'beta'") as e:
-        harness.load_cells(bad)
+    with pytest.raises(plan.HarnessError, match=r"cells.tsv: missing column\(s\) 'beta'") as e:
+        plan.load_cells(bad)
     assert "\n" not in str(e.value)
 
 
@@ -183,13 +183,13 @@ def test_cells_row_with_a_bad_value(tmp_path):
     row[header.index("epochs")] = "forever"
     bad = tmp_path / "cells.tsv"
     bad.write_text("\n".join([lines[0], "\t".join(row)]) + "\n")
-    with pytest.raises(harness.HarnessError, match="line 2 .*column 'epochs': expected an integer, got 'forever'"):
-        harness.load_cells(bad)
+    with pytest.raises(plan.HarnessError, match="line 2 .*column 'epochs': expected an integer, got 'forever'"):
+        plan.load_cells(bad)
 
 
 def test_unknown_workflow_config_key():
-    with pytest.raises(harness.HarnessError, match="unknown key \\('colour' was unexpected\\)"):
-        harness.load_config(overrides={"colour": "red"})
+    with pytest.raises(plan.HarnessError, match="unknown key \\('colour' was unexpected\\)"):
+        plan.load_config(overrides={"colour": "red"})
 
 
 # ------------------------------------------------------------------------- data

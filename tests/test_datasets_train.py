@@ -11,7 +11,7 @@ from locallearn import train as train_mod
 from locallearn.cells import read_cells, recipe_args
 from locallearn.cli import describe
 from locallearn.config import parse_train_args
-from locallearn.data import load_splits
+from locallearn.batches import load_splits
 from locallearn.datasets import SPECS
 from locallearn.engines import epoch_batches
 

@@ -348,10 +348,10 @@ def test_quick_target_on_slurm_with_mlflow_server(slurm_cluster, mlflow_server, 
     assert not (marks / "race-lost").exists(), "the victim finished before the crash wrapper could kill it"
 
     sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-    import harness
-    cfg = harness.load_config(overrides={"quick": {"epochs": 2, "max_train_examples": 2000,
+    import plan
+    cfg = plan.load_config(overrides={"quick": {"epochs": 2, "max_train_examples": 2000,
                                                    "max_test_examples": 500}})
-    quick = harness.make_presets(cfg, harness.load_cells(harness.cells_path(cfg)))["quick"]
+    quick = plan.make_presets(cfg, plan.load_cells(plan.cells_path(cfg)))["quick"]
     cells = [r["cell"] for r in quick.rows]
     assert VICTIM in cells
     results = work / "results" / "quick"

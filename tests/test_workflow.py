@@ -1,4 +1,4 @@
-"""The Snakemake harness: config and cells.tsv validation (workflow/scripts/harness.py),
+"""The Snakemake harness: config and cells.tsv validation (workflow/scripts/plan.py),
 the DAG (`snakemake -n`: one training job per cell x seed), `snakemake --lint`, bad
 configs failing before any job, and the quick preset end to end on the real
 Fashion-MNIST with MLflow (slow; needs the trainer)."""
@@ -18,18 +18,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-import harness  # noqa: E402
+import plan  # noqa: E402
 
 CELLS = REPO / "workflow" / "config" / "cells.tsv"
 
 
-# --------------------------------------------------------------------------- harness (fast)
+# --------------------------------------------------------------------------- plan (fast)
 
 def test_default_config_and_grid():
-    cfg = harness.load_config()
-    rows = harness.load_cells(harness.cells_path(cfg))
+    cfg = plan.load_config()
+    rows = plan.load_cells(plan.cells_path(cfg))
     assert len(rows) == 86
-    presets = harness.make_presets(cfg, rows)
+    presets = plan.make_presets(cfg, rows)
     assert len(presets["full"].rows) == 86 and presets["full"].seeds == [1]
     assert [r["cell"] for r in presets["quick"].rows] == [
         "fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist-mlp-predsim"]
@@ -48,14 +48,14 @@ def test_default_config_and_grid():
     ({"train": {"device": "gpu"}}, "config key 'train.device': 'gpu' does not match"),
 ])
 def test_bad_config_names_the_key(override, message):
-    with pytest.raises(harness.HarnessError) as e:
-        harness.load_config(overrides=override)
+    with pytest.raises(plan.HarnessError) as e:
+        plan.load_config(overrides=override)
     assert message in str(e.value)
 
 
 def test_command_line_strings_are_coerced():
     # `--config seeds=[1,2] quick={epochs: 3}` reaches the Snakefile as strings
-    cfg = harness.load_config(overrides={"seeds": ["1", "2"], "quick": {"epochs": "3", "max_train_examples": "512"},
+    cfg = plan.load_config(overrides={"seeds": ["1", "2"], "quick": {"epochs": "3", "max_train_examples": "512"},
                                          "download": "true", "mlflow": {"uri": "null"}})
     assert cfg["seeds"] == [1, 2] and cfg["quick"]["epochs"] == 3 and cfg["download"] is True
     assert cfg["mlflow"]["uri"] == "null"           # a string key stays a string
@@ -63,19 +63,19 @@ def test_command_line_strings_are_coerced():
 
 
 def test_select():
-    rows = harness.load_cells(CELLS)
-    pick = lambda **sel: [r["cell"] for r in harness.select_cells(rows, sel)]  # noqa: E731
+    rows = plan.load_cells(CELLS)
+    pick = lambda **sel: [r["cell"] for r in plan.select_cells(rows, sel)]  # noqa: E731
     assert pick(cells=["cifar10-vgg11b-x3-*"]) == [
         "cifar10-vgg11b-x3-backprop", "cifar10-vgg11b-x3-pred", "cifar10-vgg11b-x3-sim",
         "cifar10-vgg11b-x3-predsim", "cifar10-vgg11b-x3-cutout-predsim"]
     assert len(pick(datasets=["MNIST", "KuzushijiMNIST"])) == 18
     assert pick(models=["mlp"], losses=["predsim"], datasets=["CIFAR100"]) == ["cifar100-mlp-predsim"]
     assert len(pick(networks=["vgg8b + cutout"])) == 4
-    with pytest.raises(harness.HarnessError, match=r"'select.datasets': 'cifar10' matches no row"):
+    with pytest.raises(plan.HarnessError, match=r"'select.datasets': 'cifar10' matches no row"):
         pick(datasets=["cifar10"])
-    with pytest.raises(harness.HarnessError, match=r"'select.cells': 'nope-\*' matches no cell"):
+    with pytest.raises(plan.HarnessError, match=r"'select.cells': 'nope-\*' matches no cell"):
         pick(cells=["nope-*"])
-    with pytest.raises(harness.HarnessError, match="select no cell"):
+    with pytest.raises(plan.HarnessError, match="select no cell"):
         pick(datasets=["MNIST"], models=["vgg11b"])
 
 
@@ -109,60 +109,60 @@ def _set(i, col, value):
     (lambda h, r: (h + ["notes"], r), "unknown column(s) 'notes'"),
 ])
 def test_bad_cells_row_names_row_and_column(tmp_path, edit, message):
-    with pytest.raises(harness.HarnessError) as e:
-        harness.load_cells(_bad_tsv(tmp_path, edit))
+    with pytest.raises(plan.HarnessError) as e:
+        plan.load_cells(_bad_tsv(tmp_path, edit))
     assert message in str(e.value)
 
 
 def test_tracking_uri_and_data_dir(monkeypatch):
-    cfg = harness.load_config()
-    quick = harness.make_presets(cfg, harness.load_cells(CELLS))["quick"]
+    cfg = plan.load_config()
+    quick = plan.make_presets(cfg, plan.load_cells(CELLS))["quick"]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("LOCALLEARN_DATA", raising=False)
-    assert harness.tracking_uri(cfg, quick) == "sqlite:///" + str(Path("results/quick/mlflow.db").resolve())
-    assert harness.data_dir(cfg) == "data"
+    assert plan.tracking_uri(cfg, quick) == "sqlite:///" + str(Path("results/quick/mlflow.db").resolve())
+    assert plan.data_dir(cfg) == "data"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")
     monkeypatch.setenv("LOCALLEARN_DATA", "/data")
-    assert harness.tracking_uri(cfg, quick) == "http://server:5000"
-    assert harness.data_dir(cfg) == "/data"
+    assert plan.tracking_uri(cfg, quick) == "http://server:5000"
+    assert plan.data_dir(cfg) == "/data"
     cfg["mlflow"]["uri"] = "sqlite:///x.db"
-    assert harness.tracking_uri(cfg, quick) == "sqlite:///x.db"
+    assert plan.tracking_uri(cfg, quick) == "sqlite:///x.db"
 
 
 def test_cost_model(tmp_path):
     """runtime from the FLOP model (cost.py's counts) until a measured grid-cost table of
     the preset's kind of device and precision exists, then from that table."""
     from locallearn import gridcost
-    rows = {r["cell"]: r for r in harness.load_cells(CELLS)}
-    cfg = harness.load_config(overrides={"results_dir": str(tmp_path)})
-    full = harness.make_presets(cfg, list(rows.values()))["full"]
-    small, big = (harness.runtime_minutes(rows[c], cfg, full) for c in ("mnist-mlp-backprop", "cifar10-vgg11b-x3-predsim"))
+    rows = {r["cell"]: r for r in plan.load_cells(CELLS)}
+    cfg = plan.load_config(overrides={"results_dir": str(tmp_path)})
+    full = plan.make_presets(cfg, list(rows.values()))["full"]
+    small, big = (plan.runtime_minutes(rows[c], cfg, full) for c in ("mnist-mlp-backprop", "cifar10-vgg11b-x3-predsim"))
     assert 10 < small < big
-    assert harness.estimate_hours(rows["mnist-mlp-sim"], cfg["estimate"]) > \
-        harness.estimate_hours(rows["mnist-mlp-backprop"], cfg["estimate"])          # the sim heads cost
+    assert plan.estimate_hours(rows["mnist-mlp-sim"], cfg["estimate"]) > \
+        plan.estimate_hours(rows["mnist-mlp-backprop"], cfg["estimate"])          # the sim heads cost
     path = gridcost.table_path(tmp_path, "cuda", "fp32")
     path.parent.mkdir(parents=True)
     cell = {"seconds_per_step": 0.01, "seconds_per_test_image": 1e-5}
     path.write_text(json.dumps({"batch_size": 128, "scale": 1, "cells": {"cifar10-vgg11b-x3-predsim": cell}}))
     # 400 epochs x (391 steps x 10 ms + 10,000 x 10 us) = 1604 s = 26.7 min; x3 + 10
-    assert harness.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == math.ceil(1604 / 60 * 3) + 10
-    assert harness.runtime_minutes(rows["mnist-mlp-backprop"], cfg, full) == small   # not measured: the model
+    assert plan.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == math.ceil(1604 / 60 * 3) + 10
+    assert plan.runtime_minutes(rows["mnist-mlp-backprop"], cfg, full) == small   # not measured: the model
     full.precision = "bf16"                                                            # another precision's table
-    assert harness.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == big
+    assert plan.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == big
     cfg["train"]["runtime_minutes"] = {"CIFAR10": 600}
-    assert harness.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == 600
+    assert plan.runtime_minutes(rows["cifar10-vgg11b-x3-predsim"], cfg, full) == 600
 
 
 def test_precision_setting_reaches_the_flags():
     """train.precision: fp32 adds no flag (a float32 grid's finished cells keep their
     params, so Snakemake retrains none); another precision is a flag, and a new run."""
-    cfg = harness.load_config()
-    rows = harness.load_cells(CELLS)
-    assert harness.make_presets(cfg, rows)["full"].precision_args() == []
-    cfg = harness.load_config(overrides={"train": {"precision": "bf16"}})
-    assert harness.make_presets(cfg, rows)["full"].precision_args() == ["--precision", "bf16"]
-    with pytest.raises(harness.HarnessError, match="config key 'train.precision': 'fp16' is not one of fp32, tf32, bf16"):
-        harness.load_config(overrides={"train": {"precision": "fp16"}})
+    cfg = plan.load_config()
+    rows = plan.load_cells(CELLS)
+    assert plan.make_presets(cfg, rows)["full"].precision_args() == []
+    cfg = plan.load_config(overrides={"train": {"precision": "bf16"}})
+    assert plan.make_presets(cfg, rows)["full"].precision_args() == ["--precision", "bf16"]
+    with pytest.raises(plan.HarnessError, match="config key 'train.precision': 'fp16' is not one of fp32, tf32, bf16"):
+        plan.load_config(overrides={"train": {"precision": "fp16"}})
 
 
 def test_schema_enums_match_the_package():
@@ -173,24 +173,24 @@ def test_schema_enums_match_the_package():
 
 
 def test_dataset_enums_come_from_the_one_table(monkeypatch):
-    """No schema lists the datasets: harness.py fills them in from locallearn.specs when
+    """No schema lists the datasets: plan.py fills them in from locallearn.specs when
     it loads a schema, so a row added to SPECS is accepted everywhere at once."""
     from locallearn.specs import SPECS
     for name in ("cells.schema.json", "config.schema.json"):
         assert '"MNIST"' not in (REPO / "workflow" / "schemas" / name).read_text()
-    assert harness._schema("cells.schema.json")["properties"]["dataset"]["enum"] == list(SPECS)
-    assert harness._schema("config.schema.json")["$defs"]["dataset"]["enum"] == list(SPECS)
-    monkeypatch.setitem(harness.SCHEMA_ENUMS, "datasets", [*SPECS, "EMNIST"])
-    assert harness.load_config(overrides={"tolerance": {"EMNIST": 1}})["tolerance"]["EMNIST"] == 1
-    monkeypatch.setitem(harness.SCHEMA_ENUMS, "datasets", list(SPECS))
-    with pytest.raises(harness.HarnessError, match="config key 'tolerance': unknown key 'EMNIST'"):
-        harness.load_config(overrides={"tolerance": {"EMNIST": 1}})
+    assert plan._schema("cells.schema.json")["properties"]["dataset"]["enum"] == list(SPECS)
+    assert plan._schema("config.schema.json")["$defs"]["dataset"]["enum"] == list(SPECS)
+    monkeypatch.setitem(plan.SCHEMA_ENUMS, "datasets", [*SPECS, "EMNIST"])
+    assert plan.load_config(overrides={"tolerance": {"EMNIST": 1}})["tolerance"]["EMNIST"] == 1
+    monkeypatch.setitem(plan.SCHEMA_ENUMS, "datasets", list(SPECS))
+    with pytest.raises(plan.HarnessError, match="config key 'tolerance': unknown key 'EMNIST'"):
+        plan.load_config(overrides={"tolerance": {"EMNIST": 1}})
 
 
 def test_precision_enum_comes_from_the_package():
     from locallearn.config import CHOICES
     assert '"bf16"' not in (REPO / "workflow" / "schemas" / "config.schema.json").read_text()
-    schema = harness._schema("config.schema.json")
+    schema = plan._schema("config.schema.json")
     for preset in ("train", "quick"):
         assert schema["properties"][preset]["properties"]["precision"]["enum"] == list(CHOICES["precision"])
 
@@ -365,23 +365,23 @@ def test_pipelined_cell_runs_under_torchrun(tmp_path):
 
 
 def test_pipeline_stages_config():
-    config = harness.load_config(overrides={"pipeline_stages": {"cifar10-vgg11b-x3-*": 4, "fmnist-mlp-pred": 2}})
-    rows = harness.load_cells(CELLS)
-    stages = harness.pipeline_stages(config, rows)
+    config = plan.load_config(overrides={"pipeline_stages": {"cifar10-vgg11b-x3-*": 4, "fmnist-mlp-pred": 2}})
+    rows = plan.load_cells(CELLS)
+    stages = plan.pipeline_stages(config, rows)
     assert {c: s for c, s in stages.items() if s > 1} == {
         "cifar10-vgg11b-x3-pred": 4, "cifar10-vgg11b-x3-sim": 4, "cifar10-vgg11b-x3-predsim": 4,
         "cifar10-vgg11b-x3-cutout-predsim": 4, "fmnist-mlp-pred": 2}   # the backprop cell stays whole
     from locallearn.cost import network_cost
     vgg11b = next(r for r in rows if r["cell"] == "cifar10-vgg11b-predsim")
-    assert network_cost(harness.recipe(vgg11b)).blocks == 10  # 8 convs + 2 linear
+    assert network_cost(plan.recipe(vgg11b)).blocks == 10  # 8 convs + 2 linear
     for bad, message in (({"nope-*": 2}, "'nope-*' matches no cell of cells.tsv"),
                          ({"fmnist-mlp-backprop": 2}, "fmnist-mlp-backprop is a backprop cell"),
                          ({"fmnist-mlp-pred": 4}, "fmnist-mlp-pred: --pipeline-stages 4: the network has only 3 "
                                                   "hidden blocks to split")):
-        with pytest.raises(harness.HarnessError, match=re.escape(message)):
-            harness.pipeline_stages(harness.load_config(overrides={"pipeline_stages": bad}), rows)
-    with pytest.raises(harness.HarnessError, match="'pipeline_stages.fmnist-mlp-pred': 0 is less than the minimum of 1"):
-        harness.load_config(overrides={"pipeline_stages": {"fmnist-mlp-pred": 0}})
+        with pytest.raises(plan.HarnessError, match=re.escape(message)):
+            plan.pipeline_stages(plan.load_config(overrides={"pipeline_stages": bad}), rows)
+    with pytest.raises(plan.HarnessError, match="'pipeline_stages.fmnist-mlp-pred': 0 is less than the minimum of 1"):
+        plan.load_config(overrides={"pipeline_stages": {"fmnist-mlp-pred": 0}})
 
 
 def test_dry_run_asks_pipelined_cells_for_s_gpus_and_threads(tmp_path):
@@ -395,10 +395,10 @@ def test_dry_run_asks_pipelined_cells_for_s_gpus_and_threads(tmp_path):
 
 def test_budget_flags_replace_the_recipe_values():
     args = ["--model", "mlp", "--epochs", "200", "--lr-decay-milestones", "100", "150", "--beta", "0.99"]
-    assert harness.with_flags(args, ["--epochs", "2", "--max-train-examples", "512"]) == [
+    assert plan.with_flags(args, ["--epochs", "2", "--max-train-examples", "512"]) == [
         "--model", "mlp", "--epochs", "2", "--lr-decay-milestones", "100", "150", "--beta", "0.99",
         "--max-train-examples", "512"]
-    assert harness.with_flags(args, []) == args
+    assert plan.with_flags(args, []) == args
 
 
 def test_tables_target_compiles_existing_runs_without_training(tmp_path):
@@ -505,7 +505,7 @@ def test_committed_runs_are_whole_recipes():
     the row's epochs of history, the final test error its last epoch's, seed and recipe
     as the workflow runs them."""
     from locallearn.cells import recipe_args
-    rows = {r["cell"]: r for r in harness.load_cells(CELLS)}
+    rows = {r["cell"]: r for r in plan.load_cells(CELLS)}
     committed = sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
     for path in committed:
         cell, seed = path.parts[-3], int(path.parts[-2][len("seed"):])
@@ -545,28 +545,28 @@ def _committed_run(dest: Path, cell: str = "fmnist-mlp-pred") -> Path:
 
 
 def test_run_state_reads_the_run_folder(tmp_path):
-    cfg = harness.load_config()
-    full = harness.make_presets(cfg, harness.load_cells(CELLS))["full"]
+    cfg = plan.load_config()
+    full = plan.make_presets(cfg, plan.load_cells(CELLS))["full"]
     row = next(r for r in full.rows if r["cell"] == "fmnist-mlp-pred")
     args = full.args(row) + ["--seed", "1"]
     run = tmp_path / "seed1"
-    assert harness.run_state(run, args) == harness.TRAIN                        # nothing yet
+    assert plan.run_state(run, args) == plan.TRAIN                        # nothing yet
     run.mkdir()
-    (run / "harness.json").write_text(json.dumps({"args": args}))
-    assert harness.run_state(run, args) == harness.TRAIN                        # started: resumed
-    assert harness.run_state(run, harness.with_flags(args, ["--lr", "1e-3"])) == harness.REPLACE
+    (run / "plan.json").write_text(json.dumps({"args": args}))
+    assert plan.run_state(run, args) == plan.TRAIN                        # started: resumed
+    assert plan.run_state(run, plan.with_flags(args, ["--lr", "1e-3"])) == plan.REPLACE
     shutil.copy(REPO / "results" / "full" / "runs" / "fmnist-mlp-pred" / "seed1" / "metrics.json", run)
-    assert harness.run_state(run, args) == harness.FINISHED                     # the committed run
-    assert harness.run_state(run, args + ["--threads", "7", "--device", "cuda"]) == harness.FINISHED
-    assert harness.run_state(run, args + ["--precision", "bf16"]) == harness.REPLACE
-    assert harness.run_state(run, harness.with_flags(args, ["--seed", "2"])) == harness.REPLACE
+    assert plan.run_state(run, args) == plan.FINISHED                     # the committed run
+    assert plan.run_state(run, args + ["--threads", "7", "--device", "cuda"]) == plan.FINISHED
+    assert plan.run_state(run, args + ["--precision", "bf16"]) == plan.REPLACE
+    assert plan.run_state(run, plan.with_flags(args, ["--seed", "2"])) == plan.REPLACE
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["config"]["a_flag_added_later"] = 1                                 # not known to this trainer
     (run / "metrics.json").write_text(json.dumps(metrics))
-    assert harness.run_state(run, args) == harness.FINISHED
+    assert plan.run_state(run, args) == plan.FINISHED
     (run / "metrics.json").write_text("{")
-    with pytest.raises(harness.HarnessError, match="metrics.json: unreadable"):
-        harness.run_state(run, args)
+    with pytest.raises(plan.HarnessError, match="metrics.json: unreadable"):
+        plan.run_state(run, args)
 
 
 def test_finished_runs_are_never_jobs_and_a_changed_recipe_is_set_aside_first(tmp_path):

@@ -1,8 +1,8 @@
 # Config and grid, validated before any job is scheduled; helpers for the rules.
-# The logic lives in workflow/scripts/harness.py (plain Python, unit-tested).
+# The logic lives in workflow/scripts/plan.py (plain Python, unit-tested).
 #
 # Which runs are trained is decided here, not by Snakemake's rerun triggers: a run
-# folder with a finished metrics.json of its current recipe is final (harness.run_state).
+# folder with a finished metrics.json of its current recipe is final (plan.run_state).
 # Its metrics.json is read by the tables and figures but is no job's output in the DAG,
 # so no trigger (mtime, code, params, input, software-env), profile, --forcerun or a
 # fresh `git clone` can schedule it again, delete it or overwrite it.
@@ -13,27 +13,27 @@ import time
 from snakemake.exceptions import WorkflowError
 
 sys.path[:0] = [str(Path(workflow.basedir)), str(Path(workflow.basedir) / "workflow" / "scripts")]
-import harness  # noqa: E402
+import plan  # noqa: E402
 
 try:
-    _checked = harness.validate_config(config)
-    CELLS = harness.load_cells(harness.cells_path(_checked))
-    PRESETS = harness.make_presets(_checked, CELLS)  # "quick" raises on use where its rows are missing
-    STAGES = harness.pipeline_stages(_checked, CELLS)  # cell -> pipeline stages (1: one process)
-except harness.HarnessError as e:
+    _checked = plan.validate_config(config)
+    CELLS = plan.load_cells(plan.cells_path(_checked))
+    PRESETS = plan.make_presets(_checked, CELLS)  # "quick" raises on use where its rows are missing
+    STAGES = plan.pipeline_stages(_checked, CELLS)  # cell -> pipeline stages (1: one process)
+except plan.HarnessError as e:
     raise WorkflowError(str(e)) from None
 config.clear()
 config.update(_checked)  # the typed config: what the scripts read as snakemake.config
 
 ROW = {r["cell"]: r for r in CELLS}
-RES = harness.results_root(config)
+RES = plan.results_root(config)
 CONDA_ENV = "../../envs/environment.yaml"  # relative to workflow/rules/
 # Names the folder a replaced run is moved to (seed<k>.replaced-<STAMP>): this invocation.
 STAMP = time.strftime("%Y%m%d-%H%M%S")
 
 
 wildcard_constraints:
-    preset="|".join(harness.PRESETS),
+    preset="|".join(plan.PRESETS),
     cell="|".join(re.escape(c) for c in ROW),
     seed=r"\d+",
     dataset="|".join(sorted({r["dataset"] for r in CELLS})),
@@ -44,13 +44,13 @@ def preset(name):
     """The named preset, or the reason it cannot run (as a Snakemake error)."""
     try:
         return PRESETS[name]
-    except harness.HarnessError as e:
+    except plan.HarnessError as e:
         raise WorkflowError(str(e)) from None
 
 
 def train_args(wildcards):
     """The flags that decide a run's numbers: the row's recipe, the preset's budget and
-    train.extra_args (harness.Preset.args). When they differ from a finished run's, the
+    train.extra_args (plan.Preset.args). When they differ from a finished run's, the
     run is moved aside and trained again."""
     return preset(wildcards.preset).args(ROW[wildcards.cell])
 
@@ -63,7 +63,7 @@ def train_inputs(wildcards):
         "data": f"{RES}/.prepared/{ROW[wildcards.cell]['dataset']}.ok",
         "tracking": f"{RES}/{wildcards.preset}/mlflow.init.json",
     }
-    if p.state(ROW[wildcards.cell], wildcards.seed) == harness.REPLACE:
+    if p.state(ROW[wildcards.cell], wildcards.seed) == plan.REPLACE:
         inputs["replaced"] = f"{p.run_dir(wildcards.cell, wildcards.seed)}.replaced-{STAMP}/replaced.json"
     return inputs
 

@@ -36,8 +36,8 @@ rule train:
     threads: lambda wc: preset(wc.preset).threads * STAGES[wc.cell]
     resources:
         gpu=lambda wc: preset(wc.preset).gpu * STAGES[wc.cell],
-        mem_mb=lambda wc: harness.mem_mb(ROW[wc.cell], config),
-        runtime=lambda wc: harness.runtime_minutes(ROW[wc.cell], config, preset(wc.preset)),
+        mem_mb=lambda wc: plan.mem_mb(ROW[wc.cell], config),
+        runtime=lambda wc: plan.runtime_minutes(ROW[wc.cell], config, preset(wc.preset)),
     conda:
         CONDA_ENV
     script:

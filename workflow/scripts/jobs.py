@@ -2,7 +2,7 @@
 the shim run_locallearn.py. Values that do not change a run's numbers (data dir,
 tracking URI, device, threads, pipeline stages) are read here from the config rather
 than declared as params. Which runs are trained at all is decided before the DAG
-(harness.run_state); a finished run never reaches these jobs.
+(plan.run_state); a finished run never reaches these jobs.
 
 Each command is headed, in its log, by the time, the host and the command line; the
 job fails with the command's exit status. A training run's output goes to train.log in
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import harness  # puts the repository on sys.path: locallearn's torch-free modules
+import plan  # puts the repository on sys.path: locallearn's torch-free modules
 from locallearn.credentials import redact_uri
 
 
@@ -27,14 +27,14 @@ class Job:
     def __init__(self, sm):
         self.sm = sm
         self.config = config = sm.config
-        self.rows = harness.load_cells(harness.cells_path(config))
-        self.presets = harness.make_presets(config, self.rows)
+        self.rows = plan.load_cells(plan.cells_path(config))
+        self.presets = plan.make_presets(config, self.rows)
         # command null: this Python with `-m locallearn`, the repository first on PYTHONPATH,
         # so jobs run the checkout's package whether or not it is pip-installed (conda envs
         # are not).
         self.command = shlex.split(config["command"]) if config["command"] else [sys.executable, "-m", "locallearn"]
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(harness.REPO), os.environ.get("PYTHONPATH", "")) if p))
+            p for p in (str(plan.REPO), os.environ.get("PYTHONPATH", "")) if p))
         self.log_path = Path(sm.log[0])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -78,19 +78,19 @@ def write_json(path: str, data: dict) -> None:
 def prepare_data(job: Job) -> None:
     sm, config = job.sm, job.config
     dataset = sm.wildcards.dataset
-    args = ["data", "prepare", dataset, "--data-dir", harness.data_dir(config)]
+    args = ["data", "prepare", dataset, "--data-dir", plan.data_dir(config)]
     if config["download"]:
         args.append("--download")
     if config["data_source"]:
         args += ["--source", config["data_source"]]
     job.run(args)
-    write_json(sm.output[0], {"dataset": dataset, "data_dir": harness.data_dir(config)})
+    write_json(sm.output[0], {"dataset": dataset, "data_dir": plan.data_dir(config)})
 
 
 def tracking_init(job: Job) -> None:
     sm, config = job.sm, job.config
     preset = job.presets[sm.wildcards.preset]
-    uri = harness.tracking_uri(config, preset)
+    uri = plan.tracking_uri(config, preset)
     Path(preset.results).mkdir(parents=True, exist_ok=True)
     job.track_to(uri)
     job.run(["tracking", "init", "--experiment", preset.experiment])
@@ -105,17 +105,17 @@ def train(job: Job) -> None:
     tags = {"cell": cell, "seed": seed, "preset": preset.name, "dataset": row["dataset"],
             "model": row["model"], "network": row["network"], "loss": row["loss"]}
     args = ["train", *sm.params.args, "--seed", seed, "--out", str(Path(sm.output[0]).parent),
-            "--data-dir", harness.data_dir(config),
+            "--data-dir", plan.data_dir(config),
             "--mlflow-experiment", preset.experiment, "--run-name", f"{cell}-s{seed}"]
     if config["mlflow"]["system_metrics"]:
         args.append("--mlflow-system-metrics")
     for k, v in tags.items():
         args += ["--tag", f"{k}={v}"]
-    job.track_to(harness.tracking_uri(config, preset))
+    job.track_to(plan.tracking_uri(config, preset))
     # A pipelined cell: S stage processes started by torchrun (one node; its rendezvous
     # is what several nodes would use too), each with its share of the job's threads and,
     # on GPUs, one of S cards leased for the job (the trainer leases none under torchrun).
-    stages = harness.pipeline_stages(config, job.rows)[cell]
+    stages = plan.pipeline_stages(config, job.rows)[cell]
     args += ["--device", preset.device, "--threads", str(max(1, sm.threads // stages))]
     command, lease = None, None
     if stages > 1:
@@ -128,11 +128,11 @@ def train(job: Job) -> None:
                 job.env["CUDA_DEVICE_ORDER"] = os.environ["CUDA_DEVICE_ORDER"]
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={stages}", "--no-python", *job.command]
-    # The flags this folder's run was started with: harness.run_state reads them to tell
+    # The flags this folder's run was started with: plan.run_state reads them to tell
     # an unfinished run of this recipe (resumed) from one of another (set aside first).
     run_dir = Path(sm.output[0]).parent
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / harness.STARTED).write_text(json.dumps({"args": [*sm.params.args, "--seed", seed]}, indent=1) + "\n")
+    (run_dir / plan.STARTED).write_text(json.dumps({"args": [*sm.params.args, "--seed", seed]}, indent=1) + "\n")
     job.run(args, command, keep=run_dir / "train.log")
     if not Path(sm.output[0]).is_file():
         sys.exit(f"{cell} seed {seed}: the trainer exited 0 without writing {sm.output[0]}")
@@ -147,7 +147,7 @@ def set_aside(job: Job) -> None:
     aside = Path(sm.output[0]).parent
     record = {"moved": str(run_dir), "to": str(aside), "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "host": socket.gethostname(), "new_recipe_args": list(sm.params.args)}
-    metrics = run_dir / harness.METRICS
+    metrics = run_dir / plan.METRICS
     if metrics.is_file():
         old = json.loads(metrics.read_text())
         record.update(finished=True, test_error=old.get("test_error"), config_hash=old.get("config_hash"))

@@ -9,16 +9,16 @@ from pathlib import Path
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 sys.path.insert(0, sm.scriptdir)
-import harness  # noqa: E402  (puts the repository on sys.path)
+import plan  # noqa: E402  (puts the repository on sys.path)
 
 from locallearn import readme, report, tables  # noqa: E402
 
 config = sm.config
-rows = harness.load_cells(harness.cells_path(config))
-preset = harness.make_presets(config, rows)[sm.wildcards.get("preset", "full")]
+rows = plan.load_cells(plan.cells_path(config))
+preset = plan.make_presets(config, rows)[sm.wildcards.get("preset", "full")]
 Path(sm.log[0]).parent.mkdir(parents=True, exist_ok=True)
 
-INTRO = tables.intro(preset.seeds, f"`{harness.DEFAULT_CONFIG.relative_to(harness.REPO)}`", epochs=preset.epochs,
+INTRO = tables.intro(preset.seeds, f"`{plan.DEFAULT_CONFIG.relative_to(plan.REPO)}`", epochs=preset.epochs,
                      max_train_examples=preset.max_train_examples, max_test_examples=preset.max_test_examples)
 TEMPLATE = None if preset.name == "full" else readme.template(
     "locallearn: quick replication (budget run)",
@@ -51,7 +51,7 @@ with open(sm.log[0], "w") as log:
         from locallearn.credentials import take_credentials
         from locallearn.errors import TrackingError
         from locallearn.tracking import artifact_destination, sync_results
-        uri = take_credentials(harness.tracking_uri(config, preset))   # never printed with a password
+        uri = take_credentials(plan.tracking_uri(config, preset))   # never printed with a password
         try:
             done = sync_results(preset.results, uri, preset.experiment)
         except TrackingError as e:   # the tables are made; a store that is down only warns

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import batches, flags
-from locallearn.local import decoder_pooling, similarity_matrix
+from locallearn.local_losses import decoder_pooling, similarity_matrix
 from locallearn.models import build_model
 
 

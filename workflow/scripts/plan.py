@@ -1,4 +1,4 @@
-"""The workflow's logic in plain Python (no Snakemake objects), so the rules stay thin
+"""The workflow's plan in plain Python (no Snakemake objects), so the rules stay thin
 and tests can call it directly:
 
 - `load_config` / `validate_config`: the config (after --config/--configfile merges)
@@ -300,7 +300,7 @@ def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
 FINISHED = "finished"   # metrics.json of the run's current recipe: final, never scheduled again
 REPLACE = "replace"     # a run (finished or not) of another recipe: moved aside, then trained anew
 TRAIN = "train"         # nothing yet, or an unfinished run of this recipe (the trainer resumes it)
-METRICS, STARTED = "metrics.json", "harness.json"  # STARTED: the flags a job started the folder with
+METRICS, STARTED = "metrics.json", "plan.json"  # STARTED: the flags a job started the folder with
 
 
 def _recipe(args: list[str]) -> dict:
@@ -539,7 +539,7 @@ def hours_by_dataset(rows: list[dict], est: dict, seeds: int = 1) -> dict[str, f
     return out
 
 
-if __name__ == "__main__":  # python workflow/scripts/harness.py: the README's estimate table
+if __name__ == "__main__":  # python workflow/scripts/plan.py: the README's estimate table
     cfg = load_config()
     rows = load_cells(cells_path(cfg))
     table = hours_by_dataset(rows, cfg["estimate"])
