@@ -452,15 +452,19 @@ def test_report_holds_tables_scatter_every_curve_and_runtimes(tmp_path):
     assert sorted(runtimes) == sorted(["compile_tables", "scatter", "splice_readme", *["curve"] * 4])
 
 
+
+def committed_clone(dest: Path) -> None:
+    """What a fresh clone holds of the results: each committed run's metrics.json, and the README."""
+    for m in sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json")):
+        (dest / m.relative_to(REPO)).parent.mkdir(parents=True)
+        shutil.copy(m, dest / m.relative_to(REPO))
+    shutil.copy(REPO / "README.md", dest / "README.md")
+
+
 def test_committed_results_regenerate_the_readme_byte_for_byte(tmp_path):
     """The README's tables, and results/full/tables/*.md, are exactly what `snakemake
     tables` makes of the committed metrics.json files (results/full/runs), and nothing else."""
-    committed = sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
-    for m in committed:
-        dest = tmp_path / m.relative_to(REPO)
-        dest.parent.mkdir(parents=True)
-        shutil.copy(m, dest)
-    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    committed_clone(tmp_path)
     r = snakemake(tmp_path, "--cores", "1", "tables")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text()
@@ -474,12 +478,8 @@ def test_tables_target_makes_the_committed_runs_browsable(tmp_path):
     mirrors each into results/full's MLflow store (one FINISHED run per cell x seed, the
     whole history); running it again changes nothing."""
     from mlflow import MlflowClient
-    committed = sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
-    for m in committed:
-        dest = tmp_path / m.relative_to(REPO)
-        dest.parent.mkdir(parents=True)
-        shutil.copy(m, dest)
-    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    committed_clone(tmp_path)
+    committed = sorted((tmp_path / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
     r = snakemake(tmp_path, "--cores", "1", "tables")
     assert r.returncode == 0, r.stderr[-3000:]
     full = tmp_path / "results" / "full"
