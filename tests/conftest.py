@@ -34,3 +34,18 @@ def batches(n: int, shape=(1, 28, 28), classes: int = 10, batch: int = 16, seed:
 
 needs_fmnist = pytest.mark.skipif(not FMNIST_DEBIAN.exists(),
                                   reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_credentials_stay_in_their_test():
+    """take_credentials (config.validate) exports a URI's user and password into this
+    process's environment, as a training process needs; in the one pytest process that
+    would hand them to every later test's servers and jobs. Restore them after each test."""
+    from locallearn.credentials import PASSWORD_VAR, USERNAME_VAR
+    saved = {k: os.environ.get(k) for k in (USERNAME_VAR, PASSWORD_VAR)}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
