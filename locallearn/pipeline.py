@@ -45,6 +45,7 @@ from .fit import fit
 from .host import configure_host
 from .models import Block, LocalNet, build_model
 from .rundir import RunFolder
+from .startup import startup_line
 
 TIMEOUT_ENV = "LOCALLEARN_PIPELINE_TIMEOUT"  # seconds a stage waits for a peer (default 60)
 END, STOP = 0, -1
@@ -377,6 +378,7 @@ def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str) ->
         if rank == 0:  # stage 0 alone reads the data
             from .batches import load_splits
             train, test, _ = load_splits(cfg, device)
+            print(startup_line(cfg, device, engine.model, train, test), flush=True)   # the whole network's counts
         return fit(cfg, RunFolder(cfg, stage=rank), engine, train, test)
     finally:
         try:

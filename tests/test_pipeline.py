@@ -157,14 +157,16 @@ def test_resume_of_killed_pipeline_equals_uninterrupted_sequential(tmp_path, mon
     assert_same_as_sequential(tmp_path / "seq", tmp_path / "pipe", 2)
 
 
-def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch):
-    """The same run folder and loop: curve.png, the same MLflow artifacts, and a full
-    disk in one stage reported as a sequential run reports it (not as a dead peer)."""
+def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch, capfd):
+    """The same run folder and loop: the start-up line, curve.png, the same MLflow
+    artifacts, and a full disk in one stage reported as a sequential run reports it (not
+    as a dead peer)."""
     import mlflow.tracking
     flags, n = MLP + ["--loss-sup", "predsim"], 200
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     seq = train_mod.run(cfg_for(tmp_path, flags, "seq", n, "--epochs", "2", "--mlflow-uri", uri,
                                 "--mlflow-experiment", "seq"))
+    seq_start = [ln for ln in capfd.readouterr().out.splitlines() if ln.startswith("locallearn ")]
     pipe_cfg = cfg_for(tmp_path, flags, "pipe", n, "--epochs", "2", "--pipeline-stages", "2", "--mlflow-uri", uri,
                        "--mlflow-experiment", "pipe")
     monkeypatch.setenv(FAULT_ENV, "enospc-checkpoint:2")  # in the last stage
@@ -174,7 +176,11 @@ def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch
     assert (f"cannot write checkpoint {tmp_path / 'pipe' / checkpoint_name(1)} (No space left on device); "
             "the checkpoint of epoch 1 is kept: free space and rerun the same command") == str(err.value)
     monkeypatch.delenv(FAULT_ENV)
+    capfd.readouterr()
     pipe = train_mod.run(pipe_cfg)
+    pipe_start = [ln for ln in capfd.readouterr().out.splitlines() if ln.startswith("locallearn ")]
+    assert len(seq_start) == len(pipe_start) == 1   # one line, from the reporting stage, naming
+    assert pipe_start[0].replace("/pipe", "/seq") == seq_start[0]   # the whole network, as sequential
     assert strip(pipe["history"]) == strip(seq["history"])
     client = mlflow.tracking.MlflowClient(uri)
 
