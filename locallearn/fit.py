@@ -16,7 +16,7 @@ import torch
 from . import precision
 from .engines import evaluate, no_progress, output_scale, train_epoch
 from .environment import describe, environment_info, peak_memory_bytes
-from .errors import DivergenceError
+from .errors import CheckpointError, DivergenceError
 from .faults import fault
 from .rundir import run_tags
 
@@ -84,7 +84,13 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
     history, wall_before, start = [], 0.0, 1
     state = engine.resume(folder)
     if state is not None:
-        engine.load_state_dict(state)
+        try:
+            engine.load_state_dict(state)
+        except (KeyError, ValueError, RuntimeError) as e:   # e.g. written by an older version
+            raise CheckpointError(
+                f"{folder.out}: the checkpoint of epoch {state['epoch']} does not fit this run's {cfg.engine} "
+                f"engine ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
+                "use another --out, or delete the checkpoint to start over") from None
         history, wall_before, start = state["history"] or [], state["wall_seconds"], state["epoch"] + 1
         if reports:
             print(f"{folder.out}: resuming after epoch {state['epoch']} of {cfg.epochs}", flush=True)

@@ -13,6 +13,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 from conftest import CELLS_TSV, REPO
 from fake_data import write_fake
@@ -145,6 +146,25 @@ def test_resume_from_a_torn_checkpoint(capsys, data, tmp_path):
     rc = main(["train", *base(data, tmp_path / "again", "--resume", str(torn))])
     err = capsys.readouterr().err
     assert rc != 0 and f"--resume {torn}: the checkpoint is unreadable" in err.splitlines()[-1]
+
+
+def test_checkpoint_that_does_not_fit_the_engine(capsys, data, tmp_path):
+    """A checkpoint of this config whose optimizer state does not fit the engine (e.g. a
+    reference-engine checkpoint from before its global optimizer held the output layer
+    alone) stops the run with one line; the checkpoint is kept."""
+    out = tmp_path / "run"
+    assert main(["train", *base(data, out, "--engine", "reference")]) == 0
+    (out / "metrics.json").unlink()   # as if killed before its last write
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    name = next(iter(state["optimizers"]))
+    state["optimizers"][name]["param_groups"][0]["params"].append(10_000)   # one parameter too many
+    torch.save(state, out / "checkpoint.pt")
+    capsys.readouterr()
+    rc = main(["train", *base(data, out, "--engine", "reference")])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert rc != 0 and f"{out}: the checkpoint of epoch 2 does not fit this run's reference engine" in last
+    assert "use another --out, or delete the checkpoint to start over" in last
+    assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
 
 
 def test_no_print_stats_suppresses_the_epoch_lines(capsys, data, tmp_path):
