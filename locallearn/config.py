@@ -6,6 +6,7 @@ decide the numbers a run produces (and so whether a checkpoint may be resumed).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -214,8 +215,29 @@ NON_RECIPE = {
 }
 
 
+# The recipe fields of the first runs ever recorded (the committed ones among them).
+# They always enter the recipe. A flag added since enters it only when set away from
+# its default, so adding a flag never changes the config_hash of an earlier run: it is
+# neither retrained nor refused (tests/test_run_state.py, with a committed metrics.json).
+FIRST_RECIPE = frozenset({
+    "alpha", "backprop", "batch_size", "beta", "bio", "classes_per_batch", "classes_per_batch_until_epoch",
+    "cutout", "dataset", "dim_in_decoder", "dropout", "engine", "epochs", "feat_mult", "length", "loss_sup",
+    "loss_unsup", "lr", "lr_decay_fact", "lr_decay_milestones", "max_test_examples", "max_train_examples",
+    "model", "momentum", "n_holes", "no_batch_norm", "no_detach", "no_similarity_std", "nonlin",
+    "num_hidden", "num_layers", "optim", "precision", "seed", "target_proj_size", "weight_decay",
+})
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict:
+    return dict(vars(build_parser().parse_args([])))
+
+
 def recipe_dict(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in sorted(vars(args).items()) if k not in NON_RECIPE}
+    """The fields of a run's config that decide its numbers (see FIRST_RECIPE)."""
+    defaults = _defaults()
+    return {k: v for k, v in sorted(vars(args).items())
+            if k not in NON_RECIPE and (k in FIRST_RECIPE or k not in defaults or v != defaults[k])}
 
 
 def config_hash(args: argparse.Namespace) -> str:
