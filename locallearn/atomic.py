@@ -2,6 +2,7 @@
 the new one, never half of one, even when the writer dies or the disk fills."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -48,6 +49,12 @@ def atomic_write(path: str | Path, write, mode: int | None = None) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    """`obj` as indented JSON (a record: the workflow's marks, replaced.json), its folder made."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def atomic_write_bytes(path: str | Path, content) -> Path:

@@ -24,7 +24,9 @@ commands:
   data       data prepare DATASET... [--data-dir D] [--download] [--source DIR]
   tracking   tracking init --uri URI --experiment NAME (create the MLflow experiment once);
              tracking sync RESULTS (mirror a preset's finished runs into its MLflow store)
-  tables     tables, figures and README from the metrics.json files that exist (= `snakemake tables`)
+  tables     tables, figures, README and MLflow mirror from the metrics.json files that exist
+             (= `snakemake --cores 1 tables`)
+  report     report curve|scatter|tables|readme|all: one step of that (the workflow's rules)
 
   --version  print the version and exit
 """
@@ -47,8 +49,12 @@ actions:
 
 def cmd_train(argv: list[str]) -> int:
     from .config import parse_train_args
-    from .train import run
-    run(parse_train_args(argv))
+    from .train import run, set_aside_only
+    cfg = parse_train_args(argv)
+    if cfg.set_aside_to:
+        set_aside_only(cfg, argv)
+    else:
+        run(cfg, argv)
     return 0
 
 
@@ -84,6 +90,8 @@ def cmd_data(argv: list[str]) -> int:
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
     p.add_argument("--download", action="store_true", help="fetch from the internet when missing")
     p.add_argument("--source", default=None, help="folder holding the original archive files")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="when all are ready, write what was prepared where to FILE (JSON; the workflow's mark)")
     a = p.parse_args(argv)
     data_dir = resolve_data_dir(a.data_dir)
     for name in a.datasets:
@@ -91,7 +99,11 @@ def cmd_data(argv: list[str]) -> int:
             raise ConfigError(f"data prepare: unknown dataset {name!r} (known: {', '.join(SPECS)})")
         prepare(name, data_dir, download=a.download, source=Path(a.source) if a.source else None)
         print(f"{name}: ready in {data_dir}")
+    if a.record:
+        from .atomic import atomic_write_json
+        atomic_write_json(a.record, {"datasets": a.datasets, "data_dir": str(data_dir)})
     return 0
+
 
 
 def cmd_tracking(argv: list[str]) -> int:
@@ -109,61 +121,162 @@ def cmd_tracking(argv: list[str]) -> int:
 # directory (the repository root); the package itself never reads workflow/.
 TABLES_DEFAULTS = {"results": "results/full", "cells": "workflow/config/cells.tsv",
                    "workflow_config": "workflow/config/config.yaml"}
+TOLERANCE_SOURCE = "`workflow/config/config.yaml`"
+REPORT_STEPS = ("curve", "scatter", "tables", "readme", "all")
 
 
-def cmd_tables(argv: list[str]) -> int:
-    """`locallearn tables`: compile the tables from whatever metrics.json exist (no
-    training), draw the figures and splice the tables into a README: what `snakemake
-    --cores 1 tables` does (report.refresh), without Snakemake."""
-    from pathlib import Path
-
-    import yaml
-
-    from .cells import read_cells
-    from .report import refresh, runs
-    from .tables import intro
-
-    d = TABLES_DEFAULTS
+def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The flags of every reporting step: which rows, seeds, tolerances, where."""
     from .helpformat import HelpFormatter
-
-    p = argparse.ArgumentParser(prog="locallearn tables", description=cmd_tables.__doc__,
-                                formatter_class=HelpFormatter)
+    d = TABLES_DEFAULTS
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     p.add_argument("--results", default=d["results"],
                    help="a preset's results folder: reads runs/, writes tables/ and figures/")
     p.add_argument("--cells", default=d["cells"], help="the grid")
-    p.add_argument("--workflow-config", default=d["workflow_config"], metavar="YAML",
-                   help="where `seeds` and `tolerance` are read")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="seeds to read (default: `seeds` of --workflow-config)")
-    p.add_argument("--tolerance", action="append", default=[], metavar="[DATASET=]PP",
-                   help="verdict tolerance in percentage points, over those of --workflow-config")
+    p.add_argument("--only", nargs="+", default=None, metavar="CELL", help="these cells of the grid only")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to read")
+    p.add_argument("--tolerance", nargs="+", default=[], metavar="[DATASET=]PP",
+                   help="verdict tolerance in percentage points: a default, and per dataset")
+    p.add_argument("--tolerance-source", default=TOLERANCE_SOURCE, metavar="TEXT",
+                   help="where the tables say the tolerances come from")
+    p.add_argument("--epochs", type=int, default=None, help="a budget preset's epochs (the tables say so)")
+    p.add_argument("--max-train-examples", type=int, default=0, help="a budget preset's training examples")
+    p.add_argument("--max-test-examples", type=int, default=0, help="a budget preset's test examples")
     p.add_argument("--readme", default=None, help="README to splice the tables into (markers required)")
-    p.add_argument("--only-run", action="store_true", help="tables of the cells that have run only")
+    p.add_argument("--readme-title", default=None,
+                   help="make a missing --readme with this title (and --readme-body) around the markers")
+    p.add_argument("--readme-body", default="", help="the text under --readme-title")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    args = p.parse_args(argv)
-    for flag, path in (("--cells", args.cells), ("--workflow-config", args.workflow_config)):
-        if not Path(path).is_file():
-            raise ConfigError(f"{flag}: no such file {path} (run from the repository root, or name it)")
-    with open(args.workflow_config) as f:
-        settings = yaml.safe_load(f) or {}
-    tolerance = dict(settings.get("tolerance") or {})
-    for item in args.tolerance:
+    p.add_argument("--mlflow-uri", default=None,
+                   help="MLflow store to mirror the finished runs into (step all; default: "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///RESULTS/mlflow.db)")
+    p.add_argument("--mlflow-experiment", default="locallearn", help="its experiment")
+    p.add_argument("--no-sync", action="store_true", help="step all: leave MLflow alone")
+    return p
+
+
+def tolerances(items: list[str], base: dict | None = None) -> dict[str, float]:
+    tol = dict(base or {})
+    for item in items:
         key, sep, value = item.partition("=")
         try:
-            tolerance[key if sep else "default"] = float(value if sep else key)
+            tol[key if sep else "default"] = float(value if sep else key)
         except ValueError:
             raise ConfigError(f"--tolerance: expected NUMBER or DATASET=NUMBER, got {item!r}") from None
-    tolerance.setdefault("default", 0.5)
-    seeds = args.seeds or settings.get("seeds") or [1]
-    rows = read_cells(args.cells)
-    if args.only_run:
-        found = runs(rows, args.results, seeds)
-        rows = [r for r in rows if r["cell"] in found]
-    source = f"`{args.workflow_config}`" + (" and --tolerance" if args.tolerance else "")
-    tables = refresh(rows, args.results, seeds=seeds, tolerance=tolerance, intro=intro(seeds, source),
-                     readme_path=args.readme, draw=not args.no_figures)
-    print(f"wrote {Path(args.results) / 'tables'}/ ({len(tables)} files)"
-          + (f" and spliced {args.readme}" if args.readme else ""))
+    tol.setdefault("default", 0.5)
+    return tol
+
+
+def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> None:
+    """One reporting step (the workflow's rules curve, scatter, compile_tables,
+    splice_readme), or all of them and the MLflow mirror (`tables` rule, `locallearn tables`)."""
+    from pathlib import Path
+
+    from . import readme, report
+    from .cells import read_cells
+    from .tables import intro
+    if not Path(a.cells).is_file():
+        raise ConfigError(f"--cells: no such file {a.cells} (run from the repository root, or name it)")
+    rows = read_cells(a.cells)
+    if a.only is not None:
+        unknown = sorted(set(a.only) - {r["cell"] for r in rows})
+        if unknown:
+            raise ConfigError(f"--only: {', '.join(unknown)} not in {a.cells}")
+        rows = [r for r in rows if r["cell"] in a.only]
+    seeds, tol = a.seeds or [1], tolerances(a.tolerance)
+    text = intro(seeds, a.tolerance_source, epochs=a.epochs, max_train_examples=a.max_train_examples,
+                 max_test_examples=a.max_test_examples)
+    template = readme.template(a.readme_title, a.readme_body) if a.readme_title else None
+    if step == "curve":
+        row = next((r for r in rows if r["cell"] == cell), None)
+        if row is None:
+            raise ConfigError(f"report curve: no cell {cell!r} in {a.cells}")
+        print(f"drew {report.draw_curve(row, a.results, seeds)}")
+    elif step == "scatter":
+        print(f"drew {report.draw_scatter(rows, a.results, seeds, tol)}")
+    elif step == "tables":
+        report.compile_tables(rows, a.results, seeds=seeds, tolerance=tol, intro=text, readme_path=a.readme)
+        print(f"wrote {Path(a.results) / 'tables'}/")
+    elif step == "readme":
+        if not a.readme:
+            raise ConfigError("report readme: --readme FILE is needed")
+        changed = readme.splice_file(a.readme, (Path(a.results) / "tables" / "tables.md").read_text(), template)
+        print(f"{a.readme}: {'updated' if changed else 'unchanged'}")
+    else:
+        out = report.refresh(rows, a.results, seeds=seeds, tolerance=tol, intro=text, readme_path=a.readme,
+                             readme_template=template, draw=not a.no_figures)
+        print(f"wrote {Path(a.results) / 'tables'}/ ({len(out)} files)"
+              + (f" and spliced {a.readme}" if a.readme else ""))
+        if not a.no_sync:
+            mirror_results(a.results, a.mlflow_uri, a.mlflow_experiment)
+
+
+def mirror_results(results: str, uri: str | None, experiment: str) -> None:
+    """The finished runs, browsable in MLflow (a fresh clone has only their metrics.json).
+    A store that is down only warns: the tables are made."""
+    from pathlib import Path
+
+    from .credentials import take_credentials
+    from .errors import TrackingError
+    from .tracking import artifact_destination, resolve_uri, sync_results
+    uri = take_credentials(resolve_uri(uri)) or "sqlite:///" + str(Path(results, "mlflow.db").resolve())
+    try:
+        done = sync_results(results, uri, experiment)
+    except TrackingError as e:
+        print(f"locallearn: warning: MLflow not synced: {e}", file=sys.stderr)
+        return
+    changed = sum(v != "unchanged" for v in done.values())
+    print(f"MLflow {uri}: {len(done)} finished runs, {changed} created or updated")
+    dest = artifact_destination(uri)
+    print(f"browse: mlflow ui --backend-store-uri {uri}" + (f" --artifacts-destination {dest}" if dest else ""))
+
+
+def cmd_report(argv: list[str]) -> int:
+    """`locallearn report STEP`: one step of a preset's report from the metrics.json
+    files that exist (what the workflow's reporting rules run)."""
+    if not argv or argv[0] not in REPORT_STEPS:
+        if argv[:1] in (["-h"], ["--help"]):
+            print(f"usage: locallearn report {{{','.join(REPORT_STEPS)}}} [flags]   (locallearn report STEP --help)")
+            return 0
+        raise ConfigError(f"usage: locallearn report {{{','.join(REPORT_STEPS)}}} [flags]")
+    step = argv[0]
+    p = report_parser(f"locallearn report {step}", cmd_report.__doc__)
+    if step == "curve":
+        p.add_argument("cell", help="the cell whose learning curves are drawn")
+    a = p.parse_args(argv[1:])
+    report_step(step, a, getattr(a, "cell", None))
+    return 0
+
+
+def cmd_tables(argv: list[str]) -> int:
+    """`locallearn tables`: the tables from whatever metrics.json exist (no training),
+    the figures, the README's tables and the MLflow mirror: the same steps as `snakemake
+    --cores 1 tables` (`locallearn report all`), with seeds and tolerances read from
+    --workflow-config."""
+    from pathlib import Path
+
+    import yaml
+    p = report_parser("locallearn tables", cmd_tables.__doc__)
+    p.add_argument("--workflow-config", default=TABLES_DEFAULTS["workflow_config"], metavar="YAML",
+                   help="where `seeds`, `tolerance`, `readme` and `mlflow` are read")
+    p.add_argument("--only-run", action="store_true", help="tables of the cells that have run only")
+    a = p.parse_args(argv)
+    if not Path(a.workflow_config).is_file():
+        raise ConfigError(f"--workflow-config: no such file {a.workflow_config} (run from the repository root, "
+                          "or name it)")
+    with open(a.workflow_config) as f:
+        settings = yaml.safe_load(f) or {}
+    a.tolerance = [f"{k}={v}" for k, v in (settings.get("tolerance") or {}).items()] + a.tolerance
+    a.seeds = a.seeds or settings.get("seeds") or [1]
+    mlflow = settings.get("mlflow") or {}
+    a.mlflow_experiment = mlflow.get("experiment") or a.mlflow_experiment
+    a.mlflow_uri = a.mlflow_uri or mlflow.get("uri")
+    if a.only_run:
+        from .cells import read_cells
+        from .report import runs
+        if Path(a.cells).is_file():
+            a.only = list(runs(read_cells(a.cells), a.results, a.seeds))
+    report_step("all", a)
     return 0
 
 
@@ -182,7 +295,7 @@ def _on_sigterm(signum, frame):
 
 
 COMMANDS = {"train": cmd_train, "describe": cmd_describe, "bench": cmd_bench, "data": cmd_data,
-            "tracking": cmd_tracking, "tables": cmd_tables}
+            "tracking": cmd_tracking, "tables": cmd_tables, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

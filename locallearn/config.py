@@ -81,8 +81,13 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
 def _add_project_flags(p: argparse.ArgumentParser) -> None:
     """Additive flags: where a run reads and writes, and how it is executed."""
     a = p.add_argument
-    a("--out", default=None, help=f"output folder: metrics.json, checkpoint, curve.png; the workflow "
-      f"adds train.log (default: --save-dir, else {DEFAULT_OUT})")
+    a("--out", default=None, help=f"output folder, owned by this run: start.json, train.log, checkpoints, metrics.json, "
+      f"curve.png (default: --save-dir, else {DEFAULT_OUT})")
+    a("--job-log", default=None, metavar="FILE",
+      help="also copy this attempt's output to FILE (overwritten; the workflow's per-job log)")
+    a("--set-aside-to", default=None, metavar="DIR",
+      help="only move a run of another recipe out of --out, whole, to DIR (with replaced.json), then stop "
+           "(the workflow's set_aside rule; a plain train run sets such a run aside by itself)")
     a("--data-dir", default=None, help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
     a("--download", action="store_true", help="allow downloading missing datasets")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -202,12 +207,35 @@ def parse_train_args(argv: list[str]) -> argparse.Namespace:
     return validate(build_parser().parse_args(argv))
 
 
+def argv_of(cfg: argparse.Namespace) -> list[str]:
+    """Train flags that parse back to `cfg`: every flag away from its default. The
+    pipeline's launcher hands them to its stage processes; headers of train.log show them."""
+    out = []
+    for action in build_parser()._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(cfg, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:                     # store_true
+            out += [flag] if value else []
+        elif isinstance(value, list) and action.nargs is None:   # append: --tag K=V --tag ...
+            for v in value:
+                out += [flag, str(v)]
+        elif isinstance(value, list):             # nargs="+" / "*"
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
 # Fields that say where or how a run is watched, not what it computes, and reference
 # flags that compute nothing here (pre_act: the reference reads it only in ResNets).
 # Everything else is the recipe: it decides every number, so it decides whether a
 # checkpoint may be continued.
 NON_RECIPE = {
-    "out", "data_dir", "download", "device", "no_cuda", "progress_bar", "no_print_stats",
+    "out", "set_aside_to", "job_log", "data_dir", "download", "device", "no_cuda", "progress_bar", "no_print_stats",
     "resume", "save_dir", "threads", "mlflow_uri", "mlflow_experiment", "mlflow_system_metrics",
     "run_name", "tag",
     "debug", "eval_batch_size", "pipeline_stages", "stage_devices",
@@ -233,10 +261,12 @@ def _defaults() -> dict:
     return dict(vars(build_parser().parse_args([])))
 
 
-def recipe_dict(args: argparse.Namespace) -> dict:
-    """The fields of a run's config that decide its numbers (see FIRST_RECIPE)."""
+def recipe_dict(args: argparse.Namespace | dict) -> dict:
+    """The fields of a run's config (flags, or a recorded config dict) that decide its
+    numbers (see FIRST_RECIPE)."""
     defaults = _defaults()
-    return {k: v for k, v in sorted(vars(args).items())
+    fields = args if isinstance(args, dict) else vars(args)
+    return {k: v for k, v in sorted(fields.items())
             if k not in NON_RECIPE and (k in FIRST_RECIPE or k not in defaults or v != defaults[k])}
 
 

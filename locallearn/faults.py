@@ -1,12 +1,14 @@
 """Fault injection, for the tests only (tests/test_faults.py, test_bad_input.py,
-test_pipeline.py): $LOCALLEARN_FAULT="POINT:EPOCH" makes the run fail at POINT of
+test_pipeline.py, test_run_state.py): $LOCALLEARN_FAULT="POINT:EPOCH" makes the run fail at POINT of
 epoch EPOCH the way a crash would. Unset, nothing happens.
 
+  kill-after-start-record SIGKILL with the start record written, nothing trained (EPOCH: 0)
   kill-mid-epoch          SIGKILL after the 2nd batch of the epoch
   term-mid-epoch          SIGTERM (SLURM's time limit) after the 2nd batch of the epoch
   kill-checkpoint-tmp     SIGKILL with the checkpoint's temporary file complete, not yet renamed
   kill-checkpoint-rotated SIGKILL with checkpoint.pt moved to .prev, the temporary file not renamed
   kill-after-checkpoint   SIGKILL after the checkpoint, before MLflow gets the epoch
+  kill-mlflow-epoch       SIGKILL while the epoch is being sent to MLflow
   kill-before-metrics     SIGKILL after the last epoch, before metrics.json (EPOCH: the last)
   kill-after-metrics      SIGKILL after metrics.json, before MLflow marks the run FINISHED
   enospc-checkpoint       disk full while writing the epoch's checkpoint

@@ -373,6 +373,12 @@ def lease_gpus(n: int, lock_dir: Path | str | None = None, count: int | None = N
                         f"(lock folder {lock_dir}; holders: {holders}); run fewer jobs at once")
 
 
+def lease(n: int = 1, label: str | None = None, **kw):
+    """n GPUs for this process (a run needs 1, a pipeline of n stages n): a Lease or a
+    list of them, None where there is no GPU (lease_gpu / lease_gpus)."""
+    return lease_gpu(label=label, **kw) if n == 1 else lease_gpus(n, label=label, **kw)
+
+
 def lease_status(lock_dir: Path | str | None = None, count: int | None = None,
                  slots_per_gpu: int | None = None) -> list[tuple[int, int, str | None]]:
     """(gpu, slot, holder or None if free) for every lock; probes without keeping."""

@@ -40,10 +40,11 @@ def resolve_device(cfg) -> torch.device:
     return torch.device(cfg.device)
 
 
-def lease_device(cfg):
-    """Several GPUs, several jobs: take a free card for this run (gpulease.py), unless a
-    scheduler (SLURM, the user) already chose one with CUDA_VISIBLE_DEVICES."""
+def lease_devices(cfg, n: int):
+    """Several GPUs, several jobs: take n free cards for this run (gpulease.py; a
+    pipeline of n stages needs n), unless a scheduler (SLURM, the user) already chose
+    with CUDA_VISIBLE_DEVICES, or the run is not on CUDA. Held until the process ends."""
     if cfg.no_cuda or cfg.device not in ("auto", "cuda") or "CUDA_VISIBLE_DEVICES" in os.environ:
         return None
-    from .gpulease import lease_gpu
-    return lease_gpu(label=str(cfg.out))
+    from .gpulease import lease
+    return lease(n, label=str(cfg.out))

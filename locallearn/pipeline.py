@@ -19,19 +19,24 @@ activation buffer), so every receive can be posted before the previous batch is
 computed (overlap both ways). A header with b = 0 ends a phase (epoch or evaluation),
 b = -1 ends the run.
 
-Launch: under `torchrun --nproc-per-node S -m locallearn train ... --pipeline-stages S`
-(WORLD_SIZE set) every process is one stage; without torchrun, `locallearn train
---pipeline-stages S` spawns the S local processes itself and watches them.
+Launch: torchrun is the one launcher. `locallearn train --pipeline-stages S` (the run
+folder's owner, train.py) starts `torchrun --nproc-per-node S -m locallearn train ...`
+on this machine and watches it (`launch`); under torchrun (WORLD_SIZE set, also when a
+user starts it by hand on several machines) every process is one stage (`run_stage`).
 """
 from __future__ import annotations
 
 import copy
 import datetime
+import json
 import os
-import socket
+import re
+import shlex
+import subprocess
 import sys
+import tempfile
 import time
-import traceback
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -40,7 +45,8 @@ import torch.nn.functional as F
 from . import faults, precision
 from .cost import network_cost, stage_count_error
 from .engines import FusedEngine, epoch_batches
-from .errors import CheckpointError, ConfigError, LocallearnError
+from .config import argv_of
+from .errors import CheckpointError, ConfigError, LocallearnError, PipelineError, error_class
 from .fit import fit
 from .host import configure_host
 from .models import Block, LocalNet, build_model
@@ -49,10 +55,6 @@ from .startup import startup_line
 
 TIMEOUT_ENV = "LOCALLEARN_PIPELINE_TIMEOUT"  # seconds a stage waits for a peer (default 60)
 END, STOP = 0, -1
-
-
-class PipelineError(LocallearnError):
-    """A stage died, hung or failed: the whole pipelined run stops."""
 
 
 def _timeout() -> float:
@@ -388,93 +390,90 @@ def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str) ->
 
 
 # ============================================================================ launching
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+STAGE_ERRORS_ENV = "LOCALLEARN_STAGE_ERRORS"   # folder where a stage leaves its own error
+_TEE = re.compile(r"^\[[A-Za-z_]*(\d+)\]:(.*)$", re.S)   # torchrun --tee: "[default1]:line"
 
 
-def _child(cfg, rank, world, init_method, errors):
-    try:
-        stage_main(cfg, rank, world, rank, init_method)
-    except LocallearnError as e:  # the launcher raises it, as a sequential run would
-        errors.put(e)
-        sys.exit(e.exit_code)
-    except Exception as e:  # a peer died: gloo/NCCL raise here instead of hanging
-        if cfg.debug:
-            traceback.print_exc()
-        print(f"locallearn: error: stage {rank}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr, flush=True)
-        sys.exit(3)
-
-
-def run_pipeline(cfg) -> dict:
-    """`locallearn train --pipeline-stages S`: as a torchrun rank, or spawning S stages."""
+def run_stage(cfg) -> dict:
+    """This process is one stage of a run that torchrun started (WORLD_SIZE set): by
+    the launcher below, or by hand on several machines (docs: several machines)."""
     check_config(cfg)
-    folder = RunFolder(cfg)
-    folder.prepare()
-    done = folder.finished(quiet=os.environ.get("RANK", "0") != "0")  # rank 0 brings MLflow up to date
-    if done is not None:
-        return done
     world = cfg.pipeline_stages
-    if "WORLD_SIZE" in os.environ:  # started by torchrun: this process is one stage
-        ws, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-        if ws != world:
-            raise ConfigError(f"--pipeline-stages {world} but torchrun started {ws} processes "
-                              f"(use --nproc-per-node {world} on one node, or nodes x nproc = {world})")
-        try:
-            metrics = stage_main(cfg, rank, world, int(os.environ.get("LOCAL_RANK", rank)), "env://")
-        except LocallearnError:
-            raise
-        except Exception as e:
-            raise PipelineError(f"stage {rank}: a peer stage died or hung ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}); rerun the same command to "
-                                "resume from the last common checkpoint") from None
-        if metrics is None:  # ranks > 0: rank 0 wrote metrics.json
-            return {}
-        return metrics
-    return _spawn(cfg, world, folder)
-
-
-def _spawn(cfg, world: int, folder: RunFolder) -> dict:
-    """S local processes, watched: a stage's own error (a full disk, a NaN) is raised
-    here as it would be in a sequential run; a stage that died is named."""
-    import multiprocessing as mp
-    ctx = mp.get_context("spawn")
-    init = f"tcp://127.0.0.1:{_free_port()}"
-    errors = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_child, args=(cfg, r, world, init, errors), name=f"locallearn-stage{r}")
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    grace = _timeout() + 10
-    failed_at = None
+    ws, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    if ws != world:
+        raise ConfigError(f"--pipeline-stages {world} but torchrun started {ws} processes "
+                          f"(use --nproc-per-node {world} on one node, or nodes x nproc = {world})")
     try:
-        while any(p.is_alive() for p in procs):
-            bad = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
-            if bad and failed_at is None:
-                failed_at = time.monotonic()
-            if failed_at is not None and time.monotonic() - failed_at > grace:
-                for p in procs:
-                    if p.is_alive():
-                        p.kill()
-            time.sleep(0.1)
-    except BaseException:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+        metrics = stage_main(cfg, rank, world, int(os.environ.get("LOCAL_RANK", rank)), "env://")
+    except LocallearnError as e:   # the launcher raises it again, as a sequential run would
+        if os.environ.get(STAGE_ERRORS_ENV):
+            errors = Path(os.environ[STAGE_ERRORS_ENV])
+            (errors / f"stage{rank}.json").write_text(json.dumps({"type": type(e).__name__, "message": str(e)}))
         raise
-    codes = [p.exitcode for p in procs]
-    if any(codes):
-        if not errors.empty():
-            raise errors.get()  # the first stage error reported
-        first = min((r for r, c in enumerate(codes) if c), key=lambda r: (codes[r] >= 0, r))
-        c = codes[first]
-        how = f"was killed by signal {-c}" if c < 0 else f"exited with status {c}"
-        raise PipelineError(f"pipeline stage {first} of {world} {how}; the other stages stopped "
-                            f"(exit statuses {codes}); rerun the same command to resume from the last "
-                            f"common checkpoint in {folder.out}")
+    except Exception as e:
+        raise PipelineError(f"stage {rank}: a peer stage died or hung ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); rerun the same command to "
+                            "resume from the last common checkpoint") from None
+    return metrics or {}   # ranks > 0: rank 0 wrote metrics.json
+
+
+def launch(cfg, folder: RunFolder) -> dict:
+    """`locallearn train --pipeline-stages S` outside torchrun: S stage processes started
+    by torchrun (one node), their output passed on as ours. A stage's own error (a full
+    disk, a NaN) is raised here as a sequential run raises it; a dead stage is named."""
+    check_config(cfg)
+    world = cfg.pipeline_stages
+    with tempfile.TemporaryDirectory(prefix="locallearn-stages-") as tmp:
+        errors, logs = Path(tmp, "errors"), Path(tmp, "logs")
+        errors.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
+               "--redirects", "3", "--tee", "3", "--log-dir", str(logs),
+               "-m", "locallearn", "train", *argv_of(cfg)]
+        env = dict(os.environ, **{STAGE_ERRORS_ENV: str(errors)})
+        print(f"pipeline: {world} stage processes: {shlex.join(cmd)}", flush=True)
+        launcher_lines = []
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, text=True, bufsize=1)
+        try:
+            for line in proc.stdout:
+                m = _TEE.match(line)
+                if m:   # a stage's own output
+                    sys.stdout.write(m.group(2))
+                    sys.stdout.flush()
+                else:   # torchrun's: kept for the failure report
+                    launcher_lines.append(line)
+            code = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=_timeout() + 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        if code != 0:
+            reported = sorted(errors.glob("stage*.json"))
+            if reported:
+                e = json.loads(reported[0].read_text())
+                raise error_class(e["type"])(e["message"])
+            raise PipelineError(_failure(launcher_lines, world, code, folder))
     done = folder.finished(quiet=True)
     if done is None:
         raise PipelineError(f"the pipeline ended without writing {folder.metrics_path}")
     return done
+
+
+def _failure(lines: list[str], world: int, code: int, folder: RunFolder) -> str:
+    """The first failed stage and how, from torchrun's failure report."""
+    text = "".join(lines)
+    root = text[text.find("Root Cause"):] if "Root Cause" in text else text
+    rank = re.search(r"rank\s*:\s*(\d+)", root)
+    status = re.search(r"exitcode\s*:\s*(-?\d+)", root)
+    if rank and status:
+        c = int(status.group(1))
+        how = f"was killed by signal {-c}" if c < 0 else f"exited with status {c}"
+        what = f"pipeline stage {rank.group(1)} of {world} {how}"
+    else:
+        tail = " | ".join(ln.strip() for ln in lines[-3:] if ln.strip())
+        what = f"torchrun exited with status {code} ({tail[:300]})"
+    return (f"{what}; the other stages stopped; rerun the same command to resume from the last "
+            f"common checkpoint in {folder.out}")

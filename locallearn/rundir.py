@@ -24,10 +24,11 @@ import torch
 from .atomic import atomic_write, atomic_write_text
 from .config import config_hash, recipe_dict
 from .environment import environment_info
-from .errors import CheckpointError, ConfigError, OutputError, TrackingError
+from .errors import CheckpointError, ConfigError, ForeignCheckpointError, OutputError, TrackingError
 from .faults import fault
+from .runstate import METRICS, config_diff
 
-METRICS, CURVE = "metrics.json", "curve.png"
+CURVE = "curve.png"
 
 
 def checkpoint_name(stage: int | None = None, prev: bool = False) -> str:
@@ -44,11 +45,6 @@ def run_tags(cfg) -> dict[str, str]:
                 loss="backprop" if cfg.backprop else cfg.loss_sup,
                 git_revision=environment_info()["git_revision"] or "unknown")
     return tags
-
-
-def config_diff(old: dict, new: dict) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) or "unknown difference"
 
 
 class RunFolder:
@@ -74,19 +70,11 @@ class RunFolder:
 
     # ------------------------------------------------------------------ finished run
     def finished(self, quiet: bool = False) -> dict | None:
-        """metrics.json of this config, or None. A finished run brings MLflow up to
-        date (quiet: the caller only reads the result)."""
+        """metrics.json of this folder's finished run (runstate.run_state has matched its
+        recipe), or None. It brings MLflow up to date (quiet: the caller only reads it)."""
         if not self.metrics_path.exists():
             return None
-        try:
-            done = json.loads(self.metrics_path.read_text())
-        except (OSError, ValueError) as e:  # never written torn by us: a copy or an edit broke it
-            raise CheckpointError(f"{self.metrics_path} is unreadable ({type(e).__name__}: {e}); delete it "
-                                  "to finish the run from its checkpoint") from None
-        if done.get("config_hash") != self.config_hash:
-            raise CheckpointError(f"{self.metrics_path} holds a finished run of another config "
-                                  f"({config_diff(done.get('config', {}), recipe_dict(self.cfg))}); "
-                                  "use another --out")
+        done = json.loads(self.metrics_path.read_text())
         if not quiet:
             print(f"{self.out}: already finished (test error {done['test_error']:.2f}%)")
             self.finish_tracking(self.open_tracker(done.get("environment")), done)
@@ -133,7 +121,7 @@ class RunFolder:
             return None
         if not isinstance(state, dict) or state.get("config_hash") != self.config_hash:
             old = state.get("config", {}) if isinstance(state, dict) else {}
-            raise CheckpointError(f"{path} belongs to another config ({config_diff(old, recipe_dict(self.cfg))}); "
+            raise ForeignCheckpointError(f"{path} belongs to another config ({config_diff(old, recipe_dict(self.cfg))}); "
                                   "refusing to mix runs: use another --out or delete the folder")
         return state
 

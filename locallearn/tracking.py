@@ -39,10 +39,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
-from .atomic import atomic_write, atomic_write_text
+from .atomic import atomic_write, atomic_write_json, atomic_write_text
 from .config import NON_RECIPE
 from .credentials import redact_uri, take_credentials
 from .errors import ConfigError, TrackingError
+from .faults import fault
 
 RUN_FILE = "mlflow_run.json"
 TAG_OUT_DIR = "locallearn.out_dir"
@@ -112,12 +113,16 @@ def cli_init(argv: list[str]) -> int:
                                             "parallel jobs start, so they never race to create either.")
     p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", default="locallearn", help="experiment name")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="write the (credential-free) URI and experiment to FILE (JSON; the workflow's mark)")
     args = p.parse_args(argv)
-    uri = resolve_uri(args.uri)
+    uri = take_credentials(resolve_uri(args.uri))
     if uri is None:
         raise ConfigError("--uri: no tracking URI given and MLFLOW_TRACKING_URI is not set")
     exp_id = ensure_experiment(uri, args.experiment)
     print(f"MLflow experiment {args.experiment!r} (id {exp_id}) ready at {uri}")
+    if args.record:
+        atomic_write_json(args.record, {"uri": uri, "experiment": args.experiment, "experiment_id": exp_id})
     return 0
 
 
@@ -223,6 +228,7 @@ class RunTracker:
             if entry["epoch"] <= self._last_epoch:
                 continue
             batch = _epoch_metrics(entry, _now_ms())
+            fault("kill-mlflow-epoch", entry["epoch"])
             try:
                 # the same Metric objects on every retry: a write that landed but was
                 # reported failed is deduplicated by the store, not doubled

@@ -244,24 +244,39 @@ def test_bit_flipped_dataset_file(capsys, data, tmp_path):
 
 
 # ------------------------------------------------------------------------- outputs
-def test_checkpoint_of_another_config_is_refused(capsys, data, tmp_path):
-    out = tmp_path / "run"
-    assert main(["train", *base(data, out, "--epochs", "1")]) == 0
-    (out / "metrics.json").unlink()  # as if killed after the checkpoint
-    before = (out / "checkpoint.pt").read_bytes()
-    fails(capsys, base(data, out, "--epochs", "1", "--seed", "2"),
-          str(out / "checkpoint.pt"), "another config", "seed: 1 -> 2")
-    assert (out / "checkpoint.pt").read_bytes() == before  # untouched
+def test_checkpoint_of_another_config_is_set_aside_or_refused(capsys, data, tmp_path):
+    """An unfinished run of another recipe in --out is moved aside whole, whether its
+    start record says so or (start record lost) its checkpoint does; an explicit --resume
+    of another recipe's checkpoint is refused with one line, the file untouched."""
+    for lose_record in (False, True):
+        out = tmp_path / f"run{int(lose_record)}"
+        assert main(["train", *base(data, out, "--epochs", "1")]) == 0
+        (out / "metrics.json").unlink()  # as if killed after the checkpoint
+        if lose_record:
+            (out / "start.json").unlink()
+        before = (out / "checkpoint.pt").read_bytes()
+        assert main(["train", *base(data, out, "--epochs", "1", "--seed", "2")]) == 0
+        err = capsys.readouterr().err
+        assert "another" in err and "seed: 1 -> 2" in err and "moved whole to" in err, err
+        [aside] = tmp_path.glob(f"run{int(lose_record)}.replaced-*")
+        assert (aside / "checkpoint.pt").read_bytes() == before  # kept, byte for byte
+        assert json.loads((out / "metrics.json").read_text())["seed"] == 2
+    ckpt = aside / "checkpoint.pt"
+    fails(capsys, base(data, tmp_path / "fresh", "--epochs", "1", "--resume", str(ckpt)),
+          str(ckpt), "another config", "seed: 2 -> 1")
+    assert ckpt.read_bytes() == before
 
 
-def test_finished_run_of_another_config_is_refused(capsys, data, tmp_path):
+def test_finished_run_of_another_config_is_set_aside(capsys, data, tmp_path):
     out = tmp_path / "run"
     assert main(["train", *base(data, out, "--epochs", "1")]) == 0
-    finished = (out / "metrics.json").read_text()
-    rc = main(["train", *base(data, out, "--epochs", "1", "--lr", "1e-3")])
-    err = capsys.readouterr().err.strip()
-    assert rc != 0 and err.count("\n") == 0 and "metrics.json" in err and "another config" in err
-    assert (out / "metrics.json").read_text() == finished  # the finished result is kept as it was
+    finished = (out / "metrics.json").read_bytes()
+    assert main(["train", *base(data, out, "--epochs", "1", "--lr", "1e-3")]) == 0
+    err = capsys.readouterr().err
+    assert "holds a finished run of another recipe (lr: 0.0005 -> 0.001)" in err and "moved whole to" in err
+    [aside] = tmp_path.glob("run.replaced-*")
+    assert (aside / "metrics.json").read_bytes() == finished  # the finished result is kept as it was
+    assert json.loads((aside / "replaced.json").read_text())["finished"] is True
 
 
 def test_output_dir_under_a_regular_file(capsys, data, tmp_path):
@@ -325,7 +340,7 @@ def test_unreadable_metrics_json(capsys, data, tmp_path):
     out = tmp_path / "run"
     assert main(["train", *base(data, out, "--epochs", "1")]) == 0
     (out / "metrics.json").write_text('{"test_error": 1')  # damaged by a copy or an editor
-    fails(capsys, base(data, out, "--epochs", "1"), str(out / "metrics.json"), "unreadable", "delete it",
+    fails(capsys, base(data, out, "--epochs", "1"), str(out / "metrics.json"), "unreadable", "restore it, or move the folder away",
           no_metrics=False)  # the damaged file is the user's to inspect: refused, not removed
 
 

@@ -24,7 +24,9 @@ HELPS = {
     ("data",): "make datasets ready in the data dir",
     ("tracking", "init"): "Create the MLflow store and experiment",
     ("tracking", "sync"): "Mirror every finished run folder of a preset",
-    ("tables",): "compile the tables from whatever metrics.json exist",
+    ("tables",): "the tables from whatever metrics.json exist (no training)",
+    ("report", "curve"): "one step of a preset's report",
+    ("report", "all"): "one step of a preset's report",
 }
 
 # The commands with a parser of their own: a default of each, shown.
@@ -32,6 +34,7 @@ OTHER_DEFAULTS = {
     ("tracking", "init"): {"--experiment": "locallearn"},
     ("tracking", "sync"): {"--experiment": "locallearn"},
     ("tables",): {"--results": "results/full"},
+    ("report", "all"): {"--results": "results/full"},
 }
 
 

@@ -3,8 +3,9 @@ SIGKILLed at every point where a machine can die, rerun with the same command ea
 
 The kills land where they must through the trainer's fault hook ($LOCALLEARN_FAULT,
 locallearn/faults.py): the process sends itself SIGKILL at that point, so no timing is
-guessed. One output folder is killed six times in a row (each rerun gets further), and a
-checkpoint is torn by hand, then the same command is run to the end. It must end with
+guessed. One output folder is killed at each fault point in a row (each rerun gets
+further), its start record and a checkpoint are torn by hand, then the same command is
+run to the end. A second test kills a run at seeded random times instead. It must end with
 metrics.json equal to an uninterrupted run's (every history value but the timings), one
 MLflow run, FINISHED, with every epoch logged once.
 """
@@ -56,8 +57,10 @@ def tmp_written(d):
 
 # (fault, what must be on disk right after the kill)
 KILLS = [
+    ("kill-after-start-record:0", lambda d: (d / "start.json").exists() and not (d / "checkpoint.pt").exists()),
     ("kill-mid-epoch:2", lambda d: (d / "checkpoint.pt").exists() and not (d / "checkpoint.prev.pt").exists()),
     ("kill-checkpoint-tmp:2", lambda d: tmp_written(d) and (d / "checkpoint.pt").exists()),
+    ("kill-mlflow-epoch:2", lambda d: (d / "checkpoint.pt").exists() and (d / "checkpoint.prev.pt").exists()),
     ("kill-checkpoint-rotated:3", lambda d: tmp_written(d)
      and not (d / "checkpoint.pt").exists() and (d / "checkpoint.prev.pt").exists()),
     ("term-mid-epoch:3", lambda d: (d / "checkpoint.prev.pt").exists()),  # SLURM's time limit
@@ -93,7 +96,10 @@ def test_kill_anywhere_then_rerun_is_exact(tmp_path):
         assert on_disk(out), (fault, sorted(p.name for p in out.iterdir()))
         assert not (out / "metrics.json").exists(), fault
 
-    # A checkpoint torn by the crash (half its bytes): detected, the previous one used.
+    # A start record torn (half its bytes) must not make this resumable run start over,
+    # and a checkpoint torn by the crash (half its bytes) is detected, the previous one used.
+    record = out / "start.json"
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
     ckpt = out / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     assert torch.load(out / "checkpoint.prev.pt", weights_only=True)["epoch"] == EPOCHS - 1
@@ -110,6 +116,9 @@ def test_kill_anywhere_then_rerun_is_exact(tmp_path):
     assert got["test_error"] == full["test_error"] and got["epochs"] == EPOCHS
     assert got["config_hash"] == full["config_hash"]
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []  # killed writers' removed
+    assert not list(tmp_path.glob("killed.replaced-*"))          # nothing set aside, nothing retrained
+    headers = [ln for ln in (out / "train.log").read_text().splitlines() if ln.startswith("# 20")]
+    assert len(headers) == len(KILLS) + 1 and all("locallearn train --model mlp" in h for h in headers)
 
     exp = client.get_experiment_by_name("faults")
     runs = client.search_runs([exp.experiment_id])
@@ -120,3 +129,59 @@ def test_kill_anywhere_then_rerun_is_exact(tmp_path):
         assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)
     logged = {m.step: m.value for m in client.get_metric_history(run_id, "test_error")}
     assert logged == {h["epoch"]: h["test_error"] for h in full["history"]}
+
+
+@needs_fmnist
+def test_killed_at_random_moments_then_rerun_is_exact(tmp_path):
+    """SIGKILL at 14 seeded random moments (start-up, data, epochs, checkpoints, MLflow,
+    metrics.json), a rerun of the same command after each, in one folder: it ends with an
+    uninterrupted run's metrics.json and MLflow run, and no kill ever loses a finished
+    epoch (the newest checkpoint's epoch never goes back) or a finished run."""
+    import random
+    import time
+
+    import mlflow.tracking
+    import torch
+
+    data, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = tmp_path / "uninterrupted"
+    t0 = time.monotonic()
+    r = train(recipe(data, base, uri.replace("mlflow.db", "base.db")))
+    span = time.monotonic() - t0   # start-up and the whole run
+    assert r.returncode == 0, r.stderr[-2000:]
+    full = json.loads((base / "metrics.json").read_text())
+
+    out = tmp_path / "killed"
+    argv = recipe(data, out, uri)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("LOCALLEARN_FAULT", None)
+    rng = random.Random(20261129)
+    newest, finished, kills = 0, None, 0
+    for _ in range(14):
+        proc = subprocess.Popen([sys.executable, "-m", "locallearn", "train", *argv], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.0, span))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if finished is not None:   # a finished run is never touched again
+            assert (out / "metrics.json").read_bytes() == finished
+        elif (out / "metrics.json").exists():
+            finished = (out / "metrics.json").read_bytes()
+        states = [torch.load(p, weights_only=True)["epoch"] for p in out.glob("checkpoint*.pt")]
+        if states and finished is None:
+            assert max(states) >= newest, (states, newest)
+            newest = max(states)
+    assert kills >= 10, kills
+    r = train(argv)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads((out / "metrics.json").read_text())
+    assert strip_timing(got["history"]) == strip_timing(full["history"])
+    assert (got["test_error"], got["config_hash"]) == (full["test_error"], full["config_hash"])
+    assert not list(tmp_path.glob("killed.replaced-*"))
+    client = mlflow.tracking.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "test_error")]
+    assert sorted(steps) == list(range(1, EPOCHS + 1))

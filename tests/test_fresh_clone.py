@@ -148,3 +148,32 @@ def test_changed_row_of_a_committed_cell_keeps_the_old_run_whole(tmp_path):
     assert not re.search(r"^(?:local)?rule (train|set_aside):", r.stdout, re.M)
     assert hashlib.sha256((runs / "fmnist-mlp-pred" / "seed1" / "metrics.json").read_bytes()).hexdigest() == stamp
     assert len(list((runs / "fmnist-mlp-pred").glob("seed1.replaced-*"))) == 1
+
+
+def test_dry_run_prints_every_training_command_to_paste(clone):
+    """`snakemake -n -p` on a fresh clone shows each training job's command, and one of
+    them pasted into a shell as printed (here a quick-budget job, from the clone's root)
+    makes the run that the workflow would make: same folder, same recipe hash."""
+    r = snakemake(clone, "-n", "-p")
+    assert r.returncode == 0, r.stderr[-3000:]
+    commands = [ln.split("Shell command: ", 1)[1] if "Shell command: " in ln else ln
+                for ln in r.stdout.splitlines() if re.search(r"-m locallearn train .*--out ", ln)]
+    assert len(commands) == len(train_jobs(r.stdout)) == 82
+    assert all("--job-log results/full/logs/train/" in c for c in commands)
+    assert not any("PASSWORD" in c or "@" in c.split("--mlflow-uri", 1)[-1].split()[0] for c in commands)
+
+    if not Path("/usr/share/datasets/fashion-mnist").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    budget = "quick={epochs: 1, max_train_examples: 256, max_test_examples: 256, select: {cells: [fmnist-mlp-sim]}}"
+    r = snakemake(clone, "-n", "-p", "quick", "--config", budget)
+    [cmd] = [ln.split("Shell command: ", 1)[-1] for ln in r.stdout.splitlines() if "-m locallearn train " in ln]
+    p = subprocess.run(["bash", "-c", f"{cmd} --mlflow-uri ''"], cwd=clone, env=env_for(clone),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    run = clone / "results" / "quick" / "runs" / "fmnist-mlp-sim" / "seed1"
+    done = json.loads((run / "metrics.json").read_text())
+    assert done["epochs"] == 1 and (clone / "results" / "quick" / "logs" / "train" / "fmnist-mlp-sim"
+                                    / "seed1.log").read_text().startswith("# ")
+    r = snakemake(clone, "-n", "quick", "--config", budget)   # the workflow counts it as its own run
+    assert r.returncode == 0 and not train_jobs(r.stdout), r.stdout[-3000:]
+    shutil.rmtree(clone / "results" / "quick")

@@ -11,9 +11,8 @@ import pytest
 from conftest import needs_fmnist
 from locallearn import train as train_mod
 from locallearn.config import parse_train_args
-from locallearn.errors import CheckpointError
 from locallearn.fit import lr_at
-from locallearn.host import lease_device
+from locallearn.host import lease_devices
 from locallearn.rundir import RunFolder
 
 TIMING = {"epoch_seconds", "images_per_second"}
@@ -69,11 +68,17 @@ def test_real_run_learns_and_resume_is_exact(tmp_path, monkeypatch):
     assert strip_timing(resumed["history"]) == strip_timing(full["history"])
     assert resumed["test_error"] == full["test_error"]
 
-    # A finished run is recognised; another config in the same folder is refused.
+    # A finished run is recognised; a run of another recipe in the same folder is set
+    # aside whole (its metrics.json byte for byte), and the new recipe trains.
     again = train_mod.run(recipe(tmp_path, "full"))
     assert again["history"] == on_disk["history"]
-    with pytest.raises(CheckpointError, match="another config"):
-        train_mod.run(recipe(tmp_path, "full", "--seed", "2"))
+    finished_bytes = (tmp_path / "full" / "metrics.json").read_bytes()
+    other = train_mod.run(recipe(tmp_path, "full", "--seed", "2"))
+    assert other["seed"] == 2 and json.loads((tmp_path / "full" / "metrics.json").read_text())["seed"] == 2
+    [aside] = tmp_path.glob("full.replaced-*")
+    assert (aside / "metrics.json").read_bytes() == finished_bytes
+    record = json.loads((aside / "replaced.json").read_text())
+    assert record["finished"] and record["test_error"] == full["test_error"] and "seed: 1 -> 2" in record["why"]
 
 
 @needs_fmnist
@@ -96,14 +101,14 @@ def test_run_leases_a_gpu_unless_a_scheduler_chose(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALLEARN_GPU_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     cfg = recipe(tmp_path)
-    first = lease_device(cfg)
+    first = lease_devices(cfg, 1)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == str(first.index)  # set before CUDA starts
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # as in another job's process
-    second = lease_device(cfg)
+    second = lease_devices(cfg, 1)
     assert {first.index, second.index} == {0, 1}
-    assert lease_device(parse_train_args(["--device", "cpu"])) is None
+    assert lease_devices(parse_train_args(["--device", "cpu"]), 1) is None
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # SLURM's choice wins
-    assert lease_device(cfg) is None
+    assert lease_devices(cfg, 1) is None
     first.release()
     second.release()
 

@@ -1,12 +1,15 @@
 # Config and grid, validated before any job is scheduled; helpers for the rules.
 # The logic lives in workflow/scripts/plan.py (plain Python, unit-tested).
 #
-# Which runs are trained is decided here, not by Snakemake's rerun triggers: a run
-# folder with a finished metrics.json of its current recipe is final (plan.run_state).
+# Which runs are trained is decided by the trainer's own rule (locallearn.runstate,
+# through plan.Preset.state), not by Snakemake's rerun triggers: a run folder with a
+# finished metrics.json of its current recipe is final.
 # Its metrics.json is read by the tables and figures but is no job's output in the DAG,
 # so no trigger (mtime, code, params, input, software-env), profile, --forcerun or a
 # fresh `git clone` can schedule it again, delete it or overwrite it.
+import os
 import re
+import shlex
 import sys
 import time
 
@@ -23,7 +26,16 @@ try:
 except plan.HarnessError as e:
     raise WorkflowError(str(e)) from None
 config.clear()
-config.update(_checked)  # the typed config: what the scripts read as snakemake.config
+config.update(_checked)  # the typed config
+
+from locallearn.credentials import take_credentials  # noqa: E402
+from locallearn.runstate import REPLACE  # noqa: E402  (the trainer's own decision)
+
+# How every rule runs the package: config `command`, else this Python with the checkout
+# first on PYTHONPATH (jobs inherit it), so jobs run this checkout's package whether or
+# not it is pip-installed.
+LOCALLEARN = config["command"] or f"{shlex.quote(sys.executable)} -m locallearn"
+plan.put_checkout_first()
 
 ROW = {r["cell"]: r for r in CELLS}
 RES = plan.results_root(config)
@@ -48,11 +60,66 @@ def preset(name):
         raise WorkflowError(str(e)) from None
 
 
-def train_args(wildcards):
+def quoted(args):
+    return shlex.join(str(a) for a in args)
+
+
+def recipe_flags(wildcards):
     """The flags that decide a run's numbers: the row's recipe, the preset's budget and
     train.extra_args (plan.Preset.args). When they differ from a finished run's, the
-    run is moved aside and trained again."""
-    return preset(wildcards.preset).args(ROW[wildcards.cell])
+    trainer moves that run aside and trains this recipe."""
+    return quoted(preset(wildcards.preset).args(ROW[wildcards.cell]))
+
+
+def mlflow_uri(p):
+    """The preset's tracking URI as it may be shown; credentials go to MLflow's
+    variables in the environment, which the jobs inherit (docs: security)."""
+    return take_credentials(plan.tracking_uri(config, p))
+
+
+def run_flags(wildcards, threads):
+    """Where and how a run trains, none of which changes its numbers: data, MLflow,
+    device, threads (per process: a pipelined cell runs S processes), pipeline stages."""
+    p, row, stages = preset(wildcards.preset), ROW[wildcards.cell], STAGES[wildcards.cell]
+    flags = ["--data-dir", plan.data_dir(config), "--mlflow-uri", mlflow_uri(p),
+             "--mlflow-experiment", p.experiment, "--run-name", f"{wildcards.cell}-s{wildcards.seed}"]
+    if config["mlflow"]["system_metrics"]:
+        flags.append("--mlflow-system-metrics")
+    tags = {"cell": wildcards.cell, "seed": wildcards.seed, "preset": p.name, "dataset": row["dataset"],
+            "model": row["model"], "network": row["network"], "loss": row["loss"]}
+    for k, v in tags.items():
+        flags += ["--tag", f"{k}={v}"]
+    flags += ["--device", p.device, "--threads", str(max(1, threads // stages))]
+    if stages > 1:
+        flags += ["--pipeline-stages", str(stages)]
+    return quoted(flags)
+
+
+def report_flags(name):
+    """What a preset's reporting steps read: its rows, seeds, tolerances and budget."""
+    p = preset(name)
+    flags = ["--results", p.results, "--cells", str(plan.cells_path(config)), "--seeds", *p.seeds,
+             "--tolerance", *[f"{k}={v}" for k, v in config["tolerance"].items()]]
+    if p.table_rows is not CELLS:
+        flags += ["--only", *[r["cell"] for r in p.table_rows]]
+    if p.epochs:
+        flags += ["--epochs", p.epochs]
+    if p.max_train_examples:
+        flags += ["--max-train-examples", p.max_train_examples]
+    if p.max_test_examples:
+        flags += ["--max-test-examples", p.max_test_examples]
+    return quoted(flags)
+
+
+def readme_flags(name):
+    """The README that receives a preset's tables (the quick preset's is made if missing)."""
+    p = preset(name)
+    flags = ["--readme", p.readme]
+    if name != "full":
+        flags += ["--readme-title", "locallearn: quick replication (budget run)", "--readme-body",
+                  "Made by `snakemake --cores all quick`; regenerated on every run. The replication proper "
+                  "is `snakemake --cores all` (tables in the top-level README.md)."]
+    return quoted(flags)
 
 
 def train_inputs(wildcards):
@@ -63,7 +130,7 @@ def train_inputs(wildcards):
         "data": f"{RES}/.prepared/{ROW[wildcards.cell]['dataset']}.ok",
         "tracking": f"{RES}/{wildcards.preset}/mlflow.init.json",
     }
-    if p.state(ROW[wildcards.cell], wildcards.seed) == plan.REPLACE:
+    if p.state(ROW[wildcards.cell], wildcards.seed) == REPLACE:
         inputs["replaced"] = f"{p.run_dir(wildcards.cell, wildcards.seed)}.replaced-{STAMP}/replaced.json"
     return inputs
 

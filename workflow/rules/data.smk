@@ -4,11 +4,16 @@ rule prepare_data:
         f"{RES}/.prepared/{{dataset}}.ok",
     log:
         f"{RES}/.prepared/{{dataset}}.log",
+    params:
+        locallearn=LOCALLEARN,
+        where=lambda wc: quoted(["--data-dir", plan.data_dir(config)]
+                                + (["--download"] if config["download"] else [])
+                                + (["--source", config["data_source"]] if config["data_source"] else [])),
     localrule: True
     conda:
         CONDA_ENV
-    script:
-        "../scripts/run_locallearn.py"
+    shell:
+        "{params.locallearn} data prepare {wildcards.dataset} {params.where} --record {output} > {log} 2>&1"
 
 
 rule tracking_init:
@@ -18,8 +23,12 @@ rule tracking_init:
         f"{RES}/{{preset}}/mlflow.init.json",
     log:
         f"{RES}/{{preset}}/logs/tracking_init.log",
+    params:
+        locallearn=LOCALLEARN,
+        store=lambda wc: quoted(["--uri", mlflow_uri(preset(wc.preset)),
+                                 "--experiment", preset(wc.preset).experiment]),
     localrule: True
     conda:
         CONDA_ENV
-    script:
-        "../scripts/run_locallearn.py"
+    shell:
+        "{params.locallearn} tracking init {params.store} --record {output} > {log} 2>&1"

@@ -12,11 +12,14 @@ rule curve:
         ),
     log:
         f"{RES}/{{preset}}/logs/figures/{{cell}}.log",
+    params:
+        locallearn=LOCALLEARN,
+        report=lambda wc: report_flags(wc.preset),
     localrule: True
     conda:
         CONDA_ENV
-    script:
-        "../scripts/report.py"
+    shell:
+        "{params.locallearn} report curve {wildcards.cell} {params.report} > {log} 2>&1"
 
 
 rule scatter:
@@ -31,8 +34,11 @@ rule scatter:
         ),
     log:
         f"{RES}/{{preset}}/logs/figures/scatter.log",
+    params:
+        locallearn=LOCALLEARN,
+        report=lambda wc: report_flags(wc.preset),
     localrule: True
     conda:
         CONDA_ENV
-    script:
-        "../scripts/report.py"
+    shell:
+        "{params.locallearn} report scatter {params.report} > {log} 2>&1"

@@ -8,21 +8,31 @@ rule compile_tables:
         summary=report(f"{RES}/{{preset}}/tables/summary.md", caption="../report/summary.rst", category="Tables"),
     log:
         f"{RES}/{{preset}}/logs/tables.log",
+    params:
+        locallearn=LOCALLEARN,
+        report=lambda wc: report_flags(wc.preset),
+        readme=lambda wc: quoted(["--readme", preset(wc.preset).readme]),   # figure links start from it
     localrule: True
     conda:
         CONDA_ENV
-    script:
-        "../scripts/report.py"
+    shell:
+        "{params.locallearn} report tables {params.report} {params.readme} > {log} 2>&1"
 
 
 rule tables:
     """Named target: tables, figures and the README from whatever runs of the full preset
     exist now, and those runs mirrored into its MLflow store; trains nothing. Cells
-    without metrics.json show as "not run"."""
+    without metrics.json are counted as not run. `locallearn tables` runs the same steps."""
     log:
         f"{RES}/full/logs/tables-target.log",
+    params:
+        locallearn=LOCALLEARN,
+        report=report_flags("full"),
+        readme=readme_flags("full"),
+        store=quoted(["--mlflow-uri", mlflow_uri(PRESETS["full"]), "--mlflow-experiment",
+                      PRESETS["full"].experiment]),
     localrule: True
     conda:
         CONDA_ENV
-    script:
-        "../scripts/report.py"
+    shell:
+        "{params.locallearn} report all {params.report} {params.readme} {params.store} 2>&1 | tee {log}"

@@ -6,8 +6,8 @@ and tests can call it directly:
 - `load_cells`: cells.tsv typed and checked row by row against
   workflow/schemas/cells.schema.json, with errors naming the row and the column;
 - `Preset`: what one preset (full, quick) trains, with which budget, where it writes,
-  and which of its runs still need training (`run_state`: a finished metrics.json of
-  the run's current recipe is final; the workflow never schedules it again);
+  and which of its runs still need training (the trainer's locallearn.runstate: a
+  finished metrics.json of the run's current recipe is final; never scheduled again);
 - `runtime_minutes`: a cell's `runtime` resource, from the measured grid cost
   (locallearn/gridcost.py, `locallearn bench --grid`) where one exists for the device
   kind and precision, else from `estimate_hours`, the FLOP model over cost.py's counts.
@@ -35,6 +35,8 @@ from locallearn import gridcost  # noqa: E402
 from locallearn.cells import recipe_args  # noqa: E402
 from locallearn.config import CHOICES, build_parser  # noqa: E402
 from locallearn.cost import network_cost, stage_count_error  # noqa: E402
+from locallearn.errors import LocallearnError  # noqa: E402
+from locallearn.runstate import FINISHED, METRICS, run_state  # noqa: E402
 from locallearn.specs import SPECS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -295,50 +297,15 @@ def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- run folders
-# A run folder (<results>/<preset>/runs/<cell>/seed<k>) is in one of three states,
-# decided here, before Snakemake builds its DAG, from the folder alone:
-FINISHED = "finished"   # metrics.json of the run's current recipe: final, never scheduled again
-REPLACE = "replace"     # a run (finished or not) of another recipe: moved aside, then trained anew
-TRAIN = "train"         # nothing yet, or an unfinished run of this recipe (the trainer resumes it)
-METRICS, STARTED = "metrics.json", "plan.json"  # STARTED: the flags a job started the folder with
+# Which runs are trained is the trainer's decision (locallearn.runstate.run_state, the
+# same function `locallearn train` calls before it touches its folder): a run folder is
+# FINISHED (final: no job), REPLACE (set aside first, rule set_aside) or a run to train.
 
 
-def _recipe(args: list[str]) -> dict:
-    """The fields of `locallearn train <args>` that decide its numbers (locallearn.config's
-    recipe_dict), as JSON values. Parsed without the trainer's checks, which import torch."""
-    from locallearn.config import build_parser, recipe_dict
-
-    return json.loads(json.dumps(recipe_dict(build_parser().parse_args(args))))
-
-
-def same_recipe(recorded: dict, args: list[str]) -> bool:
-    """Whether a run recorded with `recorded` (a recipe dict) is a run of `args`. Fields
-    only one side knows (a flag added to the trainer after the run) are not compared."""
-    wanted = _recipe(args)
-    return all(recorded[k] == v for k, v in wanted.items() if k in recorded)
-
-
-def run_state(run_dir: str | Path, args: list[str]) -> str:
-    """FINISHED, REPLACE or TRAIN for the run of `args` (recipe flags and --seed) in
-    `run_dir`. A finished metrics.json is authoritative: its recorded config decides."""
-    run_dir = Path(run_dir)
-    metrics, started = run_dir / METRICS, run_dir / STARTED
-    if metrics.is_file():
-        try:
-            recorded = json.loads(metrics.read_text())["config"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise HarnessError(f"{metrics}: unreadable ({e}); move the folder away to retrain it") from None
-        return FINISHED if same_recipe(recorded, args) else REPLACE
-    if started.is_file():
-        try:
-            started_args = list(json.loads(started.read_text())["args"])
-            if "--seed" not in started_args and "--seed" in args:  # written before the seed was kept
-                started_args += args[args.index("--seed"):args.index("--seed") + 2]
-            recorded = _recipe(started_args)
-        except (OSError, ValueError, KeyError, TypeError, SystemExit):
-            return REPLACE
-        return TRAIN if recorded == _recipe(args) else REPLACE
-    return TRAIN
+def train_config(args: list[str]):
+    """`locallearn train <args>` parsed as the trainer parses it, without its checks
+    (which import torch): what run_state compares with a folder's records."""
+    return build_parser().parse_args(args)
 
 
 @dataclass
@@ -394,10 +361,14 @@ class Preset:
         return with_flags(recipe_args(row), self.budget_args() + self.precision_args()) + list(self.extra_args)
 
     def state(self, row: dict, seed) -> str:
-        """run_state of one run, looked at once per workflow invocation."""
+        """The trainer's run_state of one run, looked at once per workflow invocation."""
         key = (row["cell"], int(seed))
         if key not in self._states:
-            self._states[key] = run_state(self.run_dir(row["cell"], seed), self.args(row) + ["--seed", str(seed)])
+            cfg = train_config(self.args(row) + ["--seed", str(seed)])
+            try:
+                self._states[key] = run_state(self.run_dir(row["cell"], seed), cfg).what
+            except LocallearnError as e:
+                raise HarnessError(str(e)) from None
         return self._states[key]
 
     def to_train(self, rows: list[dict] | None = None) -> list[str]:
@@ -477,6 +448,12 @@ def tracking_uri(config: dict, preset: Preset) -> str:
     if uri:
         return uri
     return "sqlite:///" + str(Path(preset.results, "mlflow.db").resolve())
+
+
+def put_checkout_first() -> None:
+    """Jobs inherit this process's environment: with this checkout first on PYTHONPATH
+    they run its package, pip-installed or not (a clone beside another's install)."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def data_dir(config: dict) -> str:
