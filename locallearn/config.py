@@ -215,7 +215,7 @@ def argv_of(cfg: argparse.Namespace) -> list[str]:
         if not action.option_strings or action.dest == "help":
             continue
         value = getattr(cfg, action.dest, action.default)
-        if value == action.default:
+        if value == action.default and type(value) is type(action.default):   # 1.0 is not 1 to the hash
             continue
         flag = max(action.option_strings, key=len)
         if action.nargs == 0:                     # store_true

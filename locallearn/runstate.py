@@ -50,7 +50,7 @@ class State:
 
 def config_diff(old: dict, new: dict) -> str:
     """The first few recipe fields that differ, as 'lr: 0.001 -> 0.002'."""
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    keys = sorted(k for k in set(old) | set(new) if json.dumps(old.get(k)) != json.dumps(new.get(k)))
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) or "unknown difference"
 
 

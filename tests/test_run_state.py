@@ -88,3 +88,21 @@ def test_set_aside_moves_the_whole_folder(tmp_path):
     assert record["finished"] and record["why"] == "another recipe" and record["new_argv"] == ["--seed", "2"]
     run.mkdir()
     assert runstate.set_aside(run, "again").name != to.name               # two in one second: both kept
+
+
+def test_the_rule_is_torch_free():
+    """The workflow imports it while it builds its DAG, which must not import torch."""
+    import subprocess
+    code = "import sys, locallearn.runstate; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_flags_rebuilt_from_a_config_keep_its_hash():
+    """The pipeline's launcher hands its stages argv_of(cfg): every value, its type
+    included (--feat-mult 1 parses to 1.0, its default is 1), must come back the same,
+    or the stages would record another config_hash than the launcher's."""
+    argv = committed_args() + ["--out", "x", "--pipeline-stages", "2", "--tag", "a=b c", "--threads", "1"]
+    cfg = config.parse_train_args(argv)
+    again = config.parse_train_args(config.argv_of(cfg))
+    assert vars(again) == vars(cfg) and config.config_hash(again) == config.config_hash(cfg)
+    assert [type(v) for v in vars(again).values()] == [type(v) for v in vars(cfg).values()]
