@@ -4,7 +4,7 @@ Two engines compute the same updates (tests/test_engines.py proves it):
 - fused (default): every local loss and the output loss summed, one backward, one
   optimizer step over all parameters. Exact because each block's loss depends only
   on its own parameters and a detached input, and Adam/SGD act elementwise with one
-  learning rate for every parameter (SPEC.md, The update).
+  learning rate for every parameter (docs/method.md, The update).
 - reference: the reference scheme, our reimplementation of the authors' training
   scheme (not their code): one optimizer per block stepping inside the forward pass,
   and a global optimizer over the output layer alone (as theirs: their networks'

@@ -12,7 +12,7 @@ nonlinearity, before dropout) feeds small heads whose losses train only that blo
 
 `LocalHead` combines them for one block and returns one scalar loss plus statistics.
 Nothing here steps an optimizer: the engines in engines.py decide how losses become
-updates (SPEC.md, "The update").
+updates (docs/method.md, "The update").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Networks of the paper, registered by name: `mlp` and the VGG family (SPEC.md, Networks).
+"""Networks of the paper, registered by name: `mlp` and the VGG family (docs/method.md, Networks).
 
 A network is a flat list of layers, each a hidden `Block` (conv or linear, with its
 own `LocalHead`) or a parameter-free step (max-pool, flatten), followed by the output
@@ -81,7 +81,7 @@ def forward_layers(layers, x, y=None, y_onehot=None, detach: bool = True, local:
     Returns (output, [local loss per block], [stats per block]).
 
     detach: cut the graph after every block, so each local loss reaches only its
-    own block and the output loss only the output layer (SPEC.md, The update).
+    own block and the output loss only the output layer (docs/method.md, The update).
     """
     losses, stats = [], []
     for m in layers:
@@ -194,7 +194,7 @@ def build_model(cfg, channels: int, size: int, num_classes: int) -> LocalNet:
 
 
 def describe_layers(model: LocalNet) -> list[dict]:
-    """Per hidden block: kind, width, and the pred decoder's pooling (SPEC.md examples)."""
+    """Per hidden block: kind, width, and the pred decoder's pooling (docs/method.md, Local losses)."""
     rows = []
     for b in model.blocks:
         row = {"layer": b.index, "kind": "conv" if b.conv else "linear",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Everything about one dataset, in one row (SPEC.md, Data). Every other place that
+    """Everything about one dataset, in one row (docs/method.md, Data). Every other place that
     needs a dataset derives it from SPECS: the readers and file layouts (datasets.py),
     the augmentation (batches.py), the table captions (tables.py), the workflow schemas'
     dataset enums (workflow/scripts/plan.py), the flags' choices (config.py)."""

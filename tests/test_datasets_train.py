@@ -1,5 +1,5 @@
 """Every dataset of the paper through `locallearn train`, from small files in its real
-on-disk format: shapes, classes, normalisation and augmentation per SPEC.md."""
+on-disk format: shapes, classes, normalisation and augmentation per docs/method.md."""
 from __future__ import annotations
 
 import pytest
@@ -17,7 +17,7 @@ from locallearn.engines import epoch_batches
 
 SHAPES = {"MNIST": (1, 28, 10), "FashionMNIST": (1, 28, 10), "KuzushijiMNIST": (1, 28, 10),
           "CIFAR10": (3, 32, 10), "CIFAR100": (3, 32, 100), "SVHN": (3, 32, 10), "STL10": (3, 96, 10)}
-# SPEC.md, Data: augmentation per dataset (crop padding, horizontal flip)
+# docs/method.md, Data: augmentation per dataset (crop padding, horizontal flip)
 AUGMENT = {"MNIST": (2, False), "FashionMNIST": (2, True), "KuzushijiMNIST": (0, False),
            "CIFAR10": (4, True), "CIFAR100": (4, True), "SVHN": (0, False), "STL10": (0, False)}
 

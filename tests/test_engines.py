@@ -1,4 +1,4 @@
-"""The fused engine makes exactly the reference's updates (SPEC.md, The update), and
+"""The fused engine makes exactly the reference's updates (docs/method.md, The update), and
 a local loss never reaches an earlier block."""
 from __future__ import annotations
 
@@ -159,3 +159,34 @@ def test_cuda_graph_step_equals_eager(shape, cfg):
         models.append(model)
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("loss, scale", [("predsim", 0.01), ("pred", 1.0), ("sim", 1.0)])
+def test_output_layer_update_by_hand(loss, scale):
+    """One fused SGD step moves the output layer by exactly -lr * scale * dCE/dW, with
+    dCE/dlogits = (softmax - onehot) / B written out here, and scale = 1 - beta under
+    predsim (beta 0.99) and 1 otherwise, as the authors' code scales its output loss
+    (docs/method.md, The update). An engine that forgot the scale (or applied it to
+    pred) would move it 100 times too far (or too little)."""
+    cfg = flags("--loss-sup", loss, "--optim", "sgd", "--momentum", "0", "--beta", "0.99")
+    torch.manual_seed(0)
+    model = build_model(cfg, 1, 28, 10)
+    model.train()
+    seen = {}
+    model.output.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0].detach(), logits=out.detach()))
+    w0, b0 = model.output.weight.detach().clone(), model.output.bias.detach().clone()
+    eng = ENGINES["fused"](cfg, model, torch.device("cpu"))
+    lr = 0.1
+    eng.set_lr(lr)
+    [(x, y)] = batches(1, (1, 28, 28), batch=16)
+    onehot = F.one_hot(y, 10).float()
+    eng.step(x, y, onehot, lambda: NOOP)
+    z = seen["logits"].double()
+    p = torch.exp(z - z.max(1, keepdim=True).values)
+    p = p / p.sum(1, keepdim=True)
+    g = scale * (p - onehot.double()) / len(y)          # d(scale * mean CE)/d logits
+    want_w = w0.double() - lr * g.T @ seen["x"].double()
+    want_b = b0.double() - lr * g.sum(0)
+    torch.testing.assert_close(model.output.weight.detach().double(), want_w, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model.output.bias.detach().double(), want_b, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(w0, model.output.weight.detach())   # it moved

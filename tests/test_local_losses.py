@@ -41,7 +41,7 @@ def test_similarity_uses_channel_std_for_maps():
 
 
 def test_decoder_pooling_rule():
-    # vgg8b / CIFAR, D = 2048 (SPEC.md's example), first layer: 128 x 32 x 32
+    # vgg8b / CIFAR, D = 2048 (docs/method.md's example), first layer: 128 x 32 x 32
     assert decoder_pooling(128, 32, 2048) == ((8, 8), (0, 0), 2048)
     assert decoder_pooling(256, 32, 2048)[0] == (16, 8)
     # odd sides pad so the output side is ceil(S / k): 512 x 7 x 7 with D = 1024

@@ -15,7 +15,7 @@ from locallearn.models import MODELS, VGG_CONFIGS
 
 ROWS = read_cells(CELLS_TSV)
 
-# SPEC.md: the one published count inconsistent with its own architecture.
+# docs/method.md: the one published count inconsistent with its own architecture.
 TRUE_COUNT_MILLIONS = {"CIFAR100/mlp": 27.5}
 
 
