@@ -19,6 +19,7 @@ from pathlib import Path
 from . import runstate
 from .atomic import atomic_write_json
 from .config import argv_of
+from .credentials import redact_uri
 from .errors import ForeignCheckpointError
 from .faults import fault
 from .rundir import RunFolder
@@ -31,7 +32,8 @@ def run(cfg, argv: list[str] | None = None) -> dict:
     if cfg.pipeline_stages != 1 and "WORLD_SIZE" in os.environ:
         from .pipeline import run_stage   # this process is one stage: its launcher owns the folder
         return run_stage(cfg)
-    argv = argv_of(cfg) if argv is None else list(argv)
+    # as recorded (start.json, train.log): a URI's user-info is never written down
+    argv = [redact_uri(a) for a in (argv_of(cfg) if argv is None else argv)]
     with copy_output(cfg.job_log, "w"):
         return own_and_train(cfg, argv)
 

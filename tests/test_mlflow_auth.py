@@ -134,8 +134,9 @@ def test_training_job_logs_with_credentials_and_records_none(server, data, tmp_p
 @pytest.mark.slow
 def test_snakemake_job_with_a_secret_uri_records_none(server, data, tmp_path):
     """A URI with a password, given to Snakemake in its environment (its own command line
-    is echoed to its log: nothing secret belongs on it). The workflow hands the URI to its
-    jobs in their environment too: the password is in no command line, log, run file,
+    is echoed to its log: nothing secret belongs on it). The workflow shows its jobs the URI
+    without its user-info and hands that to MLflow's variables in their environment: the
+    password is in no command line, log, run file,
     mlflow.init.json, nor anything under the working directory (.snakemake/ included)."""
     folder, uri = server
     port = uri.rsplit(":", 1)[1]
@@ -148,7 +149,7 @@ def test_snakemake_job_with_a_secret_uri_records_none(server, data, tmp_path):
     quick = tmp_path / "results" / "quick"
     assert json.loads((quick / "mlflow.init.json").read_text())["uri"] == uri
     log = (quick / "logs" / "train" / "fmnist-mlp-pred" / "seed1.log").read_text()
-    assert "--mlflow-uri" not in log and "--run-name fmnist-mlp-pred-s1" in log
+    assert f"--mlflow-uri {uri} " in log and "--run-name fmnist-mlp-pred-s1" in log   # the URI, redacted
     runs = _runs(uri, "locallearn-quick")
     assert [(run["info"]["run_name"], run["info"]["status"]) for run in runs] == [("fmnist-mlp-pred-s1", "FINISHED")]
     assert _leaks(tmp_path, folder, texts=(r.stdout, r.stderr)) == [], \

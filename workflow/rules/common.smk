@@ -131,8 +131,20 @@ def train_inputs(wildcards):
         "tracking": f"{RES}/{wildcards.preset}/mlflow.init.json",
     }
     if p.state(ROW[wildcards.cell], wildcards.seed) == REPLACE:
-        inputs["replaced"] = f"{p.run_dir(wildcards.cell, wildcards.seed)}.replaced-{STAMP}/replaced.json"
+        inputs["replaced"] = aside_record(p, wildcards.cell, wildcards.seed)
     return inputs
+
+
+def aside_record(p, cell, seed):
+    """replaced.json of the folder a run of another recipe is moved to (rule set_aside)."""
+    return f"{p.run_dir(cell, seed)}.replaced-{STAMP}/replaced.json"
+
+
+def to_set_aside(p):
+    """The set_aside jobs of a preset, asked for by name: Snakemake runs a job whose
+    output is missing only when something needs it, and the train job that waits for
+    it would otherwise look finished (its old metrics.json exists)."""
+    return [aside_record(p, r["cell"], s) for r in p.rows for s in p.seeds if p.state(r, s) == REPLACE]
 
 
 def seed_metrics(wildcards):
@@ -151,6 +163,7 @@ def targets(name):
     figures, tables and README from every finished run."""
     p = preset(name)
     return [
+        *to_set_aside(p),
         *p.to_train(),
         *[f"{p.results}/figures/curves/{r['cell']}.png" for r in p.rows],
         f"{p.results}/figures/scatter.png",
