@@ -19,6 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import plan  # noqa: E402
+from locallearn.config import config_hash  # noqa: E402
 
 CELLS = REPO / "workflow" / "config" / "cells.tsv"
 
@@ -429,9 +430,14 @@ def test_report_holds_tables_scatter_every_curve_and_runtimes(tmp_path):
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
     time.sleep(0.05)
-    for c in cells:   # newer than the markers: nothing to retrain
+    preset = plan.make_presets(plan.load_config(), plan.load_cells(CELLS))["full"]
+    for c in cells:   # runs of their rows' recipes (the trainer's rule), newer than the markers
         shutil.copytree(REPO / "tests" / "fixtures" / "runs" / c / "seed1", full / "runs" / c / "seed1")
-        (full / "runs" / c / "seed1" / "metrics.json").touch()
+        metrics = full / "runs" / c / "seed1" / "metrics.json"
+        cfg = plan.train_config(preset.args(next(r for r in preset.rows if r["cell"] == c)) + ["--seed", "1"])
+        m = json.loads(metrics.read_text())
+        m.update(config=vars(cfg), config_hash=config_hash(cfg))
+        metrics.write_text(json.dumps(m))
     (tmp_path / "README.md").write_text("# x\n\n<!-- locallearn:tables:begin -->\n<!-- locallearn:tables:end -->\n")
     select = "select={cells: [%s]}" % ", ".join(cells)
     r = snakemake(tmp_path, "--cores", "1", "--config", select)
