@@ -19,6 +19,28 @@ rule curve:
         "../scripts/report.py"
 
 
+rule layers:
+    """One cell's layers over the epochs: each hidden layer's local error (or local loss)
+    beside the output's training and test error."""
+    input:
+        seed_metrics,
+    output:
+        report(
+            f"{RES}/{{preset}}/figures/layers/{{cell}}.png",
+            caption="../report/layers.rst",
+            category="Per-layer errors",
+            subcategory=lambda wc: ROW[wc.cell]["dataset"],
+            labels={"cell": "{cell}"},
+        ),
+    log:
+        f"{RES}/{{preset}}/logs/figures/{{cell}}.layers.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/report.py"
+
+
 rule scatter:
     """Our final test error against the published one, every selected cell."""
     input:

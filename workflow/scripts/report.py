@@ -1,4 +1,4 @@
-"""Snakemake `script:` of the reporting rules: curve, scatter, compile_tables,
+"""Snakemake `script:` of the reporting rules: curve, layers, scatter, compile_tables,
 splice_readme and the `tables` target. Each maps its rule to one call of
 locallearn.report (the `tables` target's, `report.refresh`, is also what
 `locallearn tables` calls), passing the preset's rows, seeds, paths and tolerances;
@@ -29,6 +29,9 @@ with open(sm.log[0], "w") as log:
     if sm.rule == "curve":
         report.draw_curve(next(r for r in rows if r["cell"] == sm.wildcards.cell), preset.results, preset.seeds)
 
+    elif sm.rule == "layers":
+        report.draw_layers(next(r for r in rows if r["cell"] == sm.wildcards.cell), preset.results, preset.seeds)
+
     elif sm.rule == "scatter":
         report.draw_scatter(preset.table_rows, preset.results, preset.seeds, config["tolerance"])
 
@@ -50,7 +53,7 @@ with open(sm.log[0], "w") as log:
         # the finished runs, browsable in MLflow (a fresh clone has only their metrics.json)
         from locallearn.credentials import take_credentials
         from locallearn.errors import TrackingError
-        from locallearn.tracking import artifact_destination, sync_results
+        from locallearn.tracking import browse_hint, sync_results
         uri = take_credentials(plan.tracking_uri(config, preset))   # never printed with a password
         try:
             done = sync_results(preset.results, uri, preset.experiment)
@@ -60,9 +63,7 @@ with open(sm.log[0], "w") as log:
         else:
             changed = sum(v != "unchanged" for v in done.values())
             print(f"MLflow {uri}: {len(done)} finished runs, {changed} created or updated", file=log)
-            dest = artifact_destination(uri)
-            print(f"browse: mlflow ui --backend-store-uri {uri}"
-                  + (f" --artifacts-destination {dest}" if dest else ""))
+            print(browse_hint(uri, preset.experiment))
 
     else:
         sys.exit(f"report.py: no action for rule {sm.rule!r}")
