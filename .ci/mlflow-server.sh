@@ -48,7 +48,7 @@ start)
         umask 077; chmod go-rwx "$dir"
     elif [[ $host != 127.0.0.1 && $host != localhost ]]; then
         echo "mlflow-server: ERROR: serving $host (beyond this machine) needs authenticated mode:" \
-             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (see README.md, Security)" >&2
+             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (see docs/security.md)" >&2
         exit 2
     fi
     if [[ $port == 0 ]]; then

@@ -26,7 +26,7 @@ commands:
              tracking sync RESULTS (mirror a preset's finished runs into its MLflow store)
   tables     tables, figures, README and MLflow mirror from the metrics.json files that exist
              (= `snakemake --cores 1 tables`)
-  report     report curve|scatter|tables|readme|all: one step of that (the workflow's rules)
+  report     report curve|layers|scatter|tables|readme|all: one step of that (the workflow's rules)
 
   --version  print the version and exit
 """
@@ -122,7 +122,7 @@ def cmd_tracking(argv: list[str]) -> int:
 TABLES_DEFAULTS = {"results": "results/full", "cells": "workflow/config/cells.tsv",
                    "workflow_config": "workflow/config/config.yaml"}
 TOLERANCE_SOURCE = "`workflow/config/config.yaml`"
-REPORT_STEPS = ("curve", "scatter", "tables", "readme", "all")
+REPORT_STEPS = ("curve", "layers", "scatter", "tables", "readme", "all")
 
 
 def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -187,11 +187,12 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
     text = intro(seeds, a.tolerance_source, epochs=a.epochs, max_train_examples=a.max_train_examples,
                  max_test_examples=a.max_test_examples)
     template = readme.template(a.readme_title, a.readme_body) if a.readme_title else None
-    if step == "curve":
+    if step in ("curve", "layers"):
         row = next((r for r in rows if r["cell"] == cell), None)
         if row is None:
-            raise ConfigError(f"report curve: no cell {cell!r} in {a.cells}")
-        print(f"drew {report.draw_curve(row, a.results, seeds)}")
+            raise ConfigError(f"report {step}: no cell {cell!r} in {a.cells}")
+        draw = report.draw_curve if step == "curve" else report.draw_layers
+        print(f"drew {draw(row, a.results, seeds)}")
     elif step == "scatter":
         print(f"drew {report.draw_scatter(rows, a.results, seeds, tol)}")
     elif step == "tables":
@@ -218,7 +219,7 @@ def mirror_results(results: str, uri: str | None, experiment: str) -> None:
 
     from .credentials import take_credentials
     from .errors import TrackingError
-    from .tracking import artifact_destination, resolve_uri, sync_results
+    from .tracking import browse_hint, resolve_uri, sync_results
     uri = take_credentials(resolve_uri(uri)) or "sqlite:///" + str(Path(results, "mlflow.db").resolve())
     try:
         done = sync_results(results, uri, experiment)
@@ -227,8 +228,7 @@ def mirror_results(results: str, uri: str | None, experiment: str) -> None:
         return
     changed = sum(v != "unchanged" for v in done.values())
     print(f"MLflow {uri}: {len(done)} finished runs, {changed} created or updated")
-    dest = artifact_destination(uri)
-    print(f"browse: mlflow ui --backend-store-uri {uri}" + (f" --artifacts-destination {dest}" if dest else ""))
+    print(browse_hint(uri, experiment))
 
 
 def cmd_report(argv: list[str]) -> int:
@@ -241,8 +241,8 @@ def cmd_report(argv: list[str]) -> int:
         raise ConfigError(f"usage: locallearn report {{{','.join(REPORT_STEPS)}}} [flags]")
     step = argv[0]
     p = report_parser(f"locallearn report {step}", cmd_report.__doc__)
-    if step == "curve":
-        p.add_argument("cell", help="the cell whose learning curves are drawn")
+    if step in ("curve", "layers"):
+        p.add_argument("cell", help="the cell whose learning curves (curve) or per-layer errors (layers) are drawn")
     a = p.parse_args(argv[1:])
     report_step(step, a, getattr(a, "cell", None))
     return 0

@@ -44,7 +44,7 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     a("--dim-in-decoder", type=int, default=4096, help="bound on the pred decoder's input size")
     a("--no-similarity-std", action="store_true", help="similarity of flattened maps, not of channel stds")
     a("--backprop", action="store_true", help="plain global backprop, no local heads (refused with --bio "
-      "and --no-detach, which the reference silently misreads: README, Flags that differ)")
+      "and --no-detach, which the reference silently misreads: docs/flags.md)")
     a("--no-detach", action="store_true", help="keep the graph between blocks (global loss reaches all)")
     a("--bio", action="store_true", help="fixed random label projection + feedback alignment")
     a("--target-proj-size", type=int, default=128, help="size of the bio label projection")
@@ -73,7 +73,7 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     a("--resume", default="", help="checkpoint file to resume from (default: the one in --out); "
       "refused if it is of another recipe (the reference takes the recipe from it)")
     a("--save-dir", default="", help="an alias of --out: the run writes into this folder itself, not "
-      "into the reference's <dataset>/<model>/<config> subfolders (README: Flags that differ)")
+      "into the reference's <dataset>/<model>/<config> subfolders (docs/flags.md)")
     a("--pre-act", action="store_true", help="accepted and without effect, as in the reference: it "
       "applies it only to its ResNets (none here); mlp and VGG blocks stay layer -> BN -> nonlin")
 

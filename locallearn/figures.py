@@ -1,7 +1,8 @@
 """PNG figures with matplotlib's Agg canvas (no display, no pyplot global state, safe in
 jobs and threads): learning curves of one cell (one line per seed, the published error
-as a dotted line) and, per cell, our error minus the published one against the
-verdict's tolerance (the "scatter", results/<preset>/figures/scatter.png).
+as a dotted line), one cell's layers over the epochs (each hidden layer's local error or
+local loss beside the output's errors), and, per cell, our error minus the published
+one against the verdict's tolerance (the "scatter", results/<preset>/figures/scatter.png).
 
     plot_curves({"seed 1": metrics["history"], ...}, "curve.png", "fmnist-mlp-pred")
 
@@ -88,6 +89,70 @@ def plot_cell(runs: list[dict], path: str | Path, row: dict) -> Path:
     epochs = max((m.get("epochs") or 0) for m in runs) if runs else 0
     budget = f" ({epochs}/{row['epochs']} epochs)" if epochs and str(epochs) != str(row["epochs"]) else ""
     return plot_curves(curves, path, f"{row['cell']}{budget}", published=published_error(row))
+
+
+# What a hidden layer's local signal is (metrics.json history "local" entries): pred and
+# predsim train a local classifier, whose error on the training batches is recorded
+# (except under --bio, fit.history_entry); sim has no classifier, only its loss (matching
+# similarity matrices); backprop has no local loss at all.
+NO_LOCAL_ERROR = {
+    "backprop": "backprop: no local losses; the whole network learns from the output's loss",
+    "sim": "sim: no local classifier, so no local error; each layer's local loss is shown (right axis)",
+    "bio": "bio: local errors are not recorded; each layer's local loss is shown (right axis)",
+}
+
+
+def plot_layers(run: dict, path: str | Path, row: dict) -> Path:
+    """Write layers_figure(run, row) to `path`."""
+    return _save(layers_figure(run, row), path)
+
+
+def layers_figure(run: dict, row: dict) -> Figure:
+    """One run's layers over the epochs: each hidden layer's local error on the training
+    batches (pred, predsim) or its local loss (sim, on a second axis), beside the output
+    layer's training error and test error. `run`: a metrics.json dict; `row`: its cells.tsv row."""
+    history = sorted(run.get("history") or [], key=lambda h: h["epoch"])
+    loss = row["loss"]
+    bio = str(row.get("bio", "0")) == "1"
+    signal = None if loss == "backprop" else "loss" if loss == "sim" or bio else "error"
+    fig = Figure(figsize=(7.2, 4.6))
+    ax = fig.add_subplot(1, 1, 1)
+    x, y = _series(history, "train_error")
+    ax.plot(x, y, color="black", lw=1.2, ls="--", zorder=3, label="output: training error (dropout on)")
+    x, y = _series(history, "test_error")
+    ax.plot(x, y, color="black", lw=1.8, zorder=3, label="output: test error")
+    layers = sorted({e["layer"] for h in history for e in h.get("local") or ()})
+    other = ax.twinx() if signal == "loss" and layers else None
+    for i, k in enumerate(layers):
+        pts = [(h["epoch"], e.get(signal)) for h in history for e in h.get("local") or ()
+               if e["layer"] == k and isinstance(e.get(signal), (int, float))]
+        if not pts:
+            continue
+        target = other if other is not None else ax
+        label = f"hidden layer {k + 1}: local " + ("error (training batches)" if signal == "error" else "loss (right axis)")
+        target.plot([p[0] for p in pts], [p[1] for p in pts], color=_COLORS[i % len(_COLORS)], lw=1.2, label=label)
+    ys = [v for line in ax.get_lines() for v in line.get_ydata()]
+    if ys and min(ys) > 0 and max(ys) / min(ys) > 8:
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (%)")
+    if other is not None:
+        other.set_ylabel("local loss (sim)")
+    note = None if signal == "error" else NO_LOCAL_ERROR["bio" if bio and loss != "sim" else loss]
+    title = f"{row['cell']}, seed {run.get('seed', '?')}: layers over the epochs"
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if other is not None:
+        more = other.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper right")
+    if not history:
+        ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center", transform=ax.transAxes)
+    return fig
 
 
 def plot_scatter(points: list[dict], path: str | Path, title: str = "ours vs published") -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import sys
 import time
+from datetime import datetime, timezone
 
 import torch
 
@@ -24,6 +25,11 @@ from .rundir import run_tags
 def lr_at(cfg, epoch: int) -> float:
     """lr * fact ** (number of milestones <= epoch - 1), epochs counted from 1."""
     return cfg.lr * cfg.lr_decay_fact ** bisect.bisect_right(cfg.lr_decay_milestones, epoch - 1)
+
+
+def utc_iso(seconds: float) -> str:
+    """A time as metrics.json records it: ISO 8601, UTC, whole seconds."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
 def progress_bar(cfg):
@@ -82,6 +88,7 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
     process, None on a pipeline's other stages."""
     device, reports = engine.device, engine.reports
     history, wall_before, start = [], 0.0, 1
+    started_at = time.time()   # the run's first epoch; a resume keeps the first attempt's
     state = engine.resume(folder)
     if state is not None:
         try:
@@ -92,6 +99,7 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
                 f"engine ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
                 "use another --out, or delete the checkpoint to start over") from None
         history, wall_before, start = state["history"] or [], state["wall_seconds"], state["epoch"] + 1
+        started_at = state.get("started_at") or started_at - wall_before   # older checkpoints lack it
         if reports:
             print(f"{folder.out}: resuming after epoch {state['epoch']} of {cfg.epochs}", flush=True)
 
@@ -125,7 +133,8 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
             if reports:
                 history.append(entry)
             folder.save_checkpoint({"epoch": epoch, **engine.state_dict(), "history": history if reports else None,
-                                    "wall_seconds": wall_before + time.perf_counter() - t_start})
+                                    "wall_seconds": wall_before + time.perf_counter() - t_start,
+                                    "started_at": started_at})
             engine.barrier()
             fault("kill-after-checkpoint", epoch)
             if reports:
@@ -144,6 +153,7 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
             "seed": cfg.seed, "config": vars(cfg), "config_hash": folder.config_hash, **environment_info(),
             "device": str(device), "environment": env, "precision": precision_used, "peak_memory_bytes": max(memory),
             "wall_seconds": wall_before + time.perf_counter() - t_start,
+            "started_at": utc_iso(started_at), "finished_at": utc_iso(time.time()),   # MLflow's run times
             "run_name": folder.run_name, "tags": run_tags(cfg), **engine.run_info(),
         }
         folder.write_metrics(metrics)

@@ -7,7 +7,7 @@ hash (config.NON_RECIPE) and a run may be resumed with or without them.
   --cudnn-benchmark  cuDNN times its algorithms per input shape once and keeps the
                      fastest (torch.backends.cudnn.benchmark)
 
-Both are off by default: their speed on the GPU is not yet measured (README, Speed),
+Both are off by default: their speed on the GPU is not yet measured (docs/speed.md),
 and the rounding of another layout or algorithm is another float32 rounding, equal
 only to within tolerance (tests/test_kernels.py checks that on the CPU).
 """

@@ -1,6 +1,7 @@
 """A preset's report, made from the runs that exist in <results>/runs: the tables
 (tables.py) written to <results>/tables, the figures (figures.py) drawn into
-<results>/figures, the tables spliced into a README (readme.py).
+<results>/figures (curves/, layers/, scatter.png), the tables spliced into a README
+(readme.py).
 
 The workflow's reporting rules call one step each (curve, scatter, compile, splice);
 its `tables` target and `locallearn tables` call `refresh`, which does them all, with
@@ -16,11 +17,11 @@ from typing import Mapping
 from . import figures, readme, tables
 
 
-def figures_link(results: str | Path, readme_path: str | Path | None) -> str:
-    """<results>/figures as a link from the README's folder (from <results>/tables
+def figures_link(results: str | Path, readme_path: str | Path | None, folder: str = "figures") -> str:
+    """<results>/<folder> as a link from the README's folder (from <results>/tables
     when there is no README)."""
     base = Path(readme_path).resolve().parent if readme_path else (Path(results) / "tables").resolve()
-    return Path(os.path.relpath((Path(results) / "figures").resolve(), base)).as_posix()
+    return Path(os.path.relpath((Path(results) / folder).resolve(), base)).as_posix()
 
 
 def runs(rows: list[dict], results: str | Path, seeds: list[int] | None) -> dict[str, list[dict]]:
@@ -33,6 +34,14 @@ def draw_curve(row: dict, results: str | Path, seeds: list[int] | None) -> Path:
     """<results>/figures/curves/<cell>.png: every finished seed of one cell."""
     found = runs([row], results, seeds).get(row["cell"], [])
     return figures.plot_cell(found, Path(results) / "figures" / "curves" / f"{row['cell']}.png", row)
+
+
+def draw_layers(row: dict, results: str | Path, seeds: list[int] | None) -> Path:
+    """<results>/figures/layers/<cell>.png: the layers of the cell's first finished seed
+    (a cell without one gets a figure saying so)."""
+    found = runs([row], results, seeds).get(row["cell"], [])
+    run = found[0] if found else {"history": [], "seed": "-"}
+    return figures.plot_layers(run, Path(results) / "figures" / "layers" / f"{row['cell']}.png", row)
 
 
 def draw_scatter(rows: list[dict], results: str | Path, seeds: list[int] | None,
@@ -53,6 +62,8 @@ def compile_tables(rows: list[dict], results: str | Path, *, seeds: list[int] | 
     out = tables.compile_tables(rows, runs(rows, results, seeds), expected_seeds=len(seeds) if seeds else 1,
                                 tolerance=tolerance, intro=intro,
                                 figure_prefix=f"{link}/curves/" if figures_drawn else None,
+                                layers_prefix=f"{link}/layers/" if figures_drawn else None,
+                                pending_link=f"{figures_link(results, readme_path, 'tables')}/pending.md",
                                 scatter=f"{link}/scatter.png" if figures_drawn else None)
     tables.write_tables(out, Path(results) / "tables")
     return out
@@ -69,6 +80,7 @@ def refresh(rows: list[dict], results: str | Path, *, seeds: list[int] | None,
         for r in rows:
             if r["cell"] in found:
                 draw_curve(r, results, seeds)
+                draw_layers(r, results, seeds)
         draw_scatter(rows, results, seeds, tolerance)
     out = compile_tables(rows, results, seeds=seeds, tolerance=tolerance, intro=intro,
                          readme_path=readme_path, figures_drawn=draw)

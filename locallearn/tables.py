@@ -4,8 +4,12 @@ Reads `<runs>/<cell>/seed<seed>/metrics.json` (the source of truth) for the rows
 cells.tsv and writes markdown in the layout of the paper's README: one table per
 dataset (Network, #Params, Global loss, pred, sim, predsim), each entry showing ours
 beside the published number, `8.41 (8.37)`, then a summary table with the delta, a
-verdict and the training wall time per cell. A cell without metrics.json shows as
-"not run", never as a number.
+verdict and the training wall time of every cell that has run (the others are counted,
+and listed in "pending"). A cell without metrics.json shows as "not run", never as a
+number. A published number measured on other data than ours (cells.tsv
+`published_data`, e.g. Kuzushiji-MNIST before its 2019 update) carries a footnote, and
+the authors' own number on our data (`current_data_error`) is shown beside it and is
+the one the verdict compares with.
 
 Compiling only: the README splice is in readme.py, the figures in figures.py, and
 report.py puts the three together for the workflow and `locallearn tables`. The rows,
@@ -21,7 +25,7 @@ from typing import Mapping
 from tabulate import tabulate
 
 from .atomic import write_if_changed
-from .cells import published_error
+from .cells import compared_error, current_data_error, published_data, published_error
 from .errors import LocallearnError
 from .specs import SPECS
 
@@ -33,6 +37,7 @@ LOSS_COLUMNS = {
     "predsim": "Local loss 'predsim'",
 }
 NOT_RUN = "not run"
+OTHER_DATA = "†"   # marks a published number measured on other data than ours
 NOTE = ("Test error (%) after the last epoch: ours (published). Ours is the mean ± std over "
         "seeds where several ran; [k/n seeds] where only some of the n configured seeds have "
         "finished. #Params: ours (from metrics.json) where a cell of the row has run, else the "
@@ -125,7 +130,8 @@ class Cell:
         self.runs = runs
         self.expected = expected_seeds
         self.errors = [float(m["test_error"]) for m in runs]
-        self.published = published_error(row)
+        self.paper = published_error(row)         # the paper's number, as printed
+        self.published = compared_error(row)      # what the verdict compares with
         budgets = list(dict.fromkeys(b for b in (budget(m, row) for m in runs) if b))
         self.budget = "; ".join(budgets) or None
         self.precision = ", ".join(dict.fromkeys(p for p in map(precision, runs) if p)) or None
@@ -156,10 +162,18 @@ class Cell:
             notes.append(self.precision)
         return text + (f" [{', '.join(notes)}]" if notes else "")
 
+    def published_text(self) -> str:
+        """'8.37'; '0.99†' (measured on other data); '0.99† / 0.89 current' (and the
+        authors' own number on our data); 'n/a'."""
+        if self.paper is None:
+            return "n/a"
+        text = _fmt(self.paper) + (OTHER_DATA if published_data(self.row) else "")
+        current = current_data_error(self.row)
+        return text + (f" / {_fmt(current)} current" if current is not None else "")
+
     def entry(self) -> str:
         """A table entry: ours (published)."""
-        pub = _fmt(self.published) if self.published is not None else "n/a"
-        return f"{self.ours()} ({pub})"
+        return f"{self.ours()} ({self.published_text()})"
 
     def delta(self) -> float | None:
         if self.n and self.published is not None:
@@ -221,17 +235,35 @@ def _markdown(headers: list[str], body: list[list[str]]) -> str:
                     colalign=("left",) * len(headers))
 
 
+def _footnote(cells: list[Cell]) -> str | None:
+    """The footnote of a table whose published numbers were measured on other data."""
+    data = list(dict.fromkeys(d for d in (published_data(c.row) for c in cells) if d))
+    if not data:
+        return None
+    text = (f"{OTHER_DATA} Published on the {' and the '.join(data)}; ours on the files our checksums "
+            "pin (`docs/datasets.md`).")
+    if any(current_data_error(c.row) is not None for c in cells):
+        text += (" 'current': the authors' own test error on those files, reported after the paper; "
+                 "the verdict compares with it.")
+    return text
+
+
 # --------------------------------------------------------------------------- tables
 
 def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected_seeds: int = 1,
                    tolerance: Mapping[str, float] | float = 0.5, figure_prefix: str | None = None,
+                   layers_prefix: str | None = None, pending_link: str | None = None,
                    scatter: str | None = None, intro: str = "", heading: str = "###") -> dict[str, str]:
     """Markdown for `rows` given `runs` ({cell: [metrics...]}, as load_runs gives).
 
-    Returns {dataset: table, ..., "summary": table, "tables": everything together}
-    ("tables" is what goes between a README's markers). `figure_prefix`: a cell that has
-    run links to <figure_prefix><cell>.png in the summary; `scatter`: a link to the
-    scatter plot, shown once something has run."""
+    Returns {dataset: table, ..., "summary": table, "pending": the cells not yet run,
+    "tables": the intro, the dataset tables and the summary together} ("tables" is what
+    goes between a README's markers). The summary has a row per cell that has run and
+    counts the rest. `figure_prefix`: a cell that has run links to
+    <figure_prefix><cell>.png (its learning curve); `layers_prefix`: ... and to
+    <layers_prefix><cell>.png (its per-layer figure); `pending_link`: where the summary
+    says the list of cells not yet run is; `scatter`: a link to the scatter plot, shown
+    once something has run."""
     cells = [Cell(r, list(runs.get(r["cell"], [])), expected_seeds) for r in rows]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     out: dict[str, str] = {}
@@ -244,8 +276,10 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
             body.append([net, _params_entry(list(by_loss.values()))]
                         + [by_loss[loss].entry() if loss in by_loss else "-" for loss in LOSS_COLUMNS])
         title = SPECS[ds].title if ds in SPECS else ds   # the paper's captions
+        note = _footnote(mine)
         out[ds] = (f"{heading} Results on {title}\n\n"
-                   + _markdown(["Network", "#Params", *LOSS_COLUMNS.values()], body) + "\n")
+                   + _markdown(["Network", "#Params", *LOSS_COLUMNS.values()], body) + "\n"
+                   + (f"\n{note}\n" if note else ""))
 
     body = []
     counts = {"within": 0, "outside": 0, "budget": 0, "no published": 0, "not yet run": 0}
@@ -255,24 +289,47 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
         for key in counts:
             if verdict.startswith(key):
                 counts[key] += 1
+        if not c.n:
+            continue
         name = c.row["cell"]
-        if figure_prefix is not None and c.n:
+        if figure_prefix is not None:
             name = f"[{name}]({figure_prefix}{name}.png)"
         delta = c.delta()
-        body.append([name, str(c.n), _fmt(c.published) if c.published is not None else "n/a",
-                     c.ours(), f"{delta:+.2f}" if delta is not None else "-", verdict, c.wall_time()])
-    summary = (f"{heading} Summary\n\n"
-               + _markdown(["Cell", "Seeds", "Published", "Ours", "Delta", "Verdict", "Wall time per seed"], body) + "\n\n"
-               + f"{len(cells)} cells: {counts['within']} within tolerance, {counts['outside']} outside, "
-               f"{counts['budget']} budget runs, {counts['no published']} without a published number, "
-               f"{counts['not yet run']} not yet run.\n")
+        line = [name, str(c.n), c.published_text(), c.ours(), f"{delta:+.2f}" if delta is not None else "-",
+                verdict, c.wall_time()]
+        if layers_prefix is not None:
+            line.append(f"[layers]({layers_prefix}{c.row['cell']}.png)")
+        body.append(line)
+    headers = ["Cell", "Seeds", "Published", "Ours", "Delta", "Verdict", "Wall time per seed"]
+    headers += ["Per layer"] if layers_prefix is not None else []
+    finished = len(cells) - counts["not yet run"]
+    table = _markdown(headers, body) + "\n\n" if body else "No cell has finished yet.\n\n"
+    waiting = ""
+    if counts["not yet run"]:
+        where = f" ([the list]({pending_link}))" if pending_link else ""
+        waiting = f"; {counts['not yet run']} not yet run, shown as \"not run\" in the tables above{where}"
+    summary = (f"{heading} Summary\n\n" + table
+               + f"{len(cells)} cells: {finished} finished ({counts['within']} within tolerance, "
+               f"{counts['outside']} outside, {counts['budget']} budget runs, "
+               f"{counts['no published']} without a published number){waiting}.\n")
     out["summary"] = summary
+    out["pending"] = _pending(cells, heading)
     parts = [p for p in (intro.strip(), NOTE) if p]
     if scatter and any(c.n for c in cells):
         parts.append(f"![ours vs published]({scatter})")
     parts += [out[ds] for ds in datasets] + [summary]
     out["tables"] = "\n\n".join(p.strip("\n") for p in parts) + "\n"
     return out
+
+
+def _pending(cells: list[Cell], heading: str) -> str:
+    """The cells not yet run, by dataset."""
+    waiting = [c for c in cells if not c.n]
+    lines = [f"{heading} Not yet run\n", f"{len(waiting)} of {len(cells)} cells have no finished run."]
+    for ds in dict.fromkeys(c.row["dataset"] for c in waiting):
+        names = [f"`{c.row['cell']}`" for c in waiting if c.row["dataset"] == ds]
+        lines.append(f"- {ds} ({len(names)}): {', '.join(names)}")
+    return "\n".join(lines).replace(".\n- ", ".\n\n- ", 1) + "\n"
 
 
 def scatter_points(rows: list[dict], runs: Mapping[str, list[dict]],

@@ -18,6 +18,13 @@ MLflow's own tags (run name, source, git commit, user) and the environment as `e
 tags, all derived by `mlflow_tags` from what metrics.json holds, so a run logged live and
 the same run mirrored by `sync_results` (`locallearn tracking sync`) carry the same.
 
+A run's times are the training's: a live run is created when training starts and ended
+when it finishes; a synced run gets metrics.json's `started_at` and `finished_at`. Runs
+finished before metrics.json recorded them (the committed Fashion-MNIST row) end at the
+commit that added their metrics.json (`git log --diff-filter=A`) and start `wall_seconds`
+before it (`run_times`). Experiments are tagged as model training (EXPERIMENT_KIND), not
+as GenAI work.
+
 Stores move: a SQLite store keeps its artifacts as `mlflow-artifacts:` URIs, proxied by
 `mlflow ui --artifacts-destination <preset>/mlartifacts` and written here straight into
 that folder, so no absolute path is stored anywhere in the database.
@@ -33,9 +40,11 @@ import logging
 import os
 import random
 import re
+import subprocess
 import time
 import warnings
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
@@ -57,6 +66,11 @@ ENV_KEYS = ("python", "torch", "torchvision", "cuda", "cudnn", "device", "device
             "cpu_model", "threads", "precision")
 ARTIFACTS = ("metrics.json", "curve.png")   # a run folder's files mirrored as artifacts
 PROXY_SCHEME = "mlflow-artifacts"
+# MLflow 3's experiment type: "custom_model_development" is "Machine learning" (runs,
+# models), as opposed to "genai_development" (traces). The UI reads it only where its
+# GenAI / Model training switch is off; MLflow 3.17 has the switch on, and it opens on
+# GenAI unless told otherwise (browse_url). The tag still names the experiment's kind.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 # Per-epoch scalars of a metrics.json history entry, logged under the same names.
 # "epoch" is logged too: its latest value is how a reopened run knows where it stopped.
@@ -366,7 +380,8 @@ def _experiment_id(client, uri: str, name: str) -> str:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             try:
-                return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+                return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
+                                                tags=EXPERIMENT_KIND)
             except MlflowException as e:
                 if e.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -376,6 +391,9 @@ def _experiment_id(client, uri: str, name: str) -> str:
                 f"MLflow experiment {name!r} in {redact_uri(uri)} is deleted: restore it "
                 f"(mlflow experiments restore --experiment-id {exp.experiment_id}) "
                 "or choose another --mlflow-experiment")
+        for key, value in EXPERIMENT_KIND.items():   # made before the tag existed; a kind set by hand stays
+            if key not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
     with _sqlite_init_lock(uri):
@@ -568,10 +586,13 @@ def _sync_folder(client, uri: str, exp_id: str, folder: Path) -> str:
     metrics = {**metrics, "run_name": run_name}
     tags = _without_credentials(mlflow_tags(metrics))
 
+    start_ms, end_ms = run_times(metrics, folder / "metrics.json")
+
     def find_or_create():
         run = _stored_run(client, folder, exp_id) or _run_of_hash(client, exp_id, metrics.get("config_hash"))
         if run is None:
-            run = client.create_run(exp_id, run_name=run_name, tags={**tags, TAG_OUT_DIR: str(folder)})
+            run = client.create_run(exp_id, run_name=run_name, tags={**tags, TAG_OUT_DIR: str(folder)},
+                                    start_time=start_ms)
             created = True
         else:
             created = False
@@ -590,9 +611,12 @@ def _sync_folder(client, uri: str, exp_id: str, folder: Path) -> str:
             run_id, params=[Param(k, v) for k, v in params.items()]))
         writes += len(params)
     last = int(run.data.metrics.get("epoch", 0))
-    for entry in sorted(metrics.get("history") or [], key=lambda h: h["epoch"]):
+    history = sorted(metrics.get("history") or [], key=lambda h: h["epoch"])
+    for entry in history:
         if entry["epoch"] > last:
-            batch = _epoch_metrics(entry, _now_ms())
+            # stamped across the training's span, so MLflow's relative-time axis is the training's
+            when = (start_ms + (end_ms - start_ms) * entry["epoch"] // len(history)) if start_ms else _now_ms()
+            batch = _epoch_metrics(entry, when)
             _call(uri, f"log epoch {entry['epoch']}", lambda: client.log_batch(run_id, metrics=batch))
             writes += 1
     curve = folder / "curve.png"
@@ -601,9 +625,60 @@ def _sync_folder(client, uri: str, exp_id: str, folder: Path) -> str:
         plot_curves({f"seed {metrics.get('seed', '?')}": metrics.get("history") or []}, curve, title=run_name)
     writes += _log_finished_run(client, uri, run, metrics, [folder / a for a in ARTIFACTS])
     if run.info.status != "FINISHED":
-        _call(uri, "finish the run", lambda: client.set_terminated(run_id, "FINISHED"))
+        _call(uri, "finish the run", lambda: client.set_terminated(run_id, "FINISHED", end_time=end_ms))
         writes += 1
     return "created" if created else "updated" if writes else "unchanged"
+
+
+def run_times(metrics: dict, path: Path) -> tuple[int | None, int | None]:
+    """(start, end) of a finished run in ms since the epoch: metrics.json's `started_at`
+    and `finished_at`; for a metrics.json older than those fields, the end is the time
+    of the git commit that added the file and the start `wall_seconds` before it.
+    (None, None) where neither is known (MLflow then uses the time of the sync)."""
+    end = _iso_ms(metrics.get("finished_at")) or _added_in_git_ms(path)
+    if end is None:
+        return None, None
+    start = _iso_ms(metrics.get("started_at"))
+    if start is None and _is_number(metrics.get("wall_seconds")):
+        start = end - int(round(float(metrics["wall_seconds"]) * 1000))
+    return (start if start is not None else end), end
+
+
+def _iso_ms(text) -> int | None:
+    try:
+        return int(datetime.fromisoformat(str(text)).timestamp() * 1000) if text else None
+    except ValueError:
+        return None
+
+
+def _added_in_git_ms(path: Path) -> int | None:
+    """The committer time of the commit that added `path` (the newest such), or None
+    outside a git checkout or for a file not committed."""
+    try:
+        out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%cI", "--", path.name],
+                             cwd=path.parent, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split() if out.returncode == 0 else []
+    return _iso_ms(lines[0]) if lines else None
+
+
+def browse_hint(uri: str, experiment: str) -> str:
+    """How to look at the store: the `mlflow ui` command (for a SQLite store) and the URL
+    of the experiment's runs table."""
+    exp_id = ensure_experiment(uri, experiment)
+    dest = artifact_destination(uri)
+    if dest is None:   # a server: its own address
+        return f"browse: {browse_url(redact_uri(uri), exp_id)}"
+    return (f"browse: mlflow ui --backend-store-uri {uri} --artifacts-destination {dest}\n"
+            f"        then open {browse_url('http://127.0.0.1:5000', exp_id)}")
+
+
+def browse_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI at `base`. MLflow 3.17 opens an
+    experiment on its GenAI overview unless the UI's GenAI / Model training switch (kept
+    in the browser) says otherwise; `workflowType=machine_learning` sets it."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _run_of_hash(client, exp_id: str, chash: str | None):
@@ -634,9 +709,7 @@ def cli_sync(argv: list[str]) -> int:
     counts = {a: sum(v == a for v in done.values()) for a in ("created", "updated", "unchanged")}
     print(f"MLflow experiment {args.experiment!r} at {uri}: {len(done)} finished runs "
           f"({', '.join(f'{n} {a}' for a, n in counts.items())})")
-    dest = artifact_destination(uri)
-    if dest is not None:
-        print(f"browse: mlflow ui --backend-store-uri {uri} --artifacts-destination {dest}")
+    print(browse_hint(uri, args.experiment))
     return 0
 
 

@@ -1,7 +1,7 @@
 """`locallearn bench` (issues 2 and 8) on the real Fashion-MNIST, a few hundred images:
 it prints one row per path with seconds, images/s, GFLOP/s, speed-up and test error,
 and the pipelined path ends with exactly the fused path's test error (same updates).
-The figures themselves are measured by hand (README "Speed"), never asserted."""
+The figures themselves are measured by hand (docs/speed.md), never asserted."""
 from __future__ import annotations
 
 import os

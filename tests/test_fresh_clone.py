@@ -177,3 +177,38 @@ def test_dry_run_prints_every_training_command_to_paste(clone):
     r = snakemake(clone, "-n", "quick", "--config", budget)   # the workflow counts it as its own run
     assert r.returncode == 0 and not train_jobs(r.stdout), r.stdout[-3000:]
     shutil.rmtree(clone / "results" / "quick")
+
+
+def report_categories(root: Path) -> dict:
+    html = (root / "report.html").read_text()
+    return json.loads(re.search(r"var categories = (\{.*?\});\n", html).group(1))
+
+
+def test_plain_report_works_on_a_fresh_clone_and_after_a_partial_run(tmp_path):
+    """`snakemake --report report.html`, no target, no --config: on a fresh clone it
+    reports the committed runs (their curves and per-layer figures, the scatter, the
+    tables with the list of cells not yet run); after a run finished since (its figures
+    not yet drawn) it still works; once `tables` has redrawn, the new run is in it."""
+    root = git_clone(tmp_path / "locallearn")
+    r = snakemake(root, "--report", "report.html")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    cats = report_categories(root)
+    for category, folder in (("Learning curves", "curves"), ("Per-layer errors", "layers")):
+        assert list(cats[category]) == ["FashionMNIST"]
+        assert sorted(cats[category]["FashionMNIST"]) == sorted(f"results/full/figures/{folder}/{c}.png" for c in COMMITTED)
+    assert sorted(cats["Tables"]["Other"]) == [f"results/full/tables/{t}.md" for t in ("pending", "summary", "tables")]
+    assert "cifar100-mlp-backprop" in (root / "results" / "full" / "tables" / "pending.md").read_text()
+
+    new = root / "results" / "full" / "runs" / "cifar100-mlp-backprop" / "seed1"   # a run that finished since
+    shutil.copytree(REPO / "tests" / "fixtures" / "runs" / "cifar100-mlp-backprop" / "seed1", new)
+    r = snakemake(root, "--report", "report.html")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "CIFAR100" not in report_categories(root)["Learning curves"]
+    r = snakemake(root, "--cores", "1", "tables")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    r = snakemake(root, "--report", "report.html")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    cats = report_categories(root)
+    assert cats["Learning curves"]["CIFAR100"] == ["results/full/figures/curves/cifar100-mlp-backprop.png"]
+    assert cats["Per-layer errors"]["CIFAR100"] == ["results/full/figures/layers/cifar100-mlp-backprop.png"]
+    assert "cifar100-mlp-backprop" not in (root / "results" / "full" / "tables" / "pending.md").read_text()

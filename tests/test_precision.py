@@ -1,7 +1,7 @@
 """`--precision fp32 | tf32 | bf16` (issue 18): the switches really set, the choice
 recorded in metrics.json and MLflow, and float32 (the default) leaving the
 config hash of every committed run unchanged. What TF32 and bf16 do to the numbers
-needs a GPU (README "Precision"); here the CPU checks the plumbing."""
+needs a GPU (docs/precision.md); here the CPU checks the plumbing."""
 from __future__ import annotations
 
 import json

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 STATE = Path(os.environ.get("LOCALLEARN_SLURM_STATE", "/tmp/locallearn-slurm"))
 
-# The values a site changes in the profile (see README.md, "Run on a cluster"),
+# The values a site changes in the profile (see docs/cluster.md),
 # set for the test cluster, and status polling fast enough for seconds-long jobs.
 SITE_ARGS = [
     "--default-resources", "slurm_partition=debug", "slurm_account=none",

@@ -489,3 +489,52 @@ def test_a_synced_store_works_after_the_folder_moves(tmp_path):
         cell, seed = run.data.tags["cell"], run.data.tags["seed"]
         assert got.read_bytes() == (full / "runs" / cell / f"seed{seed}" / "metrics.json").read_bytes()
         assert len(client.get_metric_history(run.info.run_id, "test_error")) == 200
+
+
+def test_synced_runs_carry_the_trainings_times(tmp_path):
+    """A synced run starts and ends when its training did: from metrics.json's
+    started_at and finished_at, or, for the committed runs that predate those fields,
+    ending at the commit that added their metrics.json (read from git, so a fresh clone
+    gets it) and starting wall_seconds before. Epochs are stamped inside that span; the
+    experiment is tagged as model training."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    full = clone / "results" / "full"
+    uri = f"sqlite:///{full / 'mlflow.db'}"
+    later = full / "runs" / "cell-new" / "seed1"   # a run that records its own times (not committed)
+    later.mkdir(parents=True)
+    (later / "metrics.json").write_text(json.dumps({
+        **metrics_doc(make_history(4)), "seed": 1, "run_name": "cell-new-s1", "config": {"lr": 5e-4},
+        "started_at": "2026-01-02T03:04:05+00:00", "finished_at": "2026-01-02T05:04:05+00:00"}))
+    tracking.sync_results(full, uri, "locallearn")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("locallearn")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    committed = sorted(full.glob("runs/fmnist-*/seed1/metrics.json"))
+    assert len(committed) == 4
+    for path in committed:
+        m = json.loads(path.read_text())
+        assert "finished_at" not in m
+        added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%ct", "--", str(path.relative_to(clone))],
+                               cwd=clone, capture_output=True, text=True, check=True).stdout.split()[0]
+        run = runs[m["run_name"]]
+        assert run.info.end_time == int(added) * 1000
+        assert run.info.start_time == run.info.end_time - round(m["wall_seconds"] * 1000)
+        stamps = [x.timestamp for x in client.get_metric_history(run.info.run_id, "test_error")]
+        assert run.info.start_time < min(stamps) and max(stamps) == run.info.end_time
+    new = runs["cell-new-s1"]
+    assert (new.info.start_time, new.info.end_time) == (1767323045000, 1767330245000)   # 03:04:05, 05:04:05 UTC
+
+
+def test_an_older_experiment_gets_the_kind_tag_and_a_chosen_kind_stays(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri)
+    ensure_experiment(uri, "warm-up")            # creates the store
+    old = client.create_experiment("old")         # made before the tag existed
+    mine = client.create_experiment("mine", tags={"mlflow.experimentKind": "genai_development"})
+    assert ensure_experiment(uri, "old") == old and ensure_experiment(uri, "mine") == mine
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"

@@ -5,10 +5,13 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
+import torch
 
 from conftest import needs_fmnist
+from locallearn import fit as fit_mod
 from locallearn import train as train_mod
 from locallearn.config import parse_train_args
 from locallearn.fit import lr_at
@@ -47,8 +50,11 @@ def test_real_run_learns_and_resume_is_exact(tmp_path, monkeypatch):
     on_disk = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert on_disk["test_error"] == full["test_error"] and on_disk["config_hash"]
     for key in ("params_backprop", "params_total", "seed", "config", "versions", "device",
-                "peak_memory_bytes", "wall_seconds"):
+                "peak_memory_bytes", "wall_seconds", "started_at", "finished_at"):
         assert key in on_disk
+    # MLflow's run times (docs/mlflow.md): the training's span, in UTC
+    span = datetime.fromisoformat(on_disk["finished_at"]) - datetime.fromisoformat(on_disk["started_at"])
+    assert on_disk["finished_at"].endswith("+00:00") and span.total_seconds() >= int(on_disk["wall_seconds"])
 
     # Interrupt after the first epoch's checkpoint, then run the same command again.
     real_save = RunFolder.save_checkpoint
@@ -63,10 +69,12 @@ def test_real_run_learns_and_resume_is_exact(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_mod.run(recipe(tmp_path, "resumed"))
     assert saves == [1] and not (tmp_path / "resumed" / "metrics.json").exists()
+    first_attempt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["started_at"]
     monkeypatch.setattr(RunFolder, "save_checkpoint", real_save)
     resumed = train_mod.run(recipe(tmp_path, "resumed"))
     assert strip_timing(resumed["history"]) == strip_timing(full["history"])
     assert resumed["test_error"] == full["test_error"]
+    assert resumed["started_at"] == fit_mod.utc_iso(first_attempt)   # the run started with its first attempt
 
     # A finished run is recognised; a run of another recipe in the same folder is set
     # aside whole (its metrics.json byte for byte), and the new recipe trains.

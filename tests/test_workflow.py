@@ -224,7 +224,7 @@ def test_dry_run_schedules_one_train_job_per_cell_and_seed(tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout)
     assert counts["train"] == 86 and counts["prepare_data"] == 7 and counts["tracking_init"] == 1
-    assert counts["curve"] == 86 and counts["compile_tables"] == 1 and counts["splice_readme"] == 1
+    assert counts["curve"] == counts["layers"] == 86 and counts["compile_tables"] == 1 and counts["splice_readme"] == 1
 
     r = snakemake(tmp_path, "-n", "--config", "seeds=[1,2,3]", "select={datasets: [CIFAR100], losses: [predsim]}")
     assert r.returncode == 0, r.stderr
@@ -420,8 +420,8 @@ def test_tables_target_compiles_existing_runs_without_training(tmp_path):
 
 def test_report_holds_tables_scatter_every_curve_and_runtimes(tmp_path):
     """`snakemake --report report.html` after a run: the tables, the scatter and every
-    cell's learning curve (categorised by dataset), with each job's runtime. The runs
-    are fixtures, marked prepared so that no training job is scheduled."""
+    cell's learning curve and per-layer figure (categorised by dataset), with each job's
+    runtime. The runs are fixtures, marked prepared so that no training job is scheduled."""
     import base64
     cells = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-predsim", "cifar100-mlp-backprop"]
     full = tmp_path / "results" / "full"
@@ -450,12 +450,16 @@ def test_report_holds_tables_scatter_every_curve_and_runtimes(tmp_path):
     curves = "results/full/figures/curves/{}.png"
     assert categories["Learning curves"] == {"FashionMNIST": [curves.format(c) for c in cells[:3]],
                                              "CIFAR100": [curves.format(cells[3])]}
+    layers = "results/full/figures/layers/{}.png"
+    assert categories["Per-layer errors"] == {"FashionMNIST": [layers.format(c) for c in cells[:3]],
+                                              "CIFAR100": [layers.format(cells[3])]}
     assert categories["Ours vs published"] == {"Other": ["results/full/figures/scatter.png"]}
-    assert sorted(categories["Tables"]["Other"]) == ["results/full/tables/summary.md", "results/full/tables/tables.md"]
+    assert sorted(categories["Tables"]["Other"]) == ["results/full/tables/pending.md", "results/full/tables/summary.md",
+                                                     "results/full/tables/tables.md"]
     summary = re.search(r'"results/full/tables/summary.md": \{.*?"data_uri": "data:text/markdown;[^,]*,([^"]+)"', html)
     assert base64.b64decode(summary.group(1)).decode() == (full / "tables" / "summary.md").read_text()
     runtimes = re.findall(r'\{"rule": "(\w+)", "runtime": [0-9.]+\}', html)
-    assert sorted(runtimes) == sorted(["compile_tables", "scatter", "splice_readme", *["curve"] * 4])
+    assert sorted(runtimes) == sorted(["compile_tables", "scatter", "splice_readme", *["curve"] * 4, *["layers"] * 4])
 
 
 

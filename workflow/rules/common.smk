@@ -158,15 +158,34 @@ def preset_metrics(wildcards):
     return preset(wildcards.preset).to_train()
 
 
+# `snakemake --report` builds the DAG of its target but runs nothing, and fails on any
+# file marked for the report that does not exist: so for the report a target stands for
+# what has been made (report_targets), whatever has run so far.
+REPORTING = any(a == "--report" or a.startswith("--report=") for a in sys.argv) and "--report-after-run" not in sys.argv
+
+
 def targets(name):
     """Everything a named target (all, quick) builds: its runs still to train, then the
     figures, tables and README from every finished run."""
     p = preset(name)
+    if REPORTING:
+        return report_targets(p)
     return [
         *to_set_aside(p),
         *p.to_train(),
-        *[f"{p.results}/figures/curves/{r['cell']}.png" for r in p.rows],
+        *[f"{p.results}/figures/{kind}/{r['cell']}.png" for r in p.rows for kind in ("curves", "layers")],
         f"{p.results}/figures/scatter.png",
         f"{p.results}/tables/summary.md",
         f"{p.results}/tables/readme.ok",
     ]
+
+
+def report_targets(p):
+    """The report's part of a preset that exists now: each cell's figures, the scatter,
+    and the tables (these only when all of compile_tables' outputs exist, since the
+    report needs every output of a job it shows). The tables list the cells not yet run."""
+    figures = [f"{p.results}/figures/{kind}/{r['cell']}.png" for r in p.table_rows for kind in ("curves", "layers")]
+    tables = [f"{p.results}/tables/{name}.md" for name in ("tables", "summary", "pending")]
+    made = [f for f in [*figures, f"{p.results}/figures/scatter.png", f"{p.results}/tables/readme.ok"]
+            if Path(f).is_file()]   # readme.ok: not in the report, but its job's runtime is
+    return made + (tables if all(Path(f).is_file() for f in tables) else [])

@@ -22,6 +22,31 @@ rule curve:
         "{params.locallearn} report curve {wildcards.cell} {params.report} > {log} 2>&1"
 
 
+rule layers:
+    """One cell's layers over the epochs: each hidden layer's local error (or local loss)
+    beside the output's training and test error."""
+    input:
+        seed_metrics,
+    output:
+        report(
+            f"{RES}/{{preset}}/figures/layers/{{cell}}.png",
+            caption="../report/layers.rst",
+            category="Per-layer errors",
+            subcategory=lambda wc: ROW[wc.cell]["dataset"],
+            labels={"cell": "{cell}"},
+        ),
+    log:
+        f"{RES}/{{preset}}/logs/figures/{{cell}}.layers.log",
+    params:
+        locallearn=LOCALLEARN,
+        report=lambda wc: report_flags(wc.preset),
+    localrule: True
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.locallearn} report layers {wildcards.cell} {params.report} > {log} 2>&1"
+
+
 rule scatter:
     """Our final test error against the published one, every selected cell."""
     input:

@@ -6,6 +6,7 @@ rule compile_tables:
     output:
         tables=report(f"{RES}/{{preset}}/tables/tables.md", caption="../report/tables.rst", category="Tables"),
         summary=report(f"{RES}/{{preset}}/tables/summary.md", caption="../report/summary.rst", category="Tables"),
+        pending=report(f"{RES}/{{preset}}/tables/pending.md", caption="../report/pending.rst", category="Tables"),
     log:
         f"{RES}/{{preset}}/logs/tables.log",
     params:
