@@ -53,7 +53,10 @@ class InfoProHead(nn.Module):
         if image is None:
             raise ConfigError("--method infopro: the head needs the network's input image")
         up = F.interpolate(h, size=[self.image_size, self.image_size], mode="bilinear", align_corners=True)
-        bce = F.binary_cross_entropy(self.reconstruction(up), image * self.std + self.mean)
+        # the restored image lies in [0, 1] for real data; the clamp (an identity there)
+        # keeps synthetic inputs from stopping binary cross-entropy
+        target = (image * self.std + self.mean).clamp(0, 1)
+        bce = F.binary_cross_entropy(self.reconstruction(up), target)
         logits = self.classifier(h)
         ce = F.cross_entropy(logits, y)
         return self.ixx * bce + self.ixy * ce, {"pred_logits": logits, "ce": ce.detach(), "recon": bce.detach()}
