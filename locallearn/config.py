@@ -87,7 +87,8 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
     a("--data-dir", default=None, help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
     a("--download", action="store_true", help="allow downloading missing datasets")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    a("--engine", default="fused", help="fused (one backward, one step) | reference (per-block optimizers)")
+    a("--engine", default="fused", help="fused (one backward, one step) | reference (per-block optimizers) "
+      "| modulewise (a backward per local loss, one step: the peers' scheme)")
     a("--precision", default="fp32",
       help="fp32 (TF32 off: float32 as the paper) | tf32 (CUDA matmuls and convolutions in TF32) "
            "| bf16 (autocast for forward and local losses); precision.py")
@@ -165,7 +166,7 @@ CHOICES = {
     "loss_sup": ("pred", "sim", "predsim"),
     "loss_unsup": ("none", "sim", "recon"),
     "optim": ("adam", "amsgrad", "sgd"),
-    "engine": ("fused", "reference"),
+    "engine": ("fused", "reference", "modulewise"),
     "precision": ("fp32", "tf32", "bf16"),  # precision.PRECISIONS (that module imports torch)
     "lr_schedule": ("milestones", "cosine-warmup"),
     "dataset": DATASETS,

@@ -280,7 +280,43 @@ class ReferenceEngine(Engine):
         return logits, ce, local_losses, stats
 
 
-ENGINES = {"fused": FusedEngine, "reference": ReferenceEngine}
+class ModulewiseEngine(Engine):
+    """The local-learning peers' scheme (AugLocal's networks/resnet.py forward and
+    train.py step, commit 98c90d6; reimplemented, not their code): each module's local
+    loss goes backward as soon as it is computed and the module's output is detached;
+    the output loss goes backward last; one optimizer over every parameter steps once.
+    The same update as the fused engine (tests/test_methods.py), in as many backward
+    passes as there are losses; `locallearn bench --paths modulewise fused` times both."""
+
+    def __init__(self, cfg, model: LocalNet, device):
+        super().__init__(cfg, model, device)
+        self.optimizers["all"] = make_optimizer(cfg, model.parameters(), device)
+
+    def step(self, x, y, y_onehot, autocast):
+        opt = self.optimizers["all"]
+        opt.zero_grad(set_to_none=True)
+        image, local_losses, stats = x, [], []
+        with autocast():
+            for m in self.model.layers:
+                if not isinstance(m, Block):
+                    x = m(x)
+                    continue
+                h, out = m(x)
+                if m.head is not None:
+                    loss, st = m.head(h, x, y, y_onehot, image=image)
+                    loss.backward()
+                    local_losses.append(loss.detach())
+                    stats.append(st)
+                    out = out.detach()
+                x = out
+            logits = self.model.output(x)
+            ce = F.cross_entropy(logits.float(), y)
+        (ce * output_scale(self.cfg)).backward()
+        opt.step()
+        return logits, ce, local_losses, stats
+
+
+ENGINES = {"fused": FusedEngine, "reference": ReferenceEngine, "modulewise": ModulewiseEngine}
 
 
 # ========================================================================= epoch, eval

@@ -141,14 +141,17 @@ def test_every_method_trains_on_fashion_mnist_shapes(name):
     assert torch.isfinite(torch.tensor(total)) and total < first
 
 
-def test_reference_engine_equals_fused_on_a_resnet():
-    """Per-module optimizers stepping inside the forward (the reference engine) and one
-    fused step give the same weights: SGD with Nesterov momentum and weight decay acts
-    per parameter, and the modules are detached."""
-    cfg = cfg_of("dgl", "--weight-decay", "1e-4", "--local-modules", "4")
+@pytest.mark.parametrize("engine,method", [("reference", "dgl"), ("modulewise", "dgl"), ("modulewise", "infopro"),
+                                           ("modulewise", "paper-predsim")])
+def test_other_engines_equal_fused_on_a_resnet(engine, method):
+    """Per-module optimizers stepping inside the forward (reference), or a backward per
+    local loss and one step (modulewise, the peers' scheme), give the fused step's
+    weights: SGD with Nesterov momentum and weight decay acts per parameter, and the
+    modules are detached."""
+    cfg = cfg_of(method, "--weight-decay", "1e-4", "--local-modules", "4")
     device = torch.device("cpu")
     states = []
-    for kind in ("fused", "reference"):
+    for kind in ("fused", engine):
         model = make_model(cfg, SPECS["FashionMNIST"], device)
         engine = ENGINES[kind](cfg, model, device)
         for x, y in batches(2, batch=8):
