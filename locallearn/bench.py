@@ -189,7 +189,8 @@ def cli_bench(argv: list[str]) -> int:
     base_path = "fused" if stages > 1 else ("modulewise" if "modulewise" in paths else "reference-pil")
     base = next((r for r in rows if r["path"] == base_path), None)
     dev = "cuda" if torch.cuda.is_available() and not cfg.no_cuda and cfg.device != "cpu" else "cpu"
-    print(f"# {cfg.model} {cfg.dataset} {'backprop' if cfg.backprop else (cfg.loss_sup if cfg.method == 'paper' else cfg.method)}, batch {cfg.batch_size}, "
+    loss = "backprop" if cfg.backprop else (cfg.loss_sup if cfg.method == "paper" else cfg.method)
+    print(f"# {cfg.model} {cfg.dataset} {loss}, batch {cfg.batch_size}, "
           f"{rows[0]['images_per_epoch'] if rows else 0} images/epoch, "
           f"device {dev}, threads {torch.get_num_threads()}, precision {cfg.precision}, best of {cfg.epochs} epoch(s)")
     print(f"{'path':<15}{'s/epoch':>10}{'img/s':>10}{'GFLOP/s':>10}{'speed-up':>10}{'test err %':>12}")

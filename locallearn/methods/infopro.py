@@ -46,8 +46,8 @@ class InfoProHead(nn.Module):
             nn.Linear(HIDDEN, site.num_classes))
         self.ixx, self.ixy = ixx, ixy
         # the data's normalisation, to restore the image to [0, 1]
-        self.register_buffer("mean", torch.tensor(site.image_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(site.image_std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        for name, value in (("mean", site.image_mean), ("std", site.image_std)):
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, h, x, y, y_onehot, image=None):
         if image is None:
