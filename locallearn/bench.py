@@ -9,6 +9,10 @@ Paths (each trains from the same initial weights for --epochs, then evaluates):
   fused           all losses summed, one backward, one fused step, batches augmented
                   on the device from a uint8 tensor held there (in --precision)
   fused-bf16      the same under bfloat16 autocast
+  modulewise      the local-learning peers' scheme (engines.ModulewiseEngine: a backward
+                  per local loss inside the forward pass, one step), batches as fused;
+                  `--paths modulewise fused` compares it with the fused step on any
+                  method (e.g. --model resnet32 --method auglocal)
 
 With --pipeline-stages S the paths are instead `fused` in one process with all the
 threads (--threads T, default: every core) against `pipeline-S`: S stage processes of
@@ -47,7 +51,8 @@ from .config import build_parser, validate
 from .cost import network_cost
 from .errors import ConfigError
 
-PATHS = ("reference-pil", "fused", "fused-bf16")
+PATHS = ("reference-pil", "fused", "fused-bf16", "modulewise")
+DEFAULT_PATHS = ("reference-pil", "fused", "fused-bf16")
 
 
 def _pil_loader(cfg, spec, images, labels):
@@ -93,13 +98,16 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
         test = DeviceSplit(imgs[:1000], labels[:1000], spec, device)
     else:
         train, test, spec = load_splits(cfg, device)
-    flops_per_epoch = 2 * network_cost(cfg).train_macs * train.n
+    try:
+        flops_per_epoch = 2 * network_cost(cfg).train_macs * train.n
+    except ConfigError:   # no cost model for this network (the ResNets): no GFLOP/s
+        flops_per_epoch = float("nan")
     results = []
     for path in paths:
         if path.startswith("pipeline-"):
             results.append(_pipeline_path(cfg, int(path.split("-")[1]), flops_per_epoch))
             continue
-        engine_name = "reference" if path == "reference-pil" else "fused"
+        engine_name = {"reference-pil": "reference", "modulewise": "modulewise"}.get(path, "fused")
         model = make_model(cfg, spec, device)
         path_cfg = copy.copy(cfg)
         path_cfg.precision = "bf16" if path.endswith("bf16") else cfg.precision  # the engine keys its graphs on it
@@ -158,7 +166,7 @@ def cli_bench(argv: list[str]) -> int:
     if "--grid" in argv:  # its own flags: cli_grid
         return cli_grid([a for a in argv if a != "--grid"])
     p = build_parser("locallearn bench", __doc__)
-    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS, help="the paths to time")
+    p.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=PATHS, help="the paths to time")
     p.add_argument("--synthetic", action="store_true", help="random inputs of the dataset's shape")
     p.add_argument("--grid", action="store_true",
                    help="time every distinct network x loss of cells.tsv instead (locallearn bench --grid --help)")
@@ -178,9 +186,11 @@ def cli_bench(argv: list[str]) -> int:
         cfg.pipeline_stages = 1  # the in-process paths
         cfg.threads = cfg.threads or os.cpu_count() or 1
     rows = bench(cfg, paths, synthetic)
-    base = next((r for r in rows if r["path"] == ("fused" if stages > 1 else "reference-pil")), None)
+    base_path = "fused" if stages > 1 else ("modulewise" if "modulewise" in paths else "reference-pil")
+    base = next((r for r in rows if r["path"] == base_path), None)
     dev = "cuda" if torch.cuda.is_available() and not cfg.no_cuda and cfg.device != "cpu" else "cpu"
-    print(f"# {cfg.model} {cfg.dataset} {'backprop' if cfg.backprop else cfg.loss_sup}, batch {cfg.batch_size}, "
+    loss = "backprop" if cfg.backprop else (cfg.loss_sup if cfg.method == "paper" else cfg.method)
+    print(f"# {cfg.model} {cfg.dataset} {loss}, batch {cfg.batch_size}, "
           f"{rows[0]['images_per_epoch'] if rows else 0} images/epoch, "
           f"device {dev}, threads {torch.get_num_threads()}, precision {cfg.precision}, best of {cfg.epochs} epoch(s)")
     print(f"{'path':<15}{'s/epoch':>10}{'img/s':>10}{'GFLOP/s':>10}{'speed-up':>10}{'test err %':>12}")

@@ -66,7 +66,8 @@ def describe(cfg) -> dict:
     backprop, total = model.count_params()
     return {"model": cfg.model, "dataset": cfg.dataset,
             "input_shape": [spec.channels, spec.size, spec.size], "num_classes": spec.num_classes,
-            "params_backprop": backprop, "params_total": total, "layers": describe_layers(model)}
+            "params_backprop": backprop, "params_total": total, "params_heads": total - backprop,
+            "layers": describe_layers(model)}
 
 
 def cmd_describe(argv: list[str]) -> int:

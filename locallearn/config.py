@@ -15,7 +15,8 @@ from .credentials import take_credentials
 from .helpformat import HelpFormatter
 from .specs import SPECS
 
-MODELS_HELP = "mlp, vgg6a, vgg6b, vgg8, vgg8a, vgg8b, vgg11, vgg11b, vgg13, vgg16, vgg19"
+MODELS_HELP = "mlp, vgg6a, vgg6b, vgg8, vgg8a, vgg8b, vgg11, vgg11b, vgg13, vgg16, vgg19, resnet32, resnet110"
+METHODS_HELP = "paper | dgl | infopro | auglocal (docs/methods.md)"
 DATASETS = tuple(SPECS)
 DEFAULT_OUT = "runs/last"
 
@@ -91,7 +92,8 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
     a("--data-dir", default=None, help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
     a("--download", action="store_true", help="allow downloading missing datasets")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    a("--engine", default="fused", help="fused (one backward, one step) | reference (per-block optimizers)")
+    a("--engine", default="fused", help="fused (one backward, one step) | reference (per-block optimizers) "
+      "| modulewise (a backward per local loss, one step: the peers' scheme)")
     a("--precision", default="fp32",
       help="fp32 (TF32 off: float32 as the paper) | tf32 (CUDA matmuls and convolutions in TF32) "
            "| bf16 (autocast for forward and local losses); precision.py")
@@ -117,6 +119,31 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
     a("--cudnn-benchmark", action="store_true", help="let cuDNN autotune its convolution algorithms (kernels.py)")
 
 
+def _add_method_flags(p: argparse.ArgumentParser) -> None:
+    """Other local-learning methods and their recipe (docs/methods.md): the flags of
+    AugLocal's train.py (ChenxiangMA/AugLocal, commit 98c90d6), under this project's
+    spelling. Every default leaves the paper's runs as they were."""
+    a = p.add_argument
+    a("--method", default="paper", help=f"the local heads: {METHODS_HELP}; the ResNets take every method, "
+      "the mlp and VGGs the paper's")
+    a("--local-modules", type=int, default=0, help="K, the gradient-isolated modules of a ResNet "
+      "(0: one per layer, 16 for resnet32, 55 for resnet110; 1: end-to-end)")
+    a("--aux-depth", type=int, default=1, help="auglocal: layers in an auxiliary network (d)")
+    a("--pyramid-coeff", type=float, default=0.0, help="auglocal: pyramidal depth coefficient (0: every "
+      "auxiliary network d deep; their run.sh: 0.5)")
+    a("--ixx-1", type=float, default=0.0, help="weight of the reconstruction loss at the first local head "
+      "(infopro; predsim's sim weight in their code)")
+    a("--ixy-1", type=float, default=1.0, help="weight of the cross-entropy at the first local head "
+      "(dgl, infopro, auglocal)")
+    a("--ixx-2", type=float, default=0.0, help="... at the last local head; linear in between")
+    a("--ixy-2", type=float, default=1.0, help="... at the last local head; linear in between")
+    a("--nesterov", action="store_true", help="SGD with Nesterov momentum (--optim sgd)")
+    a("--lr-schedule", default="milestones", help="milestones (--lr-decay-milestones, the paper) | "
+      "cosine-warmup (AugLocal's train.py --cos_lr: 10 warm-up epochs from 0.01, then cosine over --epochs)")
+    a("--no-output-scale", action="store_true", help="predsim: the output loss unscaled (AugLocal's PredSim) "
+      "instead of times 1 - beta (the paper's reference)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag raises ConfigError (one line from the CLI) instead of
     printing the whole usage and exiting from inside the parser."""
@@ -135,6 +162,7 @@ def build_parser(prog: str = "locallearn train", description: str = TRAIN_DESCRI
     p = _Parser(prog=prog, description=description, formatter_class=HelpFormatter)
     _add_reference_flags(p)
     _add_project_flags(p)
+    _add_method_flags(p)
     return p
 
 
@@ -143,15 +171,18 @@ CHOICES = {
     "loss_sup": ("pred", "sim", "predsim"),
     "loss_unsup": ("none", "sim", "recon"),
     "optim": ("adam", "amsgrad", "sgd"),
-    "engine": ("fused", "reference"),
+    "engine": ("fused", "reference", "modulewise"),
     "precision": ("fp32", "tf32", "bf16"),  # precision.PRECISIONS (that module imports torch)
+    "lr_schedule": ("milestones", "cosine-warmup"),
     "dataset": DATASETS,
 }
 
 
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Reject values that cannot run, with a message that names the flag."""
+    from .methods import METHODS
     from .models import MODELS  # the registry decides which model names exist
+    from .resnet import DEPTHS
 
     def bad(flag: str, msg: str) -> None:
         raise ConfigError(f"--{flag}: {msg}")
@@ -169,6 +200,22 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
                 "max_train_examples", "max_test_examples", "threads", "length"):
         if getattr(args, key) < 0:
             bad(key.replace("_", "-"), f"must be >= 0, got {getattr(args, key)}")
+    if args.method not in METHODS:
+        bad("method", f"unknown method {args.method!r} (known: {', '.join(METHODS)})")
+    if args.method != "paper" and args.model not in DEPTHS:
+        bad("method", f"{args.method} heads are built for the ResNets ({', '.join(DEPTHS)}), not {args.model}")
+    if args.local_modules and args.model not in DEPTHS:
+        bad("local-modules", f"{args.model} has a head on every block; only the ResNets are split into K modules")
+    if args.local_modules < 0:
+        bad("local-modules", f"must be >= 0, got {args.local_modules}")
+    if args.aux_depth < 1:
+        bad("aux-depth", f"must be >= 1, got {args.aux_depth}")
+    if args.method == "infopro" and args.pipeline_stages > 1:
+        bad("method", "infopro's heads reconstruct the input image, which only the first pipeline stage has")
+    if args.model in DEPTHS and (args.bio or args.no_detach):
+        bad("bio" if args.bio else "no-detach", f"not implemented for {args.model}")
+    if args.nesterov and (args.optim != "sgd" or args.momentum <= 0):
+        bad("nesterov", "needs --optim sgd and --momentum > 0")
     if args.model == "mlp" and args.num_layers == 0:
         bad("num-layers", "mlp needs at least one hidden layer")
     if args.feat_mult <= 0:

@@ -36,7 +36,8 @@ def make_model(cfg, spec, device: torch.device) -> LocalNet:
 def make_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
     params = list(params)
     if cfg.optim == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=getattr(cfg, "nesterov", False))
     # fused Adam: one kernel over all parameters; the optimizer's memory traffic is a
     # fifth of an MLP epoch on CPU, and foreach Adam is ~35% slower there (issue 2).
     # capturable on CUDA (step counts on the device), so that a step can be replayed as a
@@ -52,8 +53,12 @@ def detaches(cfg) -> bool:
 
 def output_scale(cfg) -> float:
     """The reference multiplies the output layer's cross-entropy by (1 - beta) under
-    predsim (and only there); its gradient to the output layer is scaled with it."""
-    return 1 - cfg.beta if cfg.loss_sup == "predsim" and not cfg.backprop else 1.0
+    predsim (and only there); its gradient to the output layer is scaled with it.
+    Not under other methods' heads, nor --no-output-scale (AugLocal's PredSim), nor
+    with no local module (--local-modules 1)."""
+    paper_predsim = (cfg.loss_sup == "predsim" and getattr(cfg, "method", "paper") == "paper"
+                     and not getattr(cfg, "no_output_scale", False) and getattr(cfg, "local_modules", 0) != 1)
+    return 1 - cfg.beta if paper_predsim and not cfg.backprop else 1.0
 
 
 # ============================================================================== engines
@@ -246,6 +251,7 @@ class ReferenceEngine(Engine):
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         local_losses, stats = [], []
+        image = x
         with autocast():
             for m in self.model.layers:
                 if not isinstance(m, Block):
@@ -253,7 +259,7 @@ class ReferenceEngine(Engine):
                     continue
                 h, out = m(x)
                 if m.head is not None:
-                    loss, st = m.head(h, x, y, y_onehot)
+                    loss, st = m.head(h, x, y, y_onehot, image=image)
                     loss.backward(retain_graph=cfg.no_detach)
                     local_losses.append(loss.detach())
                     stats.append(st)
@@ -274,7 +280,43 @@ class ReferenceEngine(Engine):
         return logits, ce, local_losses, stats
 
 
-ENGINES = {"fused": FusedEngine, "reference": ReferenceEngine}
+class ModulewiseEngine(Engine):
+    """The local-learning peers' scheme (AugLocal's networks/resnet.py forward and
+    train.py step, commit 98c90d6; reimplemented, not their code): each module's local
+    loss goes backward as soon as it is computed and the module's output is detached;
+    the output loss goes backward last; one optimizer over every parameter steps once.
+    The same update as the fused engine (tests/test_methods.py), in as many backward
+    passes as there are losses; `locallearn bench --paths modulewise fused` times both."""
+
+    def __init__(self, cfg, model: LocalNet, device):
+        super().__init__(cfg, model, device)
+        self.optimizers["all"] = make_optimizer(cfg, model.parameters(), device)
+
+    def step(self, x, y, y_onehot, autocast):
+        opt = self.optimizers["all"]
+        opt.zero_grad(set_to_none=True)
+        image, local_losses, stats = x, [], []
+        with autocast():
+            for m in self.model.layers:
+                if not isinstance(m, Block):
+                    x = m(x)
+                    continue
+                h, out = m(x)
+                if m.head is not None:
+                    loss, st = m.head(h, x, y, y_onehot, image=image)
+                    loss.backward()
+                    local_losses.append(loss.detach())
+                    stats.append(st)
+                    out = out.detach()
+                x = out
+            logits = self.model.output(x)
+            ce = F.cross_entropy(logits.float(), y)
+        (ce * output_scale(self.cfg)).backward()
+        opt.step()
+        return logits, ce, local_losses, stats
+
+
+ENGINES = {"fused": FusedEngine, "reference": ReferenceEngine, "modulewise": ModulewiseEngine}
 
 
 # ========================================================================= epoch, eval

@@ -8,6 +8,7 @@ MLflow, print one line. At the end: metrics.json, the curve, MLflow FINISHED.
 from __future__ import annotations
 
 import bisect
+import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -22,8 +23,22 @@ from .faults import fault
 from .rundir import run_tags
 
 
+WARMUP_EPOCHS, WARMUP_START = 10, 0.01   # AugLocal's train.py, adjust_learning_rate
+
+
 def lr_at(cfg, epoch: int) -> float:
-    """lr * fact ** (number of milestones <= epoch - 1), epochs counted from 1."""
+    """The lr of an epoch, epochs counted from 1.
+
+    milestones: lr * fact ** (number of milestones <= epoch - 1).
+    cosine-warmup (AugLocal's train.py with --cos_lr, commit 98c90d6): cos(e) =
+    lr/2 * (1 + cos(pi * e / epochs)); epochs 1..10 blend from 0.01 into it,
+    cos(e) * (e - 1)/10 + 0.01 * (11 - e)/10; then cos(e)."""
+    if getattr(cfg, "lr_schedule", "milestones") == "cosine-warmup":
+        cosine = 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        if epoch <= WARMUP_EPOCHS:
+            return (cosine * (epoch - 1) / WARMUP_EPOCHS
+                    + WARMUP_START * (WARMUP_EPOCHS + 1 - epoch) / WARMUP_EPOCHS)
+        return cosine
     return cfg.lr * cfg.lr_decay_fact ** bisect.bisect_right(cfg.lr_decay_milestones, epoch - 1)
 
 
@@ -49,7 +64,8 @@ def history_entry(cfg, epoch: int, lr: float, parts: list, n_test: int) -> dict:
     local_mean = (torch.cat([s["local_sum"] for s in stats]) / seen).tolist()
     local_err = (torch.cat([s["local_wrong"] for s in stats]) * 100 / seen).tolist()
     layers = [i for s in stats for i in s["layers"]]
-    has_error = cfg.loss_sup in ("pred", "predsim") and not cfg.bio
+    # a local classifier's error: the paper's pred decoder, every other method's heads
+    has_error = (cfg.loss_sup in ("pred", "predsim") or getattr(cfg, "method", "paper") != "paper") and not cfg.bio
     ev = parts[-1][1]
     seconds = max(p[2]["seconds"] for p in parts)
     entry = {"epoch": epoch, "lr": lr, "train_error": last["wrong"].item() * 100 / seen, "train_loss": ce_mean,

@@ -150,8 +150,9 @@ class LocalHead(nn.Module):
         return F.mse_loss(similarity_matrix(self.sim_features(h), self.use_std), target)
 
     # The whole -----------------------------------------------------------------
-    def forward(self, h, x, y, y_onehot):
-        """h: block activation before dropout; x: block input. Returns (loss, stats)."""
+    def forward(self, h, x, y, y_onehot, image=None):
+        """h: block activation before dropout; x: block input (image: the network's
+        input, unused by the paper's losses). Returns (loss, stats)."""
         stats = {}
         if self.loss_sup == "pred":
             sup, logits = self.pred_loss(h, y, y_onehot)

@@ -1,20 +1,20 @@
-"""Networks of the paper, registered by name: `mlp` and the VGG family (docs/method.md, Networks).
+"""Networks, registered by name: the paper's `mlp` and VGG family (docs/method.md,
+Networks), and the CIFAR ResNets of the local-learning peers (resnet.py, docs/methods.md).
 
-A network is a flat list of layers, each a hidden `Block` (conv or linear, with its
-own `LocalHead`) or a parameter-free step (max-pool, flatten), followed by the output
-`Linear`. The flat list is what lets an engine detach between blocks, step per block
-(reference engine) or cut the network into pipeline stages.
+A network is a `LocalNet` (localnet.py): a flat list of layers, each a hidden `Block`
+(conv or linear, with its own `LocalHead`) or a parameter-free step (max-pool,
+flatten), followed by the output `Linear`.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-import torch
 import torch.nn as nn
 
 from .local_losses import LocalHead
-from .seeding import derive_seed
-from .specs import VGG_CONFIGS
+from .localnet import Block, LocalNet, forward_layers  # noqa: F401  (re-exported)
+from .resnet import DEPTHS, build_resnet
+from .specs import SPECS, VGG_CONFIGS
 
 MODELS: dict[str, Callable] = {}
 
@@ -24,108 +24,6 @@ def register(name: str):
         MODELS[name] = fn
         return fn
     return add
-
-
-class Block(nn.Module):
-    """conv 3x3 (or the 7x7/2 stem) or Linear -> BatchNorm -> ReLU/LeakyReLU -> dropout.
-
-    forward returns (h, out): h before dropout (what the local losses see), out after
-    (what goes on). Dropout masks come from the block's own generator, seeded per
-    epoch by `seed_dropout`, so they do not depend on what else draws random numbers.
-    """
-
-    def __init__(self, layer: nn.Module, channels: int, conv: bool, cfg, head: LocalHead | None, index: int):
-        super().__init__()
-        self.layer = layer
-        self.bn = None if cfg.no_batch_norm else (nn.BatchNorm2d(channels) if conv else nn.BatchNorm1d(channels))
-        self.nonlin = nn.LeakyReLU(0.01) if cfg.nonlin == "leakyrelu" else nn.ReLU()
-        self.p = cfg.dropout
-        self.conv = conv
-        self.head = head
-        self.index = index
-        self._gen: torch.Generator | None = None
-        self._gen_seed = 0
-
-    def seed_dropout(self, seed: int) -> None:
-        self._gen_seed = seed
-        if self._gen is not None:  # reseeded in place: a CUDA graph holds this very generator
-            self._gen.manual_seed(seed)
-
-    @property
-    def dropout_generator(self) -> torch.Generator | None:
-        """The generator of this block's dropout masks, once a mask was drawn (a CUDA
-        graph registers it, so that a replay draws fresh masks)."""
-        return self._gen
-
-    def dropout(self, h: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return h
-        if self._gen is None or self._gen.device != h.device:
-            self._gen = torch.Generator(device=h.device)
-            self._gen.manual_seed(self._gen_seed)
-        # Dropout2d drops whole channels; Dropout single units.
-        shape = h.shape[:2] + (1,) * (h.dim() - 2) if self.conv else h.shape
-        keep = torch.empty(shape, device=h.device, dtype=torch.float32).bernoulli_(1 - self.p, generator=self._gen)
-        return h * (keep / (1 - self.p)).to(h.dtype)
-
-    def forward(self, x):
-        h = self.layer(x)
-        if self.bn is not None:
-            h = self.bn(h)
-        h = self.nonlin(h)
-        return h, self.dropout(h)
-
-
-def forward_layers(layers, x, y=None, y_onehot=None, detach: bool = True, local: bool = True):
-    """Run a contiguous run of a LocalNet's layers (all of them, or a pipeline stage's).
-    Returns (output, [local loss per block], [stats per block]).
-
-    detach: cut the graph after every block, so each local loss reaches only its
-    own block and the output loss only the output layer (docs/method.md, The update).
-    """
-    losses, stats = [], []
-    for m in layers:
-        if isinstance(m, Block):
-            h, out = m(x)
-            if local and m.head is not None:
-                loss, st = m.head(h, x, y, y_onehot)
-                losses.append(loss)
-                stats.append(st)
-            x = out.detach() if detach else out
-        else:
-            x = m(x)
-    return x, losses, stats
-
-
-class LocalNet(nn.Module):
-    def __init__(self, layers: list[nn.Module], output: nn.Linear, num_classes: int):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-        self.output = output
-        self.num_classes = num_classes
-
-    @property
-    def blocks(self) -> list[Block]:
-        return [m for m in self.layers if isinstance(m, Block)]
-
-    def seed_dropout(self, seed: int, epoch: int) -> None:
-        for b in self.blocks:
-            b.seed_dropout(derive_seed(seed, epoch, 1000 + b.index))
-
-    def forward(self, x, y=None, y_onehot=None, detach: bool = True, local: bool = True):
-        """Returns (logits, [local loss per block], [stats per block])."""
-        x, losses, stats = forward_layers(self.layers, x, y, y_onehot, detach, local)
-        return self.output(x), losses, stats
-
-    def backprop_parameters(self):
-        """The network alone, without local heads: the paper's #Params."""
-        for name, p in self.named_parameters():
-            if ".head." not in f".{name}":
-                yield p
-
-    def count_params(self) -> tuple[int, int]:
-        total = sum(p.numel() for p in self.parameters())
-        return sum(p.numel() for p in self.backprop_parameters()), total
 
 
 def _local(cfg) -> bool:
@@ -189,6 +87,10 @@ for _name in VGG_CONFIGS:
     register(_name)(lambda cfg, channels, size, num_classes, _n=_name: build_vgg(_n, cfg, channels, size, num_classes))
 
 
+for _name in DEPTHS:
+    register(_name)(lambda cfg, channels, size, num_classes, _n=_name: build_resnet(_n, cfg, SPECS[cfg.dataset]))
+
+
 def build_model(cfg, channels: int, size: int, num_classes: int) -> LocalNet:
     return MODELS[cfg.model](cfg, channels, size, num_classes)
 
@@ -197,9 +99,14 @@ def describe_layers(model: LocalNet) -> list[dict]:
     """Per hidden block: kind, width, and the pred decoder's pooling (docs/method.md, Local losses)."""
     rows = []
     for b in model.blocks:
+        head = b.head
+        if hasattr(b, "channels"):  # a local module of residual layers (resnet.py)
+            rows.append({"layer": b.index, "kind": "residual", "channels": b.channels, "layers": len(b.layer),
+                         "head": type(head).__name__ if head is not None else None,
+                         "head_params": sum(p.numel() for p in head.parameters()) if head is not None else 0})
+            continue
         row = {"layer": b.index, "kind": "conv" if b.conv else "linear",
                "channels": b.layer.out_channels if b.conv else b.layer.out_features}
-        head = b.head
         if head is not None and head.pool is not None:
             row.update(pool_kernel=list(head.pool.kernel), pool_padding=list(head.pool.padding),
                        decoder_in=head.pool.out_features)

@@ -29,7 +29,9 @@ def startup_line(cfg, device: torch.device, model, train, test) -> str:
     `model` is the built network (count_params), `train`/`test` the loaded splits (their
     example counts, after --max-train-examples / --max-test-examples)."""
     backprop, total = model.count_params()
-    loss = "global backprop" if cfg.backprop else cfg.loss_sup + (" (bio)" if cfg.bio else "")
+    loss = "global backprop" if cfg.backprop or not model.blocks else cfg.loss_sup + (" (bio)" if cfg.bio else "")
+    if getattr(cfg, "method", "paper") != "paper" and model.blocks:
+        loss = f"{cfg.method}, {len(model.blocks) + 1} local modules"
     return (f"locallearn {__version__}: {cfg.model} on {cfg.dataset}, {loss}"
             f" | device {_device(device)}, {cfg.precision}"
             f" | params {total:,} (network {backprop:,}; local heads {total - backprop:,})"

@@ -1,0 +1,81 @@
+"""AugLocal (Ma et al., ICLR 2024): each local module's auxiliary network is built
+from layers uniformly sampled among the subsequent layers of the network, with a
+depth that shrinks towards the output (pyramidal depth).
+
+As their code builds it (ChenxiangMA/AugLocal, commit 98c90d6: networks/auxiliary_nets.py
+AuxNetwork 'unifSamp'; networks/resnet.py LocalResNet.__init__; train.py):
+  depth of the head after layer i, with d = --aux-depth, c = --pyramid-coeff and K the
+    local modules: max(1, round(d * (1 - i*c/(K-2)) + i*c/(K-2))) (Python's round:
+    halves to even); c = 0 gives d everywhere (their run without --pyramid);
+  sampled layers: all subsequent layers if d >= L - 1 - i (L layers in all), else
+    round(i + (L - i - 1) / d * j) for j = 1..d;
+  each sampled layer becomes a residual BasicBlock of that layer's width, with stride 2
+    where the width doubles (a projection shortcut where shape changes);
+  then global average pool, (BatchNorm1d when the depth is 1), linear to the classes;
+  loss = ixy(module) * cross-entropy (1 by default).
+Their train.py runs AugLocal with K - d local modules for --local_module_num K, so
+`--local-modules K --aux-depth d` builds K - d here too (docs/methods.md).
+"""
+from __future__ import annotations
+
+import math
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..resblocks import BasicBlock
+from .site import Site, interpolate
+
+
+def head_depth(cfg, site: Site) -> int:
+    """The pyramidal depth of the head after layer site.layer."""
+    if site.modules <= 2:  # their list is empty then: no second head to slope towards
+        return cfg.aux_depth
+    t = site.layer * cfg.pyramid_coeff / (site.modules - 2)
+    return max(1, round(cfg.aux_depth * (1 - t) + t))
+
+
+def sampled_layers(layer: int, n_layers: int, depth: int) -> list[int]:
+    if depth >= n_layers - 1 - layer:
+        return list(range(layer + 1, n_layers))
+    return [round(layer + (n_layers - layer - 1) / depth * j) for j in range(1, depth + 1)]
+
+
+def auxiliary_blocks(site: Site, depth: int) -> tuple[list[nn.Module], int]:
+    """The sampled layers as BasicBlocks, and the last one's width. A width that
+    grows by 2^k owes k stride-2 blocks, spent one per block as they come."""
+    blocks, width, owed = [], site.channels, 0
+    for i in sampled_layers(site.layer, len(site.widths), depth):
+        out = site.widths[i]
+        if out < width:
+            raise ValueError(f"auxiliary layer {i} is narrower ({out}) than its input ({width})")
+        owed += int(math.log2(out // width))
+        stride = 2 if owed >= 1 else 1
+        owed -= stride == 2
+        blocks.append(BasicBlock(width, out, stride))
+        width = out
+    return blocks, width
+
+
+class AugLocalHead(nn.Module):
+    def __init__(self, site: Site, depth: int, ixy: float):
+        super().__init__()
+        blocks, width = auxiliary_blocks(site, depth)
+        norm = [nn.BatchNorm1d(width)] if depth <= 1 else []
+        self.classifier = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *norm,
+                                        nn.Linear(width, site.num_classes))
+        self.depth, self.ixy = depth, ixy
+
+    def forward(self, h, x, y, y_onehot, image=None):
+        logits = self.classifier(h)
+        ce = F.cross_entropy(logits, y)
+        return self.ixy * ce, {"pred_logits": logits, "ce": ce.detach()}
+
+
+def build_head(cfg, site: Site) -> AugLocalHead:
+    return AugLocalHead(site, head_depth(cfg, site), interpolate(cfg.ixy_1, cfg.ixy_2, site))
+
+
+def modules(cfg, k: int) -> int:
+    """Their train.py: args.local_module_num - args.aux_net_depth for AugLocal."""
+    return k - cfg.aux_depth
