@@ -9,6 +9,7 @@ import argparse
 import functools
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from .credentials import take_credentials
@@ -119,6 +120,19 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse, but `--flag=--` is refused: Python 3.11's argparse gives it an empty
+        list instead of a value (or of at least one value, for nargs="+")."""
+        parsed, extra = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(parsed, action.dest, None)
+            if action.option_strings and isinstance(value, list) and (
+                    (action.nargs is None and not isinstance(action.default, list))
+                    or (action.nargs == "+" and not value)):
+                wanted = "one argument" if action.nargs is None else "at least one argument"
+                self.error(f"argument {'/'.join(action.option_strings)}: expected {wanted}")
+        return parsed, extra
+
 
 TRAIN_DESCRIPTION = """Train one network with local error signals into --out: metrics.json (written
 last), a checkpoint each epoch. Rerunning the same command resumes from the last
@@ -144,28 +158,52 @@ CHOICES = {
 }
 
 
+def flag_name(dest: str) -> str:
+    """The flag a user types for a Namespace field: --num-hidden for num_hidden, but
+    --n_holes as the reference spells it."""
+    return "--" + (dest if dest == "n_holes" else dest.replace("_", "-"))
+
+
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Reject values that cannot run, with a message that names the flag."""
     from .models import MODELS  # the registry decides which model names exist
 
     def bad(flag: str, msg: str) -> None:
-        raise ConfigError(f"--{flag}: {msg}")
+        raise ConfigError(f"{flag_name(flag)}: {msg}")
 
     if args.model not in MODELS:
         bad("model", f"unknown model {args.model!r} (known: {', '.join(sorted(MODELS))})")
     for key, allowed in CHOICES.items():
         if getattr(args, key) not in allowed:
-            bad(key.replace("_", "-"), f"unknown value {getattr(args, key)!r} (known: {', '.join(allowed)})")
-    positive = ("batch_size", "epochs", "num_hidden", "dim_in_decoder", "target_proj_size", "n_holes")
+            bad(key, f"unknown value {getattr(args, key)!r} (known: {', '.join(allowed)})")
+    positive = ("batch_size", "eval_batch_size", "epochs", "num_hidden", "dim_in_decoder", "target_proj_size",
+                "n_holes")
     for key in positive:
         if getattr(args, key) <= 0:
-            bad(key.replace("_", "-"), f"must be positive, got {getattr(args, key)}")
+            bad(key, f"must be positive, got {getattr(args, key)}")
     for key in ("num_layers", "classes_per_batch", "classes_per_batch_until_epoch",
                 "max_train_examples", "max_test_examples", "threads", "length"):
         if getattr(args, key) < 0:
-            bad(key.replace("_", "-"), f"must be >= 0, got {getattr(args, key)}")
+            bad(key, f"must be >= 0, got {getattr(args, key)}")
+    if not 0 <= args.seed < 2**64:  # torch.manual_seed's range, non-negative as numpy's SeedSequence
+        bad("seed", f"must be in [0, 2**64), got {args.seed}")
+    # Training batches of one example are dropped (BatchNorm cannot normalise one):
+    # with one example per batch, or in all, nothing would train.
+    if args.batch_size == 1:
+        bad("batch_size", "must be at least 2: a batch of one example is dropped, so nothing would train")
+    if args.max_train_examples == 1:
+        bad("max_train_examples", "must be 0 (all) or at least 2: a batch of one example is dropped, "
+            "so nothing would train")
     if args.model == "mlp" and args.num_layers == 0:
         bad("num-layers", "mlp needs at least one hidden layer")
+    for key in ("feat_mult", "dropout", "alpha", "beta", "lr", "momentum", "weight_decay", "lr_decay_fact"):
+        if not math.isfinite(getattr(args, key)):
+            bad(key, f"must be a finite number, got {getattr(args, key)}")
+    for key in ("momentum", "weight_decay"):  # torch.optim refuses negative ones, with a traceback
+        if getattr(args, key) < 0:
+            bad(key, f"must be >= 0, got {getattr(args, key)}")
+    if args.lr_decay_fact <= 0:
+        bad("lr_decay_fact", f"must be positive, got {args.lr_decay_fact}")
     if args.feat_mult <= 0:
         bad("feat-mult", f"must be positive, got {args.feat_mult}")
     if args.lr <= 0:

@@ -79,6 +79,21 @@ FLAG_CASES = {
     "unknown-flag": (["--colour", "red"], ["unrecognized arguments: --colour red"]),
     "bad-tag": (["--tag", "cell"], ["--tag", "KEY=VALUE"]),
     "save-dir-and-out-disagree": (["--save-dir", "elsewhere"], ["--save-dir", "alias of --out"]),
+    # shrunk examples of tests/test_bad_input_generated.py's search
+    "zero-holes-named-as-typed": (["--n_holes", "0"], ["--n_holes: must be positive, got 0"]),
+    "zero-eval-batch": (["--eval-batch-size", "0"], ["--eval-batch-size: must be positive, got 0"]),
+    "seed-beyond-64-bits": (["--seed", str(10**30)], ["--seed: must be in [0, 2**64)"]),
+    "negative-seed": (["--seed=-1"], ["--seed: must be in [0, 2**64), got -1"]),
+    "one-training-example": (["--max-train-examples", "1"], ["--max-train-examples: must be 0 (all) or at least 2"]),
+    "batches-of-one": (["--batch-size", "1"], ["--batch-size: must be at least 2"]),
+    "negative-weight-decay": (["--weight-decay", "-1"], ["--weight-decay: must be >= 0, got -1.0"]),
+    "negative-momentum": (["--optim", "sgd", "--momentum", "-0.5"], ["--momentum: must be >= 0"]),
+    "nan-lr": (["--lr", "nan"], ["--lr: must be a finite number, got nan"]),
+    "zero-decay-factor": (["--lr-decay-fact", "0"], ["--lr-decay-fact: must be positive"]),
+    "double-dash-as-a-number": (["--batch-size=--"], ["argument --batch-size: expected one argument"]),
+    "double-dash-as-a-name": (["--model=--"], ["argument --model: expected one argument"]),
+    "double-dash-as-milestones": (["--lr-decay-milestones=--"],
+                                  ["argument --lr-decay-milestones: expected at least one argument"]),
 }
 
 

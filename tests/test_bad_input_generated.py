@@ -1,0 +1,214 @@
+"""Bad input at scale: Hypothesis generates corruptions of everything a user hands over
+(`locallearn train` flags, the workflow config and its --config values, cells.tsv,
+dataset files, a run folder's checkpoint and metrics.json, the MLflow URI) and checks
+one property for each:
+
+    either the input is accepted and the run (or the workflow plan) is right, or it is
+    refused with one line, no traceback, that names the flag, key, file or folder; a
+    refused run trains nothing, and what was already finished (metrics.json, the
+    checkpoints) is byte-identical afterwards.
+
+tests/test_bad_input.py holds the hand-picked cases, and the shrunk example of every
+failure this search found (each a regular test there or at the end of this file).
+
+Profiles (HYPOTHESIS_PROFILE, docs/bad-input.md):
+
+    ci    (default) a fixed seed (derandomize), about 250 cases in all, a bounded time:
+          what every test run checks.
+    deep  random seeds, 25x the cases, Hypothesis's example database kept: a longer
+          search, e.g. HYPOTHESIS_PROFILE=deep pytest tests/test_bad_input_generated.py
+          (about an hour on 2 cores).
+
+Trainings are tiny (mlp, 64 examples, one or two epochs on fake data in the real
+formats, tests/fake_data.py), run in this process through `locallearn.cli.main`.
+Values a user could give but this machine cannot afford (a million epochs, a 2**31-wide
+layer) are not generated: they are valid, only slow or too big.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import gzip
+import io
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
+from conftest import CELLS_TSV, REPO
+from fake_data import write_fake
+from locallearn.cli import main
+from locallearn.config import build_parser, config_hash, parse_train_args
+from locallearn.errors import LocallearnError
+
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+import plan  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("deep", derandomize=False, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+SCALE = {"ci": 1, "deep": 25}.get(PROFILE, 1)
+
+
+def cases(n: int):
+    """Settings for a test of n generated cases under the ci profile (25 n under deep)."""
+    return settings(max_examples=n * SCALE)
+
+
+# ------------------------------------------------------------------------- the property
+def cli(argv: list[str]) -> tuple[int, str, str]:
+    """`locallearn <argv>` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def refusal_line(rc: int, err: str) -> str:
+    """The one error line of a refused command (warnings before it are allowed)."""
+    assert rc != 0, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if not line.startswith("locallearn: warning: ")]
+    assert len(errors) == 1 and errors[0].startswith("locallearn: error: "), err
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under folder, by relative path: what must stay byte-identical."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def ascii_text(max_size: int = 8):
+    return st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=max_size)
+
+
+# ------------------------------------------------------------------------------ data
+@pytest.fixture(scope="module")
+def data():
+    """Fake MNIST, Fashion-MNIST, Kuzushiji-MNIST and CIFAR-10 in their real formats."""
+    with tempfile.TemporaryDirectory(prefix="fuzz-data-") as d:
+        for name in ("MNIST", "FashionMNIST", "KuzushijiMNIST", "CIFAR10"):
+            write_fake(name, Path(d), n_train=80, n_test=40)
+        yield Path(d)
+
+
+def tiny(data_dir, out, *extra) -> list[str]:
+    """A run that trains in well under a second: the base every flag case changes."""
+    return ["train", "--model", "mlp", "--dataset", "MNIST", "--num-layers", "1", "--num-hidden", "16",
+            "--epochs", "1", "--lr-decay-milestones", "10", "--batch-size", "32", "--device", "cpu",
+            "--threads", "1", "--max-train-examples", "64", "--max-test-examples", "64",
+            "--data-dir", str(data_dir), "--out", str(out), "--mlflow-uri", "", *extra]
+
+
+# ============================================================================ train flags
+DEFAULTS = vars(build_parser().parse_args([]))
+
+
+def flag(dest: str) -> str:
+    return "--n_holes" if dest == "n_holes" else "--" + dest.replace("_", "-")
+
+
+# Left to their own tests: paths (--out, --data-dir, --resume, --save-dir), the network
+# (--download), --mlflow-uri (below), --debug (asks for the traceback), and the pipeline's
+# device list. Everything else is generated.
+NOT_GENERATED = {"out", "data_dir", "resume", "save_dir", "download", "mlflow_uri", "debug", "stage_devices"}
+
+junk = st.one_of(ascii_text(), st.sampled_from(["", " ", "nan", "inf", "-inf", "1e400", "0x10", "1_0", "١",
+                                                  "None", "true", "[1]", "--", "-"]))
+# Integers whose valid values cost time or memory with size: small ones only.
+SIZED = {"num_layers": 3, "num_hidden": 24, "epochs": 2, "n_holes": 3, "target_proj_size": 16,
+         "dim_in_decoder": 64, "pipeline_stages": 1, "threads": 2, "classes_per_batch": 12,
+         "classes_per_batch_until_epoch": 3, "length": 40}
+CHOICE_VALUES = {
+    "model": ["mlp", "MLP", "vgg", "resnet18"], "dataset": ["MNIST", "FashionMNIST", "KuzushijiMNIST",
+                                                           "CIFAR10", "mnist", "ImageNet"],
+    "nonlin": ["relu", "leakyrelu", "tanh"], "loss_sup": ["pred", "sim", "predsim", "hinge"],
+    "loss_unsup": ["none", "sim", "recon", "vae"], "optim": ["adam", "amsgrad", "sgd", "rmsprop"],
+    "engine": ["fused", "reference", "fast"], "precision": ["fp32", "tf32", "bf16", "fp16"],
+    "device": ["cpu", "auto", "cuda", "cuda:7", "gpu", "cpu:0"], "pipeline_balance": ["flops", "time", "both"],
+}
+
+
+def int_values(dest: str):
+    top = SIZED.get(dest)
+    small = st.integers(-3, top if top is not None else 300)
+    huge = st.sampled_from([2**31, 2**63, 10**30, -(2**63)])
+    values = st.one_of(small.map(str), st.floats(allow_nan=True).map(repr), junk)
+    return st.one_of(values, huge.map(str)) if top is None else values
+
+
+def float_values():
+    return st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                     st.floats(-2, 2).map(lambda v: f"{v:.3g}"), st.integers(-2, 2).map(str), junk)
+
+
+def values_of(dest: str):
+    """Strategy for the tokens given after flag(dest), wrong types and ranges included."""
+    default = DEFAULTS[dest]
+    if dest in CHOICE_VALUES:
+        return st.one_of(st.sampled_from(CHOICE_VALUES[dest]), junk).map(lambda v: [v])
+    if isinstance(default, bool):
+        return st.sampled_from([[], [], ["1"], ["false"]])    # a switch, or a switch given a value
+    if dest == "lr_decay_milestones":
+        return st.lists(st.one_of(st.integers(-2, 6).map(str), junk), max_size=4)
+    if dest == "tag":
+        return st.one_of(st.just(["k=v"]), ascii_text().map(lambda v: [v]))
+    if isinstance(default, int):
+        return int_values(dest).map(lambda v: [v])
+    if isinstance(default, float):
+        return float_values().map(lambda v: [v])
+    return st.one_of(ascii_text(12), junk).map(lambda v: [v])   # free text: --run-name, --mlflow-experiment
+
+
+@st.composite
+def flag_changes(draw):
+    """1-3 flags, each with generated values, in `--flag v` or `--flag=v` form."""
+    dests = draw(st.lists(st.sampled_from(sorted(set(DEFAULTS) - NOT_GENERATED)), min_size=1, max_size=3,
+                          unique=True))
+    tokens = []
+    for dest in dests:
+        values = draw(values_of(dest))
+        if len(values) == 1 and draw(st.booleans()):
+            tokens.append(f"{flag(dest)}={values[0]}")
+        else:
+            tokens += [flag(dest), *values]
+    return dests, tokens
+
+
+def named(line: str, dests: list[str], out: Path) -> bool:
+    """The error line names one of the changed flags, the run folder or the dataset."""
+    return (any(flag(d) in line for d in dests) or str(out) in line
+            or "unrecognized arguments" in line or "expected one argument" in line)
+
+
+@cases(90)
+@given(change=flag_changes())
+def test_generated_train_flags(data, change):
+    dests, tokens = change
+    with tempfile.TemporaryDirectory(prefix="fuzz-flags-") as tmp:
+        out = Path(tmp) / "run"
+        argv = tiny(data, out, *tokens)
+        rc, stdout, err = cli(argv)
+        event("accepted" if rc == 0 else "refused")
+        if rc == 0:   # accepted: the run of exactly these flags, finished
+            cfg = parse_train_args(argv[1:])
+            metrics = json.loads((out / "metrics.json").read_text())
+            assert metrics["config_hash"] == config_hash(cfg) and metrics["epochs"] == cfg.epochs
+            assert 0 <= metrics["test_error"] <= 100
+        else:
+            line = refusal_line(rc, err)
+            assert named(line, dests, out), line
+            assert not (out / "metrics.json").exists() and not list(out.glob("checkpoint*"))
