@@ -165,14 +165,27 @@ def flag_name(dest: str) -> str:
 
 
 def validate(args: argparse.Namespace) -> argparse.Namespace:
-    """Reject values that cannot run, with a message that names the flag."""
+    """Reject values that cannot run, with a message that names the flag; then settle
+    --out and take the credentials out of --mlflow-uri."""
     from .models import MODELS  # the registry decides which model names exist
 
+    if args.model not in MODELS:
+        raise ConfigError(f"--model: unknown model {args.model!r} (known: {', '.join(sorted(MODELS))})")
+    check(args)
+    if args.out is None:
+        args.out = args.save_dir or DEFAULT_OUT
+    # A password in the URI would be recorded with the config (metrics.json, MLflow
+    # params): it moves to MLflow's own variables here, before anything sees the config.
+    args.mlflow_uri = take_credentials(args.mlflow_uri)
+    return args
+
+
+def check(args: argparse.Namespace) -> None:
+    """validate's checks that need no torch (all but the model registry's), raising
+    ConfigError: the workflow plan runs them on every job's flags before any job starts."""
     def bad(flag: str, msg: str) -> None:
         raise ConfigError(f"{flag_name(flag)}: {msg}")
 
-    if args.model not in MODELS:
-        bad("model", f"unknown model {args.model!r} (known: {', '.join(sorted(MODELS))})")
     for key, allowed in CHOICES.items():
         if getattr(args, key) not in allowed:
             bad(key, f"unknown value {getattr(args, key)!r} (known: {', '.join(allowed)})")
@@ -225,15 +238,9 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         bad("length", "cutout needs a square side > 0")
     if args.save_dir and args.out is not None and Path(args.out) != Path(args.save_dir):
         bad("save-dir", f"is an alias of --out; they name two folders ({args.save_dir!r}, {args.out!r})")
-    if args.out is None:
-        args.out = args.save_dir or DEFAULT_OUT
     for t in args.tag:
         if "=" not in t:
             bad("tag", f"expected KEY=VALUE, got {t!r}")
-    # A password in the URI would be recorded with the config (metrics.json, MLflow
-    # params): it moves to MLflow's own variables here, before anything sees the config.
-    args.mlflow_uri = take_credentials(args.mlflow_uri)
-    return args
 
 
 def parse_train_args(argv: list[str]) -> argparse.Namespace:

@@ -212,3 +212,239 @@ def test_generated_train_flags(data, change):
             line = refusal_line(rc, err)
             assert named(line, dests, out), line
             assert not (out / "metrics.json").exists() and not list(out.glob("checkpoint*"))
+
+
+# ====================================================================== workflow config
+DEFAULT_CONFIG = yaml.safe_load(plan.DEFAULT_CONFIG.read_text())
+
+
+def key_paths(node, prefix=()) -> list[tuple]:
+    """Every key path of a config (dicts only; a list is one value)."""
+    paths = []
+    for k, v in node.items():
+        paths.append(prefix + (k,))
+        if isinstance(v, dict):
+            paths += key_paths(v, prefix + (k,))
+    return paths
+
+
+CONFIG_PATHS = key_paths(DEFAULT_CONFIG)
+
+
+def config_at(path: tuple):
+    node = DEFAULT_CONFIG
+    for k in path:
+        node = node[k]
+    return node
+
+
+DICT_PATHS = [()] + [p for p in CONFIG_PATHS if isinstance(config_at(p), dict)]
+NAMES = ["MNIST", "FashionMNIST", "cifar10", "mlp", "vgg11b", "resnet", "predsim", "hinge",
+         "mnist-mlp-pred", "fmnist-*", "nope-*", "", "*"]
+
+config_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.sampled_from([2**63, -(2**63)]),
+              st.floats(allow_nan=True, allow_infinity=True), ascii_text(), st.sampled_from(NAMES)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(NAMES + ["default"]),
+                                                                         inner, max_size=2)),
+    max_leaves=4)
+
+
+def plausible(default):
+    """A value of the default's own type: what a user who read the comment might write."""
+    if isinstance(default, bool):
+        return st.booleans()
+    if isinstance(default, int):
+        return st.integers(-1, 10)
+    if isinstance(default, float):
+        return st.floats(-1, 10)
+    if isinstance(default, str):
+        return st.one_of(st.sampled_from(NAMES + ["cpu", "cuda:0", "auto", "bf16", "fp32", "x.md"]), ascii_text())
+    if isinstance(default, list):
+        return st.lists(plausible(default[0]) if default else st.one_of(st.integers(0, 3), st.sampled_from(NAMES)),
+                        max_size=3)
+    if isinstance(default, dict):
+        return st.dictionaries(st.sampled_from(NAMES + ["default"]), st.integers(-1, 3), max_size=2)
+    return st.one_of(st.none(), ascii_text())
+
+
+def as_command_line(value):
+    """What `snakemake --config key=value` hands over: strings (YAML flow text for lists)."""
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def nested(path: tuple, value) -> dict:
+    for k in reversed(path):
+        value = {k: value}
+    return value
+
+
+@st.composite
+def config_changes(draw) -> list[tuple]:
+    """1-2 changes to config.yaml, each (how, key path, value)."""
+    changes = []
+    for _ in range(draw(st.integers(1, 2))):
+        how = draw(st.sampled_from(["set", "set", "command-line", "select", "add", "delete"]))
+        value = draw(config_values)
+        if how == "add":
+            path = draw(st.sampled_from(DICT_PATHS)) + (draw(st.sampled_from(["colour", "seed", "Select", "MNIST"])),)
+        elif how == "select":
+            path = (*draw(st.sampled_from([("select",), ("quick", "select")])),
+                    draw(st.sampled_from(sorted(plan.SELECT_KEYS) + ["cells"])))
+            value = draw(st.lists(st.sampled_from(NAMES), max_size=3))
+        else:
+            path = draw(st.sampled_from(CONFIG_PATHS))
+            if draw(st.booleans()):
+                value = draw(plausible(config_at(path)))
+        changes.append((how, path, as_command_line(value) if how == "command-line" else value))
+    return changes
+
+
+def changed_config(changes: list[tuple]) -> dict:
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    for how, path, value in changes:
+        parent = config
+        for k in path[:-1]:
+            if not isinstance(parent.get(k), dict):
+                parent[k] = {}
+            parent = parent[k]
+        if how == "delete":
+            parent.pop(path[-1], None)
+        else:
+            parent[path[-1]] = value
+    return config
+
+
+def plan_workflow(config: dict) -> None:
+    """What the Snakefile does with a config before any job (workflow/rules/common.smk),
+    then each preset's runs, their resources and states, as the rules ask for them."""
+    checked = plan.validate_config(config)
+    rows = plan.load_cells(plan.cells_path(checked))
+    presets = plan.make_presets(checked, rows)
+    plan.pipeline_stages(checked, rows)
+    for name in plan.PRESETS:
+        preset = presets[name]
+        for row in preset.rows[:1]:
+            plan.runtime_minutes(row, checked, preset)
+            plan.mem_mb(row, checked)
+            parse_train_args(preset.args(row) + ["--seed", str(preset.seeds[0])])  # the job takes its flags
+        preset.to_train(preset.rows[:3])
+        plan.tracking_uri(checked, preset)
+    plan.data_dir(checked)
+
+
+@contextlib.contextmanager
+def working_dir(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@cases(70)
+@given(changes=config_changes())
+def test_generated_workflow_configs(changes):
+    names = [str(k) for _, path, _ in changes for k in path]
+    with tempfile.TemporaryDirectory(prefix="fuzz-config-") as tmp, working_dir(tmp):
+        try:
+            plan_workflow(changed_config(changes))
+            event("accepted")
+        except plan.HarnessError as e:
+            event("refused")
+            message = str(e)
+            assert "\n" not in message and "Traceback" not in message, message
+            # the key (or, for a file the config names, the file)
+            named = [n for n in names if repr(n) in message or f"'{n}" in message or f".{n}" in message]
+            files = [v for _, _, v in changes if isinstance(v, str) and v and f"{v} " in f"{message} "]
+            assert named or files, (names, message)
+
+
+# ============================================================================ cells.tsv
+GRID = CELLS_TSV.read_text().splitlines()
+HEADER = GRID[0].split("\t")
+# mnist mlp (backprop, pred), a cutout row, the quick preset's Fashion-MNIST mlp rows, a bio row
+SAMPLE = [GRID[0]] + [GRID[i] for i in (1, 2, 9, 10, 11, 53)]
+CELL_VALUES = st.one_of(
+    junk, st.integers(-3, 300).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["MNIST", "mnist", "ImageNet", "mlp", "vgg8b", "resnet", "backprop", "pred", "hinge",
+                     "30 20", "10 10", "5  6", "-1", "1.5", "0", "1", "2.9M", "2.9", "mnist-mlp-pred",
+                     "Upper-Case", "a\"b", "1e-3"]))
+
+
+@st.composite
+def table_changes(draw) -> list[tuple]:
+    """1-3 changes to a sample of cells.tsv: (how, row, column, value)."""
+    changes = []
+    for _ in range(draw(st.integers(1, 3))):
+        how = draw(st.sampled_from(["value", "value", "other-rows-value", "other-rows-value", "drop-column", "add-column", "rename-column",
+                                    "short-row", "long-row", "duplicate-row", "copy-cell-name", "crlf",
+                                    "blank-line", "no-rows"]))
+        row = draw(st.integers(1, len(SAMPLE) - 1))
+        col = draw(st.sampled_from(HEADER))
+        if how == "other-rows-value":   # a value that is right somewhere else in the grid
+            how, value = "value", draw(st.sampled_from(GRID[1:])).split("\t")[HEADER.index(col)]
+        else:
+            value = draw(CELL_VALUES)
+        changes.append((how, row, col, value))
+    return changes
+
+
+def changed_table(changes: list[tuple]) -> str:
+    rows = [line.split("\t") for line in SAMPLE]
+    newline = "\n"
+    for how, r, col, value in changes:
+        k = rows[0].index(col) if col in rows[0] else 0
+        if r >= len(rows):
+            r = len(rows) - 1
+        if how == "value" and r and k < len(rows[r]):
+            rows[r][k] = value
+        elif how == "drop-column":
+            rows = [row[:k] + row[k + 1:] for row in rows]
+        elif how == "add-column":
+            rows = [row + ([value or "extra"] if i == 0 else [value]) for i, row in enumerate(rows)]
+        elif how == "rename-column":
+            rows[0][k] = value
+        elif how == "short-row" and r:
+            rows[r] = rows[r][:-1]
+        elif how == "long-row" and r:
+            rows[r] = rows[r] + [value]
+        elif how == "duplicate-row" and r:
+            rows.append(list(rows[r]))
+        elif how == "copy-cell-name" and r:
+            rows[r][0] = rows[1 + r % (len(rows) - 1)][0] if len(rows) > 2 else rows[r][0]
+        elif how == "crlf":
+            newline = "\r\n"
+        elif how == "blank-line":
+            rows.insert(max(r, 1), [""])
+        elif how == "no-rows":
+            rows = rows[:1]
+    return newline.join("\t".join(row) for row in rows) + newline
+
+
+@cases(70)
+@given(changes=table_changes())
+def test_generated_cells_tables(changes):
+    with tempfile.TemporaryDirectory(prefix="fuzz-cells-") as tmp, working_dir(tmp):
+        path = Path(tmp) / "cells.tsv"
+        path.write_text(changed_table(changes), newline="")
+        config = dict(copy.deepcopy(DEFAULT_CONFIG), cells=str(path))
+        try:
+            checked = plan.validate_config(config)
+            rows = plan.load_cells(plan.cells_path(checked))
+            presets = plan.make_presets(checked, rows)
+            plan.pipeline_stages(checked, rows)
+            preset = presets["full"]
+        except plan.HarnessError as e:
+            event("refused")
+            message = str(e)
+            assert "\n" not in message and "Traceback" not in message, message
+            assert "cells.tsv" in message, message
+            return
+        event("accepted")
+        for row in preset.rows:   # accepted: every job takes its flags, and its cost is known
+            parse_train_args(preset.args(row) + ["--seed", "1"])
+            plan.runtime_minutes(row, checked, preset)
