@@ -11,8 +11,9 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from .credentials import take_credentials
+from .credentials import redact_uri, take_credentials
 from .helpformat import HelpFormatter
 from .specs import SPECS
 
@@ -241,6 +242,16 @@ def check(args: argparse.Namespace) -> None:
     for t in args.tag:
         if "=" not in t:
             bad("tag", f"expected KEY=VALUE, got {t!r}")
+    uri = args.mlflow_uri or ""
+    try:
+        urlsplit(uri)
+    except ValueError as e:
+        bad("mlflow_uri", f"not a valid URI ({e})")
+    if "@" in uri and redact_uri(uri) == uri and uri.split("://")[0] not in ("sqlite", "file"):
+        # user-info that take_credentials cannot take out: it would be recorded as it is
+        bad("mlflow_uri", "has '@' but no scheme://user:password@host form; expected e.g. http://host:port, "
+            "with credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the URI is not "
+            "repeated here: it may hold a password)")
 
 
 def parse_train_args(argv: list[str]) -> argparse.Namespace:

@@ -51,6 +51,32 @@ def config_diff(old: dict, new: dict) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) or "unknown difference"
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finished_problem(done: dict) -> str | None:
+    """What makes a metrics.json of this config unusable as a finished run, or None."""
+    if not _is_number(done.get("test_error")):
+        return f"test_error is {done.get('test_error')!r}, not a number"
+    if not isinstance(done.get("history"), list) or done.get("epochs") != len(done["history"]):
+        return "its history does not hold its epochs"
+    return None
+
+
+def checkpoint_problem(state: dict, epochs: int) -> str | None:
+    """What makes a checkpoint of this config unusable for resuming, or None: the fields
+    the run loop reads (a pipeline stage that does not report keeps no history)."""
+    epoch, history = state.get("epoch"), state.get("history")
+    if type(epoch) is not int or not 1 <= epoch <= epochs:
+        return f"epoch is {epoch!r}, not one of 1..{epochs}"
+    if history is not None and (not isinstance(history, list) or len(history) != epoch):
+        return f"its history does not hold epochs 1..{epoch}"
+    if not _is_number(state.get("wall_seconds")):
+        return f"wall_seconds is {state.get('wall_seconds')!r}, not a number"
+    return None
+
+
 class RunFolder:
     def __init__(self, cfg, stage: int | None = None):
         self.cfg = cfg
@@ -83,10 +109,17 @@ class RunFolder:
         except (OSError, ValueError) as e:  # never written torn by us: a copy or an edit broke it
             raise CheckpointError(f"{self.metrics_path} is unreadable ({type(e).__name__}: {e}); delete it "
                                   "to finish the run from its checkpoint") from None
+        if not isinstance(done, dict):
+            raise CheckpointError(f"{self.metrics_path} is unreadable (not a JSON object); delete it "
+                                  "to finish the run from its checkpoint")
         if done.get("config_hash") != self.config_hash:
             raise CheckpointError(f"{self.metrics_path} holds a finished run of another config "
                                   f"({config_diff(done.get('config', {}), recipe_dict(self.cfg))}); "
                                   "use another --out")
+        problem = finished_problem(done)
+        if problem:
+            raise CheckpointError(f"{self.metrics_path} is unreadable ({problem}); delete it to finish the run "
+                                  "from its checkpoint")
         if not quiet:
             print(f"{self.out}: already finished (test error {done['test_error']:.2f}%)")
             self.finish_tracking(self.open_tracker(done.get("environment")), done)
@@ -135,6 +168,10 @@ class RunFolder:
             old = state.get("config", {}) if isinstance(state, dict) else {}
             raise CheckpointError(f"{path} belongs to another config ({config_diff(old, recipe_dict(self.cfg))}); "
                                   "refusing to mix runs: use another --out or delete the folder")
+        problem = checkpoint_problem(state, self.cfg.epochs)
+        if problem:
+            raise CheckpointError(f"{path} cannot be resumed ({problem}); use another --out, or delete the "
+                                  "checkpoint to start over")
         return state
 
     def checkpoints(self) -> list[dict]:

@@ -448,3 +448,204 @@ def test_generated_cells_tables(changes):
         for row in preset.rows:   # accepted: every job takes its flags, and its cost is known
             parse_train_args(preset.args(row) + ["--seed", "1"])
             plan.runtime_minutes(row, checked, preset)
+
+
+# ========================================================================= dataset files
+MNIST_FILES = [f"MNIST/raw/{p}-{k}-ubyte.gz" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+
+
+def idx_gz(payload: bytes) -> bytes:
+    return gzip.compress(payload, mtime=0)
+
+
+@st.composite
+def dataset_changes(draw) -> tuple:
+    """(file, how, argument, re-accepted): one corruption of fake MNIST's files."""
+    rel = draw(st.sampled_from(MNIST_FILES + ["locallearn-custom-checksums.json"]))
+    how = draw(st.sampled_from(["truncate", "flip", "magic", "dims", "other-dataset", "empty", "junk",
+                                "unzipped"]))
+    arg = draw(st.integers(0, 2**16))
+    return rel, how, arg, draw(st.booleans())
+
+
+def corrupt_dataset(data_dir: Path, source: Path, change: tuple) -> None:
+    rel, how, arg, accept = change
+    path = data_dir / rel
+    raw = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(raw[:arg % max(len(raw), 1)])
+    elif how == "flip":
+        b = bytearray(raw)
+        b[arg % len(b)] ^= 1 << (arg % 8)
+        path.write_bytes(bytes(b))
+    elif how in ("magic", "dims", "unzipped") and rel.endswith(".gz"):
+        content = bytearray(gzip.decompress(raw))
+        if how == "magic":
+            content[arg % 4] ^= 0xFF
+        elif how == "dims":
+            k = 4 + 4 * (arg % max(content[3], 1))
+            content[k:k + 4] = (int.from_bytes(content[k:k + 4], "big") + 1 + arg % 3).to_bytes(4, "big")
+        path.write_bytes(bytes(content) if how == "unzipped" else idx_gz(bytes(content)))
+    elif how == "other-dataset":
+        other = {".gz": source / rel.replace("MNIST/", "FashionMNIST/", 1), ".json": source / "cifar-10-batches-py" / "data_batch_1"}
+        path.write_bytes(other[path.suffix].read_bytes())
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "junk":
+        path.write_bytes(bytes(range(256)) * (1 + arg % 3))
+    if accept and rel.endswith(".gz"):   # the user declares the changed file theirs
+        from locallearn.datasets import accept_custom_files
+        with contextlib.suppress(LocallearnError):
+            accept_custom_files(data_dir, [rel])
+
+
+@cases(25)
+@given(change=dataset_changes())
+def test_generated_dataset_files(data, change):
+    with tempfile.TemporaryDirectory(prefix="fuzz-dataset-") as tmp:
+        d, out = Path(tmp) / "data", Path(tmp) / "run"
+        shutil.copytree(data / "MNIST", d / "MNIST")
+        shutil.copy(data / "locallearn-custom-checksums.json", d)
+        corrupt_dataset(d, data, change)
+        rc, _, err = cli(tiny(d, out))
+        event("accepted" if rc == 0 else "refused")
+        if rc == 0:
+            assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
+        else:
+            line = refusal_line(rc, err)
+            assert str(d) in line, line   # the file (under the data dir) or the dataset's folder
+            assert not list(out.glob("checkpoint*")) and not (out / "metrics.json").exists()
+
+
+# ============================================================== checkpoints, metrics.json
+def finished_folder(data: Path, where: Path) -> Path:
+    out = where / "finished"
+    rc, _, err = cli(tiny(data, out, "--epochs", "2"))
+    assert rc == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished(data):
+    """A finished two-epoch run folder (metrics.json, checkpoint.pt), made once."""
+    with tempfile.TemporaryDirectory(prefix="fuzz-finished-") as tmp:
+        yield finished_folder(data, Path(tmp))
+
+
+WRONG_TYPES = st.one_of(st.none(), st.booleans(), st.integers(-2, 99), st.sampled_from([float("nan"), 1e300]),
+                        ascii_text(4), st.just([]), st.just({}), st.just([{}]))
+
+
+@st.composite
+def run_folder_changes(draw) -> tuple:
+    """(file, how, argument): one corruption of a run folder's metrics.json or checkpoint."""
+    target = draw(st.sampled_from(["metrics.json", "checkpoint.pt"]))
+    how = draw(st.sampled_from(["truncate", "flip", "junk", "set-key", "delete-key", "whole", "other-config"]))
+    if how in ("set-key", "delete-key"):
+        keys = {"metrics.json": ["test_error", "config_hash", "config", "history", "epochs", "train_error", "seed"],
+                "checkpoint.pt": ["epoch", "history", "wall_seconds", "config_hash", "config", "model", "optimizer",
+                                  "optimizers"]}[target]
+        return target, how, (draw(st.sampled_from(keys)), draw(WRONG_TYPES))
+    if how == "whole":
+        return target, how, draw(WRONG_TYPES)
+    return target, how, draw(st.integers(0, 2**20))
+
+
+def corrupt_run_folder(out: Path, change: tuple) -> None:
+    target, how, arg = change
+    path = out / target
+    raw = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(raw[:arg % len(raw)])
+    elif how == "flip":
+        b = bytearray(raw)
+        b[arg % len(b)] ^= 1 << (arg % 8)
+        path.write_bytes(bytes(b))
+    elif how == "junk":
+        path.write_bytes(bytes(range(256))[arg % 200:])
+    else:
+        doc = json.loads(raw) if target == "metrics.json" else torch.load(path, weights_only=True)
+        if how == "set-key":
+            doc[arg[0]] = arg[1]
+        elif how == "delete-key":
+            doc.pop(arg[0], None)
+        elif how == "whole":
+            doc = arg
+        elif how == "other-config":
+            doc["config_hash"] = "0123456789ab"
+        if target == "metrics.json":
+            path.write_text(json.dumps(doc))
+        else:
+            torch.save(doc, path)
+
+
+@cases(30)
+@given(change=run_folder_changes())
+def test_generated_run_folder_files(data, finished, change):
+    """A finished run's metrics.json, or an unfinished run's checkpoint, corrupted; then
+    the same command again. metrics.json: the run stays finished, its files untouched.
+    The checkpoint: refused with the files untouched, or the run finishes correctly."""
+    target = change[0]
+    with tempfile.TemporaryDirectory(prefix="fuzz-folder-") as tmp:
+        out = Path(tmp) / "run"
+        shutil.copytree(finished, out)
+        if target == "checkpoint.pt":
+            (out / "metrics.json").unlink()   # as if stopped after the last checkpoint
+        corrupt_run_folder(out, change)
+        before = snapshot(out)
+        rc, _, err = cli(tiny(data, out, "--epochs", "2"))
+        event(f"{target} {'accepted' if rc == 0 else 'refused'}")
+        if rc != 0:
+            line = refusal_line(rc, err)
+            assert str(out) in line, line
+            assert snapshot(out) == before
+        elif target == "metrics.json":
+            assert snapshot(out) == before   # finished: read, never rewritten
+        else:
+            metrics = json.loads((out / "metrics.json").read_text())
+            assert metrics["config_hash"] == config_hash(parse_train_args(tiny(data, out, "--epochs", "2")[1:]))
+            assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["epochs"] == 2
+            assert 0 <= metrics["test_error"] <= 100
+
+
+# ==================================================================== MLflow tracking URI
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@st.composite
+def tracking_uris(draw) -> tuple[str, str]:
+    """(URI, password in it or ''): malformed, or naming a store on the loopback that
+    nothing serves, or (rarely) a fresh SQLite file."""
+    scheme = draw(st.sampled_from(["http://", "https://", "sqlite:///", "file://", "ftp://", "postgresql://",
+                                   "", "http:/", "mlflow://", "sqlite://"]))
+    password = draw(st.sampled_from(["", "s3cret-pw"]))
+    userinfo = f"user:{password}@" if password else draw(st.sampled_from(["", "user@", ":@", "@"]))
+    host = draw(st.sampled_from(["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "127.0.0.1:99999",
+                                 "127.0.0.1:abc", "[::1", "", "127.0.0.1:{port}:{port}"]))
+    path = draw(st.sampled_from(["", "/", "/x", "/missing/dir/mlflow.db", "?a=b", "#f", " ", "%zz"]))
+    if draw(st.integers(0, 9)) == 0:   # a working store: accepted, the run logs to it
+        return "sqlite:///mlflow.db", ""
+    return scheme + userinfo + host.format(port=closed_port()) + path, password
+
+
+@cases(20)
+@given(uri=tracking_uris())
+def test_generated_tracking_uris(data, uri):
+    from locallearn import tracking
+    from unittest import mock
+    uri, password = uri
+    with tempfile.TemporaryDirectory(prefix="fuzz-mlflow-") as tmp, working_dir(tmp), \
+            mock.patch.object(tracking, "PROBE_DEADLINE_S", 0.5), mock.patch.object(tracking, "RETRY_DEADLINE_S", 1):
+        out = Path(tmp) / "run"
+        rc, stdout, err = cli(tiny(data, out, "--mlflow-uri", uri))
+        event("accepted" if rc == 0 else "refused")
+        assert not password or password not in stdout + err
+        if rc == 0:
+            assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
+        else:
+            line = refusal_line(rc, err)
+            assert "MLflow" in line or "--mlflow-uri" in line, line
+            assert not list(out.glob("checkpoint*")) and not (out / "metrics.json").exists()
