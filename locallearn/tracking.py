@@ -314,8 +314,13 @@ def _sqlite_init_lock(uri: str):
     if db is None:
         yield
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as lock, warnings.catch_warnings():
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(db.with_name(db.name + ".lock"), "a")
+    except (OSError, ValueError) as e:   # a folder, not a file (sqlite:////), or not writable
+        raise TrackingError(f"MLflow store {redact_uri(uri)}: cannot create its database file {db} "
+                            f"({_reason(e)})") from None
+    with lock, warnings.catch_warnings():
         warnings.simplefilter("ignore")   # alembic warns about unnamed constraints while migrating
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
