@@ -9,15 +9,15 @@ one property for each:
     checkpoints) is byte-identical afterwards.
 
 tests/test_bad_input.py holds the hand-picked cases, and the shrunk example of every
-failure this search found (each a regular test there or at the end of this file).
+failure this search found, each a regular test there.
 
 Profiles (HYPOTHESIS_PROFILE, docs/bad-input.md):
 
-    ci    (default) a fixed seed (derandomize), about 250 cases in all, a bounded time:
+    ci    (default) a fixed seed (derandomize), about 300 cases in all, a bounded time:
           what every test run checks.
     deep  random seeds, 25x the cases, Hypothesis's example database kept: a longer
           search, e.g. HYPOTHESIS_PROFILE=deep pytest tests/test_bad_input_generated.py
-          (about an hour on 2 cores).
+          (10-15 minutes on 2 cores).
 
 Trainings are tiny (mlp, 64 examples, one or two epochs on fake data in the real
 formats, tests/fake_data.py), run in this process through `locallearn.cli.main`.
@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import CELLS_TSV, REPO
