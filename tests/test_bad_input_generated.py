@@ -628,6 +628,8 @@ def tracking_uris(draw) -> tuple[str, str]:
     path = draw(st.sampled_from(["", "/", "/x", "/missing/dir/mlflow.db", "?a=b", "#f", " ", "%zz"]))
     if draw(st.integers(0, 9)) == 0:   # a working store: accepted, the run logs to it
         return "sqlite:///mlflow.db", ""
+    if scheme.startswith(("sqlite:", "file:")):   # the rest is a file name: nothing there is a credential
+        password = ""
     return scheme + userinfo + host.format(port=closed_port()) + path, password
 
 
