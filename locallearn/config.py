@@ -9,9 +9,11 @@ import argparse
 import functools
 import hashlib
 import json
+import math
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from .credentials import take_credentials
+from .credentials import redact_uri, take_credentials
 from .helpformat import HelpFormatter
 from .specs import SPECS
 
@@ -151,6 +153,19 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse, but `--flag=--` is refused: Python 3.11's argparse gives it an empty
+        list instead of a value (or of at least one value, for nargs="+")."""
+        parsed, extra = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(parsed, action.dest, None)
+            if action.option_strings and isinstance(value, list) and (
+                    (action.nargs is None and not isinstance(action.default, list))
+                    or (action.nargs == "+" and not value)):
+                wanted = "one argument" if action.nargs is None else "at least one argument"
+                self.error(f"argument {'/'.join(action.option_strings)}: expected {wanted}")
+        return parsed, extra
+
 
 TRAIN_DESCRIPTION = """Train one network with local error signals into --out: metrics.json (written
 last), a checkpoint each epoch. Rerunning the same command resumes from the last
@@ -178,33 +193,40 @@ CHOICES = {
 }
 
 
+def flag_name(dest: str) -> str:
+    """The flag a user types for a Namespace field: --num-hidden for num_hidden, but
+    --n_holes as the reference spells it."""
+    return "--" + (dest if dest == "n_holes" else dest.replace("_", "-"))
+
+
 def validate(args: argparse.Namespace) -> argparse.Namespace:
-    """Reject values that cannot run, with a message that names the flag."""
+    """Reject values that cannot run, with a message that names the flag; then settle
+    --out and take the credentials out of --mlflow-uri."""
     from .methods import METHODS
     from .models import MODELS  # the registry decides which model names exist
     from .resnet import DEPTHS
 
-    def bad(flag: str, msg: str) -> None:
-        raise ConfigError(f"--{flag}: {msg}")
-
     if args.model not in MODELS:
-        bad("model", f"unknown model {args.model!r} (known: {', '.join(sorted(MODELS))})")
-    for key, allowed in CHOICES.items():
-        if getattr(args, key) not in allowed:
-            bad(key.replace("_", "-"), f"unknown value {getattr(args, key)!r} (known: {', '.join(allowed)})")
-    positive = ("batch_size", "epochs", "num_hidden", "dim_in_decoder", "target_proj_size", "n_holes")
-    for key in positive:
-        if getattr(args, key) <= 0:
-            bad(key.replace("_", "-"), f"must be positive, got {getattr(args, key)}")
-    for key in ("num_layers", "classes_per_batch", "classes_per_batch_until_epoch",
-                "max_train_examples", "max_test_examples", "threads", "length"):
-        if getattr(args, key) < 0:
-            bad(key.replace("_", "-"), f"must be >= 0, got {getattr(args, key)}")
-    if args.method not in METHODS:
-        bad("method", f"unknown method {args.method!r} (known: {', '.join(METHODS)})")
-    if args.method != "paper" and args.model not in DEPTHS:
-        bad("method", f"{args.method} heads are built for the ResNets ({', '.join(DEPTHS)}), not {args.model}")
-    if args.local_modules and args.model not in DEPTHS:
+        raise ConfigError(f"--model: unknown model {args.model!r} (known: {', '.join(sorted(MODELS))})")
+    check(args)
+    check_method(args, METHODS, DEPTHS)
+    if args.out is None:
+        args.out = args.save_dir or DEFAULT_OUT
+    # A password in the URI would be recorded with the config (metrics.json, MLflow
+    # params): it moves to MLflow's own variables here, before anything sees the config.
+    args.mlflow_uri = take_credentials(args.mlflow_uri)
+    return args
+
+
+def check_method(args: argparse.Namespace, methods, depths) -> None:
+    """The method and the network fit together (the registries come in: they import torch)."""
+    def bad(flag: str, msg: str) -> None:
+        raise ConfigError(f"{flag_name(flag)}: {msg}")
+    if args.method not in methods:
+        bad("method", f"unknown method {args.method!r} (known: {', '.join(methods)})")
+    if args.method != "paper" and args.model not in depths:
+        bad("method", f"{args.method} heads are built for the ResNets ({', '.join(depths)}), not {args.model}")
+    if args.local_modules and args.model not in depths:
         bad("local-modules", f"{args.model} has a head on every block; only the ResNets are split into K modules")
     if args.local_modules < 0:
         bad("local-modules", f"must be >= 0, got {args.local_modules}")
@@ -212,12 +234,49 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         bad("aux-depth", f"must be >= 1, got {args.aux_depth}")
     if args.method == "infopro" and args.pipeline_stages > 1:
         bad("method", "infopro's heads reconstruct the input image, which only the first pipeline stage has")
-    if args.model in DEPTHS and (args.bio or args.no_detach):
+    if args.model in depths and (args.bio or args.no_detach):
         bad("bio" if args.bio else "no-detach", f"not implemented for {args.model}")
     if args.nesterov and (args.optim != "sgd" or args.momentum <= 0):
         bad("nesterov", "needs --optim sgd and --momentum > 0")
+
+
+def check(args: argparse.Namespace) -> None:
+    """validate's checks that need no torch (all but the model registry's), raising
+    ConfigError: the workflow plan runs them on every job's flags before any job starts."""
+    def bad(flag: str, msg: str) -> None:
+        raise ConfigError(f"{flag_name(flag)}: {msg}")
+
+    for key, allowed in CHOICES.items():
+        if getattr(args, key) not in allowed:
+            bad(key, f"unknown value {getattr(args, key)!r} (known: {', '.join(allowed)})")
+    positive = ("batch_size", "eval_batch_size", "epochs", "num_hidden", "dim_in_decoder", "target_proj_size",
+                "n_holes")
+    for key in positive:
+        if getattr(args, key) <= 0:
+            bad(key, f"must be positive, got {getattr(args, key)}")
+    for key in ("num_layers", "classes_per_batch", "classes_per_batch_until_epoch",
+                "max_train_examples", "max_test_examples", "threads", "length"):
+        if getattr(args, key) < 0:
+            bad(key, f"must be >= 0, got {getattr(args, key)}")
+    if not 0 <= args.seed < 2**64:  # torch.manual_seed's range, non-negative as numpy's SeedSequence
+        bad("seed", f"must be in [0, 2**64), got {args.seed}")
+    # Training batches of one example are dropped (BatchNorm cannot normalise one):
+    # with one example per batch, or in all, nothing would train.
+    if args.batch_size == 1:
+        bad("batch_size", "must be at least 2: a batch of one example is dropped, so nothing would train")
+    if args.max_train_examples == 1:
+        bad("max_train_examples", "must be 0 (all) or at least 2: a batch of one example is dropped, "
+            "so nothing would train")
     if args.model == "mlp" and args.num_layers == 0:
         bad("num-layers", "mlp needs at least one hidden layer")
+    for key in ("feat_mult", "dropout", "alpha", "beta", "lr", "momentum", "weight_decay", "lr_decay_fact"):
+        if not math.isfinite(getattr(args, key)):
+            bad(key, f"must be a finite number, got {getattr(args, key)}")
+    for key in ("momentum", "weight_decay"):  # torch.optim refuses negative ones, with a traceback
+        if getattr(args, key) < 0:
+            bad(key, f"must be >= 0, got {getattr(args, key)}")
+    if args.lr_decay_fact <= 0:
+        bad("lr_decay_fact", f"must be positive, got {args.lr_decay_fact}")
     if args.feat_mult <= 0:
         bad("feat-mult", f"must be positive, got {args.feat_mult}")
     if args.lr <= 0:
@@ -239,15 +298,19 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         bad("length", "cutout needs a square side > 0")
     if args.save_dir and args.out is not None and Path(args.out) != Path(args.save_dir):
         bad("save-dir", f"is an alias of --out; they name two folders ({args.save_dir!r}, {args.out!r})")
-    if args.out is None:
-        args.out = args.save_dir or DEFAULT_OUT
     for t in args.tag:
         if "=" not in t:
             bad("tag", f"expected KEY=VALUE, got {t!r}")
-    # A password in the URI would be recorded with the config (metrics.json, MLflow
-    # params): it moves to MLflow's own variables here, before anything sees the config.
-    args.mlflow_uri = take_credentials(args.mlflow_uri)
-    return args
+    uri = args.mlflow_uri or ""
+    try:
+        urlsplit(uri)
+    except ValueError as e:
+        bad("mlflow_uri", f"not a valid URI ({e})")
+    if "@" in uri and redact_uri(uri) == uri and uri.split("://")[0] not in ("sqlite", "file"):
+        # user-info that take_credentials cannot take out: it would be recorded as it is
+        bad("mlflow_uri", "has '@' but no scheme://user:password@host form; expected e.g. http://host:port, "
+            "with credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the URI is not "
+            "repeated here: it may hold a password)")
 
 
 def parse_train_args(argv: list[str]) -> argparse.Namespace:

@@ -109,7 +109,7 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
     if state is not None:
         try:
             engine.load_state_dict(state)
-        except (KeyError, ValueError, RuntimeError) as e:   # e.g. written by an older version
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:  # e.g. an older version's
             raise CheckpointError(
                 f"{folder.out}: the checkpoint of epoch {state['epoch']} does not fit this run's {cfg.engine} "
                 f"engine ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "

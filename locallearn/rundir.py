@@ -26,7 +26,7 @@ from .config import config_hash, recipe_dict
 from .environment import environment_info
 from .errors import CheckpointError, ConfigError, ForeignCheckpointError, OutputError, TrackingError
 from .faults import fault
-from .runstate import METRICS, config_diff
+from .runstate import METRICS, config_diff, is_number
 
 CURVE = "curve.png"
 
@@ -47,11 +47,25 @@ def run_tags(cfg) -> dict[str, str]:
     return tags
 
 
+def checkpoint_problem(state: dict, epochs: int, whole_run: bool = True) -> str | None:
+    """What makes a checkpoint of this config unusable for resuming, or None: the fields
+    the run loop reads (a pipeline stage's may have no history: only one stage reports)."""
+    epoch, history = state.get("epoch"), state.get("history")
+    if type(epoch) is not int or not 1 <= epoch <= epochs:
+        return f"epoch is {epoch!r}, not one of 1..{epochs}"
+    if (whole_run or history is not None) and (not isinstance(history, list) or len(history) != epoch):
+        return f"its history does not hold epochs 1..{epoch}"
+    if not is_number(state.get("wall_seconds")):
+        return f"wall_seconds is {state.get('wall_seconds')!r}, not a number"
+    return None
+
+
 class RunFolder:
     def __init__(self, cfg, stage: int | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.config_hash = config_hash(cfg)
+        self.stage = stage
         self.checkpoint = self.out / checkpoint_name(stage)
         self.previous = self.out / checkpoint_name(stage, prev=True)
         self.metrics_path = self.out / METRICS
@@ -123,6 +137,10 @@ class RunFolder:
             old = state.get("config", {}) if isinstance(state, dict) else {}
             raise ForeignCheckpointError(f"{path} belongs to another config ({config_diff(old, recipe_dict(self.cfg))}); "
                                   "refusing to mix runs: use another --out or delete the folder")
+        problem = checkpoint_problem(state, self.cfg.epochs, whole_run=self.stage is None)
+        if problem:
+            raise CheckpointError(f"{path} cannot be resumed ({problem}); use another --out, or delete the "
+                                  "checkpoint to start over")
         return state
 
     def checkpoints(self) -> list[dict]:

@@ -54,6 +54,21 @@ def config_diff(old: dict, new: dict) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) or "unknown difference"
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finished_problem(done: dict) -> str | None:
+    """What makes a metrics.json unusable as a finished run's record, or None."""
+    if not isinstance(done.get("config_hash"), str):
+        return "it has no config_hash"
+    if not is_number(done.get("test_error")):
+        return f"test_error is {done.get('test_error')!r}, not a number"
+    if not isinstance(done.get("history"), list) or done.get("epochs") != len(done["history"]):
+        return "its history does not hold its epochs"
+    return None
+
+
 def _read_json(path: Path) -> dict | None:
     """The JSON object in path, or None if it is torn, empty or not an object."""
     try:
@@ -70,10 +85,10 @@ def run_state(out: str | Path, cfg) -> State:
     metrics = out / METRICS
     if metrics.is_file():
         done = _read_json(metrics)
-        if done is None or not isinstance(done.get("config_hash"), str):
-            # Never torn by us (written atomically): a copy or an edit broke it.
-            raise CheckpointError(f"{metrics} is unreadable or has no config_hash; it is a finished run's "
-                                  "record: restore it, or move the folder away to train again")
+        problem = "not a JSON object" if done is None else finished_problem(done)
+        if problem:   # never torn by us (written atomically): a copy or an edit broke it
+            raise CheckpointError(f"{metrics} is unreadable ({problem}); it is a finished run's record: "
+                                  "restore it, or move the folder away to train again")
         if done["config_hash"] == chash:
             return State(FINISHED, f"{out}: finished (test error {done.get('test_error')}%)", done)
         return State(REPLACE, f"{out} holds a finished run of another recipe "

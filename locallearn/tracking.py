@@ -53,6 +53,7 @@ from .config import NON_RECIPE
 from .credentials import redact_uri, take_credentials
 from .errors import ConfigError, TrackingError
 from .faults import fault
+from .runstate import is_number
 
 RUN_FILE = "mlflow_run.json"
 TAG_OUT_DIR = "locallearn.out_dir"
@@ -334,8 +335,13 @@ def _sqlite_init_lock(uri: str):
     if db is None:
         yield
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as lock, warnings.catch_warnings():
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(db.with_name(db.name + ".lock"), "a")
+    except (OSError, ValueError) as e:   # a folder, not a file (sqlite:////), or not writable
+        raise TrackingError(f"MLflow store {redact_uri(uri)}: cannot create its database file {db} "
+                            f"({_reason(e)})") from None
+    with lock, warnings.catch_warnings():
         warnings.simplefilter("ignore")   # alembic warns about unnamed constraints while migrating
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -507,7 +513,7 @@ def _log_finished_run(client, uri: str, run, metrics: dict, artifacts) -> int:
             writes += len(tags)
     now = _now_ms()
     summary = [_metric(name, metrics[key], now, 0) for key, name in SUMMARY_KEYS.items()
-               if _is_number(metrics.get(key)) and run.data.metrics.get(name) != float(metrics[key])]
+               if is_number(metrics.get(key)) and run.data.metrics.get(name) != float(metrics[key])]
     if summary:
         _call(uri, "log the summary", lambda: client.log_batch(run_id, metrics=summary))
         writes += len(summary)
@@ -639,7 +645,7 @@ def run_times(metrics: dict, path: Path) -> tuple[int | None, int | None]:
     if end is None:
         return None, None
     start = _iso_ms(metrics.get("started_at"))
-    if start is None and _is_number(metrics.get("wall_seconds")):
+    if start is None and is_number(metrics.get("wall_seconds")):
         start = end - int(round(float(metrics["wall_seconds"]) * 1000))
     return (start if start is not None else end), end
 
@@ -736,11 +742,11 @@ def _param_strings(params: dict) -> dict[str, str]:
 
 def _epoch_metrics(entry: dict, timestamp: int) -> list:
     step = int(entry["epoch"])
-    out = [_metric(k, entry[k], timestamp, step) for k in EPOCH_KEYS if _is_number(entry.get(k))]
+    out = [_metric(k, entry[k], timestamp, step) for k in EPOCH_KEYS if is_number(entry.get(k))]
     for layer in entry.get("local") or ():
         k = layer["layer"]
         for src, name in (("loss", f"local_loss_layer{k}"), ("error", f"local_error_layer{k}")):
-            if _is_number(layer.get(src)):
+            if is_number(layer.get(src)):
                 out.append(_metric(name, layer[src], timestamp, step))
     return out
 
@@ -749,10 +755,6 @@ def _metric(key: str, value, timestamp: int, step: int):
     from mlflow.entities import Metric
 
     return Metric(key, float(value), timestamp, step)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _now_ms() -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sys
 
 import pytest
@@ -79,6 +81,24 @@ FLAG_CASES = {
     "unknown-flag": (["--colour", "red"], ["unrecognized arguments: --colour red"]),
     "bad-tag": (["--tag", "cell"], ["--tag", "KEY=VALUE"]),
     "save-dir-and-out-disagree": (["--save-dir", "elsewhere"], ["--save-dir", "alias of --out"]),
+    # shrunk examples of tests/test_bad_input_generated.py's search
+    "zero-holes-named-as-typed": (["--n_holes", "0"], ["--n_holes: must be positive, got 0"]),
+    "zero-eval-batch": (["--eval-batch-size", "0"], ["--eval-batch-size: must be positive, got 0"]),
+    "seed-beyond-64-bits": (["--seed", str(10**30)], ["--seed: must be in [0, 2**64)"]),
+    "negative-seed": (["--seed=-1"], ["--seed: must be in [0, 2**64), got -1"]),
+    "one-training-example": (["--max-train-examples", "1"], ["--max-train-examples: must be 0 (all) or at least 2"]),
+    "batches-of-one": (["--batch-size", "1"], ["--batch-size: must be at least 2"]),
+    "negative-weight-decay": (["--weight-decay", "-1"], ["--weight-decay: must be >= 0, got -1.0"]),
+    "negative-momentum": (["--optim", "sgd", "--momentum", "-0.5"], ["--momentum: must be >= 0"]),
+    "nan-lr": (["--lr", "nan"], ["--lr: must be a finite number, got nan"]),
+    "zero-decay-factor": (["--lr-decay-fact", "0"], ["--lr-decay-fact: must be positive"]),
+    "uri-with-a-broken-host": (["--mlflow-uri", "http://[::1"], ["--mlflow-uri: not a valid URI"]),
+    "uri-user-info-without-a-scheme": (["--mlflow-uri", "user:s3cret@127.0.0.1:5000"],
+                                       ["--mlflow-uri: has '@' but no scheme://user:password@host form"]),
+    "double-dash-as-a-number": (["--batch-size=--"], ["argument --batch-size: expected one argument"]),
+    "double-dash-as-a-name": (["--model=--"], ["argument --model: expected one argument"]),
+    "double-dash-as-milestones": (["--lr-decay-milestones=--"],
+                                  ["argument --lr-decay-milestones: expected at least one argument"]),
 }
 
 
@@ -87,6 +107,11 @@ def test_bad_flag(case, capsys, data, tmp_path):
     extra, needles = FLAG_CASES[case]
     fails(capsys, base(data, tmp_path / "run", *extra), *needles, code=2)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_a_password_outside_the_user_info_is_not_repeated(capsys, data, tmp_path):
+    for uri in ("user:s3cret@127.0.0.1:5000", "http:/user:s3cret@127.0.0.1:5000"):
+        assert "s3cret" not in fails(capsys, base(data, tmp_path / "run", "--mlflow-uri", uri), "--mlflow-uri")
 
 
 def test_cuda_on_a_machine_without_it(capsys, data, tmp_path, monkeypatch):
@@ -205,6 +230,41 @@ def test_cells_row_with_a_bad_value(tmp_path):
     bad = tmp_path / "cells.tsv"
     bad.write_text("\n".join([lines[0], "\t".join(row)]) + "\n")
     with pytest.raises(plan.HarnessError, match="line 2 .*column 'epochs': expected an integer, got 'forever'"):
+        plan.load_cells(bad)
+
+
+def test_workflow_config_errors_are_one_line():
+    with pytest.raises(plan.HarnessError) as e:
+        plan.load_config(overrides={"cells": None, "seeds": "x"})
+    assert "\n" not in str(e.value)
+    assert "config key 'cells': None is not of type 'string'; config key 'seeds'" in str(e.value)
+
+
+def test_quick_budget_the_trainer_refuses_is_refused_before_any_job():
+    """Shrunk example: quick.max_train_examples 1 passed the schema; every quick job failed."""
+    config = plan.load_config(overrides={"quick": {"max_train_examples": 1}})
+    presets = plan.make_presets(config, plan.load_cells(plan.cells_path(config)))
+    assert presets["full"].rows   # the other preset is unaffected
+    with pytest.raises(plan.HarnessError, match=r"quick preset's job for cell fmnist-mlp-\S+ would be refused: "
+                                                r"--max-train-examples: must be 0 \(all\) or at least 2.*"
+                                                r"quick.max_train_examples"):
+        presets["quick"]
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("dropout", "NAN", "--dropout: must be a finite number, got nan"),          # shrunk example
+    ("milestones", "30 20", "--lr-decay-milestones: must be non-negative and strictly increasing"),
+    ("bio", "1", "--bio: --bio trains local heads; it cannot be combined with --backprop"),
+])
+def test_cells_row_the_trainer_would_refuse(tmp_path, column, value, message):
+    """The row's recipe passes the schema but not `locallearn train`: refused before any job."""
+    lines = (REPO / "workflow" / "config" / "cells.tsv").read_text().splitlines()
+    header, row = lines[0].split("\t"), lines[1].split("\t")   # mnist-mlp-backprop
+    row[header.index(column)] = value
+    bad = tmp_path / "cells.tsv"
+    bad.write_text("\n".join([lines[0], "\t".join(row)]) + "\n")
+    with pytest.raises(plan.HarnessError, match="cells.tsv line 2 \\(cell mnist-mlp-backprop\\): locallearn train "
+                                                "refuses the row's recipe: " + re.escape(message)):
         plan.load_cells(bad)
 
 
@@ -338,6 +398,51 @@ def test_divergence_huge_learning_rate(capsys, data, tmp_path):
     assert not (out / "checkpoint.pt").exists()
 
 
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory):
+    """A finished two-epoch run folder, made once: tests change a copy of it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["train", *base(data, out)]) == 0
+    return out
+
+
+# Shrunk examples of tests/test_bad_input_generated.py's search: each crashed the
+# resumed run with a traceback (or resumed it with its epochs counted twice).
+@pytest.mark.parametrize("key, value", [("epoch", False), ("epoch", None), ("history", None),
+                                        ("wall_seconds", None), ("model", None), ("optimizers", None)])
+def test_checkpoint_with_a_field_of_the_wrong_type(capsys, data, tmp_path, finished_run, key, value):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    (out / "metrics.json").unlink()   # as if stopped after the last checkpoint
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state[key] = value
+    torch.save(state, out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    fails(capsys, base(data, out), str(out), "delete the checkpoint to start over")
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("change", [lambda m: m.pop("test_error"), lambda m: m.update(test_error=None),
+                                    lambda m: m.update(epochs=False)], ids=["no-test-error", "null-test-error",
+                                                                            "epochs-false"])
+def test_finished_metrics_json_with_a_field_of_the_wrong_type(capsys, data, tmp_path, finished_run, change):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    change(metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fails(capsys, base(data, out), str(out / "metrics.json"), "unreadable", no_metrics=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_metrics_json_that_is_not_an_object(capsys, data, tmp_path, finished_run):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    (out / "metrics.json").write_text("null")
+    fails(capsys, base(data, out), str(out / "metrics.json"), "not a JSON object", no_metrics=False)
+
+
 def test_unreadable_metrics_json(capsys, data, tmp_path):
     out = tmp_path / "run"
     assert main(["train", *base(data, out, "--epochs", "1")]) == 0
@@ -384,3 +489,10 @@ def test_disk_really_full(capsys, data, tmp_path, tiny_disk):
           "No space left on device", "epoch 2 is kept")
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert not list(out.glob("*.tmp"))  # the temporary file is removed
+
+
+def test_sqlite_uri_naming_a_folder(capsys, data, tmp_path):
+    """Shrunk example of the generated search: sqlite://// (the root folder) crashed
+    with a traceback while the store's lock file was made."""
+    fails(capsys, base(data, tmp_path / "run", "--mlflow-uri", "sqlite:////"),
+          "MLflow store sqlite:////", "cannot create its database file /")

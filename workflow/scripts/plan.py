@@ -33,9 +33,9 @@ if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script,
 # torch-free modules of the package: the DAG imports no torch
 from locallearn import gridcost  # noqa: E402
 from locallearn.cells import recipe_args  # noqa: E402
-from locallearn.config import CHOICES, build_parser  # noqa: E402
+from locallearn.config import CHOICES, build_parser, check  # noqa: E402
 from locallearn.cost import network_cost, stage_count_error  # noqa: E402
-from locallearn.errors import LocallearnError  # noqa: E402
+from locallearn.errors import ConfigError, LocallearnError  # noqa: E402
 from locallearn.runstate import FINISHED, METRICS, run_state  # noqa: E402
 from locallearn.specs import SPECS  # noqa: E402
 
@@ -133,12 +133,12 @@ def validate_config(config: dict) -> dict:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
     if errors:
-        lines = []
+        problems = []   # one line in all: the key and what was expected, for the first five
         for e in errors[:5]:
             where = _path(e)
-            lines.append(f"config key '{where}': {_message(e)}" if where else f"config: {_message(e)}")
-        raise HarnessError("invalid workflow config (workflow/config/config.yaml, --config, --configfile):\n  "
-                           + "\n  ".join(lines))
+            problems.append(f"config key '{where}': {_message(e)}" if where else f"config: {_message(e)}")
+        raise HarnessError("invalid workflow config (workflow/config/config.yaml, --config, --configfile): "
+                           + "; ".join(problems))
     for preset, sel in (("full", config["select"]), ("quick", config["quick"]["select"])):
         if preset == "quick" and not any(sel.values()):
             raise HarnessError("config key 'quick.select': the quick preset must select some cells")
@@ -208,6 +208,9 @@ def load_cells(path: str | Path) -> list[dict]:
             e = errors[0]
             col = _path(e) or (list(e.schema.get("then", {}).get("properties", {})) or ["?"])[0]
             raise HarnessError(f"{where}, column '{col}': {_message(e)}")
+        problem = flags_problem(recipe_args(row))
+        if problem:
+            raise HarnessError(f"{where}: locallearn train refuses the row's recipe: {problem}")
         if row["cell"] in seen:
             raise HarnessError(f"{where}: cell name {row['cell']!r} already used on line {seen[row['cell']]}")
         seen[row["cell"]] = line
@@ -217,6 +220,16 @@ def load_cells(path: str | Path) -> list[dict]:
                                f"slot dataset={slot[0]} network={slot[1]!r} loss={slot[2]}")
         slots[slot] = row["cell"]
     return rows
+
+
+def flags_problem(args: list[str]) -> str | None:
+    """Why `locallearn train <args>` would refuse its flags (the trainer's own checks,
+    those that need no torch), or None: found here, before any job starts."""
+    try:
+        check(build_parser().parse_args(args))
+    except ConfigError as e:
+        return str(e)
+    return None
 
 
 def _typed(text: str, schema: dict, where: str):
@@ -371,11 +384,25 @@ class Preset:
                 raise HarnessError(str(e)) from None
         return self._states[key]
 
+    def check_jobs(self) -> None:
+        """HarnessError unless every job's flags (the row's recipe, this preset's budget
+        and precision, train.extra_args, the largest seed) pass the trainer's checks."""
+        for row in self.rows:
+            problem = flags_problem(self.args(row) + ["--seed", str(max(self.seeds))])
+            if problem:
+                raise HarnessError(f"the {self.name} preset's job for cell {row['cell']} would be refused: "
+                                   f"{problem} (its flags come from cells.tsv and config keys {JOB_KEYS[self.name]})")
+
     def to_train(self, rows: list[dict] | None = None) -> list[str]:
         """metrics.json of the selected runs that are not finished: the only runs the
         workflow schedules (finished ones are read, never rebuilt)."""
         return [self.metrics(r["cell"], s) for r in (rows or self.rows) for s in self.seeds
                 if self.state(r, s) != FINISHED]
+
+
+# The config keys that add flags to a preset's jobs (Preset.args), for messages.
+JOB_KEYS = {"full": "seeds, train.precision, train.extra_args",
+            "quick": "quick.seeds, quick.epochs, quick.max_train_examples, quick.max_test_examples, quick.precision"}
 
 
 class Presets(dict):
@@ -423,6 +450,7 @@ def make_presets(config: dict, rows: list[dict]) -> Presets:
         max_test_examples=0, device=train["device"], threads=train["threads"], gpu=train["gpu"],
         precision=train.get("precision", "fp32"),
         experiment=config["mlflow"]["experiment"], readme=config["readme"], extra_args=train["extra_args"])
+    full.check_jobs()
     presets, errors = {"full": full}, {}
     try:
         qrows = select_cells(rows, quick["select"], "quick.select")
@@ -439,6 +467,10 @@ def make_presets(config: dict, rows: list[dict]) -> Presets:
         threads=quick["threads"], gpu=quick["gpu"], precision=quick.get("precision", "fp32"),
         experiment=quick["experiment"],
         readme=f"{res}/quick/README.md")
+    try:
+        presets["quick"].check_jobs()
+    except HarnessError as e:
+        errors["quick"] = e
     return Presets(presets, errors)
 
 
