@@ -55,7 +55,8 @@ def own_and_train(cfg, argv: list[str]) -> dict:
     if state.what == runstate.RESUME and state.recorded is None and not cfg.resume:
         verify_unrecorded_checkpoint(folder, argv)
     with train_log(folder.out / runstate.TRAIN_LOG, argv):
-        runstate.write_start_record(folder.out, cfg, argv)
+        if state.what != runstate.RESUME or state.recorded is None:   # a resumed run keeps its own
+            runstate.write_start_record(folder.out, cfg, argv)
         fault("kill-after-start-record", 0)
         if cfg.pipeline_stages != 1:
             from .host import lease_devices

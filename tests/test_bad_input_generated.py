@@ -87,8 +87,10 @@ def refusal_line(rc: int, err: str) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under folder, by relative path: what must stay byte-identical."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under folder, by relative path: what must stay byte-identical. Not
+    train.log, which each attempt appends to by design (its header and why it stopped)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "train.log"}
 
 
 def ascii_text(max_size: int = 8):
@@ -583,7 +585,8 @@ def corrupt_run_folder(out: Path, change: tuple) -> None:
 @given(change=run_folder_changes())
 def test_generated_run_folder_files(data, finished, change):
     """A finished run's metrics.json, or an unfinished run's checkpoint, corrupted; then
-    the same command again. metrics.json: the run stays finished, its files untouched.
+    the same command again. metrics.json: the run stays finished, its files untouched, or
+    (naming another recipe) is moved aside whole and this recipe trains.
     The checkpoint: refused with the files untouched, or the run finishes correctly."""
     target = change[0]
     with tempfile.TemporaryDirectory(prefix="fuzz-folder-") as tmp:
@@ -599,9 +602,13 @@ def test_generated_run_folder_files(data, finished, change):
             line = refusal_line(rc, err)
             assert str(out) in line, line
             assert snapshot(out) == before
-        elif target == "metrics.json":
+        elif target == "metrics.json" and not list(Path(tmp).glob("run.replaced-*")):
             assert snapshot(out) == before   # finished: read, never rewritten
         else:
+            # a metrics.json that names another recipe: the folder was moved aside whole
+            # (runstate.set_aside), byte for byte, and this recipe trained anew
+            for aside in Path(tmp).glob("run.replaced-*"):
+                assert {k: v for k, v in snapshot(aside).items() if k != "replaced.json"} == before
             metrics = json.loads((out / "metrics.json").read_text())
             assert metrics["config_hash"] == config_hash(parse_train_args(tiny(data, out, "--epochs", "2")[1:]))
             assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["epochs"] == 2
