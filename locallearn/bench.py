@@ -139,13 +139,13 @@ def _pipeline_path(cfg, stages: int, flops_per_epoch: float) -> dict:
     epoch's training seconds (the slowest stage) and every stage's waits."""
     import tempfile
 
-    from .pipeline import run_pipeline
+    from .train import run
     c = copy.copy(cfg)
     c.pipeline_stages, c.stage_devices, c.mlflow_uri = stages, None, ""
     c.threads = max(1, (cfg.threads or os.cpu_count() or 1) // stages)
     with tempfile.TemporaryDirectory(prefix="locallearn-bench-") as out:
         c.out = out
-        m = run_pipeline(c)
+        m = run(c)   # the owner of the folder launches the stages (torchrun)
     best = min(m["history"], key=lambda e: e["epoch_seconds"])
     s = best["epoch_seconds"]
     return {"path": f"pipeline-{stages}", "seconds_per_epoch": s, "images_per_second": best["images_per_second"],
