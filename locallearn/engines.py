@@ -231,6 +231,28 @@ class FusedEngine(Engine):
         return logits, ce, [loss.detach() for loss in local_losses], stats
 
 
+def forward_local_backward(model, x, y, y_onehot, after_local, retain_graph: bool = False):
+    """The forward of the per-block schemes (the authors' code, and AugLocal's): each
+    block's local loss goes backward as soon as it is computed, then `after_local(block,
+    out)` gives what goes on to the next block (an engine's step and detach). Returns
+    (logits, cross-entropy, local losses, stats); the output loss is the caller's."""
+    image, local_losses, stats = x, [], []
+    for m in model.layers:
+        if not isinstance(m, Block):
+            x = m(x)
+            continue
+        h, out = m(x)
+        if m.head is not None:
+            loss, st = m.head(h, x, y, y_onehot, image=image)
+            loss.backward(retain_graph=retain_graph)
+            local_losses.append(loss.detach())
+            stats.append(st)
+            out = after_local(m, out)
+        x = out
+    logits = model.output(x)
+    return logits, F.cross_entropy(logits.float(), y), local_losses, stats
+
+
 class ReferenceEngine(Engine):
     """The reference scheme (the authors' scheme, reimplemented): each block's optimizer
     steps inside the forward pass."""
@@ -250,27 +272,17 @@ class ReferenceEngine(Engine):
         cfg = self.cfg
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        local_losses, stats = [], []
-        image = x
+
+        def step_block(m, out):   # the block's own optimizer steps, then its output is cut off
+            if cfg.no_detach:
+                return out
+            opt = self.optimizers[f"block{m.index}"]
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return out.detach()
         with autocast():
-            for m in self.model.layers:
-                if not isinstance(m, Block):
-                    x = m(x)
-                    continue
-                h, out = m(x)
-                if m.head is not None:
-                    loss, st = m.head(h, x, y, y_onehot, image=image)
-                    loss.backward(retain_graph=cfg.no_detach)
-                    local_losses.append(loss.detach())
-                    stats.append(st)
-                    if not cfg.no_detach:
-                        opt = self.optimizers[f"block{m.index}"]
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                        out = out.detach()
-                x = out
-            logits = self.model.output(x)
-            ce = F.cross_entropy(logits.float(), y)
+            logits, ce, local_losses, stats = forward_local_backward(
+                self.model, x, y, y_onehot, step_block, retain_graph=cfg.no_detach)
         (ce * output_scale(cfg)).backward()
         self.optimizers["global"].step()
         if cfg.no_detach:
@@ -295,22 +307,9 @@ class ModulewiseEngine(Engine):
     def step(self, x, y, y_onehot, autocast):
         opt = self.optimizers["all"]
         opt.zero_grad(set_to_none=True)
-        image, local_losses, stats = x, [], []
         with autocast():
-            for m in self.model.layers:
-                if not isinstance(m, Block):
-                    x = m(x)
-                    continue
-                h, out = m(x)
-                if m.head is not None:
-                    loss, st = m.head(h, x, y, y_onehot, image=image)
-                    loss.backward()
-                    local_losses.append(loss.detach())
-                    stats.append(st)
-                    out = out.detach()
-                x = out
-            logits = self.model.output(x)
-            ce = F.cross_entropy(logits.float(), y)
+            logits, ce, local_losses, stats = forward_local_backward(
+                self.model, x, y, y_onehot, lambda m, out: out.detach())
         (ce * output_scale(self.cfg)).backward()
         opt.step()
         return logits, ce, local_losses, stats
