@@ -226,7 +226,7 @@ def flags_problem(args: list[str]) -> str | None:
     """Why `locallearn train <args>` would refuse its flags (the trainer's own checks,
     those that need no torch), or None: found here, before any job starts."""
     try:
-        check(build_parser().parse_args(args))
+        check(train_config(args))
     except ConfigError as e:
         return str(e)
     return None
@@ -282,7 +282,7 @@ def select_cells(rows: list[dict], select: dict, key: str = "select") -> list[di
 
 def recipe(row: dict):
     """A row's training config, as `locallearn train` parses its flags (no torch)."""
-    return build_parser().parse_args(recipe_args(row))
+    return train_config(recipe_args(row))
 
 
 def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
