@@ -38,10 +38,10 @@ def _run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _tables(workdir: Path) -> dict[str, str]:
-    """The compiled tables, each cell's wall time (the summary's last column, the only
-    thing a kill and resume may change) masked."""
+    """The compiled tables, each cell's wall time (the summary's "Wall time per seed"
+    column, the only thing a kill and resume may change) masked."""
     tables = workdir / "results" / "quick" / "tables"
-    wall = re.compile(r"\| (\d+ s|[\d.]+ min|[\d.]+ h) +\|$", re.M)
+    wall = re.compile(r"\| (\d+ s|[\d.]+ min|[\d.]+ h) +\|")
     return {p.name: wall.sub("| <wall> |", p.read_text()) for p in sorted(tables.glob("*.md"))}
 
 
