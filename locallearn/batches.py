@@ -147,7 +147,8 @@ def _fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
 
 def load_splits(cfg, device: torch.device):
     """(train, test, spec) for the run's dataset, with the recipe's augmentation."""
-    from .datasets import SPECS, load_split, resolve_data_dir
+    from .datasets import SPECS, load_split
+    from .layout import resolve_data_dir
 
     spec = SPECS[cfg.dataset]
     data_dir = resolve_data_dir(cfg.data_dir)

@@ -1,9 +1,9 @@
-"""`locallearn bench`: time epochs of one recipe on several training paths, in one run;
-`locallearn bench --grid`: time every distinct network x loss of cells.tsv (below).
+"""`locallearn bench`: time epochs of one recipe on several training paths, in one run.
+(`locallearn bench --grid`, the grid's cost, is gridbench.py.)
 
 Paths (each trains from the same initial weights for --epochs, then evaluates):
   reference-pil   the reference scheme: our reimplementation of the authors' training
-                  scheme (train.ReferenceEngine: per-block optimizers stepping inside
+                  scheme (engines.ReferenceEngine: per-block optimizers stepping inside
                   the forward pass), fed as theirs is, by a torchvision per-sample PIL
                   transform DataLoader; not the authors' code
   fused           all losses summed, one backward, one fused step, batches augmented
@@ -24,29 +24,17 @@ adds of forward and backward, local heads included, as cost.py counts them, whic
 what torch's FlopCounterMode counts (tests/test_cost.py): 2 FLOP per multiply-add) and
 the test error after the timed epochs. Ratios are taken within one run, so a noisy
 machine affects all paths alike.
-
---grid times, for each distinct network x loss x input shape of cells.tsv
-(gridcost.step_key), --steps training steps of its recipe (after as many warm-up steps)
-and a batch of test images on synthetic inputs of its dataset's shape, with its
-augmentation, on the device at hand in --precision; it writes seconds per epoch and
-device hours per cell and in all to <results>/grid-cost/<cuda|cpu>-<precision>.json
-(gridcost.py; the workflow's `runtime` resource reads it) and prints the README table.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import fnmatch
-import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import gridcost, precision
+from . import precision
 from .config import build_parser, validate
 from .cost import network_cost
 from .errors import ConfigError
@@ -84,10 +72,9 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
     from .batches import DeviceSplit, load_splits
     from .datasets import SPECS
     from .engines import ENGINES, evaluate, make_model, train_epoch
-    from .host import configure_host, resolve_device
+    from .host import prepare
 
-    device = resolve_device(cfg)
-    configure_host(cfg.threads)
+    device = prepare(cfg, cfg.threads)
     if synthetic:  # right shapes, random pixels: for speed on machines without the data
         spec = SPECS[cfg.dataset]
         n = cfg.max_train_examples or spec.train_size
@@ -163,13 +150,9 @@ def _reference_epoch(cfg, engine, loader, device, autocast, epoch):
 
 
 def cli_bench(argv: list[str]) -> int:
-    if "--grid" in argv:  # its own flags: cli_grid
-        return cli_grid([a for a in argv if a != "--grid"])
     p = build_parser("locallearn bench", __doc__)
     p.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=PATHS, help="the paths to time")
     p.add_argument("--synthetic", action="store_true", help="random inputs of the dataset's shape")
-    p.add_argument("--grid", action="store_true",
-                   help="time every distinct network x loss of cells.tsv instead (locallearn bench --grid --help)")
     epochs = next(a for a in p._actions if a.dest == "epochs")
     epochs.default, epochs.help = 1, "epochs each path trains; the fastest one is reported"
     args = p.parse_args(argv)
@@ -207,143 +190,4 @@ def cli_bench(argv: list[str]) -> int:
         for k, ((a, b), w) in enumerate(zip(r["bounds"], r["stage_waits"])):
             print(f"#   stage {k} (layers {a}..{b - 1}): waits {w['recv']:.2f} s for input, "
                   f"{w['send']:.2f} s for sends; busy {100 * (1 - (w['recv'] + w['send']) / s):.0f}% of the epoch")
-    return 0
-
-
-# ================================================================================= grid
-def time_recipe(cfg, spec, device, steps: int) -> dict:
-    """Seconds per training step and per test image of `cfg`'s recipe on `device`, on
-    synthetic uint8 inputs of `spec`'s shape with the recipe's augmentation, through the
-    real epoch loop (train.train_epoch): one epoch of `steps` steps warms up (allocator,
-    cuDNN, the CUDA graph capture), the next is timed; one test batch warms up, the
-    next is timed."""
-    from .batches import Augment, DeviceSplit
-    from .engines import ENGINES, evaluate, make_model, train_epoch
-
-    precision.apply(cfg.precision)
-    autocast = precision.autocast(cfg.precision, device)
-    model = make_model(cfg, spec, device)
-    engine = ENGINES["fused"](cfg, model, device)
-    engine.set_lr(cfg.lr)
-    g = torch.Generator().manual_seed(0)
-
-    def split(n, augment=None):
-        imgs = torch.randint(0, 256, (n, spec.channels, spec.size, spec.size), dtype=torch.uint8, generator=g)
-        return DeviceSplit(imgs, torch.randint(0, spec.num_classes, (n,), generator=g), spec, device, augment)
-
-    train = split(steps * cfg.batch_size, Augment(crop_padding=spec.crop_padding, hflip=spec.hflip,
-                                                  cutout_length=cfg.length if cfg.cutout else 0,
-                                                  n_holes=cfg.n_holes))
-    test = split(cfg.eval_batch_size)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    seconds = []
-    for epoch in (1, 2):
-        sync()
-        t0 = time.perf_counter()
-        train_epoch(cfg, engine, train, epoch, autocast)
-        sync()
-        seconds.append(time.perf_counter() - t0)
-    evals = []
-    for _ in range(2):
-        t0 = time.perf_counter()
-        evaluate(cfg, engine, test, autocast)  # reads its results: synchronised
-        evals.append(time.perf_counter() - t0)
-    return {"seconds_per_step": seconds[1] / steps, "seconds_per_test_image": evals[1] / test.n}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
-    except OSError:
-        model = ""
-    return f"CPU {model or platform.processor() or 'unknown'}, {torch.get_num_threads()} thread(s)"
-
-
-def grid_bench(rows: list[dict], *, steps: int, prec: str, device_flags: list[str], scale: float = 1.0,
-               limit: int = 0, log=print) -> dict:
-    """The grid-cost table (gridcost.py) of `rows`: each distinct step_key timed once,
-    with the first of its rows' recipe."""
-    from .cells import recipe_args
-    from .specs import SPECS
-    from .host import resolve_device
-
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(gridcost.step_key(r), []).append(r)
-    keys = list(groups)[:limit] if limit else list(groups)
-    device, batch = None, 128
-    cells = {}
-    for i, key in enumerate(keys, 1):
-        first = groups[key][0]
-        cfg = validate(build_parser().parse_args(recipe_args(first) + ["--precision", prec, *device_flags]))
-        if scale != 1:  # shrunken networks: for testing the command, never for runtimes
-            cfg.feat_mult *= scale
-            cfg.num_hidden = max(1, round(cfg.num_hidden * scale))
-        device, batch = device or resolve_device(cfg), cfg.batch_size
-        spec = SPECS[cfg.dataset]
-        timing = time_recipe(cfg, spec, device, steps)
-        for r in groups[key]:
-            entry = {"timed_as": first["cell"], **timing}
-            entry["seconds_per_epoch"] = gridcost.epoch_seconds(entry, SPECS[r["dataset"]].train_size,
-                                                                SPECS[r["dataset"]].test_size, cfg.batch_size)
-            entry["epochs"] = int(r["epochs"])
-            entry["hours"] = entry["epochs"] * entry["seconds_per_epoch"] / 3600
-            cells[r["cell"]] = entry
-        log(f"[{i}/{len(keys)}] {first['cell']} (+{len(groups[key]) - 1} alike): "
-            f"{timing['seconds_per_step'] * 1000:.2f} ms/step, "
-            f"{cells[first['cell']]['seconds_per_epoch']:.1f} s/epoch, {cells[first['cell']]['hours']:.2f} h")
-    device = device or torch.device("cpu")
-    return {"device": device_name(device), "device_kind": device.type, "torch": torch.__version__,
-            "precision": prec, "flags": device_flags, "date": time.strftime("%Y-%m-%d", time.gmtime()), "steps": steps,
-            "batch_size": batch, "scale": scale, "networks_timed": len(keys), "networks": len(groups),
-            "cells": cells, "total_hours": sum(e["hours"] for e in cells.values())}
-
-
-def cli_grid(argv: list[str]) -> int:
-    from .atomic import atomic_write_text
-    from .cells import read_cells
-
-    from .helpformat import HelpFormatter
-    p = argparse.ArgumentParser(prog="locallearn bench --grid", formatter_class=HelpFormatter,
-                                description="Time every distinct network x loss of cells.tsv; write the grid cost "
-                                            "(seconds per epoch, hours per cell and in all).")
-    # the workflow's grid, from the working directory (the repository root), as cli.py's
-    # defaults for `locallearn tables`: the package itself never reads workflow/
-    p.add_argument("--cells", default="workflow/config/cells.tsv", help="the grid")
-    p.add_argument("--steps", type=int, default=30, help="timed training steps per network (as many warm up)")
-    p.add_argument("--precision", default="fp32", choices=precision.PRECISIONS, help="as locallearn train")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
-    p.add_argument("--select", nargs="+", default=[], metavar="GLOB", help="only cells matching these names")
-    p.add_argument("--limit", type=int, default=0, help="time only the first N distinct networks (0: all)")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="multiply feat_mult and num_hidden (a quick test of the command; such a table "
-                        "is never used for runtimes)")
-    p.add_argument("--channels-last", action="store_true", help="as locallearn train (kernels.py)")
-    p.add_argument("--cudnn-benchmark", action="store_true", help="as locallearn train (kernels.py)")
-    p.add_argument("--results", default="results", help="writes <results>/grid-cost/<device>-<precision>.json")
-    p.add_argument("--out", default=None, help="write the table here instead")
-    args = p.parse_args(argv)
-    if args.steps < 1:
-        raise ConfigError(f"--steps: must be >= 1, got {args.steps}")
-    rows = read_cells(args.cells)
-    if args.select:
-        rows = [r for r in rows if any(fnmatch.fnmatchcase(r["cell"], g) for g in args.select)]
-        if not rows:
-            raise ConfigError(f"--select {' '.join(args.select)}: matches no cell of {args.cells}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    flags = ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
-    flags += [f for f, on in (("--channels-last", args.channels_last), ("--cudnn-benchmark", args.cudnn_benchmark))
-              if on]
-    table = grid_bench(rows, steps=args.steps, prec=args.precision, device_flags=flags, scale=args.scale,
-                       limit=args.limit)
-    out = args.out or gridcost.table_path(args.results, table["device_kind"], args.precision)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(out), json.dumps(table, indent=1) + "\n")
-    print(f"# wrote {out}" + (f" (scale {args.scale}: a test, not used for runtimes)" if args.scale != 1 else ""))
-    print(gridcost.markdown(table, rows), end="")
     return 0

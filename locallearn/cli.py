@@ -20,7 +20,8 @@ locallearn {__version__}: training neural networks with local error signals.
 commands:
   train      train one run (the reference's train.py flags, plus --out, --data-dir, ...)
   describe   print a run's network as JSON (parameter counts, decoder pooling) without training
-  bench      time epochs of a recipe: fused engine vs the reference engine with a PIL DataLoader
+  bench      time epochs of a recipe: fused engine vs the reference engine with a PIL DataLoader;
+             bench --grid: time every distinct network x loss of cells.tsv (the grid's cost)
   data       data prepare DATASET... [--data-dir D] [--download] [--source DIR]
   tracking   tracking init --uri URI --experiment NAME (create the MLflow experiment once);
              tracking sync RESULTS (mirror a preset's finished runs into its MLflow store)
@@ -80,7 +81,8 @@ def cmd_describe(argv: list[str]) -> int:
 def cmd_data(argv: list[str]) -> int:
     from pathlib import Path
 
-    from .datasets import SPECS, prepare, resolve_data_dir
+    from .datasets import SPECS, prepare
+    from .layout import resolve_data_dir
     from .helpformat import HelpFormatter
     p = argparse.ArgumentParser(
         prog="locallearn data", formatter_class=HelpFormatter,
@@ -107,9 +109,64 @@ def cmd_data(argv: list[str]) -> int:
 
 
 
+def tracking_init(argv: list[str]) -> int:
+    """`locallearn tracking init`: create the store and the experiment once, before the
+    jobs start, so they never race to create either."""
+    from . import mlstore
+    from .atomic import atomic_write_json
+    from .helpformat import HelpFormatter
+    p = argparse.ArgumentParser(prog="locallearn tracking init", formatter_class=HelpFormatter,
+                                description="Create the MLflow store and experiment once, before "
+                                            "parallel jobs start, so they never race to create either.")
+    p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--experiment", default="locallearn", help="experiment name")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="write the (credential-free) URI and experiment to FILE (JSON; the workflow's mark)")
+    args = p.parse_args(argv)
+    uri = mlstore.resolve_uri(args.uri)
+    if uri is None:
+        raise ConfigError("--uri: no tracking URI given and MLFLOW_TRACKING_URI is not set")
+    exp_id = mlstore.ensure_experiment(uri, args.experiment)
+    print(f"MLflow experiment {args.experiment!r} (id {exp_id}) ready at {uri}")
+    if args.record:
+        atomic_write_json(args.record, {"uri": uri, "experiment": args.experiment, "experiment_id": exp_id})
+    return 0
+
+
+def tracking_sync(argv: list[str]) -> int:
+    """`locallearn tracking sync RESULTS`: mirror a preset's finished runs into MLflow."""
+    from .credentials import take_credentials
+    from .helpformat import HelpFormatter
+    from .layout import default_store, runs_dir
+    p = argparse.ArgumentParser(prog="locallearn tracking sync", formatter_class=HelpFormatter,
+                                description="Mirror every finished run folder of a preset (runs/*/seed*/"
+                                            "metrics.json) into its MLflow store: one run per cell x seed, "
+                                            "a run logged live continued, nothing written twice.")
+    p.add_argument("results", help="a preset's results folder (holds runs/), e.g. results/full")
+    p.add_argument("--uri", default=None, help="tracking URI (default: sqlite:///RESULTS/mlflow.db)")
+    p.add_argument("--experiment", default="locallearn", help="experiment name")
+    args = p.parse_args(argv)
+    if not runs_dir(args.results).is_dir():
+        raise ConfigError(f"{args.results}: no runs/ folder (expected a preset's results folder, e.g. results/full)")
+    uri = take_credentials(args.uri) or default_store(args.results)
+    sync_and_print(args.results, uri, args.experiment)
+    return 0
+
+
+def sync_and_print(results: str, uri: str, experiment: str) -> None:
+    """Mirror the preset's finished runs into the store (tracking.sync_results); say what
+    changed and how to browse it."""
+    from . import mlstore
+    from .tracking import sync_results
+    done = sync_results(results, uri, experiment)
+    counts = {a: sum(v == a for v in done.values()) for a in ("created", "updated", "unchanged")}
+    print(f"MLflow experiment {experiment!r} at {uri}: {len(done)} finished runs "
+          f"({', '.join(f'{n} {a}' for a, n in counts.items())})")
+    print(mlstore.browse_hint(uri, experiment))
+
+
 def cmd_tracking(argv: list[str]) -> int:
-    from .tracking import cli_init, cli_sync
-    actions = {"init": cli_init, "sync": cli_sync}
+    actions = {"init": tracking_init, "sync": tracking_sync}
     if argv[:1] and argv[0] in actions:
         return actions[argv[0]](argv[1:])
     if argv[:1] in (["-h"], ["--help"]):
@@ -216,20 +273,14 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
 def mirror_results(results: str, uri: str | None, experiment: str) -> None:
     """The finished runs, browsable in MLflow (a fresh clone has only their metrics.json).
     A store that is down only warns: the tables are made."""
-    from pathlib import Path
-
-    from .credentials import take_credentials
+    from . import mlstore
     from .errors import TrackingError
-    from .tracking import browse_hint, resolve_uri, sync_results
-    uri = take_credentials(resolve_uri(uri)) or "sqlite:///" + str(Path(results, "mlflow.db").resolve())
+    from .layout import default_store
+    uri = mlstore.resolve_uri(uri) or default_store(results)
     try:
-        done = sync_results(results, uri, experiment)
+        sync_and_print(results, uri, experiment)
     except TrackingError as e:
         print(f"locallearn: warning: MLflow not synced: {e}", file=sys.stderr)
-        return
-    changed = sum(v != "unchanged" for v in done.values())
-    print(f"MLflow {uri}: {len(done)} finished runs, {changed} created or updated")
-    print(browse_hint(uri, experiment))
 
 
 def cmd_report(argv: list[str]) -> int:
@@ -282,8 +333,16 @@ def cmd_tables(argv: list[str]) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
+    """`bench` compares training paths of one recipe (bench.py); `bench --grid` measures
+    the grid's cost (gridbench.py), with flags of its own."""
+    which = argparse.ArgumentParser(add_help=False)
+    which.add_argument("--grid", action="store_true")
+    known, rest = which.parse_known_args(argv)
+    if known.grid:
+        from .gridbench import cli_grid_bench
+        return cli_grid_bench(rest)
     from .bench import cli_bench
-    return cli_bench(argv)
+    return cli_bench(rest)
 
 
 class Terminated(KeyboardInterrupt):

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from .credentials import redact_uri, take_credentials
 from .helpformat import HelpFormatter
-from .specs import SPECS
+from .specs import MODEL_NAMES, RESNET_BLOCKS, SPECS
 
 MODELS_HELP = "mlp, vgg6a, vgg6b, vgg8, vgg8a, vgg8b, vgg11, vgg11b, vgg13, vgg16, vgg19, resnet32, resnet110"
 METHODS_HELP = "paper | dgl | infopro | auglocal (docs/methods.md)"
@@ -181,6 +181,10 @@ def build_parser(prog: str = "locallearn train", description: str = TRAIN_DESCRI
     return p
 
 
+# The methods registry's names (methods/__init__.py, which imports torch; tests/test_methods.py
+# keeps the two equal).
+METHOD_NAMES = ("paper", "dgl", "infopro", "auglocal")
+
 CHOICES = {
     "nonlin": ("relu", "leakyrelu"),
     "loss_sup": ("pred", "sim", "predsim"),
@@ -202,14 +206,10 @@ def flag_name(dest: str) -> str:
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Reject values that cannot run, with a message that names the flag; then settle
     --out and take the credentials out of --mlflow-uri."""
-    from .methods import METHODS
-    from .models import MODELS  # the registry decides which model names exist
-    from .resnet import DEPTHS
-
-    if args.model not in MODELS:
-        raise ConfigError(f"--model: unknown model {args.model!r} (known: {', '.join(sorted(MODELS))})")
+    if args.model not in MODEL_NAMES:
+        raise ConfigError(f"--model: unknown model {args.model!r} (known: {', '.join(sorted(MODEL_NAMES))})")
     check(args)
-    check_method(args, METHODS, DEPTHS)
+    check_method(args, METHOD_NAMES, RESNET_BLOCKS)
     if args.out is None:
         args.out = args.save_dir or DEFAULT_OUT
     # A password in the URI would be recorded with the config (metrics.json, MLflow
@@ -219,7 +219,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def check_method(args: argparse.Namespace, methods, depths) -> None:
-    """The method and the network fit together (the registries come in: they import torch)."""
+    """The method and the network fit together (`methods`: the method names, `depths`: the ResNets')."""
     def bad(flag: str, msg: str) -> None:
         raise ConfigError(f"{flag_name(flag)}: {msg}")
     if args.method not in methods:

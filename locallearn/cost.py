@@ -90,7 +90,7 @@ def decoder_pooling(channels: int, side: int, dim_in_decoder: int):
 
 # -------------------------------------------------------------------- local heads
 def _sim_width(shape: tuple[int, ...], use_std: bool) -> int:
-    """Columns of the rows local.similarity_matrix multiplies (channel stds or flat)."""
+    """Columns of the rows local_losses.similarity_matrix multiplies (channel stds or flat)."""
     if len(shape) == 3 and use_std and shape[0] > 3 and shape[1] > 1:
         return shape[0]
     return math.prod(shape)
@@ -98,7 +98,7 @@ def _sim_width(shape: tuple[int, ...], use_std: bool) -> int:
 
 def _heads(cfg, in_shape, out_shape, layer_macs: float, first: bool, classes: int) -> tuple[float, float]:
     """(forward, forward + backward) MACs per example of one block's LocalHead
-    (local.LocalHead.forward), h of shape out_shape, block input of in_shape."""
+    (local_losses.LocalHead.forward), h of shape out_shape, block input of in_shape."""
     if cfg.backprop:
         return 0.0, 0.0
     conv = len(out_shape) == 3

@@ -59,10 +59,6 @@ from .errors import ConfigError, DatasetError
 from .specs import SPECS, DatasetSpec  # noqa: F401  (re-exported: the dataset layer's names)
 
 
-def resolve_data_dir(flag: str | None) -> Path:
-    """The data dir: the flag, else $LOCALLEARN_DATA, else ./data (absolute, for messages)."""
-    chosen = flag or os.environ.get("LOCALLEARN_DATA") or "data"
-    return Path(chosen).expanduser().absolute()
 
 
 # --------------------------------------------------------------------------- layout

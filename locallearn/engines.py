@@ -20,6 +20,7 @@ and evaluate return sums, turned into a history entry by fit.history_entry.
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels, precision
@@ -28,9 +29,21 @@ from .models import Block, LocalNet, build_model, forward_layers
 from .sampler import classes_per_batch_at
 
 
+def initial_model(cfg, spec) -> LocalNet:
+    """The whole network with its initial weights, on the CPU: a function of the seed
+    alone, so that a sequential run and every pipeline stage start from the same ones."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg, spec.channels, spec.size, spec.num_classes)
+
+
+def place(cfg, model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` (a network, or a pipeline stage's layers) on `device`, with the kernel
+    flags (--channels-last, --cudnn-benchmark) applied: the one way a model reaches its device."""
+    return kernels.configure(cfg, model.to(device))
+
+
 def make_model(cfg, spec, device: torch.device) -> LocalNet:
-    torch.manual_seed(cfg.seed)  # initial weights: a function of the seed alone
-    return kernels.configure(cfg, build_model(cfg, spec.channels, spec.size, spec.num_classes).to(device))
+    return place(cfg, initial_model(cfg, spec), device)
 
 
 def make_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:

@@ -81,6 +81,13 @@ def plot_curves(curves: dict[str, list[dict]], path: str | Path, title: str,
     return _save(fig, path)
 
 
+def draw_run_curve(path: str | Path, metrics: dict) -> Path:
+    """A run folder's curve.png: its own history (metrics.json-shaped), titled with its
+    run name. The trainer draws it at the end of a run, a mirror where it is missing."""
+    return plot_curves({f"seed {metrics.get('seed', '?')}": metrics.get("history") or []}, path,
+                       title=str(metrics.get("run_name") or Path(path).parent.name))
+
+
 def plot_cell(runs: list[dict], path: str | Path, row: dict) -> Path:
     """The curves of every seed of one cell (`runs`: metrics.json dicts)."""
     from .cells import published_error

@@ -17,10 +17,11 @@ import torch
 
 from . import precision
 from .engines import evaluate, no_progress, output_scale, train_epoch
-from .environment import describe, environment_info, peak_memory_bytes
+from .environment import describe, git_revision, peak_memory_bytes
 from .errors import CheckpointError, DivergenceError
 from .faults import fault
-from .rundir import run_tags
+from .figures import draw_run_curve
+from .tracking import complete_run, open_run, run_tags
 
 
 WARMUP_EPOCHS, WARMUP_START = 10, 0.01   # AugLocal's train.py, adjust_learning_rate
@@ -120,7 +121,7 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
             print(f"{folder.out}: resuming after epoch {state['epoch']} of {cfg.epochs}", flush=True)
 
     env = describe(device, torch.get_num_threads(), cfg.precision)   # metrics.json and MLflow's env.* tags
-    tracker = folder.open_tracker(env) if reports else None
+    tracker = open_run(cfg, folder.out, folder.run_name, env) if reports else None
     if tracker is not None:
         tracker.log_history(history)
     precision_used = precision.apply(cfg.precision)  # this process's TF32 switches (every stage's)
@@ -166,16 +167,20 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
             "test_error": history[-1]["test_error"], "train_error": history[-1]["train_error"],
             "epochs": len(history), "history": history,
             "params_backprop": params_backprop, "params_total": params_total,
-            "seed": cfg.seed, "config": vars(cfg), "config_hash": folder.config_hash, **environment_info(),
+            "seed": cfg.seed, "config": vars(cfg), "config_hash": folder.config_hash, "git_revision": git_revision(),
             "device": str(device), "environment": env, "precision": precision_used, "peak_memory_bytes": max(memory),
             "wall_seconds": wall_before + time.perf_counter() - t_start,
             "started_at": utc_iso(started_at), "finished_at": utc_iso(time.time()),   # MLflow's run times
             "run_name": folder.run_name, "tags": run_tags(cfg), **engine.run_info(),
         }
+        try:
+            draw_run_curve(folder.curve, metrics)
+        except Exception as e:  # a figure is a convenience; never lose a finished run over one
+            print(f"locallearn: warning: could not draw {folder.curve}: {e}", file=sys.stderr)
         folder.write_metrics(metrics)
     except BaseException as e:
         if tracker is not None:
-            tracker.finish("FAILED", {"error": str(e) or type(e).__name__})
+            tracker.fail(str(e) or type(e).__name__)
         raise
-    folder.finish_tracking(tracker, metrics)
+    complete_run(tracker)
     return metrics

@@ -8,9 +8,9 @@ The kernel drops a flock when the process exits for any reason (even SIGKILL or 
 out-of-memory kill), so a dead job never keeps a GPU. The chosen GPU is written
 into CUDA_VISIBLE_DEVICES before CUDA initialises, so the job sees it as cuda:0.
 
-    lease = lease_gpu()            # None on a machine without GPUs
-    ...                            # torch.cuda now sees exactly one GPU
-    lease.release()                # optional; process exit releases it too
+    leases = lease(1)              # None on a machine without GPUs
+    ...                            # torch.cuda now sees exactly the leased GPU
+    leases[0].release()            # optional; process exit releases it too
 
 Under SLURM (or any scheduler that sets CUDA_VISIBLE_DEVICES) no lease is taken:
 the scheduler already picked the GPU, and its device numbering is per job.
@@ -272,23 +272,24 @@ def _set_visible(indices: list[int]) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, indices))
 
 
-def lease_gpu(lock_dir: Path | str | None = None, count: int | None = None,
-              slots_per_gpu: int | None = None, wait_seconds: float | None = None,
-              set_env: bool = True, label: str | None = None) -> Lease | None:
-    """Take a free GPU for the life of this process; None where there is no GPU.
+def lease(n: int = 1, lock_dir: Path | str | None = None, count: int | None = None,
+          slots_per_gpu: int | None = None, wait_seconds: float | None = None,
+          set_env: bool = True, label: str | None = None) -> list[Lease] | None:
+    """Take n distinct GPUs for the life of this process (a run needs 1, a pipeline of n
+    stages n), all or none; None where there is no GPU.
 
-    Tries every GPU's first slot before any second slot, so jobs spread over the
-    cards before they share one. Waits up to `wait_seconds` for a lease to free up
-    (a job that just ended, or other users' jobs), then raises GpuLeaseError naming
-    the holders. With set_env, CUDA_VISIBLE_DEVICES is set to the leased GPU (and
-    CUDA_DEVICE_ORDER to PCI_BUS_ID, so the numbers are nvidia-smi's); this must
-    happen before CUDA initialises, which is checked.
+    One GPU: every card's first slot is tried before any second slot, so jobs spread over
+    the cards before they share one (slots_per_gpu). Several: the first slot of n cards,
+    whole cards only; a partial set is given back at once, so two jobs that each hold some
+    cards never wait on each other. Waits up to `wait_seconds` for a lease to free up (a
+    job that just ended, or other users' jobs), then raises GpuLeaseError naming the
+    holders. With set_env, CUDA_VISIBLE_DEVICES lists the leased cards (the job sees them
+    as cuda:0 ..., numbered as nvidia-smi numbers them: CUDA_DEVICE_ORDER=PCI_BUS_ID);
+    this must happen before CUDA initialises, which is checked.
     """
     lock_dir, named = _chosen_dir(lock_dir)
-    if count is None:
-        count = detect_gpu_count()
-    if slots_per_gpu is None:
-        slots_per_gpu = _env_int("LOCALLEARN_GPU_SLOTS") or 1
+    count = detect_gpu_count() if count is None else count
+    slots_per_gpu = (slots_per_gpu or _env_int("LOCALLEARN_GPU_SLOTS") or 1) if n == 1 else 1
     if wait_seconds is None:
         env_wait = os.environ.get("LOCALLEARN_GPU_WAIT", "").strip()
         wait_seconds = float(env_wait) if env_wait else DEFAULT_WAIT_SECONDS
@@ -296,87 +297,46 @@ def lease_gpu(lock_dir: Path | str | None = None, count: int | None = None,
         return None
     if slots_per_gpu < 1:
         raise GpuLeaseError(f"slots_per_gpu must be >= 1, got {slots_per_gpu}")
+    if n > count:
+        raise GpuLeaseError(f"{n} GPUs wanted for one job, this machine has {count}")
     if set_env and _cuda_already_initialised():
         raise GpuLeaseError("CUDA was initialised before the GPU lease was taken; "
-                            "lease_gpu() must run before any torch.cuda call")
+                            "lease() must run before any torch.cuda call")
     shared = _prepare_dir(lock_dir, named)
 
     order = [(i, s) for s in range(slots_per_gpu) for i in range(count)]
     deadline = time.monotonic() + max(wait_seconds, 0.0)
     while True:
+        held: list[Lease] = []
         for index, slot in order:
+            if any(h.index == index for h in held):
+                continue
             path = _lock_path(lock_dir, index, slot)
             fd = _try_lock(path, shared)
-            if fd is None:
-                continue
-            _sign(fd, label)
+            if fd is not None:
+                held.append(Lease(index=index, slot=slot, path=path, fd=fd))
+                if len(held) == n:
+                    break
+        if len(held) == n:
+            for h in held:
+                _sign(h.fd, label)
             if set_env:
-                _set_visible([index])
-            return Lease(index=index, slot=slot, path=path, fd=fd)
+                _set_visible([h.index for h in held])
+            return held
+        for h in held:
+            h.release()
         if time.monotonic() >= deadline:
             break
         time.sleep(POLL_SECONDS)
 
     holders = "; ".join(f"gpu{i}.slot{s}: {_holder(_lock_path(lock_dir, i, s))}" for i, s in order)
-    raise GpuLeaseError(
-        f"all {count} GPU(s) x {slots_per_gpu} slot(s) are leased after waiting {wait_seconds:g} s "
-        f"(lock folder {lock_dir}; holders: {holders}); run fewer jobs at once "
-        "(snakemake --resources gpu=N) or raise LOCALLEARN_GPU_SLOTS")
-
-
-def lease_gpus(n: int, lock_dir: Path | str | None = None, count: int | None = None,
-               wait_seconds: float | None = None, set_env: bool = True,
-               label: str | None = None) -> list[Lease] | None:
-    """n distinct whole GPUs for one job (a pipeline of n stages), all or none.
-
-    Takes the first slot of n cards; a partial set is given back at once, so two
-    jobs that each hold some cards never wait on each other. CUDA_VISIBLE_DEVICES
-    lists the n cards (the job's processes see them as cuda:0 .. cuda:n-1).
-    None where there is no GPU; GpuLeaseError if n cards are not free in time.
-    """
-    lock_dir, named = _chosen_dir(lock_dir)
-    count = detect_gpu_count() if count is None else count
-    if wait_seconds is None:
-        env_wait = os.environ.get("LOCALLEARN_GPU_WAIT", "").strip()
-        wait_seconds = float(env_wait) if env_wait else DEFAULT_WAIT_SECONDS
-    if count <= 0:
-        return None
-    if n > count:
-        raise GpuLeaseError(f"{n} GPUs wanted for one job, this machine has {count}")
-    if set_env and _cuda_already_initialised():
-        raise GpuLeaseError("CUDA was initialised before the GPU lease was taken; "
-                            "lease_gpus() must run before any torch.cuda call")
-    shared = _prepare_dir(lock_dir, named)
-    deadline = time.monotonic() + max(wait_seconds, 0.0)
-    while True:
-        held = []
-        for index in range(count):
-            path = _lock_path(lock_dir, index, 0)
-            fd = _try_lock(path, shared)
-            if fd is not None:
-                held.append(Lease(index=index, slot=0, path=path, fd=fd))
-                if len(held) == n:
-                    break
-        if len(held) == n:
-            for lease in held:
-                _sign(lease.fd, label)
-            if set_env:
-                _set_visible([lease.index for lease in held])
-            return held
-        for lease in held:
-            lease.release()
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(POLL_SECONDS)
-    holders = "; ".join(f"gpu{i}: {_holder(_lock_path(lock_dir, i, 0))}" for i in range(count))
+    if n == 1:
+        raise GpuLeaseError(
+            f"all {count} GPU(s) x {slots_per_gpu} slot(s) are leased after waiting {wait_seconds:g} s "
+            f"(lock folder {lock_dir}; holders: {holders}); run fewer jobs at once "
+            "(snakemake --resources gpu=N) or raise LOCALLEARN_GPU_SLOTS")
     raise GpuLeaseError(f"{n} of {count} GPUs were not free together after waiting {wait_seconds:g} s "
                         f"(lock folder {lock_dir}; holders: {holders}); run fewer jobs at once")
-
-
-def lease(n: int = 1, label: str | None = None, **kw):
-    """n GPUs for this process (a run needs 1, a pipeline of n stages n): a Lease or a
-    list of them, None where there is no GPU (lease_gpu / lease_gpus)."""
-    return lease_gpu(label=label, **kw) if n == 1 else lease_gpus(n, label=label, **kw)
 
 
 def lease_status(lock_dir: Path | str | None = None, count: int | None = None,

@@ -1,5 +1,5 @@
 """The grid's measured cost, as data (no torch import): the table `locallearn bench
---grid` writes (bench.py times the steps) and the workflow's `runtime` resource reads
+--grid` writes (gridbench.py times the steps) and the workflow's `runtime` resource reads
 (workflow/scripts/plan.py), instead of the FLOP model (cost.py) where it exists.
 
 A table is one JSON file per kind of device and precision,
@@ -44,14 +44,20 @@ def epoch_seconds(entry: dict, n_train: int, n_test: int, batch_size: int) -> fl
     return math.ceil(n_train / batch_size) * entry["seconds_per_step"] + n_test * entry["seconds_per_test_image"]
 
 
+def examples_seen(dataset: str, max_train: int = 0, max_test: int = 0) -> tuple[int, int]:
+    """The training and test examples of one epoch: the dataset's, cut to a budget's
+    --max-train-examples / --max-test-examples where set (0: the whole split)."""
+    spec = SPECS[dataset]
+    return (min(spec.train_size, max_train) if max_train else spec.train_size,
+            min(spec.test_size, max_test) if max_test else spec.test_size)
+
+
 def cell_hours(table: dict, row: dict, epochs: int | None = None, max_train: int = 0, max_test: int = 0) -> float | None:
     """Measured device hours of one run of `row` (None: the table lacks the cell)."""
     entry = table["cells"].get(row["cell"])
     if entry is None:
         return None
-    spec = SPECS[row["dataset"]]
-    n_train = min(spec.train_size, max_train) if max_train else spec.train_size
-    n_test = min(spec.test_size, max_test) if max_test else spec.test_size
+    n_train, n_test = examples_seen(row["dataset"], max_train, max_test)
     return (epochs or int(row["epochs"])) * epoch_seconds(entry, n_train, n_test, table["batch_size"]) / 3600
 
 

@@ -30,14 +30,27 @@ def configure_host(threads: int) -> None:
         libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
-def resolve_device(cfg) -> torch.device:
-    if cfg.no_cuda or cfg.device == "cpu":
+def resolve_device(cfg, rank: int | None = None, local_rank: int = 0) -> torch.device:
+    """The device of a sequential run (rank None) or of pipeline stage `rank`: its
+    --stage-devices entry, else one GPU per stage process on its node (local_rank)."""
+    if rank is not None and cfg.stage_devices:
+        return torch.device(cfg.stage_devices[rank])
+    if cfg.no_cuda or cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
-    return torch.device(cfg.device)
+    if rank is not None and not cfg.device.startswith("cuda:"):
+        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
+    return torch.device("cuda" if cfg.device == "auto" else cfg.device)
+
+
+def prepare(cfg, threads: int, rank: int | None = None, local_rank: int = 0) -> torch.device:
+    """Set up this process for a run (threads, malloc) and return its device, made current."""
+    configure_host(threads)
+    device = resolve_device(cfg, rank, local_rank)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 def lease_devices(cfg, n: int):

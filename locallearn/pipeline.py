@@ -44,12 +44,12 @@ import torch.nn.functional as F
 
 from . import faults, precision
 from .cost import network_cost, stage_count_error
-from .engines import FusedEngine, epoch_batches
+from .engines import FusedEngine, epoch_batches, initial_model, place
 from .config import argv_of
 from .errors import CheckpointError, ConfigError, LocallearnError, PipelineError, error_class
 from .fit import fit
-from .host import configure_host
-from .models import Block, LocalNet, build_model
+from .host import prepare
+from .models import Block, LocalNet
 from .rundir import RunFolder
 from .startup import startup_line
 
@@ -79,7 +79,7 @@ def check_config(cfg) -> None:
 
 
 # ============================================================================ balancing
-def layer_costs(model: LocalNet, spec, cfg) -> tuple[list[float], list[tuple], float]:
+def layer_costs(cfg) -> tuple[list[float], list[tuple], float]:
     """(multiply-adds of forward + local loss + backward per layer and example, each
     layer's output shape per example, the output layer's multiply-adds): cost.py."""
     cost = network_cost(cfg)
@@ -241,9 +241,8 @@ class StageEngine(FusedEngine):
     def __init__(self, cfg, rank: int, world: int, device: torch.device):
         from .datasets import SPECS
         spec = SPECS[cfg.dataset]
-        torch.manual_seed(cfg.seed)  # the sequential run's initial weights (engines.make_model)
-        model = build_model(cfg, spec.channels, spec.size, spec.num_classes)
-        costs, shapes, out_cost = layer_costs(model, spec, cfg)
+        model = initial_model(cfg, spec)   # the sequential run's initial weights
+        costs, shapes, out_cost = layer_costs(cfg)
         costs[-1] += out_cost
         how = "FLOP estimate per layer, forward + local loss + backward"
         if cfg.pipeline_balance == "time":  # rank 0 times the layers; every stage gets its numbers
@@ -254,9 +253,9 @@ class StageEngine(FusedEngine):
         self.split_text = describe_split(model, self.bounds, costs, how)
         a, b = self.bounds[rank]
         for m in model.layers[a:b]:
-            m.to(device)
+            place(cfg, m, device)
         if rank == world - 1:
-            model.output.to(device)
+            place(cfg, model.output, device)
         super().__init__(cfg, model, device, a, b)
         self.rank, self.world = rank, world
         self.reports = rank == 0
@@ -352,23 +351,10 @@ def _to_cpu(obj):
 
 
 # ================================================================================= run
-def _resolve_stage_device(cfg, rank: int, local_rank: int) -> torch.device:
-    if cfg.stage_devices:
-        return torch.device(cfg.stage_devices[rank])
-    if cfg.no_cuda or cfg.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    if cfg.device.startswith("cuda:"):
-        return torch.device(cfg.device)
-    return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
-
-
 def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str) -> dict | None:
     """One stage's whole run. Rank 0 writes metrics.json and returns the metrics."""
     faults.set_stage(rank, world)
-    configure_host(cfg.threads or max(1, (os.cpu_count() or 1) // world))
-    device = _resolve_stage_device(cfg, rank, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = prepare(cfg, cfg.threads or max(1, (os.cpu_count() or 1) // world), rank, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=_timeout()))
@@ -456,7 +442,7 @@ def launch(cfg, folder: RunFolder) -> dict:
                 e = json.loads(reported[0].read_text())
                 raise error_class(e["type"])(e["message"])
             raise PipelineError(_failure(launcher_lines, world, code, folder))
-    done = folder.finished(quiet=True)
+    done = folder.finished_metrics()
     if done is None:
         raise PipelineError(f"the pipeline ended without writing {folder.metrics_path}")
     return done

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from . import figures, readme, tables
+from .layout import runs_dir
 
 
 def figures_link(results: str | Path, readme_path: str | Path | None, folder: str = "figures") -> str:
@@ -27,7 +28,7 @@ def figures_link(results: str | Path, readme_path: str | Path | None, folder: st
 def runs(rows: list[dict], results: str | Path, seeds: list[int] | None) -> dict[str, list[dict]]:
     """{cell: [metrics, ...]} of the finished runs of `rows` (every seed found when
     `seeds` is None)."""
-    return tables.load_runs(Path(results) / "runs", rows, seeds)
+    return tables.load_runs(runs_dir(results), rows, seeds)
 
 
 def draw_curve(row: dict, results: str | Path, seeds: list[int] | None) -> Path:

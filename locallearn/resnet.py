@@ -20,9 +20,9 @@ from .errors import ConfigError
 from .localnet import Block, LocalNet
 from .methods import METHODS, Site
 from .resblocks import BasicBlock, he_init
+from .specs import RESNET_BLOCKS
 
-# Blocks per stage.
-DEPTHS = {"resnet32": 5, "resnet110": 18}
+DEPTHS = RESNET_BLOCKS   # blocks per stage
 WIDTHS = (16, 32, 64)
 
 # The local-module counts networks/configs.py defines for each network (K = 1:

@@ -1,7 +1,8 @@
-"""A run's output folder: whether the run is finished, its checkpoints, metrics.json,
-the learning curve and the MLflow run that mirrors them. A sequential run and every
-stage of a pipelined one go through this one object, so they write the same files
-the same way (pipeline stage k keeps checkpoint.stage{k}.pt instead of checkpoint.pt).
+"""A run's output folder: whether the run is finished, its checkpoints and metrics.json.
+A sequential run and every stage of a pipelined one go through this one object, so
+they write the same files the same way (pipeline stage k keeps checkpoint.stage{k}.pt
+instead of checkpoint.pt). The folder's file names are runstate.py's; drawing its curve
+is figures.py's, mirroring it to MLflow tracking.py's.
 
 Checkpoints are written atomically (atomic.py) and rotated, the newest two kept, so a
 file torn by a crash falls back to the previous one; a full disk leaves the previous
@@ -23,28 +24,14 @@ import torch
 
 from .atomic import atomic_write, atomic_write_text
 from .config import config_hash, recipe_dict
-from .environment import environment_info
-from .errors import CheckpointError, ConfigError, ForeignCheckpointError, OutputError, TrackingError
+from .errors import CheckpointError, ConfigError, ForeignCheckpointError, OutputError
 from .faults import fault
-from .runstate import METRICS, config_diff, is_number
-
-CURVE = "curve.png"
+from .runstate import CURVE, METRICS, config_diff, is_number
 
 
 def checkpoint_name(stage: int | None = None, prev: bool = False) -> str:
     """checkpoint.pt / checkpoint.prev.pt; a pipeline stage k: checkpoint.stage{k}[.prev].pt."""
     return f"checkpoint{'' if stage is None else f'.stage{stage}'}{'.prev' if prev else ''}.pt"
-
-
-CHECKPOINT, CHECKPOINT_PREV = checkpoint_name(), checkpoint_name(prev=True)
-
-
-def run_tags(cfg) -> dict[str, str]:
-    tags = dict(t.split("=", 1) for t in cfg.tag)
-    tags.update(dataset=cfg.dataset, model=cfg.model, seed=str(cfg.seed), config_hash=config_hash(cfg),
-                loss="backprop" if cfg.backprop else cfg.loss_sup,
-                git_revision=environment_info()["git_revision"] or "unknown")
-    return tags
 
 
 def checkpoint_problem(state: dict, epochs: int, whole_run: bool = True) -> str | None:
@@ -83,16 +70,12 @@ class RunFolder:
             raise ConfigError(f"--out {self.out}: cannot write there ({e.strerror})") from None
 
     # ------------------------------------------------------------------ finished run
-    def finished(self, quiet: bool = False) -> dict | None:
+    def finished_metrics(self) -> dict | None:
         """metrics.json of this folder's finished run (runstate.run_state has matched its
-        recipe), or None. It brings MLflow up to date (quiet: the caller only reads it)."""
+        recipe), or None."""
         if not self.metrics_path.exists():
             return None
-        done = json.loads(self.metrics_path.read_text())
-        if not quiet:
-            print(f"{self.out}: already finished (test error {done['test_error']:.2f}%)")
-            self.finish_tracking(self.open_tracker(done.get("environment")), done)
-        return done
+        return json.loads(self.metrics_path.read_text())
 
     # ------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict) -> None:
@@ -171,14 +154,9 @@ class RunFolder:
 
     # ----------------------------------------------------------- metrics.json, curve
     def write_metrics(self, metrics: dict) -> None:
-        """The curve, then metrics.json (last, atomically: it marks the run finished);
-        the previous checkpoints are no longer needed."""
+        """metrics.json (atomically: it marks the run finished); the previous checkpoints
+        are no longer needed."""
         epochs = metrics["epochs"]
-        try:
-            from .figures import plot_curves
-            plot_curves({f"seed {self.cfg.seed}": metrics["history"]}, self.curve, title=self.run_name)
-        except Exception as e:  # a figure is a convenience; never lose a finished run over one
-            print(f"locallearn: warning: could not draw {self.curve}: {e}", file=sys.stderr)
         fault("kill-before-metrics", epochs)
         try:
             fault("enospc-metrics", epochs)
@@ -189,22 +167,3 @@ class RunFolder:
         fault("kill-after-metrics", epochs)
         for old in self.out.glob("checkpoint*.prev.pt"):  # the run's, or every pipeline stage's
             old.unlink(missing_ok=True)
-
-    # ---------------------------------------------------------------------- tracking
-    def open_tracker(self, environment: dict | None):
-        """The run's MLflow mirror; `environment` (environment.describe) becomes its env.* tags."""
-        from .tracking import RunTracker, resolve_uri
-        return RunTracker.open(self.out, resolve_uri(self.cfg.mlflow_uri), self.cfg.mlflow_experiment,
-                               self.run_name, run_tags(self.cfg), vars(self.cfg), environment,
-                               system_metrics=self.cfg.mlflow_system_metrics or None)
-
-    def finish_tracking(self, tracker, metrics: dict) -> None:
-        """metrics.json is already safe; a tracking failure is reported, not fatal, and the
-        next run of the same command repairs the MLflow run."""
-        tracker.log_history(metrics["history"])
-        artifacts = [p for p in (self.metrics_path, self.curve) if p.exists()]
-        try:
-            tracker.finish("FINISHED", metrics, artifacts)
-        except TrackingError as e:
-            print(f"locallearn: warning: {e} (metrics.json is kept; rerun the same command to sync MLflow)",
-                  file=sys.stderr)

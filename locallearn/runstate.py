@@ -34,6 +34,7 @@ from .errors import CheckpointError
 
 START, RESUME, FINISHED, REPLACE = "start", "resume", "finished", "replace"
 METRICS = "metrics.json"
+CURVE = "curve.png"           # the run's learning curve, drawn beside metrics.json
 START_RECORD = "start.json"   # written by the trainer when it starts or resumes a run
 TRAIN_LOG = "train.log"       # appended by the trainer, one header per attempt
 REPLACED = "replaced.json"    # in a set-aside folder: what was moved, from where, why

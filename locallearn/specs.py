@@ -88,3 +88,10 @@ VGG_CONFIGS = {
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
               512, 512, 512, 512, "M"],
 }
+
+# The CIFAR ResNets (resnet.py): BasicBlocks per stage.
+RESNET_BLOCKS = {"resnet32": 5, "resnet110": 18}
+
+# Every network name, torch-free (config.py checks --model against it); models.MODELS
+# registers a builder for each (tests/test_models.py keeps the two equal).
+MODEL_NAMES = ("mlp", *VGG_CONFIGS, *RESNET_BLOCKS)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .datasets import resolve_data_dir
+from .layout import resolve_data_dir
 
 
 def _device(device: torch.device) -> str:

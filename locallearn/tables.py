@@ -27,6 +27,8 @@ from tabulate import tabulate
 from .atomic import write_if_changed
 from .cells import compared_error, current_data_error, published_data, published_error
 from .errors import LocallearnError
+from .layout import cell_seed, seed_of
+from .runstate import METRICS
 from .specs import SPECS
 
 # cells.tsv `loss` -> column of the paper's tables
@@ -73,13 +75,12 @@ def load_runs(runs_dir: str | Path, rows: list[dict], seeds: list[int] | None = 
     runs_dir = Path(runs_dir)
     out: dict[str, list[dict]] = {}
     for row in rows:
-        cell_dir = runs_dir / row["cell"]
         if seeds is None:
-            found = sorted(int(p.name[4:]) for p in cell_dir.glob("seed*")
-                           if p.name[4:].isdigit() and (p / "metrics.json").is_file())
+            found = sorted(seed_of(p) for p in (runs_dir / row["cell"]).glob("seed*")
+                           if seed_of(p) is not None and (p / METRICS).is_file())
         else:
-            found = [s for s in seeds if (cell_dir / f"seed{s}" / "metrics.json").is_file()]
-        runs = [_read_metrics(cell_dir / f"seed{s}" / "metrics.json") for s in found]
+            found = [s for s in seeds if (runs_dir / cell_seed(row["cell"], s) / METRICS).is_file()]
+        runs = [_read_metrics(runs_dir / cell_seed(row["cell"], s) / METRICS) for s in found]
         if runs:
             out[row["cell"]] = runs
     return out

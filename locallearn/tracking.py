@@ -1,59 +1,48 @@
-"""MLflow tracking for `locallearn train`: one MLflow run per output folder.
+"""MLflow run logging: one MLflow run per run folder, kept a mirror of its files.
 
-metrics.json is the source of truth; MLflow is its browsable mirror. Everything here is
-shaped by three facts of how the grid runs:
+metrics.json is the source of truth; MLflow is its browsable mirror. Two ways in:
+- live: the run loop opens the folder's run (open_run) before its first epoch, logs each
+  epoch as it is checkpointed (RunTracker.log_history), and at the end hands the
+  finished folder to `mirror`, which sends whatever the run lacks;
+- later: `mirror` alone, for a folder finished elsewhere or before the store existed
+  (`locallearn tracking sync`, `locallearn tables`, a rerun of a finished run).
+So a run logged live and the same run mirrored later carry the same params, tags,
+metrics and artifacts.
 
 - Jobs are killed and rerun. The run id lives in DIR/mlflow_run.json, so a resume or a
   rerun continues the same run; the last epoch already logged is read back from the
   store, so re-sending the whole history never duplicates a step.
-- Many jobs share one store. With SQLite, concurrent writers get "database is locked"
-  and concurrent first-time creation corrupts the schema migration: writes are retried
-  with backoff, and the database is created under a file lock.
-- A tracking server can be down. Opening a run fails within seconds with a message
-  naming the URI (MLflow's own default retries would take minutes); once training has
-  started, an outage only delays logging: the next call catches up from the history.
+- A store that fails once training has started only delays logging: the next call
+  catches up from the history (store plumbing and retries: mlstore.py).
 
 What a run carries: the recipe as params (config.NON_RECIPE left out), the grid's tags,
 MLflow's own tags (run name, source, git commit, user) and the environment as `env.*`
-tags, all derived by `mlflow_tags` from what metrics.json holds, so a run logged live and
-the same run mirrored by `sync_results` (`locallearn tracking sync`) carry the same.
+tags, all derived by `mlflow_tags` from what metrics.json holds.
 
-A run's times are the training's: a live run is created when training starts and ended
-when it finishes; a synced run gets metrics.json's `started_at` and `finished_at`. Runs
-finished before metrics.json recorded them (the committed Fashion-MNIST row) end at the
-commit that added their metrics.json (`git log --diff-filter=A`) and start `wall_seconds`
-before it (`run_times`). Experiments are tagged as model training (EXPERIMENT_KIND), not
-as GenAI work.
-
-Stores move: a SQLite store keeps its artifacts as `mlflow-artifacts:` URIs, proxied by
-`mlflow ui --artifacts-destination <preset>/mlartifacts` and written here straight into
-that folder, so no absolute path is stored anywhere in the database.
-
-mlflow is imported lazily: with tracking off the trainer never pays for the import.
+A run's times are the training's: a live run is created when training starts; a
+mirrored run gets metrics.json's `started_at` and `finished_at`. Runs finished before
+metrics.json recorded them (the committed Fashion-MNIST row) end at the commit that
+added their metrics.json (`git log --diff-filter=A`) and start `wall_seconds` before it
+(`run_times`).
 """
 from __future__ import annotations
 
-import argparse
-import fcntl
 import json
 import logging
-import os
-import random
-import re
 import subprocess
+import sys
 import time
-import warnings
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote, unquote, urlparse
 
-from .atomic import atomic_write, atomic_write_json, atomic_write_text
-from .config import NON_RECIPE
+from . import mlstore
+from .atomic import atomic_write_text
+from .config import NON_RECIPE, config_hash
 from .credentials import redact_uri, take_credentials
-from .errors import ConfigError, TrackingError
+from .environment import git_revision
+from .errors import TrackingError
 from .faults import fault
-from .runstate import is_number
+from .runstate import CURVE, METRICS, is_number
 
 RUN_FILE = "mlflow_run.json"
 TAG_OUT_DIR = "locallearn.out_dir"
@@ -65,13 +54,8 @@ SOURCE_TAGS = {"mlflow.source.name": "locallearn train", "mlflow.source.type": "
 # metrics.json "environment" keys (environment.describe) logged as env.<key> tags
 ENV_KEYS = ("python", "torch", "torchvision", "cuda", "cudnn", "device", "device_name",
             "cpu_model", "threads", "precision")
-ARTIFACTS = ("metrics.json", "curve.png")   # a run folder's files mirrored as artifacts
-PROXY_SCHEME = "mlflow-artifacts"
-# MLflow 3's experiment type: "custom_model_development" is "Machine learning" (runs,
-# models), as opposed to "genai_development" (traces). The UI reads it only where its
-# GenAI / Model training switch is off; MLflow 3.17 has the switch on, and it opens on
-# GenAI unless told otherwise (browse_url). The tag still names the experiment's kind.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+log = logging.getLogger("locallearn.tracking")
 
 # Per-epoch scalars of a metrics.json history entry, logged under the same names.
 # "epoch" is logged too: its latest value is how a reopened run knows where it stopped.
@@ -85,60 +69,12 @@ SUMMARY_KEYS = {"test_error": "final_test_error", "train_error": "final_train_er
 
 MAX_PARAM_LENGTH = 6000   # MLflow 3 rejects longer param values
 MAX_TAG_LENGTH = 8000     # ... and longer tag values
-PROBE_DEADLINE_S = 15     # how long an unreachable server is tried before giving up
-RETRY_DEADLINE_S = 120    # how long a locked SQLite database is waited for
-
-# MLflow's defaults retry an unreachable server for minutes (7 retries, 120 s timeout):
-# these bound a call during an outage to ~10 s (refused) or ~90 s (no answer at all).
-# A user's own settings win.
-_MLFLOW_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-    "MLFLOW_LOGGING_LEVEL": "WARNING",                 # no INFO lines about migrations
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # no "🏃 View run" lines in job logs
-    "MLFLOW_DISABLE_TELEMETRY": "true",                # cluster nodes are often offline
-}
-
-log = logging.getLogger("locallearn.tracking")
 
 
-def resolve_uri(flag: str | None) -> str | None:
-    """The tracking URI: the flag, else $MLFLOW_TRACKING_URI, else None (tracking off).
-    An empty flag turns tracking off even where the variable is set. User-info in the URI
-    becomes MLflow's credential variables (credentials.py): what is returned may be
-    recorded anywhere."""
-    if flag is not None:
-        return take_credentials(flag) or None
-    return take_credentials(os.environ.get("MLFLOW_TRACKING_URI")) or None
 
 
-def ensure_experiment(uri: str, name: str) -> str:
-    """Create the experiment if it is missing and return its id. Safe to call from many
-    processes at once: a lost creation race just reads the winner's experiment."""
-    return _experiment_id(_client(uri), uri, name)
 
 
-def cli_init(argv: list[str]) -> int:
-    """`locallearn tracking init`: create the store and the experiment once, before the
-    jobs start, so they never race to create either."""
-    from .helpformat import HelpFormatter
-    p = argparse.ArgumentParser(prog="locallearn tracking init", formatter_class=HelpFormatter,
-                                description="Create the MLflow store and experiment once, before "
-                                            "parallel jobs start, so they never race to create either.")
-    p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI)")
-    p.add_argument("--experiment", default="locallearn", help="experiment name")
-    p.add_argument("--record", default=None, metavar="FILE",
-                   help="write the (credential-free) URI and experiment to FILE (JSON; the workflow's mark)")
-    args = p.parse_args(argv)
-    uri = take_credentials(resolve_uri(args.uri))
-    if uri is None:
-        raise ConfigError("--uri: no tracking URI given and MLFLOW_TRACKING_URI is not set")
-    exp_id = ensure_experiment(uri, args.experiment)
-    print(f"MLflow experiment {args.experiment!r} (id {exp_id}) ready at {uri}")
-    if args.record:
-        atomic_write_json(args.record, {"uri": uri, "experiment": args.experiment, "experiment_id": exp_id})
-    return 0
 
 
 class RunTracker:
@@ -146,9 +82,10 @@ class RunTracker:
     trainer calls it unconditionally."""
 
     def __init__(self, client=None, uri: str | None = None, run_id: str | None = None,
-                 last_epoch: int = 0, monitor=None):
+                 last_epoch: int = 0, monitor=None, out_dir: Path | None = None, experiment: str = ""):
         self._client = client
         self._uri = uri
+        self._out, self._experiment = out_dir, experiment
         self._run_id = run_id
         self._last_epoch = last_epoch   # None: unknown after a failed write, re-read it
         self._warned = False
@@ -173,8 +110,8 @@ class RunTracker:
         uri = take_credentials(uri)
         tags, params = _without_credentials(tags), _without_credentials(params)
         out_dir = Path(out_dir).resolve()
-        client = _client(uri)
-        exp_id = _experiment_id(client, uri, experiment)
+        client = mlstore.client(uri)
+        exp_id = mlstore.experiment_id(client, uri, experiment)
         record = {"config": params, "tags": tags, "run_name": run_name, "environment": environment}
         tags = {**mlflow_tags(record), TAG_OUT_DIR: str(out_dir)}
         params = run_params(params)
@@ -186,13 +123,13 @@ class RunTracker:
             _write_run_file(out_dir, uri, exp_id, run.info.run_id)
             return run
 
-        run = _call(uri, "open the run", open_run)
+        run = mlstore.call(uri, "open the run", open_run)
         run_id = run.info.run_id
         new_params = {k: v for k, v in _param_strings(params).items()
                       if k not in run.data.params}  # a rerun's extra flags may differ: keep the first
-        _call(uri, "start the run", lambda: _log_run_start(client, run_id, run_name, tags, new_params))
+        mlstore.call(uri, "start the run", lambda: _log_run_start(client, run_id, run_name, tags, new_params))
         monitor = _start_system_metrics(uri, run_id) if _system_metrics_on(system_metrics) else None
-        return cls(client, uri, run_id, int(run.data.metrics.get("epoch", 0)), monitor)
+        return cls(client, uri, run_id, int(run.data.metrics.get("epoch", 0)), monitor, out_dir, experiment)
 
     def log_history(self, history: list[dict]) -> None:
         """Log every epoch of `history` (metrics.json's list) not yet in the run, one
@@ -208,36 +145,35 @@ class RunTracker:
                             "are sent at the next epoch", e)
                 self._warned = True
 
-    def finish(self, status: str, metrics: dict | None = None, artifacts: list[Path] = ()) -> None:
-        """End the run. FINISHED: send any missing epochs, the summary metrics and the
-        artifacts, then the status; raises TrackingError if the store cannot take them
-        (rerunning the same command finishes the job). FAILED: status and the error tag,
-        never raising, so the trainer's own error is the one the user sees."""
+    def complete(self) -> None:
+        """End the run of a folder whose metrics.json is written: `mirror` sends whatever
+        the run lacks (epochs, summary, artifacts) and marks it FINISHED. Raises
+        TrackingError if the store cannot take it (rerunning the same command finishes it)."""
         if self._client is None:
             return
+        self._stop_monitor()
+        mirror(self._out, self._uri, self._experiment, self._client)
+
+    def fail(self, error: str | None) -> None:
+        """Mark the run FAILED with the error as a tag; never raises, so the trainer's own
+        error is the one the user sees."""
+        if self._client is None:
+            return
+        self._stop_monitor()
+        try:
+            self._fail(error)
+        except TrackingError as e:
+            log.warning("locallearn: warning: could not mark the MLflow run FAILED: %s", e)
+
+    def _stop_monitor(self) -> None:
         if self._monitor is not None:   # its last samples are flushed while the run is open
             self._monitor.finish()
             self._monitor = None
-        metrics = metrics or {}
-        if status == "FAILED":
-            try:
-                self._fail(metrics.get("error"))
-            except TrackingError as e:
-                log.warning("locallearn: warning: could not mark the MLflow run FAILED: %s", e)
-            return
-        if status != "FINISHED":
-            raise ValueError(f"status must be FINISHED or FAILED, got {status!r}")
-        if "history" in metrics:
-            self._sync(metrics["history"])
-        client, run_id = self._client, self._run_id
-        run = _call(self._uri, "read the run", lambda: client.get_run(run_id))
-        _log_finished_run(client, self._uri, run, metrics, artifacts)
-        _call(self._uri, "finish the run", lambda: client.set_terminated(run_id, "FINISHED"))
 
     def _sync(self, history: list[dict]) -> None:
         client, run_id = self._client, self._run_id
         if self._last_epoch is None:
-            run = _call(self._uri, "read the run", lambda: client.get_run(run_id))
+            run = mlstore.call(self._uri, "read the run", lambda: client.get_run(run_id))
             self._last_epoch = int(run.data.metrics.get("epoch", 0))
         for entry in sorted(history, key=lambda h: h["epoch"]):
             if entry["epoch"] <= self._last_epoch:
@@ -247,7 +183,7 @@ class RunTracker:
             try:
                 # the same Metric objects on every retry: a write that landed but was
                 # reported failed is deduplicated by the store, not doubled
-                _call(self._uri, f"log epoch {entry['epoch']}",
+                mlstore.call(self._uri, f"log epoch {entry['epoch']}",
                       lambda: client.log_batch(run_id, metrics=batch))
             except TrackingError:
                 self._last_epoch = None
@@ -259,151 +195,69 @@ class RunTracker:
         client, run_id = self._client, self._run_id
         reason = str(error or "").strip().split("\n", 1)[0][:MAX_TAG_LENGTH]
         if reason:
-            _call(self._uri, "tag the error", lambda: client.set_tag(run_id, TAG_ERROR, reason))
-        _call(self._uri, "mark the run FAILED", lambda: client.set_terminated(run_id, "FAILED"))
+            mlstore.call(self._uri, "tag the error", lambda: client.set_tag(run_id, TAG_ERROR, reason))
+        mlstore.call(self._uri, "mark the run FAILED", lambda: client.set_terminated(run_id, "FAILED"))
 
 
 # --- the store ---------------------------------------------------------------------
 
-def _client(uri: str):
-    """An MlflowClient for `uri` whose store is known to answer. HTTP: probe the server;
-    SQLite: create the database (and its folder) once, under a lock."""
-    _quiet_mlflow()
-    from mlflow import MlflowClient
-
-    scheme = urlparse(uri).scheme
-    if scheme in ("http", "https"):
-        _probe_server(uri)
-    with _sqlite_init_lock(uri):
-        # the client builds its store at once: for a new SQLite file, the migrations
-        client = _call(uri, "open the store", lambda: MlflowClient(tracking_uri=uri))
-        _call(uri, "read the store", lambda: client.search_experiments(max_results=1))
-    return client
 
 
-def _quiet_mlflow() -> None:
-    """Keep job logs to the trainer's lines: MLflow logs migrations at INFO, and every
-    SQLite lock conflict (which _call retries) as an ERROR with a traceback."""
-    for key, value in _MLFLOW_ENV.items():
-        os.environ.setdefault(key, value)
-    import mlflow  # noqa: F401  (configures MLflow's loggers from the environment)
-
-    # again, for a process that imported mlflow before us
-    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
-def _probe_server(uri: str) -> None:
-    """Fail within PROBE_DEADLINE_S when nothing answers at `uri`. Any HTTP answer counts
-    as reachable; what it means is left to the MLflow call that follows."""
-    import requests
-
-    url = uri.rstrip("/") + "/health"
-    start = time.monotonic()
-    deadline = start + PROBE_DEADLINE_S
-    delay = 1.0
-    while True:
-        try:
-            requests.get(url, timeout=(3, 5))
-            return
-        except requests.RequestException as e:
-            reason = type(e).__name__
-        if time.monotonic() + delay >= deadline:
-            raise TrackingError(
-                f"MLflow tracking server {redact_uri(uri)} is not reachable ({reason}, tried for "
-                f"{time.monotonic() - start:.0f} s): "
-                "start it (mlflow server ...), fix --mlflow-uri / MLFLOW_TRACKING_URI, "
-                "or run without tracking (--mlflow-uri '')")
-        time.sleep(delay)
-        delay *= 2
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI (None for other stores and in-memory)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return Path(path).resolve() if path and path != ":memory:" else None
 
 
-@contextmanager
-def _sqlite_init_lock(uri: str):
-    """Serialise store initialisation between processes. Two processes creating the same
-    SQLite file run the schema migrations at once and break them ("duplicate column",
-    alembic version mismatches), which no retry repairs."""
-    db = _sqlite_path(uri)
-    if db is None:
-        yield
+
+
+
+
+
+
+
+
+
+
+# --- the run loop's calls ------------------------------------------------------------
+
+def run_tags(cfg) -> dict[str, str]:
+    """The tags a run of `cfg` carries (its --tag flags, and what identifies the run)."""
+    tags = dict(t.split("=", 1) for t in cfg.tag)
+    tags.update(dataset=cfg.dataset, model=cfg.model, seed=str(cfg.seed), config_hash=config_hash(cfg),
+                loss="backprop" if cfg.backprop else cfg.loss_sup,
+                git_revision=git_revision() or "unknown")
+    return tags
+
+
+def open_run(cfg, out_dir: Path, run_name: str, environment: dict | None) -> RunTracker:
+    """The MLflow run of a run folder about to train (a no-op tracker with tracking off);
+    `environment` (environment.describe) becomes its env.* tags."""
+    return RunTracker.open(out_dir, mlstore.resolve_uri(cfg.mlflow_uri), cfg.mlflow_experiment, run_name,
+                           run_tags(cfg), vars(cfg), environment,
+                           system_metrics=cfg.mlflow_system_metrics or None)
+
+
+def complete_run(tracker: RunTracker) -> None:
+    """End a finished run's MLflow run. metrics.json is already safe: a store that fails
+    now is reported, not fatal, and the next run of the same command repairs the run."""
+    try:
+        tracker.complete()
+    except TrackingError as e:
+        print(f"locallearn: warning: {e} (metrics.json is kept; rerun the same command to sync MLflow)",
+              file=sys.stderr)
+
+
+def mirror_finished(cfg, out_dir: Path) -> None:
+    """A run found finished (not trained again): its MLflow run brought up to date."""
+    uri = mlstore.resolve_uri(cfg.mlflow_uri)
+    if uri is None:
         return
     try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(db.with_name(db.name + ".lock"), "a")
-    except (OSError, ValueError) as e:   # a folder, not a file (sqlite:////), or not writable
-        raise TrackingError(f"MLflow store {redact_uri(uri)}: cannot create its database file {db} "
-                            f"({_reason(e)})") from None
-    with lock, warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # alembic warns about unnamed constraints while migrating
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _artifact_location(uri: str, experiment: str) -> str | None:
-    """Where a new experiment keeps artifacts. SQLite: `mlflow-artifacts:/<experiment>`,
-    a location relative to the folder `mlartifacts` beside the database (MLflow's default
-    would be an absolute file:// path into ./mlruns of whatever the CWD is): the store
-    keeps working when the folder moves, served by `mlflow ui --artifacts-destination`.
-    Servers and other databases: their own default (the server's artifact root)."""
-    return f"{PROXY_SCHEME}:/{quote(experiment, safe='')}" if _sqlite_path(uri) else None
-
-
-def artifact_destination(uri: str) -> Path | None:
-    """The folder that holds a SQLite store's artifacts (what `mlflow ui
-    --artifacts-destination` must be given), else None."""
-    db = _sqlite_path(uri)
-    return db.parent / "mlartifacts" if db else None
-
-
-def local_artifact_dir(uri: str, artifact_uri: str) -> Path | None:
-    """The folder of a run's artifacts when this process can write it directly: a
-    file:// location (stores made before locations were proxied), or a proxied one of a
-    SQLite store (no server translates it here). None: go through the store's API."""
-    parsed = urlparse(artifact_uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    dest = artifact_destination(uri)
-    if parsed.scheme == PROXY_SCHEME and dest is not None:
-        return dest / unquote(parsed.path).lstrip("/")
-    return None
-
-
-def _experiment_id(client, uri: str, name: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    def get_or_create():
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            try:
-                return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
-                                                tags=EXPERIMENT_KIND)
-            except MlflowException as e:
-                if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                exp = client.get_experiment_by_name(name)   # another process won the race
-        if exp.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"MLflow experiment {name!r} in {redact_uri(uri)} is deleted: restore it "
-                f"(mlflow experiments restore --experiment-id {exp.experiment_id}) "
-                "or choose another --mlflow-experiment")
-        for key, value in EXPERIMENT_KIND.items():   # made before the tag existed; a kind set by hand stays
-            if key not in exp.tags:
-                client.set_experiment_tag(exp.experiment_id, key, value)
-        return exp.experiment_id
-
-    with _sqlite_init_lock(uri):
-        return _call(uri, f"create experiment {name!r}", get_or_create)
+        mirror(Path(out_dir), uri, cfg.mlflow_experiment)
+    except TrackingError as e:
+        print(f"locallearn: warning: {e} (metrics.json is kept; rerun the same command to sync MLflow)",
+              file=sys.stderr)
 
 
 # --- finding the folder's run ---------------------------------------------------------
@@ -508,40 +362,23 @@ def _log_finished_run(client, uri: str, run, metrics: dict, artifacts) -> int:
         tags = {k: v for k, v in mlflow_tags(metrics).items() if run.data.tags.get(k) != v}
         if tags:
             from mlflow.entities import RunTag
-            _call(uri, "tag the run", lambda: client.log_batch(
+            mlstore.call(uri, "tag the run", lambda: client.log_batch(
                 run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
             writes += len(tags)
     now = _now_ms()
     summary = [_metric(name, metrics[key], now, 0) for key, name in SUMMARY_KEYS.items()
                if is_number(metrics.get(key)) and run.data.metrics.get(name) != float(metrics[key])]
     if summary:
-        _call(uri, "log the summary", lambda: client.log_batch(run_id, metrics=summary))
+        mlstore.call(uri, "log the summary", lambda: client.log_batch(run_id, metrics=summary))
         writes += len(summary)
     for path in map(Path, artifacts):
         if not path.is_file():
             log.warning("locallearn: warning: artifact %s does not exist; not uploaded", path)
-        elif _upload(client, uri, run, path):
+        elif mlstore.upload(client, uri, run, path):
             writes += 1
     return writes
 
 
-def _upload(client, uri: str, run, path: Path) -> bool:
-    """Put `path` among the run's artifacts unless the same file is there. True if written."""
-    local = local_artifact_dir(uri, run.info.artifact_uri)
-    if local is not None:
-        dest = local / path.name
-        if dest.is_file() and dest.read_bytes() == path.read_bytes():
-            return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        data = path.read_bytes()
-        atomic_write(dest, lambda tmp: Path(tmp).write_bytes(data))
-        return True
-    run_id = run.info.run_id
-    stored = _call(uri, "list the artifacts", lambda: client.list_artifacts(run_id))
-    if any(a.path == path.name and a.file_size == path.stat().st_size for a in stored):
-        return False
-    _call(uri, f"upload {path.name}", lambda: client.log_artifact(run_id, str(path)))
-    return True
 
 
 def _system_metrics_on(flag: bool | None) -> bool:
@@ -561,38 +398,38 @@ def _start_system_metrics(uri: str, run_id: str):
         monitor.start()
         return monitor
     except Exception as e:  # noqa: BLE001 - watching the machine must never stop training
-        log.warning("locallearn: warning: MLflow system metrics are off: %s", _reason(e))
+        log.warning("locallearn: warning: MLflow system metrics are off: %s", mlstore.reason(e))
         return None
 
 
 # --- mirroring finished run folders -------------------------------------------------
 
 def sync_results(preset_dir: str | Path, uri: str, experiment: str) -> dict[str, str]:
-    """Mirror every finished run folder (<preset_dir>/runs/<cell>/seed<k>/metrics.json)
-    into `experiment` of the store at `uri`: one run per folder, found again by the
-    folder's mlflow_run.json or its config hash (a run logged live is continued, never
-    doubled), with the whole per-epoch history, params, tags, and metrics.json and the
-    learning curve as artifacts. Idempotent: a second call writes nothing.
-    Returns {run folder: "created" | "updated" | "unchanged"}."""
+    """`mirror` every finished run folder of a preset (layout.finished_run_folders) into
+    `experiment` of the store at `uri`. Returns {run folder: "created" | "updated" | "unchanged"}."""
+    from .layout import finished_run_folders
+    return {str(d.resolve()): mirror(d, uri, experiment) for d in finished_run_folders(preset_dir)}
+
+
+def mirror(folder: Path, uri: str, experiment: str, client=None) -> str:
+    """Make the MLflow run of a finished run folder the mirror of its files: the run is
+    found again by the folder's mlflow_run.json or its config hash (a run logged live is
+    continued, never doubled) or created with the training's times; then whatever it
+    lacks is sent: params, the per-epoch history, tags, the summary, metrics.json and the
+    learning curve as artifacts, and the FINISHED status. Idempotent: a second call
+    writes nothing. The end of a live run (RunTracker.complete) and `locallearn tracking
+    sync` both come here (`client`: a live run's, already open). Returns "created",
+    "updated" or "unchanged"."""
+    from .figures import draw_run_curve
     uri = take_credentials(uri)
-    runs_dir = Path(preset_dir) / "runs"
-    folders = sorted(p.parent for p in runs_dir.glob("*/seed*/metrics.json")
-                     if re.fullmatch(r"seed\d+", p.parent.name))
-    if not folders:
-        return {}
-    client = _client(uri)
-    exp_id = _experiment_id(client, uri, experiment)
-    return {str(d): _sync_folder(client, uri, exp_id, d) for d in folders}
-
-
-def _sync_folder(client, uri: str, exp_id: str, folder: Path) -> str:
-    folder = folder.resolve()
-    metrics = json.loads((folder / "metrics.json").read_text())
+    folder = Path(folder).resolve()
+    metrics = json.loads((folder / METRICS).read_text())
     run_name = metrics.get("run_name") or f"{folder.parent.name}-s{metrics.get('seed', folder.name)}"
     metrics = {**metrics, "run_name": run_name}
     tags = _without_credentials(mlflow_tags(metrics))
-
-    start_ms, end_ms = run_times(metrics, folder / "metrics.json")
+    start_ms, end_ms = run_times(metrics, folder / METRICS)
+    client = client or mlstore.client(uri)
+    exp_id = mlstore.experiment_id(client, uri, experiment)
 
     def find_or_create():
         run = _stored_run(client, folder, exp_id) or _run_of_hash(client, exp_id, metrics.get("config_hash"))
@@ -607,13 +444,13 @@ def _sync_folder(client, uri: str, exp_id: str, folder: Path) -> str:
             _write_run_file(folder, uri, exp_id, run.info.run_id)
         return run, created
 
-    run, created = _call(uri, f"find the run of {folder}", find_or_create)
+    run, created = mlstore.call(uri, f"find the run of {folder}", find_or_create)
     run_id = run.info.run_id
     writes = 0
     params = {k: v for k, v in run_params(metrics.get("config") or {}).items() if k not in run.data.params}
     if params:
         from mlflow.entities import Param
-        _call(uri, "log the params", lambda: client.log_batch(
+        mlstore.call(uri, "log the params", lambda: client.log_batch(
             run_id, params=[Param(k, v) for k, v in params.items()]))
         writes += len(params)
     last = int(run.data.metrics.get("epoch", 0))
@@ -623,15 +460,14 @@ def _sync_folder(client, uri: str, exp_id: str, folder: Path) -> str:
             # stamped across the training's span, so MLflow's relative-time axis is the training's
             when = (start_ms + (end_ms - start_ms) * entry["epoch"] // len(history)) if start_ms else _now_ms()
             batch = _epoch_metrics(entry, when)
-            _call(uri, f"log epoch {entry['epoch']}", lambda: client.log_batch(run_id, metrics=batch))
+            mlstore.call(uri, f"log epoch {entry['epoch']}", lambda: client.log_batch(run_id, metrics=batch))
             writes += 1
-    curve = folder / "curve.png"
+    curve = folder / CURVE
     if not curve.is_file():   # not committed: drawn as the trainer draws it
-        from .figures import plot_curves
-        plot_curves({f"seed {metrics.get('seed', '?')}": metrics.get("history") or []}, curve, title=run_name)
-    writes += _log_finished_run(client, uri, run, metrics, [folder / a for a in ARTIFACTS])
+        draw_run_curve(curve, metrics)
+    writes += _log_finished_run(client, uri, run, metrics, [folder / METRICS, curve])
     if run.info.status != "FINISHED":
-        _call(uri, "finish the run", lambda: client.set_terminated(run_id, "FINISHED", end_time=end_ms))
+        mlstore.call(uri, "finish the run", lambda: client.set_terminated(run_id, "FINISHED", end_time=end_ms))
         writes += 1
     return "created" if created else "updated" if writes else "unchanged"
 
@@ -669,22 +505,8 @@ def _added_in_git_ms(path: Path) -> int | None:
     return _iso_ms(lines[0]) if lines else None
 
 
-def browse_hint(uri: str, experiment: str) -> str:
-    """How to look at the store: the `mlflow ui` command (for a SQLite store) and the URL
-    of the experiment's runs table."""
-    exp_id = ensure_experiment(uri, experiment)
-    dest = artifact_destination(uri)
-    if dest is None:   # a server: its own address
-        return f"browse: {browse_url(redact_uri(uri), exp_id)}"
-    return (f"browse: mlflow ui --backend-store-uri {uri} --artifacts-destination {dest}\n"
-            f"        then open {browse_url('http://127.0.0.1:5000', exp_id)}")
 
 
-def browse_url(base: str, experiment_id: str) -> str:
-    """The experiment's runs table in the MLflow UI at `base`. MLflow 3.17 opens an
-    experiment on its GenAI overview unless the UI's GenAI / Model training switch (kept
-    in the browser) says otherwise; `workflowType=machine_learning` sets it."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _run_of_hash(client, exp_id: str, chash: str | None):
@@ -694,29 +516,6 @@ def _run_of_hash(client, exp_id: str, chash: str | None):
     found = client.search_runs([exp_id], filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{chash}'",
                                max_results=1, order_by=["attributes.start_time ASC"])
     return found[0] if found else None
-
-
-def cli_sync(argv: list[str]) -> int:
-    """`locallearn tracking sync RESULTS`: mirror a preset's finished runs into MLflow."""
-    from .helpformat import HelpFormatter
-    p = argparse.ArgumentParser(prog="locallearn tracking sync", formatter_class=HelpFormatter,
-                                description="Mirror every finished run folder of a preset (runs/*/seed*/"
-                                            "metrics.json) into its MLflow store: one run per cell x seed, "
-                                            "a run logged live continued, nothing written twice.")
-    p.add_argument("results", help="a preset's results folder (holds runs/), e.g. results/full")
-    p.add_argument("--uri", default=None, help="tracking URI (default: sqlite:///RESULTS/mlflow.db)")
-    p.add_argument("--experiment", default="locallearn", help="experiment name")
-    args = p.parse_args(argv)
-    results = Path(args.results)
-    if not (results / "runs").is_dir():
-        raise ConfigError(f"{results}: no runs/ folder (expected a preset's results folder, e.g. results/full)")
-    uri = take_credentials(args.uri) or "sqlite:///" + str((results / "mlflow.db").resolve())
-    done = sync_results(results, uri, args.experiment)
-    counts = {a: sum(v == a for v in done.values()) for a in ("created", "updated", "unchanged")}
-    print(f"MLflow experiment {args.experiment!r} at {uri}: {len(done)} finished runs "
-          f"({', '.join(f'{n} {a}' for a, n in counts.items())})")
-    print(browse_hint(uri, args.experiment))
-    return 0
 
 
 # --- values ---------------------------------------------------------------------------
@@ -761,42 +560,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _transient(exc: Exception) -> bool:
-    """Errors that pass if tried again: SQLite lock conflicts (raw, or wrapped by MLflow
-    as TEMPORARILY_UNAVAILABLE, which a server also answers with HTTP 503)."""
-    return ("database is locked" in str(exc)
-            or getattr(exc, "error_code", None) == "TEMPORARILY_UNAVAILABLE")
 
 
-def _call(uri: str, what: str, fn):
-    """Run one store operation: transient errors are retried with jittered exponential
-    backoff for up to RETRY_DEADLINE_S; anything else becomes a TrackingError naming the
-    store and the operation."""
-    deadline = time.monotonic() + RETRY_DEADLINE_S
-    delay = 0.05
-    while True:
-        try:
-            return fn()
-        except TrackingError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any store failure is reported the same way
-            if _transient(e) and time.monotonic() + delay < deadline:
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 2.0)
-                continue
-            raise TrackingError(f"MLflow store {redact_uri(uri)}: could not {what}: {_reason(e)}") from e
 
 
-def _reason(exc: BaseException) -> str:
-    """One line: the error, cut short, and its root cause, which MLflow's long
-    messages bury at the end (e.g. "ConnectionRefusedError: Connection refused")."""
-    def short(e: BaseException, n: int) -> str:
-        text = " ".join(str(e).split()) or type(e).__name__
-        return text if len(text) <= n else text[:n - 3] + "..."
-
-    root = exc
-    while (root.__cause__ or root.__context__) is not None:
-        root = root.__cause__ or root.__context__
-    if root is exc:
-        return short(exc, 300)
-    return f"{short(exc, 160)} (cause: {type(root).__name__}: {short(root, 120)})"

@@ -48,7 +48,11 @@ def own_and_train(cfg, argv: list[str]) -> dict:
         folder.latest_checkpoint()   # --resume of another recipe: refused before the folder is touched
     state = runstate.run_state(folder.out, cfg)
     if state.what == runstate.FINISHED:
-        return folder.finished()
+        from .tracking import mirror_finished
+        done = folder.finished_metrics()
+        print(f"{folder.out}: already finished (test error {done['test_error']:.2f}%)")
+        mirror_finished(cfg, folder.out)
+        return done
     if state.what == runstate.REPLACE:
         set_aside(folder.out, state.why, argv)
     folder.prepare()
@@ -102,11 +106,10 @@ def train_here(cfg, folder: RunFolder) -> dict:
     from .batches import load_splits
     from .engines import ENGINES, make_model
     from .fit import fit
-    from .host import configure_host, lease_devices, resolve_device
+    from .host import lease_devices, prepare
     from .startup import startup_line
-    configure_host(cfg.threads)
     lease = lease_devices(cfg, 1)  # noqa: F841  (held, with its lock file, for the life of the run)
-    device = resolve_device(cfg)
+    device = prepare(cfg, cfg.threads)
     train, test, spec = load_splits(cfg, device)
     engine = ENGINES[cfg.engine](cfg, make_model(cfg, spec, device), device)
     print(startup_line(cfg, device, engine.model, train, test), flush=True)

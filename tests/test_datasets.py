@@ -16,7 +16,8 @@ from torchvision.datasets import utils as tv_utils
 from fake_data import SHAPES, fake_images, write_fake
 from locallearn.atomic import atomic_write_bytes
 from locallearn import datasets
-from locallearn.datasets import SPECS, load_split, prepare, resolve_data_dir
+from locallearn.datasets import SPECS, load_split, prepare
+from locallearn.layout import resolve_data_dir
 from locallearn.errors import ConfigError, DatasetError
 
 NAMES = list(SPECS)

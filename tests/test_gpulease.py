@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from locallearn.errors import LocallearnError
-from locallearn.gpulease import GpuLeaseError, detect_gpu_count, lease_gpu, lease_gpus, lease_status
+from locallearn.gpulease import GpuLeaseError, detect_gpu_count, lease, lease_status
+
+
+def one_gpu(*args, **kw):
+    """lease(1, ...)'s one Lease (None without GPUs)."""
+    got = lease(1, *args, **kw)
+    return got[0] if got else got
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,10 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from locallearn.gpulease import lease_gpu
+    from locallearn.gpulease import lease
     lock_dir, slots, report, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
-    lease = lease_gpu(lock_dir, slots_per_gpu=slots, wait_seconds=float(os.environ.get("WAIT", "0")))
-    report.write_text(f"{lease.index} {lease.slot} {os.environ['CUDA_VISIBLE_DEVICES']}")
+    [held] = lease(1, lock_dir, slots_per_gpu=slots, wait_seconds=float(os.environ.get("WAIT", "0")))
+    report.write_text(f"{held.index} {held.slot} {os.environ['CUDA_VISIBLE_DEVICES']}")
     while not go.exists():
         time.sleep(0.05)
 """)
@@ -71,7 +77,7 @@ def _finish(tmp_path: Path, procs) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_scheduler_gpu(monkeypatch):
-    # lease_gpu sets CUDA_VISIBLE_DEVICES in this process for the in-process tests
+    # lease sets CUDA_VISIBLE_DEVICES in this process for the in-process tests
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
     for name in ("LOCALLEARN_GPU_COUNT", "LOCALLEARN_GPU_SLOTS", "LOCALLEARN_GPU_WAIT", "LOCALLEARN_GPU_LOCK_DIR"):
@@ -101,12 +107,12 @@ def test_sigkilled_holder_frees_its_gpu(tmp_path):
     try:
         assert _wait_reports([(holder, report)]) == [(0, 0, "0")]
         with pytest.raises(GpuLeaseError, match="all 1 GPU"):
-            lease_gpu(tmp_path / "locks", count=1, wait_seconds=0)
+            one_gpu(tmp_path / "locks", count=1, wait_seconds=0)
         status = lease_status(tmp_path / "locks", count=1)
         assert status[0][2] is not None and f"pid {holder.pid}" in status[0][2]
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-        lease = lease_gpu(tmp_path / "locks", count=1, wait_seconds=5)
+        lease = one_gpu(tmp_path / "locks", count=1, wait_seconds=5)
         assert lease is not None and lease.index == 0
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
         lease.release()
@@ -122,7 +128,7 @@ def test_waits_for_a_lease_to_free_up(tmp_path):
         _wait_reports([(holder, report)])
         start = time.monotonic()
         subprocess.Popen(["sh", "-c", f"sleep 0.7; touch {tmp_path / 'go'}"])
-        lease = lease_gpu(tmp_path / "locks", count=1, wait_seconds=20)
+        lease = one_gpu(tmp_path / "locks", count=1, wait_seconds=20)
         waited = time.monotonic() - start
         assert lease is not None and lease.index == 0
         assert 0.5 < waited < 15
@@ -138,45 +144,45 @@ def test_slots_per_gpu_share_cards_after_spreading(tmp_path):
         got = _wait_reports(children)
         assert sorted((index, slot) for index, slot, _ in got) == [(0, 0), (0, 1), (1, 0), (1, 1)]
         with pytest.raises(GpuLeaseError):
-            lease_gpu(tmp_path / "locks", count=2, slots_per_gpu=2, wait_seconds=0)
+            one_gpu(tmp_path / "locks", count=2, slots_per_gpu=2, wait_seconds=0)
     finally:
         _finish(tmp_path, [p for p, _ in children])
 
 
 def test_in_process_order_spreads_before_sharing(tmp_path):
-    leases = [lease_gpu(tmp_path, count=2, slots_per_gpu=2, wait_seconds=0) for _ in range(4)]
+    leases = [one_gpu(tmp_path, count=2, slots_per_gpu=2, wait_seconds=0) for _ in range(4)]
     assert [(lease.index, lease.slot) for lease in leases] == [(0, 0), (1, 0), (0, 1), (1, 1)]
     leases[1].release()
-    again = lease_gpu(tmp_path, count=2, slots_per_gpu=2, wait_seconds=0)
+    again = one_gpu(tmp_path, count=2, slots_per_gpu=2, wait_seconds=0)
     assert (again.index, again.slot) == (1, 0)
-    for lease in leases + [again]:
-        lease.release()
+    for held in leases + [again]:
+        held.release()
 
 
 def test_pipeline_job_leases_distinct_whole_gpus_all_or_none(tmp_path, monkeypatch):
     """A pipelined job (issue 8) takes n cards at once, sees exactly them, and gives a
     partial set back instead of sitting on it."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    one = lease_gpu(tmp_path, count=4, wait_seconds=0, set_env=False)       # a single-GPU job on gpu0
-    pair = lease_gpus(2, tmp_path, count=4, wait_seconds=0)
-    assert [lease.index for lease in pair] == [1, 2]
+    one = one_gpu(tmp_path, count=4, wait_seconds=0, set_env=False)       # a single-GPU job on gpu0
+    pair = lease(2, tmp_path, count=4, wait_seconds=0)
+    assert [held.index for held in pair] == [1, 2]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1,2"
     with pytest.raises(GpuLeaseError, match="2 of 4 GPUs were not free together"):
-        lease_gpus(2, tmp_path, count=4, wait_seconds=0, set_env=False)       # only gpu3 is free
-    assert lease_gpu(tmp_path, count=4, wait_seconds=0, set_env=False).index == 3  # not left held
+        lease(2, tmp_path, count=4, wait_seconds=0, set_env=False)       # only gpu3 is free
+    assert one_gpu(tmp_path, count=4, wait_seconds=0, set_env=False).index == 3  # not left held
     with pytest.raises(GpuLeaseError, match="8 GPUs wanted for one job, this machine has 4"):
-        lease_gpus(8, tmp_path, count=4, wait_seconds=0)
-    for lease in [one, *pair]:
-        lease.release()
-    assert [lease.index for lease in lease_gpus(3, tmp_path, count=4, wait_seconds=0, set_env=False)][:2] == [0, 1]
-    assert lease_gpus(2, tmp_path, count=0) is None
+        lease(8, tmp_path, count=4, wait_seconds=0)
+    for held in [one, *pair]:
+        held.release()
+    assert [held.index for held in lease(3, tmp_path, count=4, wait_seconds=0, set_env=False)][:2] == [0, 1]
+    assert lease(2, tmp_path, count=0) is None
 
 
 def test_no_gpu_means_no_lease(tmp_path, monkeypatch):
-    assert lease_gpu(tmp_path, count=0) is None
+    assert one_gpu(tmp_path, count=0) is None
     monkeypatch.setenv("LOCALLEARN_GPU_COUNT", "0")
     assert detect_gpu_count() == 0
-    assert lease_gpu(tmp_path) is None
+    assert one_gpu(tmp_path) is None
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
@@ -185,13 +191,13 @@ def test_env_overrides_and_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALLEARN_GPU_LOCK_DIR", str(tmp_path / "envlocks"))
     monkeypatch.setenv("LOCALLEARN_GPU_SLOTS", "2")
     assert detect_gpu_count() == 3
-    with lease_gpu(wait_seconds=0) as lease:
+    with one_gpu(wait_seconds=0) as lease:
         assert lease.path.parent == tmp_path / "envlocks"
         assert lease.held
     assert not lease.held
     monkeypatch.setenv("LOCALLEARN_GPU_COUNT", "many")
     with pytest.raises(LocallearnError, match="LOCALLEARN_GPU_COUNT"):
-        lease_gpu(tmp_path)
+        one_gpu(tmp_path)
 
 
 def test_detect_counts_nvidia_smi_gpus(tmp_path, monkeypatch):
@@ -214,7 +220,7 @@ def test_detect_counts_nvidia_smi_gpus(tmp_path, monkeypatch):
 def test_default_folder_is_this_users_own_0700(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)    # re-read TMPDIR
-    with lease_gpu(count=1, wait_seconds=0, set_env=False) as lease:
+    with one_gpu(count=1, wait_seconds=0, set_env=False) as lease:
         folder = lease.path.parent
         assert folder == tmp_path / f"locallearn-gpu-locks-{os.geteuid()}"
         st = folder.stat()
@@ -229,13 +235,13 @@ def test_planted_symlink_is_never_followed(tmp_path):
     victim.write_text("precious\n")
     (locks / "gpu0.slot0.lock").symlink_to(victim)
     with pytest.raises(GpuLeaseError, match="gpu0.slot0.lock is a symbolic link; refusing to follow it"):
-        lease_gpu(locks, count=1, wait_seconds=0, set_env=False)
+        one_gpu(locks, count=1, wait_seconds=0, set_env=False)
     assert victim.read_text() == "precious\n"
     # a hard link is refused too: truncating it would truncate the victim
     (locks / "gpu0.slot0.lock").unlink()
     os.link(victim, locks / "gpu0.slot0.lock")
     with pytest.raises(GpuLeaseError, match="has other hard links"):
-        lease_gpu(locks, count=1, wait_seconds=0, set_env=False)
+        one_gpu(locks, count=1, wait_seconds=0, set_env=False)
     assert victim.read_text() == "precious\n"
 
 
@@ -248,15 +254,15 @@ def test_default_folder_made_by_someone_else_is_refused(tmp_path, monkeypatch):
     planted.mkdir(mode=0o700)
     os.chown(planted, 4242, 4242)        # another user got there first
     with pytest.raises(GpuLeaseError, match=r"belongs to uid 4242, not to you .*remove it"):
-        lease_gpu(count=1, wait_seconds=0, set_env=False)
+        one_gpu(count=1, wait_seconds=0, set_env=False)
     os.chown(planted, os.geteuid(), os.getegid())
     planted.chmod(0o755)                 # ours, but open to others: not private
     with pytest.raises(GpuLeaseError, match="has mode 0755; your own lock folder must be 0700"):
-        lease_gpu(count=1, wait_seconds=0, set_env=False)
+        one_gpu(count=1, wait_seconds=0, set_env=False)
     planted.rmdir()
     planted.symlink_to(tmp_path)         # a link where our folder should be
     with pytest.raises(GpuLeaseError, match="is not a folder"):
-        lease_gpu(count=1, wait_seconds=0, set_env=False)
+        one_gpu(count=1, wait_seconds=0, set_env=False)
 
 
 def test_named_folder_unsafe_owner_or_mode_is_refused(tmp_path):
@@ -264,15 +270,15 @@ def test_named_folder_unsafe_owner_or_mode_is_refused(tmp_path):
     shared.mkdir()
     shared.chmod(0o777)                  # anyone may swap lock files: no sticky bit
     with pytest.raises(GpuLeaseError, match="mode 0777: others may write in it without the sticky bit"):
-        lease_gpu(shared, count=1, wait_seconds=0, set_env=False)
+        one_gpu(shared, count=1, wait_seconds=0, set_env=False)
     shared.chmod(0o1777)                 # as /tmp: a folder users may share
-    with lease_gpu(shared, count=1, wait_seconds=0, set_env=False) as lease:
+    with one_gpu(shared, count=1, wait_seconds=0, set_env=False) as lease:
         assert (lease.path.stat().st_mode & 0o777) == 0o644   # other users' jobs must open it
     if os.geteuid() != 0:
         return
     os.chown(shared, 4242, 4242)         # sticky, but someone else's folder
     with pytest.raises(GpuLeaseError, match="belongs to uid 4242"):
-        lease_gpu(shared, count=1, wait_seconds=0, set_env=False)
+        one_gpu(shared, count=1, wait_seconds=0, set_env=False)
 
 
 def test_shared_folder_uses_another_users_lock_file(tmp_path):
@@ -293,11 +299,11 @@ def test_shared_folder_uses_another_users_lock_file(tmp_path):
         child = subprocess.run(   # imports first (the interpreter's files may be root's), then uid 4343
             [sys.executable, "-c", textwrap.dedent(f"""
                 import os
-                from locallearn.gpulease import lease_gpu
+                from locallearn.gpulease import lease
                 os.setgid(4343); os.setuid(4343)
-                lease = lease_gpu({str(shared)!r}, count=2, wait_seconds=0, set_env=False)
-                other = lease_gpu({str(shared)!r}, count=2, wait_seconds=0, set_env=False)
-                print(lease.index, other.index)
+                [mine] = lease(1, {str(shared)!r}, count=2, wait_seconds=0, set_env=False)
+                [other] = lease(1, {str(shared)!r}, count=2, wait_seconds=0, set_env=False)
+                print(mine.index, other.index)
             """)], env=_env(2), capture_output=True, text=True, timeout=60)
         assert child.returncode == 0, child.stderr
         # gpu0 taken through the other user's file (read-only, unwritten), gpu1 created

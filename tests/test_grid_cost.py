@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from locallearn import gridcost
-from locallearn.bench import cli_grid
+from locallearn.gridbench import cli_grid_bench
 from locallearn.cells import read_cells
 from locallearn.errors import ConfigError
 from locallearn.specs import SPECS
@@ -24,7 +24,7 @@ SELECT = ["mnist-mlp-pred", "fmnist-mlp-pred", "stl10-vgg8b-predsim", "stl10-vgg
 
 
 def test_grid_times_each_distinct_network_once(tmp_path, capsys):
-    assert cli_grid(["--cells", str(CELLS), "--select", *SELECT, "--scale", "0.05", "--steps", "2", "--device", "cpu",
+    assert cli_grid_bench(["--cells", str(CELLS), "--select", *SELECT, "--scale", "0.05", "--steps", "2", "--device", "cpu",
                      "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     path = gridcost.table_path(tmp_path, "cpu", "fp32")
@@ -58,9 +58,9 @@ def test_grid_times_each_distinct_network_once(tmp_path, capsys):
 
 def test_grid_limit_and_bad_selection(tmp_path, capsys):
     out = tmp_path / "t.json"
-    assert cli_grid(["--cells", str(CELLS), "--select", "mnist-mlp-*", "--limit", "1", "--scale", "0.02", "--steps", "1",
+    assert cli_grid_bench(["--cells", str(CELLS), "--select", "mnist-mlp-*", "--limit", "1", "--scale", "0.02", "--steps", "1",
                      "--device", "cpu", "--out", str(out)]) == 0
     table = json.loads(out.read_text())
     assert table["networks_timed"] == 1 and table["networks"] == 4 and list(table["cells"]) == ["mnist-mlp-backprop"]
     with pytest.raises(ConfigError, match="--select nope: matches no cell"):
-        cli_grid(["--cells", str(CELLS), "--select", "nope", "--out", str(out)])
+        cli_grid_bench(["--cells", str(CELLS), "--select", "nope", "--out", str(out)])

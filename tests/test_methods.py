@@ -159,3 +159,10 @@ def test_other_engines_equal_fused_on_a_resnet(engine, method):
         states.append(model.state_dict())
     for k in states[0]:
         torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_config_knows_every_registered_method():
+    """config.py checks --method against its torch-free METHOD_NAMES: equal to the registry."""
+    from locallearn.config import METHOD_NAMES
+    from locallearn.methods import METHODS
+    assert set(METHODS) == set(METHOD_NAMES)

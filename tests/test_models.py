@@ -125,3 +125,10 @@ def test_pre_act_is_accepted_and_changes_nothing_as_in_the_reference():
     assert str(nets[0]) == str(nets[1])
     for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_the_registry_builds_every_model_name():
+    """config.py checks --model against specs.MODEL_NAMES without torch; the registry
+    must build exactly those networks."""
+    from locallearn.specs import MODEL_NAMES
+    assert set(MODELS) == set(MODEL_NAMES)

@@ -14,7 +14,7 @@ from locallearn import train as train_mod
 from locallearn.config import parse_train_args
 from locallearn.errors import ConfigError, OutputError
 from locallearn.faults import FAULT_ENV
-from locallearn.tracking import local_artifact_dir
+from locallearn.mlstore import local_artifact_dir
 from locallearn.pipeline import PipelineError, balance, check_config, split_layers
 from locallearn.rundir import CHECKPOINT, checkpoint_name
 

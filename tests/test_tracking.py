@@ -18,7 +18,10 @@ from mlflow import MlflowClient
 
 from locallearn import tracking
 from locallearn.errors import ConfigError, TrackingError
-from locallearn.tracking import RunTracker, cli_init, ensure_experiment, resolve_uri
+from locallearn import mlstore
+from locallearn.cli import tracking_init as cli_init
+from locallearn.mlstore import ensure_experiment, resolve_uri
+from locallearn.tracking import RunTracker
 
 EXPERIMENT = "test-exp"
 # every per-epoch key of a synthetic history, as logged (layer 1 has no error: skipped)
@@ -44,6 +47,12 @@ def metrics_doc(history: list[dict]) -> dict:
             "params_total": 2345, "wall_seconds": 12.5}
 
 
+def write_metrics(out_dir: Path, doc: dict) -> None:
+    """A finished run folder's metrics.json, as the trainer writes it before it completes the run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(doc))
+
+
 def sqlite_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
 
@@ -63,7 +72,7 @@ def train(out_dir: Path, uri: str, history: list[dict], name: str = "cell-a") ->
     doc = metrics_doc(history)
     (out_dir / "metrics.json").write_text(json.dumps(doc))
     (out_dir / "curve.png").write_bytes(b"\x89PNG fake")
-    tracker.finish("FINISHED", doc, [out_dir / "metrics.json", out_dir / "curve.png"])
+    tracker.complete()
     return tracker.run_id
 
 
@@ -161,7 +170,7 @@ def test_failed_run_is_marked(tmp_path):
     uri = sqlite_uri(tmp_path)
     tracker = open_tracker(tmp_path / "run", uri)
     tracker.log_history(make_history(2))
-    tracker.finish("FAILED", {"error": "loss is NaN at epoch 3 (run)\nsecond line"})
+    tracker.fail("loss is NaN at epoch 3 (run)\nsecond line")
     run = MlflowClient(uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags[tracking.TAG_ERROR] == "loss is NaN at epoch 3 (run)"
@@ -188,17 +197,18 @@ def test_store_outage_mid_run_only_delays_logging(tmp_path, caplog):
     tracker.log_history(history[:4])
     assert sum("training goes on" in r.getMessage() for r in caplog.records) == 1
     with pytest.raises(TrackingError, match="server went away"):
-        tracker.finish("FINISHED", metrics_doc(history[:4]))
+        write_metrics(tmp_path / "run", metrics_doc(history[:4]))
+        tracker.complete()
     client.log_batch = real_log_batch
     tracker.log_history(history)                      # back: catches up, nothing doubled
     assert_steps(MlflowClient(uri), tracker.run_id, 6)
 
     client.set_terminated = broken_store
-    tracker.finish("FAILED", {"error": "boom"})       # the trainer's error stays the one shown
+    tracker.fail("boom")       # the trainer's error stays the one shown
 
 
 def test_locked_database_is_retried(monkeypatch):
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(mlstore.time, "sleep", lambda s: None)
     attempts = []
 
     def flaky():
@@ -207,17 +217,17 @@ def test_locked_database_is_retried(monkeypatch):
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking._call("sqlite:///x.db", "log", flaky) == "ok" and len(attempts) == 3
+    assert mlstore.call("sqlite:///x.db", "log", flaky) == "ok" and len(attempts) == 3
     with pytest.raises(TrackingError, match=r"sqlite:///x.db: could not log: disk I/O error"):
-        tracking._call("sqlite:///x.db", "log", broken_store)
+        mlstore.call("sqlite:///x.db", "log", broken_store)
 
 
 def test_tracking_off_is_a_no_op(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tracker = RunTracker.open(tmp_path / "run", None, EXPERIMENT, "x", {}, {"lr": 1})
     tracker.log_history(make_history(3))
-    tracker.finish("FINISHED", metrics_doc(make_history(3)), [])
-    tracker.finish("FAILED", {"error": "boom"})
+    tracker.complete()
+    tracker.fail("boom")
     assert tracker.run_id is None
     assert list(tmp_path.iterdir()) == []
 
@@ -352,7 +362,8 @@ def test_params_are_the_recipe_and_tags_explain_the_run(tmp_path):
     # finishing with metrics.json (device resolved there) gives the same tags
     doc = {**metrics_doc(make_history(2)), "config": config, "tags": tags, "run_name": "cell-a",
            "device": "cpu", "environment": env}
-    tracker.finish("FINISHED", doc)
+    write_metrics(tmp_path / "run", doc)
+    tracker.complete()
     again = MlflowClient(uri).get_run(tracker.run_id).data.tags
     assert {k: v for k, v in again.items() if k != tracking.TAG_OUT_DIR} == \
         {k: v for k, v in t.items() if k != tracking.TAG_OUT_DIR}
@@ -378,8 +389,9 @@ def test_system_metrics_when_switched_on(tmp_path, monkeypatch):
     on = RunTracker.open(tmp_path / "on", uri, EXPERIMENT, "on", {"config_hash": "b"}, {},
                          system_metrics=True)
     time.sleep(3.5)
-    on.finish("FINISHED", {})
-    off.finish("FINISHED", {})
+    for tracker in (on, off):
+        write_metrics(tracker._out, {"test_error": 1.0, "history": []})
+        tracker.complete()
     client = MlflowClient(uri)
     logged = client.get_run(on.run_id).data.metrics
     assert "system/cpu_utilization_percentage" in logged and "system/system_memory_usage_megabytes" in logged
@@ -435,7 +447,7 @@ def test_sync_mirrors_the_committed_runs_idempotently(tmp_path):
         t = run["tags"]
         assert t["mlflow.source.git.commit"] == m["git_revision"] and t["cell"] == folder.parent.name
         assert t["env.device"] == m["device"] and t["env.threads"] == str(m["config"]["threads"])
-        assert t["env.precision"] == m["config"]["precision"] and t["env.torch"] == m["versions"]["torch"]
+        assert t["env.precision"] == m["config"]["precision"] and t["env.torch"] == m["versions"]["torch"]   # committed before "environment"
         rid = json.loads((folder / "mlflow_run.json").read_text())["run_id"]
         stored = tmp_path / "full" / "mlartifacts" / "locallearn" / rid / "artifacts"
         assert (stored / "metrics.json").read_bytes() == (folder / "metrics.json").read_bytes()

@@ -49,7 +49,7 @@ def test_real_run_learns_and_resume_is_exact(tmp_path, monkeypatch):
     assert len(full["history"][0]["local"]) == 3 and full["history"][0]["local"][0]["error"] is not None
     on_disk = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert on_disk["test_error"] == full["test_error"] and on_disk["config_hash"]
-    for key in ("params_backprop", "params_total", "seed", "config", "versions", "device",
+    for key in ("params_backprop", "params_total", "seed", "config", "environment", "git_revision", "device",
                 "peak_memory_bytes", "wall_seconds", "started_at", "finished_at"):
         assert key in on_disk
     # MLflow's run times (docs/mlflow.md): the training's span, in UTC

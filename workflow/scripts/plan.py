@@ -31,7 +31,7 @@ import yaml
 if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script, no pip install
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # torch-free modules of the package: the DAG imports no torch
-from locallearn import gridcost  # noqa: E402
+from locallearn import gridcost, layout  # noqa: E402
 from locallearn.cells import recipe_args  # noqa: E402
 from locallearn.config import CHOICES, build_parser, check  # noqa: E402
 from locallearn.cost import network_cost, stage_count_error  # noqa: E402
@@ -342,7 +342,7 @@ class Preset:
     _states: dict = field(default_factory=dict, repr=False)
 
     def run_dir(self, cell: str, seed) -> str:
-        return f"{self.results}/runs/{cell}/seed{seed}"
+        return str(layout.run_dir(self.results, cell, seed))
 
     def metrics(self, cell: str, seed) -> str:
         return f"{self.run_dir(cell, seed)}/{METRICS}"
@@ -476,10 +476,7 @@ def make_presets(config: dict, rows: list[dict]) -> Presets:
 
 def tracking_uri(config: dict, preset: Preset) -> str:
     """config mlflow.uri, else $MLFLOW_TRACKING_URI, else SQLite in the preset's folder."""
-    uri = config["mlflow"]["uri"] or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return "sqlite:///" + str(Path(preset.results, "mlflow.db").resolve())
+    return config["mlflow"]["uri"] or os.environ.get("MLFLOW_TRACKING_URI") or layout.default_store(preset.results)
 
 
 def put_checkout_first() -> None:
@@ -490,7 +487,7 @@ def put_checkout_first() -> None:
 
 def data_dir(config: dict) -> str:
     """config data_dir, else $LOCALLEARN_DATA, else ./data (locallearn's own default)."""
-    return config["data_dir"] or os.environ.get("LOCALLEARN_DATA") or "data"
+    return layout.data_dir(config["data_dir"])
 
 
 # --------------------------------------------------------------------------- estimates
@@ -502,9 +499,7 @@ def data_dir(config: dict) -> str:
 def estimate_hours(row: dict, est: dict, epochs: int | None = None,
                    max_train: int = 0, max_test: int = 0) -> float:
     """FLOP-model device hours of one run of `row` (config key `estimate`)."""
-    spec = SPECS[row["dataset"]]
-    n_train = min(spec.train_size, max_train) if max_train else spec.train_size
-    n_test = min(spec.test_size, max_test) if max_test else spec.test_size
+    n_train, n_test = gridcost.examples_seen(row["dataset"], max_train, max_test)
     cost = network_cost(recipe(row))
     flops = 2 * (cost.train_macs * n_train + cost.eval_macs * n_test)
     steps = math.ceil(n_train / 128)
