@@ -16,7 +16,7 @@ from locallearn.errors import ConfigError, OutputError
 from locallearn.faults import FAULT_ENV
 from locallearn.mlstore import local_artifact_dir
 from locallearn.pipeline import PipelineError, balance, check_config, split_layers
-from locallearn.rundir import CHECKPOINT, checkpoint_name
+from locallearn.rundir import checkpoint_name
 
 TIMING = {"epoch_seconds", "images_per_second", "stage_wait_seconds"}
 
@@ -47,7 +47,7 @@ def cfg_for(tmp_path, flags, out, n_train, *extra):
 
 
 def assert_same_as_sequential(seq_dir, pipe_dir, stages):
-    seq = torch.load(seq_dir / CHECKPOINT, weights_only=True)
+    seq = torch.load(seq_dir / checkpoint_name(), weights_only=True)
     names = [n for n, _ in _named_params(seq)]
     checked = set()
     for k in range(stages):

@@ -109,10 +109,10 @@ def test_run_leases_a_gpu_unless_a_scheduler_chose(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALLEARN_GPU_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     cfg = recipe(tmp_path)
-    first = lease_devices(cfg, 1)
+    [first] = lease_devices(cfg, 1)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == str(first.index)  # set before CUDA starts
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # as in another job's process
-    second = lease_devices(cfg, 1)
+    [second] = lease_devices(cfg, 1)
     assert {first.index, second.index} == {0, 1}
     assert lease_devices(parse_train_args(["--device", "cpu"]), 1) is None
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # SLURM's choice wins
