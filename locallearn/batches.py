@@ -147,13 +147,15 @@ def _fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
 
 def load_splits(cfg, device: torch.device):
     """(train, test, spec) for the run's dataset, with the recipe's augmentation."""
+    from .datafetch import ready
     from .datasets import SPECS, load_split
     from .layout import resolve_data_dir
 
     spec = SPECS[cfg.dataset]
     data_dir = resolve_data_dir(cfg.data_dir)
-    xtr, ytr = load_split(cfg.dataset, data_dir, train=True, download=cfg.download)
-    xte, yte = load_split(cfg.dataset, data_dir, train=False, download=cfg.download)
+    ready(cfg.dataset, data_dir, download=cfg.download)   # files put in place first, if they can be
+    xtr, ytr = load_split(cfg.dataset, data_dir, train=True)
+    xte, yte = load_split(cfg.dataset, data_dir, train=False)
     if cfg.max_train_examples:
         xtr, ytr = xtr[:cfg.max_train_examples], ytr[:cfg.max_train_examples]
     if cfg.max_test_examples:

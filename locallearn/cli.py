@@ -81,7 +81,8 @@ def cmd_describe(argv: list[str]) -> int:
 def cmd_data(argv: list[str]) -> int:
     from pathlib import Path
 
-    from .datasets import SPECS, prepare
+    from .datafetch import prepare
+    from .datasets import SPECS
     from .layout import resolve_data_dir
     from .helpformat import HelpFormatter
     p = argparse.ArgumentParser(

@@ -40,11 +40,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import pickle
-import shutil
-import tarfile
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +60,7 @@ from .specs import SPECS, DatasetSpec  # noqa: F401  (re-exported: the dataset l
 # --------------------------------------------------------------------------- layout
 
 @dataclass(frozen=True)
-class _File:
+class DataFile:
     rel: str                      # path under the data dir (torchvision's layout)
     md5: str                      # torchvision's md5 of the original file
     split: str                    # "train", "test", or "meta" (kept for torchvision, never read)
@@ -72,49 +68,49 @@ class _File:
 
 
 @dataclass(frozen=True)
-class _Archive:
+class Archive:
     filename: str
     url: str
     md5: str
 
 
 @dataclass(frozen=True)
-class _Layout:
-    files: tuple[_File, ...]
-    archive: _Archive | None = None   # one tarball that holds every file (CIFAR, STL10)
+class Layout:
+    files: tuple[DataFile, ...]
+    archive: Archive | None = None   # one tarball that holds every file (CIFAR, STL10)
 
-    def split_files(self, train: bool) -> list[_File]:
+    def split_files(self, train: bool) -> list[DataFile]:
         return [f for f in self.files if f.split == ("train" if train else "test")]
 
 
-def _mnist_layout(cls: type[tvd.MNIST]) -> _Layout:
+def _mnist_layout(cls: type[tvd.MNIST]) -> Layout:
     folder = f"{cls.__name__}/raw"
-    return _Layout(tuple(
-        _File(f"{folder}/{fn}", md5, "train" if fn.startswith("train") else "test",
+    return Layout(tuple(
+        DataFile(f"{folder}/{fn}", md5, "train" if fn.startswith("train") else "test",
               tuple(m + fn for m in cls.mirrors))
         for fn, md5 in cls.resources))
 
 
-def _tarball_layout(cls, files: list[tuple[str, str, str]]) -> _Layout:
-    return _Layout(tuple(_File(f"{cls.base_folder}/{fn}", md5, split) for fn, md5, split in files),
-                   _Archive(cls.filename, cls.url, cls.tgz_md5))
+def _tarball_layout(cls, files: list[tuple[str, str, str]]) -> Layout:
+    return Layout(tuple(DataFile(f"{cls.base_folder}/{fn}", md5, split) for fn, md5, split in files),
+                   Archive(cls.filename, cls.url, cls.tgz_md5))
 
 
-def _cifar_layout(cls: type[tvd.CIFAR10]) -> _Layout:
+def _cifar_layout(cls: type[tvd.CIFAR10]) -> Layout:
     return _tarball_layout(cls, [(fn, md5, "train") for fn, md5 in cls.train_list]
                            + [(fn, md5, "test") for fn, md5 in cls.test_list]
                            + [(cls.meta["filename"], cls.meta["md5"], "meta")])
 
 
-def _svhn_layout(cls: type[tvd.SVHN]) -> _Layout:
+def _svhn_layout(cls: type[tvd.SVHN]) -> Layout:
     # train first, then extra: the order the two are concatenated in.
-    return _Layout(tuple(
-        _File(f"{cls.__name__}/{fn}", md5, "test" if split == "test" else "train", (url,))
+    return Layout(tuple(
+        DataFile(f"{cls.__name__}/{fn}", md5, "test" if split == "test" else "train", (url,))
         for split in ("train", "extra", "test")
         for url, fn, md5 in [cls.split_list[split]]))
 
 
-def _stl10_layout(cls: type[tvd.STL10]) -> _Layout:
+def _stl10_layout(cls: type[tvd.STL10]) -> Layout:
     # The labelled splits only: unlabeled_X.bin (2.6 GB) is never used by the paper.
     listed = dict(cls.train_list + cls.test_list)
     return _tarball_layout(cls, [(fn, listed[fn], fn.split("_")[0])
@@ -125,42 +121,37 @@ def _stl10_layout(cls: type[tvd.STL10]) -> _Layout:
 # are read (the readers below).
 _LAYOUT_OF_FORMAT = {"idx": _mnist_layout, "cifar": _cifar_layout, "svhn": _svhn_layout, "stl10": _stl10_layout}
 
-_LAYOUTS: dict[str, _Layout] = {
+LAYOUTS: dict[str, Layout] = {
     name: _LAYOUT_OF_FORMAT[spec.format](getattr(tvd, spec.torchvision)) for name, spec in SPECS.items()}
 
 # md5 of the decompressed content of re-compressed .gz originals, by path in the data dir.
 _CONTENT_MD5: dict[str, str] = {
     f.rel: md5 for name, spec in SPECS.items() for fn, md5 in spec.content_md5
-    for f in _LAYOUTS[name].files if Path(f.rel).name == fn}
-
-# Folders of original files that this machine may already have; a dataset missing from
-# the data dir is imported from here (verified) before anything asks for a download.
-OFFLINE_SOURCES: dict[str, tuple[Path, ...]] = {
-    name: tuple(map(Path, spec.offline_sources)) for name, spec in SPECS.items() if spec.offline_sources}
+    for f in LAYOUTS[name].files if Path(f.rel).name == fn}
 
 CUSTOM_CHECKSUMS = "locallearn-custom-checksums.json"
 
 
-def _layout(name: str) -> _Layout:
-    if name not in _LAYOUTS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(_LAYOUTS)}")
-    return _LAYOUTS[name]
+def layout_of(name: str) -> Layout:
+    if name not in LAYOUTS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(LAYOUTS)}")
+    return LAYOUTS[name]
 
 
 # --------------------------------------------------------------------------- verification
 
-def _how_to_get(name: str) -> str:
-    archive = _LAYOUTS[name].archive
+def how_to_get(name: str) -> str:
+    archive = LAYOUTS[name].archive
     originals = "the original files" + (f", or {archive.filename}" if archive else "")
     return (f"to fix, run `locallearn data prepare {name} --download` (needs internet) or "
             f"`locallearn data prepare {name} --source DIR` (DIR: a folder holding {originals})")
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _md5(path: Path) -> str:
+def md5_of(path: Path) -> str:
     return tv_utils.calculate_md5(path)
 
 
@@ -182,14 +173,14 @@ def _custom_checksums(root: Path) -> dict[str, str]:
     try:
         return dict(json.loads(path.read_text())["files"])
     except (ValueError, KeyError, TypeError) as e:
-        raise DatasetError(f"{path} cannot be read ({_one_line(e)}); fix or delete it") from e
+        raise DatasetError(f"{path} cannot be read ({one_line(e)}); fix or delete it") from e
 
 
-def _problem(path: Path, f: _File, custom: dict[str, str]) -> str | None:
+def file_problem(path: Path, f: DataFile, custom: dict[str, str]) -> str | None:
     """None when `path` holds a known-good copy of `f`, else what is wrong with it."""
     if not path.is_file():
         return "missing"
-    got = _md5(path)
+    got = md5_of(path)
     if got in (f.md5, custom.get(f.rel)):
         return None
     if f.rel in _CONTENT_MD5 and _gz_content_md5(path) == _CONTENT_MD5[f.rel]:
@@ -197,21 +188,21 @@ def _problem(path: Path, f: _File, custom: dict[str, str]) -> str | None:
     return f"md5 {got} matches no known checksum (torchvision's is {f.md5})"
 
 
-def _problems(data_dir: Path, files: list[_File]) -> dict[_File, str]:
+def problems_in(data_dir: Path, files: list[DataFile]) -> dict[DataFile, str]:
     custom = _custom_checksums(data_dir)
-    found = {f: _problem(data_dir / f.rel, f, custom) for f in files}
+    found = {f: file_problem(data_dir / f.rel, f, custom) for f in files}
     return {f: problem for f, problem in found.items() if problem}
 
 
-def _error(name: str, data_dir: Path, files: list[_File], problems: dict[_File, str]) -> DatasetError:
+def dataset_error(name: str, data_dir: Path, files: list[DataFile], problems: dict[DataFile, str]) -> DatasetError:
     """The one-line error for the first thing wrong among `files` (all missing: one message)."""
     missing = [f.rel for f, problem in problems.items() if problem == "missing"]
     if missing:
         what = "not found" if len(missing) == len(files) else f"incomplete: missing {', '.join(missing)}"
         return DatasetError(f"{name}: dataset {what} in data dir {data_dir} (expects "
-                            f"{', '.join(f.rel for f in files)}); {_how_to_get(name)}")
+                            f"{', '.join(f.rel for f in files)}); {how_to_get(name)}")
     f, problem = next(iter(problems.items()))
-    return DatasetError(f"{name}: {data_dir / f.rel} is corrupt ({problem}); {_how_to_get(name)}")
+    return DatasetError(f"{name}: {data_dir / f.rel} is corrupt ({problem}); {how_to_get(name)}")
 
 
 def accept_custom_files(data_dir: Path, rel_paths: list[str]) -> None:
@@ -222,7 +213,7 @@ def accept_custom_files(data_dir: Path, rel_paths: list[str]) -> None:
     """
     data_dir = Path(data_dir)
     files = _custom_checksums(data_dir)
-    files.update({rel: _md5(data_dir / rel) for rel in rel_paths})
+    files.update({rel: md5_of(data_dir / rel) for rel in rel_paths})
     doc = {"comment": "files accepted by locallearn.datasets.accept_custom_files instead of "
                       "the originals' checksums", "files": dict(sorted(files.items()))}
     atomic_write_bytes(data_dir / CUSTOM_CHECKSUMS, json.dumps(doc, indent=1).encode())
@@ -283,7 +274,7 @@ _READER_OF_FORMAT = {"idx": _read_mnist, "cifar": _read_cifar, "svhn": _read_svh
 _READERS = {name: _READER_OF_FORMAT[spec.format] for name, spec in SPECS.items()}
 
 
-def _decode(name: str, data_dir: Path, files: list[_File]) -> tuple[torch.Tensor, torch.Tensor]:
+def decode(name: str, data_dir: Path, files: list[DataFile]) -> tuple[torch.Tensor, torch.Tensor]:
     spec = SPECS[name]
     paths = [data_dir / f.rel for f in files]
     where = ", ".join(str(p) for p in paths)
@@ -292,196 +283,31 @@ def _decode(name: str, data_dir: Path, files: list[_File]) -> tuple[torch.Tensor
     except MemoryError:
         raise
     except Exception as e:  # any failure to parse a file on disk is a data problem
-        raise DatasetError(f"{name}: cannot read {where} ({_one_line(e)}); "
-                           f"{_how_to_get(name)}") from e
+        raise DatasetError(f"{name}: cannot read {where} ({one_line(e)}); "
+                           f"{how_to_get(name)}") from e
     shape = (spec.channels, spec.size, spec.size)
     if images.shape[1:] != shape or labels.shape != (len(images),) or len(images) == 0:
         raise DatasetError(f"{name}: {where} hold images {images.shape[1:]} x {len(images)} and "
-                           f"{labels.shape} labels, expected (N, {shape}) and N labels; {_how_to_get(name)}")
+                           f"{labels.shape} labels, expected (N, {shape}) and N labels; {how_to_get(name)}")
     if labels.min() < 0 or labels.max() >= spec.num_classes:
         raise DatasetError(f"{name}: labels in {where} outside 0..{spec.num_classes - 1}; "
-                           f"{_how_to_get(name)}")
+                           f"{how_to_get(name)}")
     # C-contiguous and writable (IDX payloads are read-only views of the file's bytes).
     return (torch.from_numpy(np.require(images, np.uint8, ["C", "W"])),
             torch.from_numpy(labels.astype(np.int64)))
 
 
-# --------------------------------------------------------------------------- public API
+# --------------------------------------------------------------------------- reading
 
-def load_split(name: str, data_dir: Path, train: bool,
-               download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(name: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as (uint8 images (N, C, H, W), int64 labels (N,)), verified on every load.
 
-    SVHN's train split is train + extra; STL10's is the 5,000 labelled images. A dataset
-    with files missing from data_dir is imported from a known offline folder
-    (OFFLINE_SOURCES) if the machine has one, else downloaded if `download`; corrupt files
-    are fetched again only if `download`. Anything else raises DatasetError.
-    """
+    SVHN's train split is train + extra; STL10's is the 5,000 labelled images. A missing
+    or corrupt file raises DatasetError saying how to get it (putting files in place is
+    datafetch.py's: `locallearn data prepare`, or a run's datafetch.ready)."""
     data_dir = Path(data_dir)
-    files = _layout(name).split_files(train)
-    problems = _problems(data_dir, files)
+    files = layout_of(name).split_files(train)
+    problems = problems_in(data_dir, files)
     if problems:
-        only_missing = all(problem == "missing" for problem in problems.values())
-        if not (download or (only_missing and _offline_sources(name))):
-            raise _error(name, data_dir, files, problems)
-        # Fetch all that is wrong with the dataset, not just this split: the other comes next.
-        _fetch(name, data_dir, list(_problems(data_dir, list(_layout(name).files))), download)
-        problems = _problems(data_dir, files)
-        if problems:
-            raise _error(name, data_dir, files, problems)
-    return _decode(name, data_dir, files)
-
-
-def prepare(name: str, data_dir: Path, download: bool = False, source: Path | None = None) -> None:
-    """Make `name` ready in data_dir, then check that both splits load.
-
-    With `source` (a folder of the original files, or of the original tarball for
-    CIFAR/STL10) every file is imported from it. Otherwise files already there and
-    verified are kept, and the others come from a known offline folder, else from the
-    network if `download`. Each file is checked against torchvision's md5 before it is
-    put in place.
-    """
-    data_dir = Path(data_dir)
-    files = list(_layout(name).files)
-    if source is not None:
-        _import(name, data_dir, Path(source), files)
-    else:
-        problems = _problems(data_dir, files)
-        if problems:
-            if not (download or _offline_sources(name)):
-                raise _error(name, data_dir, files, problems)
-            _fetch(name, data_dir, list(problems), download)
-    for train in (True, False):
-        load_split(name, data_dir, train)
-
-
-# --------------------------------------------------------------------------- fetching
-
-def _offline_sources(name: str) -> list[Path]:
-    return [p for p in OFFLINE_SOURCES.get(name, ()) if p.is_dir()]
-
-
-def _fetch(name: str, data_dir: Path, files: list[_File], download: bool) -> None:
-    """Install `files` from a known offline folder, else from the network if `download`."""
-    errors = []
-    for folder in _offline_sources(name):
-        try:
-            return _import(name, data_dir, folder, files)
-        except DatasetError as e:
-            errors.append(str(e))
-    if not download:
-        raise DatasetError(f"{name}: not ready in data dir {data_dir}, and importing it failed: "
-                           f"{' '.join(errors)}; {_how_to_get(name)}")
-    _download(name, data_dir, files)
-
-
-def _staging(data_dir: Path) -> Path:
-    """A private folder inside data_dir, so finished files move in by an atomic rename."""
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=data_dir))
-    except OSError as e:
-        raise DatasetError(f"cannot write to data dir {data_dir} ({_one_line(e)}); "
-                           "choose another with --data-dir or $LOCALLEARN_DATA") from e
-
-
-def _download(name: str, data_dir: Path, files: list[_File]) -> None:
-    """Fetch the originals of `files` (or the one tarball holding them), then import them."""
-    layout = _layout(name)
-    staging = _staging(data_dir)
-    try:
-        if layout.archive:
-            wanted = [(layout.archive.filename, (layout.archive.url,), layout.archive.md5)]
-        else:
-            wanted = [(Path(f.rel).name, f.urls, f.md5) for f in files]
-        for filename, urls, md5 in wanted:
-            failures = []
-            for url in urls:
-                try:
-                    tv_utils.download_url(url, str(staging), filename, md5)
-                    break
-                except Exception as e:  # offline, HTTP error, md5 mismatch: all mean "not fetched"
-                    failures.append(f"{url}: {_one_line(e)}")
-                    (staging / filename).unlink(missing_ok=True)
-            else:
-                raise DatasetError(
-                    f"{name}: download failed ({'; '.join(failures)}); if this machine is offline, "
-                    f"put the original files in a folder and run `locallearn data prepare {name} "
-                    f"--source DIR` (expects {', '.join(Path(f.rel).name for f in layout.files)} "
-                    f"under data dir {data_dir})")
-        _import(name, data_dir, staging, files, move=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _find(source: Path, rel: str) -> Path | None:
-    """`rel` in source as it is laid out, or any tail of it (e.g. just the file name)."""
-    parts = Path(rel).parts
-    for i in range(len(parts)):
-        candidate = source.joinpath(*parts[i:])
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _import(name: str, data_dir: Path, source: Path, files: list[_File], move: bool = False) -> None:
-    """Verify `files` in `source` against torchvision's md5, then install them all."""
-    layout = _layout(name)
-    if not source.is_dir():
-        raise DatasetError(f"{name}: source folder {source} does not exist; {_how_to_get(name)}")
-    staging = _staging(data_dir)
-    try:
-        found = {f: _find(source, f.rel) for f in files}
-        if layout.archive and not all(found.values()):
-            tarball = _find(source, layout.archive.filename)
-            if tarball is not None:
-                found = _unpack(name, tarball, layout.archive, files, staging)
-                move = True
-        missing = [Path(f.rel).name for f, path in found.items() if path is None]
-        if missing:
-            archive = f", or {layout.archive.filename}" if layout.archive else ""
-            raise DatasetError(f"{name}: {source} lacks {', '.join(missing)} (an import needs "
-                               f"{', '.join(Path(f.rel).name for f in layout.files)}{archive})")
-        for f, path in found.items():
-            problem = _problem(path, f, {})
-            if problem:
-                raise DatasetError(f"{name}: {path} is not the original file ({problem}); "
-                                   "nothing was imported")
-        for f, path in found.items():
-            _install(path, data_dir / f.rel, move)
-            if f.rel.endswith(".gz"):   # torchvision's MNIST classes read the unpacked copies
-                with gzip.open(data_dir / f.rel, "rb") as g:
-                    atomic_write_bytes((data_dir / f.rel).with_suffix(""), g)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _unpack(name: str, tarball: Path, archive: _Archive, files: list[_File],
-            staging: Path) -> dict[_File, Path | None]:
-    """Extract just `files` from a verified tarball into staging."""
-    if _md5(tarball) != archive.md5:
-        raise DatasetError(f"{name}: {tarball} is not the original archive (md5 differs from "
-                           f"torchvision's {archive.md5}); nothing was imported")
-    wanted = {Path(f.rel).name: f for f in files}
-    found: dict[_File, Path | None] = dict.fromkeys(files)
-    try:
-        with tarfile.open(tarball) as tar:
-            for member in tar:
-                f = wanted.get(Path(member.name).name)
-                if f and member.isfile():
-                    out = staging / Path(f.rel).name
-                    with tar.extractfile(member) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-                    found[f] = out
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise DatasetError(f"{name}: cannot unpack {tarball} ({_one_line(e)})") from e
-    return found
-
-
-def _install(src: Path, dest: Path, move: bool) -> None:
-    if move:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
-    else:
-        with open(src, "rb") as f:
-            atomic_write_bytes(dest, f)
+        raise dataset_error(name, data_dir, files, problems)
+    return decode(name, data_dir, files)

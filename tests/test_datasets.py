@@ -15,8 +15,9 @@ from torchvision.datasets import utils as tv_utils
 
 from fake_data import SHAPES, fake_images, write_fake
 from locallearn.atomic import atomic_write_bytes
-from locallearn import datasets
-from locallearn.datasets import SPECS, load_split, prepare
+from locallearn import datafetch, datasets
+from locallearn.datafetch import prepare, ready
+from locallearn.datasets import SPECS, load_split
 from locallearn.layout import resolve_data_dir
 from locallearn.errors import ConfigError, DatasetError
 
@@ -27,7 +28,7 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture(autouse=True)
 def no_offline_sources(monkeypatch):
     """Tests see only what they write, unless they put an offline source back."""
-    monkeypatch.setattr(datasets, "OFFLINE_SOURCES", {})
+    monkeypatch.setattr(datafetch, "OFFLINE_SOURCES", {})
 
 
 @pytest.fixture
@@ -67,9 +68,9 @@ def test_one_table_says_each_dataset_once():
     from locallearn.specs import FORMATS, DatasetSpec
 
     assert set(datasets._LAYOUT_OF_FORMAT) == set(datasets._READER_OF_FORMAT) == set(FORMATS)
-    assert set(datasets._LAYOUTS) == set(datasets._READERS) == set(SPECS)
-    assert datasets._LAYOUTS["KuzushijiMNIST"].files[0].rel.startswith("KMNIST/raw/")   # torchvision's KMNIST
-    assert set(datasets._CONTENT_MD5) == {f.rel for f in datasets._LAYOUTS["FashionMNIST"].files}
+    assert set(datasets.LAYOUTS) == set(datasets._READERS) == set(SPECS)
+    assert datasets.LAYOUTS["KuzushijiMNIST"].files[0].rel.startswith("KMNIST/raw/")   # torchvision's KMNIST
+    assert set(datasets._CONTENT_MD5) == {f.rel for f in datasets.LAYOUTS["FashionMNIST"].files}
     assert [n for n, s in SPECS.items() if s.offline_sources] == ["FashionMNIST"]  # (OFFLINE_SOURCES: patched here)
     assert not hasattr(tables, "DATASET_TITLES") and SPECS["SVHN"].title.startswith("SVHN with extra")
     with pytest.raises(ValueError, match="dataset EMNIST: format 'emnist' is not one of idx, cifar, svhn, stl10"):
@@ -155,7 +156,7 @@ def test_stl10_uses_the_labelled_splits_only(data_dir):
     assert not (data_dir / "stl10_binary" / "unlabeled_X.bin").exists()
     assert load_split("STL10", data_dir, True)[0].shape == (50, 3, 96, 96)
     assert load_split("STL10", data_dir, False)[0].shape == (80, 3, 96, 96)
-    assert [Path(f.rel).name for f in datasets._LAYOUTS["STL10"].files] == [
+    assert [Path(f.rel).name for f in datasets.LAYOUTS["STL10"].files] == [
         "train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"]
 
 
@@ -167,7 +168,7 @@ def test_kuzushiji_mnist_reads_kmnist_not_mnist(data_dir):
     images, labels = load_split("KuzushijiMNIST", data_dir, True)
     np.testing.assert_array_equal(images.numpy(), fake_images(kmnist_train, "KuzushijiMNIST", 10))
     assert not np.array_equal(images.numpy(), load_split("MNIST", data_dir, True)[0].numpy())
-    layout = datasets._LAYOUTS["KuzushijiMNIST"]
+    layout = datasets.LAYOUTS["KuzushijiMNIST"]
     assert [f.md5 for f in layout.files] == [md5 for _, md5 in tvd.KMNIST.resources]
     assert all("kmnist" in url for f in layout.files for url in f.urls)
 
@@ -181,7 +182,7 @@ def test_missing_dataset_gives_one_clear_line(name, data_dir):
     message = one_line_error(excinfo)
     assert message.startswith(f"{name}: dataset not found")
     assert str(data_dir) in message
-    for f in datasets._LAYOUTS[name].split_files(True):
+    for f in datasets.LAYOUTS[name].split_files(True):
         assert f.rel in message
     assert f"locallearn data prepare {name} --download" in message
     assert f"locallearn data prepare {name} --source DIR" in message
@@ -245,7 +246,7 @@ def test_offline_download_fails_clearly_and_leaves_nothing(data_dir, monkeypatch
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
     monkeypatch.setattr(tv_utils, "download_url", offline)
     with pytest.raises(DatasetError) as excinfo:
-        load_split("SVHN", data_dir, True, download=True)
+        ready("SVHN", data_dir, download=True)
     message = one_line_error(excinfo)
     assert message.startswith("SVHN: download failed (http://ufldl.stanford.edu/housenumbers/train_32x32.mat")
     assert "Temporary failure in name resolution" in message
@@ -257,7 +258,7 @@ def fake_originals(name, tmp_path, monkeypatch):
     """Fake files and their tarball, made the 'originals' by patching the known md5s."""
     origin = tmp_path / "origin"
     write_fake(name, origin)
-    layout = datasets._LAYOUTS[name]
+    layout = datasets.LAYOUTS[name]
     md5 = lambda p: hashlib.md5(p.read_bytes()).hexdigest()   # noqa: E731
     tarball = tmp_path / "archives" / layout.archive.filename
     tarball.parent.mkdir()
@@ -265,7 +266,7 @@ def fake_originals(name, tmp_path, monkeypatch):
         tar.add(origin / Path(layout.files[0].rel).parent, arcname=Path(layout.files[0].rel).parent.name)
     patched = replace(layout, files=tuple(replace(f, md5=md5(origin / f.rel)) for f in layout.files),
                       archive=replace(layout.archive, md5=md5(tarball)))
-    monkeypatch.setitem(datasets._LAYOUTS, name, patched)
+    monkeypatch.setitem(datasets.LAYOUTS, name, patched)
     return origin, tarball
 
 
@@ -277,7 +278,8 @@ def test_download_of_a_tarball_installs_verified_files(data_dir, tmp_path, monke
         fetched.append(url)
         shutil.copy(tarball, Path(root, filename))
     monkeypatch.setattr(tv_utils, "download_url", download_url)
-    images, _ = load_split("CIFAR10", data_dir, True, download=True)
+    ready("CIFAR10", data_dir, download=True)
+    images, _ = load_split("CIFAR10", data_dir, True)
     assert fetched == [tvd.CIFAR10.url]
     np.testing.assert_array_equal(images.numpy(), load_split("CIFAR10", origin, True)[0].numpy())
     assert files_under(data_dir) == ["cifar-10-batches-py"] + [
@@ -292,7 +294,8 @@ def test_download_replaces_a_corrupt_file(data_dir, tmp_path, monkeypatch):
     (data_dir / "cifar-100-python/test").write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="is corrupt"):
         load_split("CIFAR100", data_dir, False)
-    images, labels = load_split("CIFAR100", data_dir, False, download=True)
+    ready("CIFAR100", data_dir, download=True)
+    images, labels = load_split("CIFAR100", data_dir, False)
     assert torch.equal(labels, load_split("CIFAR100", origin, False)[1])
 
 
@@ -357,7 +360,8 @@ def test_real_fashion_mnist_with_a_flipped_bit_is_rejected(data_dir, tmp_path):
 
 @needs_debian_fashion
 def test_missing_fashion_mnist_is_imported_from_debian_automatically(data_dir, monkeypatch):
-    monkeypatch.setattr(datasets, "OFFLINE_SOURCES", {"FashionMNIST": (DEBIAN_FASHION,)})
+    monkeypatch.setattr(datafetch, "OFFLINE_SOURCES", {"FashionMNIST": (DEBIAN_FASHION,)})
+    ready("FashionMNIST", data_dir)
     images, labels = load_split("FashionMNIST", data_dir, False)
     assert images.shape == (10000, 1, 28, 28) and len(labels.unique()) == 10
     assert (data_dir / "FashionMNIST/raw/train-images-idx3-ubyte").stat().st_size == 47040016

@@ -66,6 +66,7 @@ def test_dataset_files_honour_the_umask(tmp_path, umask):
     """The data layer writes through atomic.py (its own writer is gone): the custom
     checksum file, and (where Debian's package is there) the imported and unpacked
     Fashion-MNIST files."""
+    import locallearn.datafetch as datafetch
     import locallearn.datasets as datasets
     from conftest import FMNIST_DEBIAN
     from fake_data import write_fake
@@ -75,7 +76,7 @@ def test_dataset_files_honour_the_umask(tmp_path, umask):
     write_fake("MNIST", tmp_path / "fake", n_train=20, n_test=10)
     assert (tmp_path / "fake" / datasets.CUSTOM_CHECKSUMS).stat().st_mode & 0o777 == 0o640
     if FMNIST_DEBIAN.is_dir():
-        datasets.prepare("FashionMNIST", tmp_path / "data", source=FMNIST_DEBIAN)
+        datafetch.prepare("FashionMNIST", tmp_path / "data", source=FMNIST_DEBIAN)
         written = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
         assert len(written) == 8 and {p.stat().st_mode & 0o777 for p in written} == {0o640}
 
