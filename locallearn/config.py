@@ -204,18 +204,25 @@ def flag_name(dest: str) -> str:
 
 
 def validate(args: argparse.Namespace) -> argparse.Namespace:
-    """Reject values that cannot run, with a message that names the flag; then settle
-    --out and take the credentials out of --mlflow-uri."""
-    if args.model not in MODEL_NAMES:
-        raise ConfigError(f"--model: unknown model {args.model!r} (known: {', '.join(sorted(MODEL_NAMES))})")
-    check(args)
-    check_method(args, METHOD_NAMES, RESNET_BLOCKS)
+    """Reject values that cannot run (check_all); then settle --out and take the
+    credentials out of --mlflow-uri."""
+    check_all(args)
     if args.out is None:
         args.out = args.save_dir or DEFAULT_OUT
     # A password in the URI would be recorded with the config (metrics.json, MLflow
     # params): it moves to MLflow's own variables here, before anything sees the config.
     args.mlflow_uri = take_credentials(args.mlflow_uri)
     return args
+
+
+def check_all(args: argparse.Namespace) -> None:
+    """Every check of a train command's flags, raising ConfigError with a message that
+    names the flag; no side effects (the workflow plan runs it on every job's flags
+    before any job starts)."""
+    if args.model not in MODEL_NAMES:
+        raise ConfigError(f"--model: unknown model {args.model!r} (known: {', '.join(sorted(MODEL_NAMES))})")
+    check(args)
+    check_method(args, METHOD_NAMES, RESNET_BLOCKS)
 
 
 def check_method(args: argparse.Namespace, methods, depths) -> None:
@@ -241,8 +248,8 @@ def check_method(args: argparse.Namespace, methods, depths) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    """validate's checks that need no torch (all but the model registry's), raising
-    ConfigError: the workflow plan runs them on every job's flags before any job starts."""
+    """The checks of single flags and their combinations (check_all adds the network's
+    and the method's), raising ConfigError."""
     def bad(flag: str, msg: str) -> None:
         raise ConfigError(f"{flag_name(flag)}: {msg}")
 

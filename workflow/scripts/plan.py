@@ -33,7 +33,7 @@ if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script,
 # torch-free modules of the package: the DAG imports no torch
 from locallearn import gridcost, layout  # noqa: E402
 from locallearn.cells import recipe_args  # noqa: E402
-from locallearn.config import CHOICES, build_parser, check  # noqa: E402
+from locallearn.config import CHOICES, build_parser, check_all  # noqa: E402
 from locallearn.cost import network_cost, stage_count_error  # noqa: E402
 from locallearn.errors import ConfigError, LocallearnError  # noqa: E402
 from locallearn.runstate import FINISHED, METRICS, run_state  # noqa: E402
@@ -224,9 +224,9 @@ def load_cells(path: str | Path) -> list[dict]:
 
 def flags_problem(args: list[str]) -> str | None:
     """Why `locallearn train <args>` would refuse its flags (the trainer's own checks,
-    those that need no torch), or None: found here, before any job starts."""
+    config.check_all), or None: found here, before any job starts."""
     try:
-        check(train_config(args))
+        check_all(train_config(args))
     except ConfigError as e:
         return str(e)
     return None
@@ -316,8 +316,8 @@ def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
 
 
 def train_config(args: list[str]):
-    """`locallearn train <args>` parsed as the trainer parses it, without its checks
-    (which import torch): what run_state compares with a folder's records."""
+    """`locallearn train <args>` parsed as the trainer parses it, before its checks (which
+    flags_problem runs, naming the cell): what run_state compares with a folder's records."""
     return build_parser().parse_args(args)
 
 
@@ -346,9 +346,6 @@ class Preset:
 
     def metrics(self, cell: str, seed) -> str:
         return f"{self.run_dir(cell, seed)}/{METRICS}"
-
-    def all_metrics(self, rows: list[dict] | None = None) -> list[str]:
-        return [self.metrics(r["cell"], s) for r in (rows or self.rows) for s in self.seeds]
 
     def budget_args(self) -> list[str]:
         """Flags that shrink a recipe (they are part of the run's config hash)."""
