@@ -105,7 +105,7 @@ def _set(i, col, value):
     (_set(8, "length", ""), "line 10 (cell mnist-vgg8b-cutout-predsim), column 'length'"),
     (_set(4, "milestones", "50,75"), "column 'milestones': '50,75' does not match"),
     (_set(5, "cell", "mnist-mlp-backprop"), "cell name 'mnist-mlp-backprop' already used on line 2"),
-    (_set(6, "network", "mlp"), "both fill the table slot dataset=MNIST network='mlp' loss=sim"),
+    (_set(6, "network", "mlp"), "both fill the table slot dataset=MNIST network='mlp' column=sim"),
     (lambda h, r: ([c for c in h if c != "beta"], r), "missing column(s) 'beta'"),
     (lambda h, r: (h + ["notes"], r), "unknown column(s) 'notes'"),
 ])
