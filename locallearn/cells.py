@@ -81,10 +81,11 @@ def compares_best_epoch(row: dict) -> bool:
 
 def moved_to(row: dict, dataset: str, prefix: str) -> dict:
     """The row's recipe on another dataset, as a budget run of it (the peers-quick
-    preset): cell `<prefix>-<the rest of its name>`, no published number to compare."""
+    preset): cell `<prefix>-<the rest of its name>` (`moved_from`: its own), no published
+    number to compare."""
     rest = row["cell"].split("-", 1)[1] if "-" in row["cell"] else row["cell"]
-    return dict(row, dataset=dataset, cell=f"{prefix}-{rest}", published_error="", published_params="",
-                current_data_error="", published_data="")
+    return dict(row, dataset=dataset, cell=f"{prefix}-{rest}", moved_from=row["cell"], published_error="",
+                published_params="", current_data_error="", published_data="")
 
 
 def published_params_millions(row: dict) -> float | None:

@@ -136,8 +136,8 @@ def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--cells", default=d["cells"], help="the grid")
     p.add_argument("--only", nargs="+", default=None, metavar="CELL", help="these cells of the grid only")
     p.add_argument("--on-dataset", nargs=2, default=None, metavar=("DATASET", "PREFIX"),
-                   help="the grid's rows moved onto DATASET, their cells named PREFIX-... (the peers-quick "
-                        "preset; cells.moved_to); --only names the moved cells")
+                   help="the grid's rows (after --only, which names them as the grid does) moved onto "
+                        "DATASET, their cells named PREFIX-... (the peers-quick preset; cells.moved_to)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to read")
     p.add_argument("--tolerance", nargs="+", default=[], metavar="[DATASET=]PP",
                    help="verdict tolerance in percentage points: a default, and per dataset")
@@ -182,14 +182,14 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
     if not Path(a.cells).is_file():
         raise ConfigError(f"--cells: no such file {a.cells} (run from the repository root, or name it)")
     rows = read_cells(a.cells)
-    if a.on_dataset:
-        from .cells import moved_to
-        rows = [moved_to(r, *a.on_dataset) for r in rows]
     if a.only is not None:
         unknown = sorted(set(a.only) - {r["cell"] for r in rows})
         if unknown:
             raise ConfigError(f"--only: {', '.join(unknown)} not in {a.cells}")
         rows = [r for r in rows if r["cell"] in a.only]
+    if a.on_dataset:
+        from .cells import moved_to
+        rows = [moved_to(r, *a.on_dataset) for r in rows]
     seeds, tol = a.seeds or [1], tolerances(a.tolerance)
     text = intro(seeds, a.tolerance_source, epochs=a.epochs, max_train_examples=a.max_train_examples,
                  max_test_examples=a.max_test_examples)

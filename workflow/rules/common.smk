@@ -109,8 +109,8 @@ def report_flags(name):
              "--tolerance", *[f"{k}={v}" for k, v in config["tolerance"].items()]]
     if p.moved:   # peers-quick: the grid's rows moved onto another dataset
         flags += ["--on-dataset", *p.moved]
-    if name in ("quick", "peers-quick"):
-        flags += ["--only", *[r["cell"] for r in p.table_rows]]
+    if name in ("quick", "peers-quick"):   # as the grid file names them (before a move)
+        flags += ["--only", *[r.get("moved_from", r["cell"]) for r in p.table_rows]]
     if p.epochs:
         flags += ["--epochs", p.epochs]
     if p.max_train_examples:
