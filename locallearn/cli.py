@@ -123,7 +123,7 @@ def cmd_tracking(argv: list[str]) -> int:
 TABLES_DEFAULTS = {"results": "results/full", "cells": "workflow/config/cells.tsv",
                    "workflow_config": "workflow/config/config.yaml"}
 TOLERANCE_SOURCE = "`workflow/config/config.yaml`"
-REPORT_STEPS = ("curve", "layers", "scatter", "tables", "readme", "all")
+REPORT_STEPS = ("curve", "layers", "scatter", "field", "tables", "readme", "all")
 
 
 def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -151,6 +151,9 @@ def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="make a missing --readme with this title (and --readme-body) around the markers")
     p.add_argument("--readme-body", default="", help="the text under --readme-title")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--field-also", nargs=2, action="append", default=[], metavar=("RESULTS", "CELLS"),
+                   help="step field: also the finished cells of this grid (its results folder and cells "
+                        "file), e.g. the paper's beside the field's")
     p.add_argument("--mlflow-uri", default=None,
                    help="MLflow store to mirror the finished runs into (step all; default: "
                         "$MLFLOW_TRACKING_URI, else sqlite:///RESULTS/mlflow.db)")
@@ -202,6 +205,9 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
         print(f"drew {draw(row, a.results, seeds)}")
     elif step == "scatter":
         print(f"drew {report.draw_scatter(rows, a.results, seeds, tol)}")
+    elif step == "field":
+        grids = [(rows, a.results)] + [(read_cells(cells), results) for results, cells in a.field_also]
+        print(f"drew {report.draw_field(grids, seeds, a.results)}")
     elif step == "tables":
         report.compile_tables(rows, a.results, seeds=seeds, tolerance=tol, intro=text, readme_path=a.readme)
         print(f"wrote {Path(a.results) / 'tables'}/")

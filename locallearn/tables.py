@@ -222,7 +222,7 @@ class Cell:
         memory = m.get("peak_memory_bytes")
         macs = m.get("head_macs")
         if "head_macs" not in m and isinstance(m.get("config"), dict):   # recorded before the key existed
-            macs = head_cost(argparse.Namespace(**m["config"]), 0, 0)["head_macs"]
+            macs = _head_macs(m["config"])
         return [_count(m.get("backbone_params", m.get("params_backprop"))), _count(heads), _count(macs),
                 f"{memory / 2**20:.0f} MiB" if isinstance(memory, (int, float)) and memory else "-",
                 f"{statistics.fmean(epochs):.1f}" if epochs else "-"]
@@ -238,6 +238,20 @@ class Cell:
             if isinstance(m.get("params_backprop"), int):
                 return m["params_backprop"]
         return None
+
+
+def _head_macs(config: dict) -> float | None:
+    """The heads' multiply-adds of a recorded config (the trainer's defaults under it),
+    or None where cost.py cannot count it: a cost column never stops the tables."""
+    try:
+        return head_cost(argparse.Namespace(**{**_flag_defaults(), **config}), 0, 0)["head_macs"]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _flag_defaults() -> dict:
+    from .config import build_parser
+    return vars(build_parser().parse_args([]))
 
 
 def _duration(seconds: float) -> str:
@@ -421,6 +435,25 @@ def scatter_points(rows: list[dict], runs: Mapping[str, list[dict]],
             points.append({"cell": r["cell"], "dataset": r["dataset"], "published": c.published,
                            "ours": c.mean, "std": c.std or 0.0, "errors": c.errors, "budget": c.budget,
                            "tolerance": None if tolerance is None else _tolerance(tolerance, r["dataset"])})
+    return points
+
+
+def field_points(rows: list[dict], runs: Mapping[str, list[dict]]) -> list[dict]:
+    """One point per finished cell for figures.plot_field: its method (table column),
+    network, dataset, our error (the one its verdict uses, with its name), and its cost:
+    peak memory (MiB) and the heads' and backbone's multiply-adds per example where known."""
+    points = []
+    for r in rows:
+        c = Cell(r, list(runs.get(r["cell"], [])), 1)
+        if not c.n:
+            continue
+        memory = [m["peak_memory_bytes"] / 2**20 for m in c.runs if isinstance(m.get("peak_memory_bytes"), (int, float))]
+        macs = [m.get("backbone_macs"), m.get("head_macs")] if (m := c.runs[0]) else [None, None]
+        points.append({"cell": r["cell"], "method": table_columns([r])[column(r)], "network": r["network"],
+                       "dataset": r["dataset"], "error": c.mean, "error_name": ERROR_HEADINGS[c.key].lower(),
+                       "memory_mib": statistics.fmean(memory) if memory else None,
+                       "macs": sum(macs) if all(isinstance(x, (int, float)) for x in macs) else None,
+                       "budget": c.budget})
     return points
 
 

@@ -31,6 +31,7 @@ def test_peers_quick_end_to_end(tmp_path):
     assert summary.count("budget run (not compared)") == len(CELLS) and "Validation-selected" in summary
     readme = (out / "README.md").read_text()
     assert "AugLocal d=3" in readme and "### Cost" in readme and "[1/400 ep, 512 train ex, 256 test ex]" in readme
+    assert (out / "figures" / "field.png").read_bytes()[:4] == b"\x89PNG"   # error against cost
     assert not (tmp_path / "docs").exists() and not (tmp_path / "results" / "full").exists()
 
     import mlflow

@@ -352,3 +352,17 @@ def test_field_grid_compares_its_best_test_epoch_and_shows_all_three_errors():
            "| 3 MiB         | 3.0         |" in out["cost"]
     assert out["tables"].index("### Cost") < out["tables"].index("### Summary")
     assert tables.NOTE_BEST in out["tables"]
+
+
+def test_field_points_one_per_finished_cell_with_its_compared_error_and_cost():
+    rows = [{"cell": "a-bp", "dataset": "CIFAR10", "network": "ResNet-32 (K=16)", "loss": "backprop",
+             "column": "BP", "published_epoch": "best", "epochs": "2"},
+            {"cell": "a-dgl", "dataset": "CIFAR10", "network": "ResNet-32 (K=16)", "loss": "dgl",
+             "column": "DGL", "published_epoch": "best", "epochs": "2"}]
+    history = [{"epoch": 1, "test_error": 12.0}, {"epoch": 2, "test_error": 13.0}]
+    run = {"test_error": 13.0, "history": history, "peak_memory_bytes": 512 * 2**20,
+           "backbone_macs": 1000, "head_macs": 24}
+    points = tables.field_points(rows, {"a-bp": [run]})
+    assert points == [{"cell": "a-bp", "method": "BP", "network": "ResNet-32 (K=16)", "dataset": "CIFAR10",
+                       "error": 12.0, "error_name": "best test epoch", "memory_mib": 512.0, "macs": 1024,
+                       "budget": None}]

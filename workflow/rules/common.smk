@@ -177,6 +177,9 @@ def preset_metrics(wildcards):
 REPORTING = any(a == "--report" or a.startswith("--report=") for a in sys.argv) and "--report-after-run" not in sys.argv
 
 
+FIELD_FIGURE = ("peers", "peers-quick")   # presets that draw error against cost (rule field)
+
+
 def targets(name):
     """Everything a named target (all, quick) builds: its runs still to train, then the
     figures, tables and README from every finished run."""
@@ -188,6 +191,7 @@ def targets(name):
         *p.to_train(),
         *[f"{p.results}/figures/{kind}/{r['cell']}.png" for r in p.rows for kind in ("curves", "layers")],
         f"{p.results}/figures/scatter.png",
+        *([f"{p.results}/figures/field.png"] if name in FIELD_FIGURE else []),
         f"{p.results}/tables/summary.md",
         f"{p.results}/tables/readme.ok",
     ]
@@ -199,6 +203,7 @@ def report_targets(p):
     report needs every output of a job it shows). The tables list the cells not yet run."""
     figures = [f"{p.results}/figures/{kind}/{r['cell']}.png" for r in p.table_rows for kind in ("curves", "layers")]
     tables = [f"{p.results}/tables/{name}.md" for name in ("tables", "summary", "pending")]
-    made = [f for f in [*figures, f"{p.results}/figures/scatter.png", f"{p.results}/tables/readme.ok"]
+    made = [f for f in [*figures, f"{p.results}/figures/scatter.png", f"{p.results}/figures/field.png",
+                        f"{p.results}/tables/readme.ok"]
             if Path(f).is_file()]   # readme.ok: not in the report, but its job's runtime is
     return made + (tables if all(Path(f).is_file() for f in tables) else [])
