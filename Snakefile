@@ -3,6 +3,8 @@
 #   snakemake --cores all                  # `all`: the full replication (every selected cell x seed)
 #   snakemake --cores all quick            # the Fashion-MNIST mlp row, 2 epochs, on the CPU
 #   snakemake --cores 1 tables             # tables + figures from whatever runs exist; README
+#   snakemake --cores all peers            # the field's grid, AugLocal's table (docs/peers.md); not in `all`
+#   snakemake --cores all peers_quick      # every method of it on Fashion-MNIST, a tiny budget, on the CPU
 #
 # Config: workflow/config/config.yaml (checked against workflow/schemas/ before any job).
 # The grid: workflow/config/cells.tsv, one row per cell.
@@ -36,6 +38,20 @@ rule quick:
     (config quick.select; only this target needs those rows in the grid)."""
     input:
         lambda wildcards: targets("quick"),
+
+
+rule peers:
+    """The field's grid (config peers.cells): BP, DGL, PredSim, InfoPro and AugLocal on
+    the CIFAR ResNets, beside AugLocal's published table; tables into docs/peers.md."""
+    input:
+        lambda wildcards: targets("peers"),
+
+
+rule peers_quick:
+    """Every method of the peers grid's ResNet-32 CIFAR-10 rows on real Fashion-MNIST at
+    a tiny budget (config peers_quick), on the CPU in minutes."""
+    input:
+        lambda wildcards: targets("peers-quick"),
 
 
 include: "workflow/rules/data.smk"

@@ -92,6 +92,8 @@ class DeviceSplit:
             self.images = images.pin_memory() if pin else images
             self.labels = labels.pin_memory() if pin else labels
         self.labels_np = labels.numpy()
+        self.validation: DeviceSplit | None = None   # a training split's held-out part (--val-examples)
+        self.validation_record: dict | None = None
         self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
 
@@ -162,4 +164,17 @@ def load_splits(cfg, device: torch.device):
         xte, yte = xte[:cfg.max_test_examples], yte[:cfg.max_test_examples]
     aug = Augment(crop_padding=spec.crop_padding, hflip=spec.hflip,
                   cutout_length=cfg.length if cfg.cutout else 0, n_holes=cfg.n_holes)
-    return DeviceSplit(xtr, ytr, spec, device, aug), DeviceSplit(xte, yte, spec, device), spec
+    n_val = getattr(cfg, "val_examples", 0)
+    if not n_val:
+        return DeviceSplit(xtr, ytr, spec, device, aug), DeviceSplit(xte, yte, spec, device), spec
+    from .errors import ConfigError
+    from .selection import held_out
+    if n_val > len(xtr) - 2:
+        raise ConfigError(f"--val-examples {n_val}: the training set has only {len(xtr)} examples "
+                          "(at least 2 must remain to train)")
+    keep, val, record = held_out(len(xtr), n_val)
+    keep, val = torch.from_numpy(keep), torch.from_numpy(val)
+    train = DeviceSplit(xtr[keep], ytr[keep], spec, device, aug)
+    train.validation = DeviceSplit(xtr[val], ytr[val], spec, device)   # evaluated as the test set is
+    train.validation_record = record
+    return train, DeviceSplit(xte, yte, spec, device), spec

@@ -1,5 +1,6 @@
-"""The paper's grid as data: one row of a cells table per published run (the workflow
-passes its own, workflow/config/cells.tsv).
+"""A grid as data: one row of a cells table per published run. The workflow has two
+grids in this one format: the paper's (workflow/config/cells.tsv) and the field's,
+AugLocal's table (workflow/config/peers.tsv, docs/peers.md).
 
 This module is the only place that turns a row into `locallearn train` flags, so a
 recipe is written once (in the TSV) and read by the tests, the CLI and the workflow.
@@ -7,6 +8,7 @@ recipe is written once (in the TSV) and read by the tests, the CLI and the workf
 from __future__ import annotations
 
 import csv
+import shlex
 from pathlib import Path
 
 COLUMNS = (
@@ -18,8 +20,20 @@ COLUMNS = (
 # Optional: where a published number was measured on other data than ours
 # (`published_data`: which data, said in the tables' footnote) and the authors' own
 # number on the data we train on (`current_data_error`), which the verdict then uses.
-OPTIONAL_COLUMNS = ("published_data", "current_data_error")
-LOSSES = ("backprop", "pred", "sim", "predsim")
+#
+# Optional too, for grids beyond the paper's: `column` (the table column a row fills,
+# default: its loss's column of the paper's tables), `extra_flags` (more `locallearn
+# train` flags of the recipe, e.g. a ResNet's K and optimiser), `published_epoch`
+# (`best`: the published number is a best-test-epoch number, and the verdict compares
+# ours at the best test epoch; empty: the last epoch), `published_source` (paper and
+# table of the published number) and `assumption` (what of the recipe no source gave).
+OPTIONAL_COLUMNS = ("published_data", "current_data_error", "column", "extra_flags", "published_epoch",
+                    "published_source", "assumption")
+# The `loss` column: global backprop, the paper's local losses, or another method's
+# heads (--method, docs/methods.md).
+PAPER_LOSSES = ("backprop", "pred", "sim", "predsim")
+METHODS = ("dgl", "infopro", "auglocal")
+LOSSES = PAPER_LOSSES + METHODS
 
 
 def read_cells(path: str | Path) -> list[dict]:
@@ -41,6 +55,8 @@ def recipe_args(row: dict) -> list[str]:
     ]
     if row["loss"] == "backprop":
         args.append("--backprop")
+    elif row["loss"] in METHODS:
+        args += ["--method", row["loss"]]
     else:
         args += ["--loss-sup", row["loss"]]
     if str(row["bio"]) == "1":
@@ -50,7 +66,26 @@ def recipe_args(row: dict) -> list[str]:
     if int(row["classes_per_batch"] or 0) > 0:
         args += ["--classes-per-batch", row["classes_per_batch"],
                  "--classes-per-batch-until-epoch", row["classes_per_batch_until_epoch"]]
-    return args
+    return args + shlex.split(row.get("extra_flags") or "")
+
+
+def column(row: dict) -> str:
+    """The table column the row fills: its `column`, else its loss (the paper's columns)."""
+    return (row.get("column") or "").strip() or row["loss"]
+
+
+def compares_best_epoch(row: dict) -> bool:
+    """Whether the published number is a best-test-epoch one (`published_epoch` best)."""
+    return (row.get("published_epoch") or "").strip() == "best"
+
+
+def moved_to(row: dict, dataset: str, prefix: str) -> dict:
+    """The row's recipe on another dataset, as a budget run of it (the peers-quick
+    preset): cell `<prefix>-<the rest of its name>` (`moved_from`: its own), no published
+    number to compare."""
+    rest = row["cell"].split("-", 1)[1] if "-" in row["cell"] else row["cell"]
+    return dict(row, dataset=dataset, cell=f"{prefix}-{rest}", moved_from=row["cell"], published_error="",
+                published_params="", current_data_error="", published_data="")
 
 
 def published_params_millions(row: dict) -> float | None:

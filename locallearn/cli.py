@@ -181,7 +181,7 @@ def cmd_tracking(argv: list[str]) -> int:
 TABLES_DEFAULTS = {"results": "results/full", "cells": "workflow/config/cells.tsv",
                    "workflow_config": "workflow/config/config.yaml"}
 TOLERANCE_SOURCE = "`workflow/config/config.yaml`"
-REPORT_STEPS = ("curve", "layers", "scatter", "tables", "readme", "all")
+REPORT_STEPS = ("curve", "layers", "scatter", "field", "tables", "readme", "all")
 
 
 def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -193,6 +193,9 @@ def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="a preset's results folder: reads runs/, writes tables/ and figures/")
     p.add_argument("--cells", default=d["cells"], help="the grid")
     p.add_argument("--only", nargs="+", default=None, metavar="CELL", help="these cells of the grid only")
+    p.add_argument("--on-dataset", nargs=2, default=None, metavar=("DATASET", "PREFIX"),
+                   help="the grid's rows (after --only, which names them as the grid does) moved onto "
+                        "DATASET, their cells named PREFIX-... (the peers-quick preset; cells.moved_to)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to read")
     p.add_argument("--tolerance", nargs="+", default=[], metavar="[DATASET=]PP",
                    help="verdict tolerance in percentage points: a default, and per dataset")
@@ -206,6 +209,9 @@ def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="make a missing --readme with this title (and --readme-body) around the markers")
     p.add_argument("--readme-body", default="", help="the text under --readme-title")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--field-also", nargs=2, action="append", default=[], metavar=("RESULTS", "CELLS"),
+                   help="step field: also the finished cells of this grid (its results folder and cells "
+                        "file), e.g. the paper's beside the field's")
     p.add_argument("--mlflow-uri", default=None,
                    help="MLflow store to mirror the finished runs into (step all; default: "
                         "$MLFLOW_TRACKING_URI, else sqlite:///RESULTS/mlflow.db)")
@@ -242,6 +248,9 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
         if unknown:
             raise ConfigError(f"--only: {', '.join(unknown)} not in {a.cells}")
         rows = [r for r in rows if r["cell"] in a.only]
+    if a.on_dataset:
+        from .cells import moved_to
+        rows = [moved_to(r, *a.on_dataset) for r in rows]
     seeds, tol = a.seeds or [1], tolerances(a.tolerance)
     text = intro(seeds, a.tolerance_source, epochs=a.epochs, max_train_examples=a.max_train_examples,
                  max_test_examples=a.max_test_examples)
@@ -254,6 +263,9 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
         print(f"drew {draw(row, a.results, seeds)}")
     elif step == "scatter":
         print(f"drew {report.draw_scatter(rows, a.results, seeds, tol)}")
+    elif step == "field":
+        grids = [(rows, a.results)] + [(read_cells(cells), results) for results, cells in a.field_also]
+        print(f"drew {report.draw_field(grids, seeds, a.results)}")
     elif step == "tables":
         report.compile_tables(rows, a.results, seeds=seeds, tolerance=tol, intro=text, readme_path=a.readme)
         print(f"wrote {Path(a.results) / 'tables'}/")

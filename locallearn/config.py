@@ -142,6 +142,9 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
     a("--nesterov", action="store_true", help="SGD with Nesterov momentum (--optim sgd)")
     a("--lr-schedule", default="milestones", help="milestones (--lr-decay-milestones, the paper) | "
       "cosine-warmup (AugLocal's train.py --cos_lr: 10 warm-up epochs from 0.01, then cosine over --epochs)")
+    a("--val-examples", type=int, default=0, help="hold out N training examples as a validation split "
+      "(the same for every seed: locallearn/selection.py); its error picks the validation-selected epoch; "
+      "0: none, the whole training set trains")
     a("--no-output-scale", action="store_true", help="predsim: the output loss unscaled (AugLocal's PredSim) "
       "instead of times 1 - beta (the paper's reference)")
 
@@ -262,7 +265,7 @@ def check(args: argparse.Namespace) -> None:
         if getattr(args, key) <= 0:
             bad(key, f"must be positive, got {getattr(args, key)}")
     for key in ("num_layers", "classes_per_batch", "classes_per_batch_until_epoch",
-                "max_train_examples", "max_test_examples", "threads", "length"):
+                "max_train_examples", "max_test_examples", "threads", "length", "val_examples"):
         if getattr(args, key) < 0:
             bad(key, f"must be >= 0, got {getattr(args, key)}")
     if not 0 <= args.seed < 2**64:  # torch.manual_seed's range, non-negative as numpy's SeedSequence

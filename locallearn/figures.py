@@ -226,3 +226,42 @@ def scatter_figure(points: list[dict], title: str = "ours vs published") -> Figu
     ax.set_title(title, pad=22 if points else 6)
     ax.grid(True, axis="x", alpha=0.3)
     return fig
+
+
+def plot_field(points: list[dict], path: str | Path, title: str = "error against cost") -> Path:
+    """Write field_figure(points, title) to `path`."""
+    return _save(field_figure(points, title), path)
+
+
+def field_figure(points: list[dict], title: str = "error against cost") -> Figure:
+    """The field in one picture: every finished cell (tables.field_points) at its test
+    error against its cost, one panel per cost: the run's peak memory, and the
+    forward multiply-adds per example (backbone + heads) where cost.py counts them. Colour: the
+    method; marker: the network; the label names the dataset (and a budget run)."""
+    fig = Figure(figsize=(11, 4.8))
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    networks = list(dict.fromkeys(p["network"] for p in points))
+    color = {m: _COLORS[i % len(_COLORS)] for i, m in enumerate(methods)}
+    marker = {n: "osD^vP*X"[i % 8] for i, n in enumerate(networks)}
+    for k, (key, label) in enumerate((("memory_mib", "peak memory (MiB)"),
+                                      ("macs", "multiply-adds per example, forward (backbone + heads)"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        shown = [p for p in points if p.get(key)]
+        for p in shown:
+            ax.plot([p[key]], [p["error"]], marker[p["network"]], color=color[p["method"]], ms=7)
+            ax.annotate(p["dataset"] + (" (budget)" if p.get("budget") else ""), (p[key], p["error"]),
+                        textcoords="offset points", xytext=(4, 3), fontsize=7)
+        if not shown:
+            ax.text(0.5, 0.5, "no finished run with this cost" if points else "no finished runs yet",
+                    ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test error (%)" if k == 0 else "")
+        ax.grid(alpha=0.3)
+    names = sorted({p["error_name"] for p in points})
+    handles = [fig.axes[0].plot([], [], "s", color=color[m], label=m)[0] for m in methods]
+    handles += [fig.axes[0].plot([], [], marker[n], color="#444444", label=n)[0] for n in networks]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.suptitle(f"{title}; error: {', '.join(names) or '-'}", fontsize=10)
+    fig.subplots_adjust(bottom=0.25)
+    return fig

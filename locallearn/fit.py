@@ -21,6 +21,8 @@ from .environment import describe, git_revision, peak_memory_bytes
 from .errors import CheckpointError, DivergenceError
 from .faults import fault
 from .figures import draw_run_curve
+from .runcost import head_cost
+from .selection import reported_errors
 from .tracking import complete_run, open_run, run_tags
 
 
@@ -75,6 +77,10 @@ def history_entry(cfg, epoch: int, lr: float, parts: list, n_test: int) -> dict:
                        for k, i in enumerate(layers)],
              "test_error": ev["wrong"] * 100 / n_test, "test_loss": ev["ce_sum"] / n_test,
              "epoch_seconds": seconds, "images_per_second": seen / seconds}
+    val = parts[-1][3]
+    if val is not None:   # --val-examples: the held-out split, evaluated as the test set
+        entry["val_error"] = val["wrong"] * 100 / cfg.val_examples
+        entry["val_loss"] = val["ce_sum"] / cfg.val_examples
     if len(parts) > 1:
         entry["stage_wait_seconds"] = [{"recv": p[2]["recv_wait"], "send": p[2]["send_wait"]} for p in parts]
     return entry
@@ -104,6 +110,7 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
     """Train (or resume) the run in folder with engine; the metrics on the reporting
     process, None on a pipeline's other stages."""
     device, reports = engine.device, engine.reports
+    val = train.validation if train is not None else None   # --val-examples: held out of train
     history, wall_before, start = [], 0.0, 1
     started_at = time.time()   # the run's first epoch; a resume keeps the first attempt's
     state = engine.resume(folder)
@@ -137,7 +144,10 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timing = {"seconds": time.perf_counter() - t0, **engine.waits()}  # this epoch's training only
-            parts = engine.gather((sums, evaluate(cfg, engine, test, autocast), timing))
+            tested = evaluate(cfg, engine, test, autocast)
+            # a pipeline's later stages hold no split (val None) but evaluate what they receive
+            validated = evaluate(cfg, engine, val, autocast) if cfg.val_examples else None
+            parts = engine.gather((sums, tested, timing, validated))
             verdict = None
             if reports:
                 entry = history_entry(cfg, epoch, lr, parts, test.n)
@@ -165,14 +175,18 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
         params_backprop, params_total = engine.model.count_params()
         metrics = {
             "test_error": history[-1]["test_error"], "train_error": history[-1]["train_error"],
+            **reported_errors(history),   # best test epoch; validation-selected (selection.py)
             "epochs": len(history), "history": history,
             "params_backprop": params_backprop, "params_total": params_total,
+            **head_cost(cfg, params_backprop, params_total),
             "seed": cfg.seed, "config": vars(cfg), "config_hash": folder.config_hash, "git_revision": git_revision(),
             "device": str(device), "environment": env, "precision": precision_used, "peak_memory_bytes": max(memory),
             "wall_seconds": wall_before + time.perf_counter() - t_start,
             "started_at": utc_iso(started_at), "finished_at": utc_iso(time.time()),   # MLflow's run times
             "run_name": folder.run_name, "tags": run_tags(cfg), **engine.run_info(),
         }
+        if train is not None and train.validation_record is not None:
+            metrics["val_split"] = train.validation_record
         try:
             draw_run_curve(folder.curve, metrics)
         except Exception as e:  # a figure is a convenience; never lose a finished run over one

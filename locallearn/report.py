@@ -54,6 +54,14 @@ def draw_scatter(rows: list[dict], results: str | Path, seeds: list[int] | None,
                                 title=f"ours vs published ({Path(results).name} preset)")
 
 
+def draw_field(grids: list[tuple[list[dict], str | Path]], seeds: list[int] | None, out: str | Path) -> Path:
+    """<out>/figures/field.png: error against cost, every finished cell of every grid
+    given as (rows, results folder)."""
+    points = [p for rows, results in grids for p in tables.field_points(rows, runs(rows, results, seeds))]
+    return figures.plot_field(points, Path(out) / "figures" / "field.png",
+                              title=f"error against cost ({Path(out).name} preset and the grids beside it)")
+
+
 def compile_tables(rows: list[dict], results: str | Path, *, seeds: list[int] | None,
                    tolerance: Mapping[str, float] | float, intro: str,
                    readme_path: str | Path | None, figures_drawn: bool = True) -> dict[str, str]:

@@ -17,6 +17,7 @@ paths and tolerances come in as arguments. Importing this module does not import
 """
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
@@ -25,10 +26,13 @@ from typing import Mapping
 from tabulate import tabulate
 
 from .atomic import write_if_changed
-from .cells import compared_error, current_data_error, published_data, published_error
+from .cells import (column, compared_error, compares_best_epoch, current_data_error, published_data,
+                    published_error)
 from .errors import LocallearnError
 from .layout import cell_seed, seed_of
+from .runcost import head_cost
 from .runstate import METRICS
+from .selection import ERRORS, error_of
 from .specs import SPECS
 
 # cells.tsv `loss` -> column of the paper's tables
@@ -44,6 +48,12 @@ NOTE = ("Test error (%) after the last epoch: ours (published). Ours is the mean
         "seeds where several ran; [k/n seeds] where only some of the n configured seeds have "
         "finished. #Params: ours (from metrics.json) where a cell of the row has run, else the "
         "published count; the published count follows in parentheses where ours differs.")
+# The field's grids (cells.tsv `published_epoch` best): the papers' numbers are best-test-epoch ones.
+NOTE_BEST = ("Test error (%) at the best test epoch (as the papers report: the test set picks the "
+             "epoch): ours (published), so that the verdict compares like with like; the summary also "
+             "shows the last epoch's and the validation-selected epoch's errors. Ours is the mean ± std "
+             "over seeds where several ran; [k/n seeds] where only some of the n configured seeds have "
+             "finished. An empty published number could not be read from its source.")
 
 
 class TablesError(LocallearnError):
@@ -130,7 +140,9 @@ class Cell:
         self.row = row
         self.runs = runs
         self.expected = expected_seeds
-        self.errors = [float(m["test_error"]) for m in runs]
+        # the error the entry and the verdict use: the one the published number is (selection.py)
+        self.key = "best_test_error" if compares_best_epoch(row) else "test_error"
+        self.errors = [e for e in (error_of(m, self.key) for m in runs) if e is not None]
         self.paper = published_error(row)         # the paper's number, as printed
         self.published = compared_error(row)      # what the verdict compares with
         budgets = list(dict.fromkeys(b for b in (budget(m, row) for m in runs) if b))
@@ -191,6 +203,31 @@ class Cell:
         inside = abs(self.delta()) <= tol + 1e-9
         return f"{'within' if inside else 'outside'} tolerance (±{tol:g})"
 
+    def error_text(self, key: str) -> str:
+        """One of selection.ERRORS over the seeds: '8.41', '8.41 ± 0.05', or '-' where no
+        run has it (the validation-selected error of a run without --val-examples)."""
+        values = [e for e in (error_of(m, key) for m in self.runs) if e is not None]
+        if not values:
+            return "-"
+        return _fmt(statistics.fmean(values)) + (f" ± {_fmt(statistics.stdev(values))}" if len(values) > 1 else "")
+
+    def cost(self) -> list[str]:
+        """Backbone and head parameters, head multiply-adds per example (runcost.py),
+        peak memory and seconds per epoch, from the first run (the mean over seeds for time)."""
+        m = self.runs[0]
+        heads = m.get("head_params")
+        if heads is None and isinstance(m.get("params_total"), int) and isinstance(m.get("params_backprop"), int):
+            heads = m["params_total"] - m["params_backprop"]   # the same count, before metrics.json held it
+        epochs = [e["epoch_seconds"] for r in self.runs for e in (r.get("history") or [])
+                  if isinstance(e.get("epoch_seconds"), (int, float))]
+        memory = m.get("peak_memory_bytes")
+        macs = m.get("head_macs")
+        if "head_macs" not in m and isinstance(m.get("config"), dict):   # recorded before the key existed
+            macs = _head_macs(m["config"])
+        return [_count(m.get("backbone_params", m.get("params_backprop"))), _count(heads), _count(macs),
+                f"{memory / 2**20:.0f} MiB" if isinstance(memory, (int, float)) and memory else "-",
+                f"{statistics.fmean(epochs):.1f}" if epochs else "-"]
+
     def wall_time(self) -> str:
         """Mean training time per seed (wall_seconds of metrics.json, which adds up the
         time across resumes), or '-' where nothing has run."""
@@ -204,6 +241,20 @@ class Cell:
         return None
 
 
+def _head_macs(config: dict) -> float | None:
+    """The heads' multiply-adds of a recorded config (the trainer's defaults under it),
+    or None where cost.py cannot count it: a cost column never stops the tables."""
+    try:
+        return head_cost(argparse.Namespace(**{**_flag_defaults(), **config}), 0, 0)["head_macs"]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _flag_defaults() -> dict:
+    from .config import build_parser
+    return vars(build_parser().parse_args([]))
+
+
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s"
@@ -214,6 +265,15 @@ def _duration(seconds: float) -> str:
 
 def _millions(n: int) -> str:
     return f"{n / 1e6:.1f}M"
+
+
+def _count(n) -> str:
+    """A parameter or multiply-add count: '466,906', '12.3M', '1.2G'; '-' where unknown."""
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "-"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}G"
+    return f"{n / 1e6:.2f}M" if n >= 1e7 else f"{int(n):,}"
 
 
 def _params_entry(cells: list[Cell]) -> str:
@@ -267,21 +327,26 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
     once something has run."""
     cells = [Cell(r, list(runs.get(r["cell"], [])), expected_seeds) for r in rows]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    columns = table_columns(rows)
     out: dict[str, str] = {}
     for ds in datasets:
         mine = [c for c in cells if c.row["dataset"] == ds]
         networks = list(dict.fromkeys(c.row["network"] for c in mine))
         body = []
         for net in networks:
-            by_loss = {c.row["loss"]: c for c in mine if c.row["network"] == net}
-            body.append([net, _params_entry(list(by_loss.values()))]
-                        + [by_loss[loss].entry() if loss in by_loss else "-" for loss in LOSS_COLUMNS])
+            by_column = {column(c.row): c for c in mine if c.row["network"] == net}
+            body.append([net, _params_entry(list(by_column.values()))]
+                        + [by_column[key].entry() if key in by_column else "-" for key in columns])
         title = SPECS[ds].title if ds in SPECS else ds   # the paper's captions
         note = _footnote(mine)
         out[ds] = (f"{heading} Results on {title}\n\n"
-                   + _markdown(["Network", "#Params", *LOSS_COLUMNS.values()], body) + "\n"
+                   + _markdown(["Network", "#Params", *columns.values()], body) + "\n"
                    + (f"\n{note}\n" if note else ""))
 
+    # the errors beside the compared one ("Ours"): the other two, the validation-selected
+    # one only where a run has it (a grid without --val-examples, as the paper's)
+    others = [k for k in ERRORS if all(k != c.key for c in cells)
+              and (k != "val_selected_test_error" or any(error_of(m, k) is not None for c in cells for m in c.runs))]
     body = []
     counts = {"within": 0, "outside": 0, "budget": 0, "no published": 0, "not yet run": 0}
     for c in cells:
@@ -297,11 +362,12 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
             name = f"[{name}]({figure_prefix}{name}.png)"
         delta = c.delta()
         line = [name, str(c.n), c.published_text(), c.ours(), f"{delta:+.2f}" if delta is not None else "-",
-                verdict, c.wall_time()]
+                verdict, *[c.error_text(key) for key in others], c.wall_time()]
         if layers_prefix is not None:
             line.append(f"[layers]({layers_prefix}{c.row['cell']}.png)")
         body.append(line)
-    headers = ["Cell", "Seeds", "Published", "Ours", "Delta", "Verdict", "Wall time per seed"]
+    headers = ["Cell", "Seeds", "Published", "Ours", "Delta", "Verdict",
+               *[ERROR_HEADINGS[key] for key in others], "Wall time per seed"]
     headers += ["Per layer"] if layers_prefix is not None else []
     finished = len(cells) - counts["not yet run"]
     table = _markdown(headers, body) + "\n\n" if body else "No cell has finished yet.\n\n"
@@ -315,12 +381,38 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
                f"{counts['no published']} without a published number){waiting}.\n")
     out["summary"] = summary
     out["pending"] = _pending(cells, heading)
-    parts = [p for p in (intro.strip(), NOTE) if p]
+    out["cost"] = _cost(cells, heading)
+    note = NOTE_BEST if any(c.key == "best_test_error" for c in cells) else NOTE
+    parts = [p for p in (intro.strip(), note) if p]
     if scatter and any(c.n for c in cells):
         parts.append(f"![ours vs published]({scatter})")
-    parts += [out[ds] for ds in datasets] + [summary]
+    parts += [out[ds] for ds in datasets] + [out["cost"], summary]
     out["tables"] = "\n\n".join(p.strip("\n") for p in parts) + "\n"
     return out
+
+
+ERROR_HEADINGS = {"test_error": "Last epoch", "best_test_error": "Best test epoch",
+                  "val_selected_test_error": "Validation-selected"}
+
+
+def table_columns(rows: list[dict]) -> dict[str, str]:
+    """column key -> heading of the per-dataset tables: the paper's four losses for its
+    grid; for a grid whose rows name their `column`, those, in file order."""
+    if all(column(r) in LOSS_COLUMNS for r in rows):
+        return dict(LOSS_COLUMNS)
+    return {key: key for key in dict.fromkeys(column(r) for r in rows)}
+
+
+def _cost(cells: list[Cell], heading: str) -> str:
+    """Each finished cell's cost beside its error (runcost.py, metrics.json)."""
+    body = [[c.row["cell"], c.ours(), *c.cost()] for c in cells if c.n]
+    headers = ["Cell", "Ours", "Backbone params", "Head params", "Head MACs / example", "Peak memory",
+               "s / epoch"]
+    table = _markdown(headers, body) + "\n" if body else "No cell has finished yet.\n"
+    return (f"{heading} Cost\n\n" + table + "\nHead params and multiply-adds (MACs): the local heads "
+            "(auxiliary networks) apart from the backbone, forward, per example, from `locallearn/cost.py` "
+            "(\"-\": no cost model of that network yet); peak memory: the device's (the CPU's: the process's "
+            "peak RSS); s / epoch: training, the mean over epochs and seeds.\n")
 
 
 def _pending(cells: list[Cell], heading: str) -> str:
@@ -344,6 +436,25 @@ def scatter_points(rows: list[dict], runs: Mapping[str, list[dict]],
             points.append({"cell": r["cell"], "dataset": r["dataset"], "published": c.published,
                            "ours": c.mean, "std": c.std or 0.0, "errors": c.errors, "budget": c.budget,
                            "tolerance": None if tolerance is None else _tolerance(tolerance, r["dataset"])})
+    return points
+
+
+def field_points(rows: list[dict], runs: Mapping[str, list[dict]]) -> list[dict]:
+    """One point per finished cell for figures.plot_field: its method (table column),
+    network, dataset, our error (the one its verdict uses, with its name), and its cost:
+    peak memory (MiB) and the heads' and backbone's multiply-adds per example where known."""
+    points = []
+    for r in rows:
+        c = Cell(r, list(runs.get(r["cell"], [])), 1)
+        if not c.n:
+            continue
+        memory = [m["peak_memory_bytes"] / 2**20 for m in c.runs if isinstance(m.get("peak_memory_bytes"), (int, float))]
+        macs = [m.get("backbone_macs"), m.get("head_macs")] if (m := c.runs[0]) else [None, None]
+        points.append({"cell": r["cell"], "method": table_columns([r])[column(r)], "network": r["network"],
+                       "dataset": r["dataset"], "error": c.mean, "error_name": ERROR_HEADINGS[c.key].lower(),
+                       "memory_mib": statistics.fmean(memory) if memory else None,
+                       "macs": sum(macs) if all(isinstance(x, (int, float)) for x in macs) else None,
+                       "budget": c.budget})
     return points
 
 

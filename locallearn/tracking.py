@@ -60,12 +60,17 @@ log = logging.getLogger("locallearn.tracking")
 # Per-epoch scalars of a metrics.json history entry, logged under the same names.
 # "epoch" is logged too: its latest value is how a reopened run knows where it stopped.
 EPOCH_KEYS = ("epoch", "train_error", "test_error", "train_loss", "train_loss_scaled",
-              "test_loss", "local_loss", "lr", "epoch_seconds", "images_per_second")
+              "test_loss", "local_loss", "lr", "epoch_seconds", "images_per_second", "val_error", "val_loss")
 # metrics.json keys logged once at the end ("test_error" as final_test_error: its
 # per-epoch series already owns every step).
 SUMMARY_KEYS = {"test_error": "final_test_error", "train_error": "final_train_error",
                 "params_backprop": "params_backprop", "params_total": "params_total",
-                "wall_seconds": "wall_seconds", "peak_memory_bytes": "peak_memory_bytes"}
+                "wall_seconds": "wall_seconds", "peak_memory_bytes": "peak_memory_bytes",
+                # the three reported errors (selection.py) and the heads' cost (runcost.py)
+                "best_test_error": "best_test_error", "best_test_epoch": "best_test_epoch",
+                "val_selected_test_error": "val_selected_test_error", "val_selected_epoch": "val_selected_epoch",
+                "head_params": "head_params", "head_macs": "head_macs",
+                "backbone_params": "backbone_params", "backbone_macs": "backbone_macs"}
 
 MAX_PARAM_LENGTH = 6000   # MLflow 3 rejects longer param values
 MAX_TAG_LENGTH = 8000     # ... and longer tag values

@@ -63,13 +63,13 @@ CIFAR100 = """\
 SUMMARY = """\
 ### Summary
 
-| Cell                   | Seeds   | Published   | Ours              | Delta   | Verdict                  | Wall time per seed   |
-|:-----------------------|:--------|:------------|:------------------|:--------|:-------------------------|:---------------------|
-| fmnist-mlp-backprop    | 3       | 8.37        | 8.40 ± 0.05       | +0.03   | within tolerance (±0.3)  | 55.0 min             |
-| fmnist-mlp-pred        | 1       | 8.60        | 9.10 [1/3 seeds]  | +0.50   | outside tolerance (±0.3) | 10 s                 |
-| fmnist-mlp-predsim     | 3       | 8.54        | 8.55 ± 0.05       | +0.01   | within tolerance (±0.3)  | 10 s                 |
-| cifar10-vgg8b-bio-pred | 1       | n/a         | 9.00 [1/3 seeds]  | -       | no published number      | 10 s                 |
-| cifar100-mlp-backprop  | 1       | 62.57       | 62.00 [1/3 seeds] | -0.57   | within tolerance (±1)    | 2.50 h               |
+| Cell                   | Seeds   | Published   | Ours              | Delta   | Verdict                  | Best test epoch   | Wall time per seed   |
+|:-----------------------|:--------|:------------|:------------------|:--------|:-------------------------|:------------------|:---------------------|
+| fmnist-mlp-backprop    | 3       | 8.37        | 8.40 ± 0.05       | +0.03   | within tolerance (±0.3)  | 8.40 ± 0.05       | 55.0 min             |
+| fmnist-mlp-pred        | 1       | 8.60        | 9.10 [1/3 seeds]  | +0.50   | outside tolerance (±0.3) | 9.10              | 10 s                 |
+| fmnist-mlp-predsim     | 3       | 8.54        | 8.55 ± 0.05       | +0.01   | within tolerance (±0.3)  | 8.55 ± 0.05       | 10 s                 |
+| cifar10-vgg8b-bio-pred | 1       | n/a         | 9.00 [1/3 seeds]  | -       | no published number      | 9.00              | 10 s                 |
+| cifar100-mlp-backprop  | 1       | 62.57       | 62.00 [1/3 seeds] | -0.57   | within tolerance (±1)    | 45.00             | 2.50 h               |
 
 6 cells: 5 finished (3 within tolerance, 1 outside, 0 budget runs, 1 without a published number); 1 not yet run, shown as "not run" in the tables above.
 """
@@ -84,7 +84,8 @@ def test_dataset_tables_exact(compiled):
 
 
 def test_summary_exact(compiled):
-    # wall time: the mean over seeds (3000, 3600, 3300 s -> 55.0 min), hours past one
+    # wall time: the mean over seeds (3000, 3600, 3300 s -> 55.0 min), hours past one;
+    # best test epoch from each run's history (cifar100's: 90, 45, 62 -> 45.00)
     assert compiled["summary"] == SUMMARY
 
 
@@ -327,3 +328,41 @@ def test_layers_figure_says_which_line_is_which(cell, local, note):
         assert list(first.get_ydata()) == [h["local"][0][key] for h in run["history"]]
     title = axes[0].get_title()
     assert (note in title) if note else ("\n" not in title)
+
+
+def test_field_grid_compares_its_best_test_epoch_and_shows_all_three_errors():
+    """A row of the peers grid (published_epoch best): its entry and verdict use our best
+    test epoch; the summary shows the last epoch's and the validation-selected errors."""
+    row = {"cell": "cifar10-resnet32-k16-dgl", "dataset": "CIFAR10", "network": "ResNet-32 (K=16)",
+           "loss": "dgl", "column": "DGL", "published_epoch": "best", "published_error": "14.00",
+           "published_params": "", "epochs": "3"}
+    history = [{"epoch": 1, "test_error": 30.0, "val_error": 29.0, "epoch_seconds": 2.0},
+               {"epoch": 2, "test_error": 14.5, "val_error": 21.0, "epoch_seconds": 4.0},
+               {"epoch": 3, "test_error": 16.0, "val_error": 20.0, "epoch_seconds": 3.0}]
+    run = {"test_error": 16.0, "history": history, "params_backprop": 466906, "params_total": 1305200,
+           "head_params": 838294, "peak_memory_bytes": 3 * 2**20}
+    out = tables.compile_tables([row], {"cifar10-resnet32-k16-dgl": [run]}, tolerance=0.5)
+    assert "| ResNet-32 (K=16) | 0.5M      | 14.50 (14.00) |" in out["CIFAR10"]   # best epoch 2: 14.50
+    assert "| Network          | #Params   | DGL           |" in out["CIFAR10"]
+    summary = out["summary"]
+    assert "| Last epoch   | Validation-selected   |" in summary
+    # delta 14.50 - 14.00; last 16.00; validation picks epoch 3 (val 20.0): test 16.00
+    assert "| +0.50   | within tolerance (±0.5) | 16.00        | 16.00                 |" in summary
+    assert "| cifar10-resnet32-k16-dgl | 14.50  | 466,906           | 838,294       | -                     " \
+           "| 3 MiB         | 3.0         |" in out["cost"]
+    assert out["tables"].index("### Cost") < out["tables"].index("### Summary")
+    assert tables.NOTE_BEST in out["tables"]
+
+
+def test_field_points_one_per_finished_cell_with_its_compared_error_and_cost():
+    rows = [{"cell": "a-bp", "dataset": "CIFAR10", "network": "ResNet-32 (K=16)", "loss": "backprop",
+             "column": "BP", "published_epoch": "best", "epochs": "2"},
+            {"cell": "a-dgl", "dataset": "CIFAR10", "network": "ResNet-32 (K=16)", "loss": "dgl",
+             "column": "DGL", "published_epoch": "best", "epochs": "2"}]
+    history = [{"epoch": 1, "test_error": 12.0}, {"epoch": 2, "test_error": 13.0}]
+    run = {"test_error": 13.0, "history": history, "peak_memory_bytes": 512 * 2**20,
+           "backbone_macs": 1000, "head_macs": 24}
+    points = tables.field_points(rows, {"a-bp": [run]})
+    assert points == [{"cell": "a-bp", "method": "BP", "network": "ResNet-32 (K=16)", "dataset": "CIFAR10",
+                       "error": 12.0, "error_name": "best test epoch", "memory_mib": 512.0, "macs": 1024,
+                       "budget": None}]

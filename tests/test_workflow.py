@@ -105,7 +105,7 @@ def _set(i, col, value):
     (_set(8, "length", ""), "line 10 (cell mnist-vgg8b-cutout-predsim), column 'length'"),
     (_set(4, "milestones", "50,75"), "column 'milestones': '50,75' does not match"),
     (_set(5, "cell", "mnist-mlp-backprop"), "cell name 'mnist-mlp-backprop' already used on line 2"),
-    (_set(6, "network", "mlp"), "both fill the table slot dataset=MNIST network='mlp' loss=sim"),
+    (_set(6, "network", "mlp"), "both fill the table slot dataset=MNIST network='mlp' column=sim"),
     (lambda h, r: ([c for c in h if c != "beta"], r), "missing column(s) 'beta'"),
     (lambda h, r: (h + ["notes"], r), "unknown column(s) 'notes'"),
 ])
@@ -626,3 +626,18 @@ def test_locallearn_tables_writes_what_the_tables_target_writes(tmp_path):
     for name, data in made["snakemake"].items():
         assert made["cli"][name] == data, name
     assert made["cli"]["README.md"] == (REPO / "README.md").read_bytes()
+
+
+def test_peers_target_outside_all(tmp_path):
+    """The field's grid (issue 26): `snakemake -n peers` lists its 42 cells x seeds,
+    each job's recipe with its held-out split; `all` does not include them."""
+    r = snakemake(tmp_path, "-n", "-p", "peers", "--config", "seeds=[1,2]")
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    assert counts["train"] == 84 and counts["prepare_data"] == 3 and counts["field"] == 1
+    assert "results/peers/runs/stl10-resnet110-k55-auglocal-d5/seed2/metrics.json" in r.stdout
+    assert "--method infopro" in r.stdout and "--val-examples 5000" in r.stdout
+    rows = plan.load_cells(REPO / "workflow" / "config" / "peers.tsv")
+    assert len(rows) == 42 and all(r["published_source"] for r in rows)
+    r = snakemake(tmp_path, "-n")
+    assert "results/peers" not in r.stdout and job_counts(r.stdout)["train"] == 86

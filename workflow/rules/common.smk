@@ -21,7 +21,9 @@ import plan  # noqa: E402
 try:
     _checked = plan.validate_config(config)
     CELLS = plan.load_cells(plan.cells_path(_checked))
-    PRESETS = plan.make_presets(_checked, CELLS)  # "quick" raises on use where its rows are missing
+    # the presets of both grids: full, quick (CELLS); peers, peers-quick (the peers grid).
+    # "quick" and the peers presets raise on use where their rows are missing or bad.
+    PRESETS = plan.make_presets(_checked, CELLS)
     STAGES = plan.pipeline_stages(_checked, CELLS)  # cell -> pipeline stages (1: one process)
 except plan.HarnessError as e:
     raise WorkflowError(str(e)) from None
@@ -37,7 +39,12 @@ from locallearn.runstate import REPLACE  # noqa: E402  (the trainer's own decisi
 LOCALLEARN = config["command"] or f"{shlex.quote(sys.executable)} -m locallearn"
 plan.put_checkout_first()
 
+# every row any preset may train or show (the peers grid's and peers-quick's moved rows too)
 ROW = {r["cell"]: r for r in CELLS}
+for _p in PRESETS.values():   # dict's own values: the presets that can run
+    ROW.update({r["cell"]: r for r in _p.table_rows})
+for _cell in ROW:   # config pipeline_stages is of the paper's grid: the peers' cells run in one process
+    STAGES.setdefault(_cell, 1)
 RES = plan.results_root(config)
 CONDA_ENV = "../../envs/environment.yaml"  # relative to workflow/rules/
 # Names the folder a replaced run is moved to (seed<k>.replaced-<STAMP>): this invocation.
@@ -45,10 +52,10 @@ STAMP = time.strftime("%Y%m%d-%H%M%S")
 
 
 wildcard_constraints:
-    preset="|".join(plan.PRESETS),
+    preset="|".join(re.escape(p) for p in sorted(plan.PRESETS, key=len, reverse=True)),
     cell="|".join(re.escape(c) for c in ROW),
     seed=r"\d+",
-    dataset="|".join(sorted({r["dataset"] for r in CELLS})),
+    dataset="|".join(sorted({r["dataset"] for r in ROW.values()})),
     stamp=r"\d{8}-\d{6}",
 
 
@@ -98,10 +105,12 @@ def run_flags(wildcards, threads):
 def report_flags(name):
     """What a preset's reporting steps read: its rows, seeds, tolerances and budget."""
     p = preset(name)
-    flags = ["--results", p.results, "--cells", str(plan.cells_path(config)), "--seeds", *p.seeds,
+    flags = ["--results", p.results, "--cells", p.cells, "--seeds", *p.seeds,
              "--tolerance", *[f"{k}={v}" for k, v in config["tolerance"].items()]]
-    if p.table_rows is not CELLS:
-        flags += ["--only", *[r["cell"] for r in p.table_rows]]
+    if p.moved:   # peers-quick: the grid's rows moved onto another dataset
+        flags += ["--on-dataset", *p.moved]
+    if name in ("quick", "peers-quick"):   # as the grid file names them (before a move)
+        flags += ["--only", *[r.get("moved_from", r["cell"]) for r in p.table_rows]]
     if p.epochs:
         flags += ["--epochs", p.epochs]
     if p.max_train_examples:
@@ -115,10 +124,14 @@ def readme_flags(name):
     """The README that receives a preset's tables (the quick preset's is made if missing)."""
     p = preset(name)
     flags = ["--readme", p.readme]
-    if name != "full":
+    if name == "quick":
         flags += ["--readme-title", "locallearn: quick replication (budget run)", "--readme-body",
                   "Made by `snakemake --cores all quick`; regenerated on every run. The replication proper "
                   "is `snakemake --cores all` (tables in the top-level README.md)."]
+    elif name == "peers-quick":
+        flags += ["--readme-title", "locallearn: the field's methods, quick (budget run)", "--readme-body",
+                  "Made by `snakemake --cores all peers_quick`; regenerated on every run. The field's grid "
+                  "proper is `snakemake --cores all peers` (tables in docs/peers.md)."]
     return quoted(flags)
 
 
@@ -164,6 +177,9 @@ def preset_metrics(wildcards):
 REPORTING = any(a == "--report" or a.startswith("--report=") for a in sys.argv) and "--report-after-run" not in sys.argv
 
 
+FIELD_FIGURE = ("peers", "peers-quick")   # presets that draw error against cost (rule field)
+
+
 def targets(name):
     """Everything a named target (all, quick) builds: its runs still to train, then the
     figures, tables and README from every finished run."""
@@ -175,6 +191,7 @@ def targets(name):
         *p.to_train(),
         *[f"{p.results}/figures/{kind}/{r['cell']}.png" for r in p.rows for kind in ("curves", "layers")],
         f"{p.results}/figures/scatter.png",
+        *([f"{p.results}/figures/field.png"] if name in FIELD_FIGURE else []),
         f"{p.results}/tables/summary.md",
         f"{p.results}/tables/readme.ok",
     ]
@@ -186,6 +203,7 @@ def report_targets(p):
     report needs every output of a job it shows). The tables list the cells not yet run."""
     figures = [f"{p.results}/figures/{kind}/{r['cell']}.png" for r in p.table_rows for kind in ("curves", "layers")]
     tables = [f"{p.results}/tables/{name}.md" for name in ("tables", "summary", "pending")]
-    made = [f for f in [*figures, f"{p.results}/figures/scatter.png", f"{p.results}/tables/readme.ok"]
+    made = [f for f in [*figures, f"{p.results}/figures/scatter.png", f"{p.results}/figures/field.png",
+                        f"{p.results}/tables/readme.ok"]
             if Path(f).is_file()]   # readme.ok: not in the report, but its job's runtime is
     return made + (tables if all(Path(f).is_file() for f in tables) else [])

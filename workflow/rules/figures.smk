@@ -67,3 +67,28 @@ rule scatter:
         CONDA_ENV
     shell:
         "{params.locallearn} report scatter {params.report} > {log} 2>&1"
+
+
+rule field:
+    """The field in one picture (the peers presets): test error against cost (peak
+    memory, multiply-adds), one point per finished cell of this preset's grid and of the
+    paper's grid beside it."""
+    input:
+        preset_metrics,
+    output:
+        report(
+            f"{RES}/{{preset}}/figures/field.png",
+            caption="../report/field.rst",
+            category="Error against cost",
+        ),
+    log:
+        f"{RES}/{{preset}}/logs/figures/field.log",
+    params:
+        locallearn=LOCALLEARN,
+        report=lambda wc: report_flags(wc.preset),
+        also=lambda wc: quoted(["--field-also", preset("full").results, preset("full").cells]),
+    localrule: True
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.locallearn} report field {params.report} {params.also} > {log} 2>&1"

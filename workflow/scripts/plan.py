@@ -32,7 +32,7 @@ if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script,
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # torch-free modules of the package: the DAG imports no torch
 from locallearn import gridcost, layout  # noqa: E402
-from locallearn.cells import recipe_args  # noqa: E402
+from locallearn.cells import column, moved_to, recipe_args  # noqa: E402
 from locallearn.config import CHOICES, build_parser, check_all  # noqa: E402
 from locallearn.cost import network_cost, stage_count_error  # noqa: E402
 from locallearn.errors import ConfigError, LocallearnError  # noqa: E402
@@ -42,7 +42,7 @@ from locallearn.specs import SPECS  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "workflow" / "schemas"
 DEFAULT_CONFIG = REPO / "workflow" / "config" / "config.yaml"
-PRESETS = ("full", "quick")
+PRESETS = ("full", "quick", "peers", "peers-quick")
 
 
 class HarnessError(ValueError):
@@ -164,9 +164,10 @@ def _merge(base: dict, over: dict) -> None:
 
 # --------------------------------------------------------------------------- cells
 
-def cells_path(config: dict) -> Path:
-    """cells.tsv; a relative path is taken from the repository (the Snakefile's folder)."""
-    p = Path(config["cells"])
+def cells_path(config: dict, grid: str = "paper") -> Path:
+    """The paper's grid (config `cells`) or the peers grid (`peers.cells`); a relative
+    path is taken from the repository (the Snakefile's folder)."""
+    p = Path(config["cells"] if grid == "paper" else config["peers"]["cells"])
     return p if p.is_absolute() else REPO / p
 
 
@@ -214,10 +215,10 @@ def load_cells(path: str | Path) -> list[dict]:
         if row["cell"] in seen:
             raise HarnessError(f"{where}: cell name {row['cell']!r} already used on line {seen[row['cell']]}")
         seen[row["cell"]] = line
-        slot = (row["dataset"], row["network"], row["loss"])
+        slot = (row["dataset"], row["network"], column(row))
         if slot in slots:
             raise HarnessError(f"{where}: cells {slots[slot]!r} and {row['cell']!r} both fill the table "
-                               f"slot dataset={slot[0]} network={slot[1]!r} loss={slot[2]}")
+                               f"slot dataset={slot[0]} network={slot[1]!r} column={slot[2]}")
         slots[slot] = row["cell"]
     return rows
 
@@ -339,6 +340,10 @@ class Preset:
     experiment: str
     readme: str                 # file whose markers receive the tables
     extra_args: list[str] = field(default_factory=list)   # more recipe flags (train.extra_args)
+    cells: str = ""             # the grid file its rows come from
+    val_examples: int = 0       # --val-examples of its jobs (the peers grids)
+    batch_size: int = 0         # a budget's --batch-size (peers-quick), 0: the recipe's
+    moved: tuple[str, str] | None = None   # (dataset, cell prefix): rows moved onto a dataset (peers-quick)
     _states: dict = field(default_factory=dict, repr=False)
 
     def run_dir(self, cell: str, seed) -> str:
@@ -356,6 +361,10 @@ class Preset:
             args += ["--max-train-examples", str(self.max_train_examples)]
         if self.max_test_examples:
             args += ["--max-test-examples", str(self.max_test_examples)]
+        if self.batch_size:
+            args += ["--batch-size", str(self.batch_size)]
+        if self.val_examples:
+            args += ["--val-examples", str(self.val_examples)]
         return args
 
     def precision_args(self) -> list[str]:
@@ -399,7 +408,9 @@ class Preset:
 
 # The config keys that add flags to a preset's jobs (Preset.args), for messages.
 JOB_KEYS = {"full": "seeds, train.precision, train.extra_args",
-            "quick": "quick.seeds, quick.epochs, quick.max_train_examples, quick.max_test_examples, quick.precision"}
+            "quick": "quick.seeds, quick.epochs, quick.max_train_examples, quick.max_test_examples, quick.precision",
+            "peers": "seeds, peers.val_examples, train.precision, train.extra_args",
+            "peers-quick": "peers_quick.*"}
 
 
 class Presets(dict):
@@ -438,7 +449,10 @@ def with_flags(args: list[str], flags: list[str]) -> list[str]:
     return args
 
 
-def make_presets(config: dict, rows: list[dict]) -> Presets:
+def make_presets(config: dict, rows: list[dict], peer_rows: list[dict] | None = None) -> Presets:
+    """The presets of both grids: full and quick (the paper's, `rows`), peers and
+    peers-quick (`peer_rows`, read from config peers.cells when not given). A preset
+    that cannot run is kept as its error, raised only when that preset is used."""
     res = results_root(config)
     train, quick = config["train"], config["quick"]
     full = Preset(
@@ -446,9 +460,11 @@ def make_presets(config: dict, rows: list[dict]) -> Presets:
         seeds=config["seeds"], results=f"{res}/full", epochs=None, max_train_examples=0,
         max_test_examples=0, device=train["device"], threads=train["threads"], gpu=train["gpu"],
         precision=train.get("precision", "fp32"),
-        experiment=config["mlflow"]["experiment"], readme=config["readme"], extra_args=train["extra_args"])
+        experiment=config["mlflow"]["experiment"], readme=config["readme"], extra_args=train["extra_args"],
+        cells=str(cells_path(config)))
     full.check_jobs()
     presets, errors = {"full": full}, {}
+    _peer_presets(config, peer_rows, presets, errors)
     try:
         qrows = select_cells(rows, quick["select"], "quick.select")
     except HarnessError as e:
@@ -463,12 +479,48 @@ def make_presets(config: dict, rows: list[dict]) -> Presets:
         max_test_examples=quick["max_test_examples"], device=quick["device"],
         threads=quick["threads"], gpu=quick["gpu"], precision=quick.get("precision", "fp32"),
         experiment=quick["experiment"],
-        readme=f"{res}/quick/README.md")
+        readme=f"{res}/quick/README.md", cells=str(cells_path(config)))
     try:
         presets["quick"].check_jobs()
     except HarnessError as e:
         errors["quick"] = e
     return Presets(presets, errors)
+
+
+def _peer_presets(config: dict, peer_rows: list[dict] | None, presets: dict, errors: dict) -> None:
+    """peers (the field's grid, its full recipes plus peers.val_examples, the seeds
+    and train settings of the full preset) and peers-quick (its selected rows moved
+    onto peers_quick.dataset at a tiny budget) into `presets`, or their errors."""
+    if "peers" not in config:   # a job script started by a Snakemake that loaded an older config
+        return
+    res, train, peers, pq = results_root(config), config["train"], config["peers"], config["peers_quick"]
+    try:
+        peer_rows = load_cells(cells_path(config, "peers")) if peer_rows is None else peer_rows
+        presets["peers"] = Preset(
+            name="peers", rows=select_cells(peer_rows, peers["select"], "peers.select"), table_rows=peer_rows,
+            seeds=config["seeds"], results=f"{res}/peers", epochs=None, max_train_examples=0,
+            max_test_examples=0, device=train["device"], threads=train["threads"], gpu=train["gpu"],
+            precision=train.get("precision", "fp32"), experiment=peers["experiment"], readme=peers["readme"],
+            extra_args=train["extra_args"], cells=str(cells_path(config, "peers")),
+            val_examples=peers["val_examples"])
+        presets["peers"].check_jobs()
+    except HarnessError as e:
+        errors["peers"] = errors["peers-quick"] = e
+        return
+    try:
+        moved = [moved_to(r, pq["dataset"], pq["cell_prefix"])
+                 for r in select_cells(peer_rows, pq["select"], "peers_quick.select")]
+        presets["peers-quick"] = Preset(
+            name="peers-quick", rows=moved, table_rows=moved, seeds=pq["seeds"], results=f"{res}/peers-quick",
+            epochs=pq["epochs"], max_train_examples=pq["max_train_examples"],
+            max_test_examples=pq["max_test_examples"], device=pq["device"], threads=pq["threads"],
+            gpu=pq["gpu"], precision=pq.get("precision", "fp32"), experiment=pq["experiment"],
+            readme=f"{res}/peers-quick/README.md", cells=str(cells_path(config, "peers")),
+            val_examples=pq["val_examples"], batch_size=pq["batch_size"],
+            moved=(pq["dataset"], pq["cell_prefix"]))
+        presets["peers-quick"].check_jobs()
+    except HarnessError as e:
+        errors["peers-quick"] = e
 
 
 def tracking_uri(config: dict, preset: Preset) -> str:
@@ -504,6 +556,9 @@ def estimate_hours(row: dict, est: dict, epochs: int | None = None,
     return (epochs or int(row["epochs"])) * seconds_per_epoch / 3600
 
 
+UNMODELLED_HOURS = 24   # GPU hours assumed for a run of a network without a cost model
+
+
 def measured_table(config: dict, preset: Preset) -> dict | None:
     """The grid cost measured on this preset's kind of device in its precision, if any."""
     kind = "cuda" if preset.gpu else "cpu"
@@ -522,7 +577,10 @@ def runtime_minutes(row: dict, config: dict, preset: Preset) -> int:
     table = measured_table(config, preset)
     hours = gridcost.cell_hours(table, row, *budget) if table else None
     if hours is None:
-        hours = estimate_hours(row, est, *budget)
+        try:
+            hours = estimate_hours(row, est, *budget)
+        except ConfigError:   # a network cost.py has no model of yet: a day, x safety_factor
+            hours = UNMODELLED_HOURS
         if preset.gpu == 0:
             hours *= est["cpu_slowdown"]
     return int(math.ceil(hours * 60 * est["safety_factor"])) + 10

@@ -1,0 +1,70 @@
+"""Which epoch's test error a run reports, named for what it is (docs/peers.md):
+
+- `test_error`: the last epoch's (the default; the paper's grid's verdict);
+- `best_test_error`: the best over the epochs, "best test epoch (as the papers
+  report)": the test set picks the model, as AugLocal's, InfoPro's and DGL's code
+  report it (their train.py keeps `best_prec1`);
+- `val_selected_test_error`: the test error at the epoch with the lowest error on a
+  validation split held out from the training set (`--val-examples N`).
+
+Ties go to the earliest epoch. `held_out` says which training examples form the
+validation split: a fixed permutation, the same for every seed and every run, so
+the choice is deterministic and recorded (its checksum in metrics.json).
+Importing this module does not import torch.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+# The three errors a table may show: metrics.json key -> what the tables call it.
+ERRORS = {
+    "test_error": "last epoch",
+    "best_test_error": "best test epoch (as the papers report)",
+    "val_selected_test_error": "validation-selected epoch",
+}
+SPLIT_SEED = 0   # the held-out permutation's seed: one split for every run and seed
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def reported_errors(history: list[dict]) -> dict:
+    """The best-test-epoch and (where the history has validation errors) the
+    validation-selected errors of a run's history, with the epochs chosen."""
+    if not history:
+        return {}
+    best = min(history, key=lambda e: (e["test_error"], e["epoch"]))
+    out = {"best_test_error": best["test_error"], "best_test_epoch": best["epoch"]}
+    validated = [e for e in history if _number(e.get("val_error"))]
+    if validated:
+        chosen = min(validated, key=lambda e: (e["val_error"], e["epoch"]))
+        out.update(val_selected_test_error=chosen["test_error"], val_selected_epoch=chosen["epoch"],
+                   val_selected_val_error=chosen["val_error"])
+    return out
+
+
+def error_of(metrics: dict, key: str) -> float | None:
+    """One of ERRORS from a metrics.json; a run recorded before these keys existed
+    gets its best test epoch from its history (it has no validation split)."""
+    value = metrics.get(key)
+    if _number(value):
+        return float(value)
+    if key != "test_error" and isinstance(metrics.get("history"), list):
+        value = reported_errors(metrics["history"]).get(key)
+        return float(value) if _number(value) else None
+    return None
+
+
+def held_out(n_train: int, n_val: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(training indices, validation indices, the record of the choice): the first
+    n_val of a fixed permutation of range(n_train) are held out; both index lists are
+    sorted, so the remaining training examples keep their file order."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n_train)
+    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    record = {"examples": int(n_val), "of": int(n_train),
+              "rule": f"numpy default_rng({SPLIT_SEED}).permutation(of)[:examples], the same for every seed",
+              "indices_sha256": hashlib.sha256(val.astype("<i8").tobytes()).hexdigest()}
+    return train, val, record

@@ -1,0 +1,45 @@
+"""`snakemake peers_quick` (issue 26) on the real Fashion-MNIST: every method of the
+field's grid (the ResNet-32 rows of workflow/config/peers.tsv: BP, DGL, PredSim,
+InfoPro, AugLocal d=1/3/5) at its tiny budget (config peers_quick: 1 epoch, 512
+training examples of which 128 held out, 256 test examples), with its own tables;
+the three errors and the heads' cost in every metrics.json, MLflow and the tables."""
+from __future__ import annotations
+
+import json
+
+from conftest import needs_fmnist
+from test_workflow import job_counts, snakemake
+
+CELLS = ["fmnist-resnet32-k1-bp", "fmnist-resnet32-k16-dgl", "fmnist-resnet32-k16-predsim",
+         "fmnist-resnet32-k16-infopro", "fmnist-resnet32-k16-auglocal-d1", "fmnist-resnet32-k16-auglocal-d3",
+         "fmnist-resnet32-k16-auglocal-d5"]
+
+
+@needs_fmnist
+def test_peers_quick_end_to_end(tmp_path):
+    r = snakemake(tmp_path, "--cores", "2", "peers_quick", timeout=900)
+    assert r.returncode == 0, r.stderr[-5000:]
+    assert job_counts(r.stdout + r.stderr)["train"] == len(CELLS)
+    out = tmp_path / "results" / "peers-quick"
+    metrics = {c: json.loads((out / "runs" / c / "seed1" / "metrics.json").read_text()) for c in CELLS}
+    for c, m in metrics.items():
+        assert m["epochs"] == 1 and m["config"]["dataset"] == "FashionMNIST" and m["config"]["val_examples"] == 128
+        assert m["val_split"]["examples"] == 128 and m["val_split"]["of"] == 512
+        assert m["best_test_error"] == m["test_error"] == m["val_selected_test_error"]   # one epoch: all three
+        assert (m["head_params"] == 0) == (c == "fmnist-resnet32-k1-bp")
+    summary = (out / "tables" / "summary.md").read_text()
+    assert summary.count("budget run (not compared)") == len(CELLS) and "Validation-selected" in summary
+    readme = (out / "README.md").read_text()
+    assert "AugLocal d=3" in readme and "### Cost" in readme and "[1/400 ep, 512 train ex, 256 test ex]" in readme
+    assert (out / "figures" / "field.png").read_bytes()[:4] == b"\x89PNG"   # error against cost
+    assert not (tmp_path / "docs").exists() and not (tmp_path / "results" / "full").exists()
+
+    import mlflow
+    mlflow.set_tracking_uri("sqlite:///" + str(out / "mlflow.db"))
+    runs = mlflow.search_runs(experiment_names=["locallearn-peers-quick"])
+    assert sorted(runs["tags.cell"]) == sorted(CELLS) and set(runs["status"]) == {"FINISHED"}
+    for _, run in runs.iterrows():
+        assert run["metrics.best_test_error"] == metrics[run["tags.cell"]]["best_test_error"]
+
+    r = snakemake(tmp_path, "--cores", "2", "peers_quick", timeout=300)   # finished runs stay final
+    assert r.returncode == 0 and "train" not in job_counts(r.stdout + r.stderr)
