@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import child_env
 from locallearn.errors import LocallearnError
 from locallearn.gpulease import GpuLeaseError, detect_gpu_count, lease_gpu, lease_gpus, lease_status
 
-REPO = Path(__file__).resolve().parent.parent
 
 # A child job: lease, report what it got, then hold the lease until told to go.
 CHILD = textwrap.dedent("""
@@ -32,7 +32,7 @@ CHILD = textwrap.dedent("""
 
 
 def _env(count: int) -> dict:
-    env = dict(os.environ, LOCALLEARN_GPU_COUNT=str(count), PYTHONPATH=str(REPO))
+    env = child_env(LOCALLEARN_GPU_COUNT=str(count))
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
 

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import CELLS_TSV as CELLS, REPO, child_env, needs_fmnist, snakemake
+
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import plan  # noqa: E402
 from locallearn.config import config_hash  # noqa: E402
-
-CELLS = REPO / "workflow" / "config" / "cells.tsv"
 
 
 # --------------------------------------------------------------------------- plan (fast)
@@ -198,18 +197,6 @@ def test_precision_enum_comes_from_the_package():
 
 # --------------------------------------------------------------------------- snakemake
 
-def snakemake(workdir: Path, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir,
-                          env=env or _env())
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LOCALLEARN_DATA")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
-
-
 def job_counts(output: str) -> dict[str, int]:
     """{rule: jobs} of Snakemake's job stats; {} when it had nothing to do."""
     if "Job stats:" not in output:
@@ -265,12 +252,8 @@ def test_bad_cells_row_fails_before_any_job(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="needs Debian's dataset-fashion-mnist")
+@needs_fmnist
 def test_quick_end_to_end_with_mlflow(tmp_path):
     """`snakemake quick` on the real Fashion-MNIST (1 epoch, 512/512 examples): tables,
     figures, one FINISHED MLflow run per cell holding metrics.json's test error; a
@@ -336,8 +319,7 @@ def test_quick_end_to_end_with_mlflow(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="needs Debian's dataset-fashion-mnist")
+@needs_fmnist
 def test_pipelined_cell_runs_under_torchrun(tmp_path):
     """A cell of config pipeline_stages runs as S processes started by torchrun, asks
     for S x threads, logs one FINISHED MLflow run; taking it out of pipeline_stages
@@ -617,7 +599,7 @@ def test_locallearn_tables_writes_what_the_tables_target_writes(tmp_path):
             r = snakemake(root, "--cores", "1", "tables")
         else:
             r = subprocess.run([sys.executable, "-m", "locallearn", "tables", "--results", "results/full",
-                                "--readme", "README.md"], cwd=root, env=_env(), capture_output=True, text=True)
+                                "--readme", "README.md"], cwd=root, env=child_env(), capture_output=True, text=True)
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         made[how] = {p.relative_to(root).as_posix(): p.read_bytes() for p in
                      [root / "README.md", *sorted((root / "results" / "full" / "tables").rglob("*.md")),
