@@ -172,27 +172,43 @@ def test_schema_enums_match_the_package():
     assert tuple(schema["properties"]["loss"]["enum"]) == LOSSES
 
 
-def test_dataset_enums_come_from_the_one_table(monkeypatch):
-    """No schema lists the datasets: plan.py fills them in from locallearn.specs when
-    it loads a schema, so a row added to SPECS is accepted everywhere at once."""
-    from locallearn.specs import SPECS
-    for name in ("cells.schema.json", "config.schema.json"):
-        assert '"MNIST"' not in (REPO / "workflow" / "schemas" / name).read_text()
-    assert plan._schema("cells.schema.json")["properties"]["dataset"]["enum"] == list(SPECS)
-    assert plan._schema("config.schema.json")["$defs"]["dataset"]["enum"] == list(SPECS)
-    monkeypatch.setitem(plan.SCHEMA_ENUMS, "datasets", [*SPECS, "EMNIST"])
-    assert plan.load_config(overrides={"tolerance": {"EMNIST": 1}})["tolerance"]["EMNIST"] == 1
-    monkeypatch.setitem(plan.SCHEMA_ENUMS, "datasets", list(SPECS))
-    with pytest.raises(plan.HarnessError, match="config key 'tolerance': unknown key 'EMNIST'"):
-        plan.load_config(overrides={"tolerance": {"EMNIST": 1}})
+def enums(node) -> dict[str, list]:
+    """{where: enum} of every "enum" in a schema, where being the key path."""
+    found = {}
+
+    def walk(n, path):
+        if isinstance(n, dict):
+            if "enum" in n:
+                found[path] = n["enum"]
+            for k, v in n.items():
+                walk(v, f"{path}.{k}" if path else k)
+        elif isinstance(n, list):
+            for k, v in enumerate(n):
+                walk(v, f"{path}.{k}")
+    walk(node, "")
+    return found
 
 
-def test_precision_enum_comes_from_the_package():
+def test_schemas_stand_alone_and_list_what_the_package_knows():
+    """The schemas are read as they stand (nothing filled in at load time), and each list
+    they hold equals the package's: datasets = locallearn.specs.SPECS, models = the model
+    registry, precisions = the --precision choices. A dataset or model added on one side
+    only fails here."""
     from locallearn.config import CHOICES
-    assert '"bf16"' not in (REPO / "workflow" / "schemas" / "config.schema.json").read_text()
-    schema = plan._schema("config.schema.json")
+    from locallearn.models import MODELS
+    from locallearn.specs import SPECS
+    cells = json.loads((REPO / "workflow" / "schemas" / "cells.schema.json").read_text())
+    config = json.loads((REPO / "workflow" / "schemas" / "config.schema.json").read_text())
+    assert plan._schema("cells.schema.json") == cells and plan._schema("config.schema.json") == config
+    assert "x-locallearn-enum" not in json.dumps(cells) + json.dumps(config)
+    assert enums(cells)["properties.dataset"] == enums(config)["$defs.dataset"] == list(SPECS)
+    assert enums(cells)["properties.model"] == list(MODELS)
     for preset in ("train", "quick"):
-        assert schema["properties"][preset]["properties"]["precision"]["enum"] == list(CHOICES["precision"])
+        assert enums(config)[f"properties.{preset}.properties.precision"] == list(CHOICES["precision"])
+    # no other list of datasets, models or precisions hides in either schema
+    known = {tuple(SPECS), tuple(MODELS), tuple(CHOICES["precision"])}
+    for where, values in {**enums(cells), **enums(config)}.items():
+        assert tuple(values) in known or not set(values) & {*SPECS, *MODELS, *CHOICES["precision"]}, where
 
 
 # --------------------------------------------------------------------------- snakemake
