@@ -1,7 +1,13 @@
-"""Shared helpers: flag namespaces for small networks, synthetic batches."""
+"""What many test files share: where the repository and the Debian Fashion-MNIST are,
+the environment and the Snakemake command of a child process, a real `mlflow server`,
+flag namespaces for small networks and synthetic batches."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,11 +18,73 @@ from locallearn.config import parse_train_args
 REPO = Path(__file__).resolve().parent.parent
 CELLS_TSV = REPO / "workflow" / "config" / "cells.tsv"   # the workflow's grid
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+MLFLOW_SERVER_SH = REPO / ".ci" / "mlflow-server.sh"
 
 # Tests share 2 cores with nothing else; one thread keeps them from oversubscribing
 # when pytest runs a subprocess beside them.
 torch.set_num_threads(int(os.environ.get("LOCALLEARN_TEST_THREADS", "1")))
 
+needs_fmnist = pytest.mark.skipif(not (FMNIST_DEBIAN / "train-images-idx3-ubyte.gz").is_file(),
+                                  reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+
+
+# ------------------------------------------------------------------ child processes
+
+# A user's own tracking store and data folder must not leak into a test's jobs.
+USER_SETTINGS = ("MLFLOW_TRACKING_URI", "LOCALLEARN_DATA")
+
+
+def child_env(root: Path = REPO, drop: tuple[str, ...] = USER_SETTINGS, **extra: str) -> dict:
+    """This process's environment for a child (locallearn, Snakemake, torchrun): `root`'s
+    package first on PYTHONPATH, the variables in `drop` removed, `extra` set."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    return {**env, **extra}
+
+
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    """The repository's workflow run in `workdir` (its results/ and .snakemake/ go there)."""
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(snakemake_cmd(workdir, *args), capture_output=True, text=True, timeout=timeout,
+                          cwd=workdir, env=env or child_env())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ MLflow server
+
+@contextmanager
+def mlflow_server_in(folder: Path, env: dict | None = None):
+    """A real `mlflow server` started the way users start one (.ci/mlflow-server.sh: SQLite,
+    served artifacts, a free local port) with everything in `folder`; yields its URI.
+    With MLFLOW_TRACKING_USERNAME/PASSWORD in `env` it runs authenticated."""
+    env = env or child_env(drop=tuple(k for k in os.environ if k.startswith("MLFLOW_")))
+    start = subprocess.run(["bash", str(MLFLOW_SERVER_SH), "start", str(folder)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    if start.returncode != 0:
+        pytest.fail(f"mlflow server did not start:\n{start.stdout}\n{start.stderr}")
+    try:
+        yield start.stdout.strip()
+    finally:
+        subprocess.run(["bash", str(MLFLOW_SERVER_SH), "stop", str(folder)], env=env,
+                       capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """One unauthenticated server per test module; its URI."""
+    with mlflow_server_in(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
+
+
+# ------------------------------------------------------------------ small recipes
 
 def flags(*extra: str, **kw):
     """parse_train_args over a small default recipe; kw become --key value."""
@@ -30,10 +98,6 @@ def batches(n: int, shape=(1, 28, 28), classes: int = 10, batch: int = 16, seed:
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
             for _ in range(n)]
-
-
-needs_fmnist = pytest.mark.skipif(not FMNIST_DEBIAN.exists(),
-                                  reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
 
 
 @pytest.fixture(autouse=True)

@@ -4,18 +4,15 @@ and the pipelined path ends with exactly the fused path's test error (same updat
 The figures themselves are measured by hand (docs/speed.md), never asserted."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
-                                reason="needs Debian's dataset-fashion-mnist")
+from conftest import FMNIST_DEBIAN, child_env, needs_fmnist
+
+pytestmark = needs_fmnist
 RECIPE = ["--model", "mlp", "--dataset", "FashionMNIST", "--num-layers", "3", "--num-hidden", "256",
           "--dropout", "0.025", "--lr", "5e-4", "--nonlin", "leakyrelu",
           "--max-train-examples", "512", "--max-test-examples", "256"]
@@ -27,14 +24,14 @@ def data_dir(tmp_path_factory) -> str:
     """The Debian files imported the way users import them (`locallearn data prepare`)."""
     d = tmp_path_factory.mktemp("data")
     r = subprocess.run([sys.executable, "-m", "locallearn", "data", "prepare", "FashionMNIST",
-                        "--source", str(FASHION), "--data-dir", str(d)],
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+                        "--source", str(FMNIST_DEBIAN), "--data-dir", str(d)],
+                       capture_output=True, text=True, env=child_env(), timeout=300)
     assert r.returncode == 0, r.stderr
     return str(d)
 
 
 def bench(data_dir: str, *flags: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = child_env()
     r = subprocess.run([sys.executable, "-m", "locallearn", "bench", *RECIPE, "--data-dir", data_dir, *flags],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -71,7 +68,7 @@ def test_bench_pipeline_against_one_process(data_dir):
 
 
 def test_bench_refuses_what_cannot_be_pipelined(data_dir):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = child_env()
     r = subprocess.run([sys.executable, "-m", "locallearn", "bench", *RECIPE, "--data-dir", data_dir,
                         "--pipeline-stages", "2",
                         "--backprop"], capture_output=True, text=True, env=env, timeout=120)

@@ -13,6 +13,7 @@ import torch
 import torchvision.datasets as tvd
 from torchvision.datasets import utils as tv_utils
 
+from conftest import FMNIST_DEBIAN, needs_fmnist
 from fake_data import SHAPES, fake_images, write_fake
 from locallearn.atomic import atomic_write_bytes
 from locallearn import datafetch, datasets
@@ -22,7 +23,6 @@ from locallearn.layout import resolve_data_dir
 from locallearn.errors import ConfigError, DatasetError
 
 NAMES = list(SPECS)
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(autouse=True)
@@ -327,13 +327,9 @@ def test_an_interrupted_write_leaves_no_file(tmp_path):
 
 # ---------------------------------------------------------------- the real Fashion-MNIST
 
-needs_debian_fashion = pytest.mark.skipif(
-    not DEBIAN_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
-
-
-@needs_debian_fashion
+@needs_fmnist
 def test_real_fashion_mnist_import_verifies_checksums(data_dir):
-    prepare("FashionMNIST", data_dir, source=DEBIAN_FASHION)
+    prepare("FashionMNIST", data_dir, source=FMNIST_DEBIAN)
     for train, size in ((True, 60000), (False, 10000)):
         images, labels = load_split("FashionMNIST", data_dir, train)
         assert images.shape == (size, 1, 28, 28)
@@ -345,10 +341,10 @@ def test_real_fashion_mnist_import_verifies_checksums(data_dir):
     assert not (data_dir / datasets.CUSTOM_CHECKSUMS).exists()
 
 
-@needs_debian_fashion
+@needs_fmnist
 def test_real_fashion_mnist_with_a_flipped_bit_is_rejected(data_dir, tmp_path):
     source = tmp_path / "copy"
-    shutil.copytree(DEBIAN_FASHION, source)
+    shutil.copytree(FMNIST_DEBIAN, source)
     path = source / "t10k-labels-idx1-ubyte.gz"
     content = bytearray(path.read_bytes())
     content[-12] ^= 0x01
@@ -358,9 +354,9 @@ def test_real_fashion_mnist_with_a_flipped_bit_is_rejected(data_dir, tmp_path):
     assert files_under(data_dir) == []
 
 
-@needs_debian_fashion
+@needs_fmnist
 def test_missing_fashion_mnist_is_imported_from_debian_automatically(data_dir, monkeypatch):
-    monkeypatch.setattr(datafetch, "OFFLINE_SOURCES", {"FashionMNIST": (DEBIAN_FASHION,)})
+    monkeypatch.setattr(datafetch, "OFFLINE_SOURCES", {"FashionMNIST": (FMNIST_DEBIAN,)})
     ready("FashionMNIST", data_dir)
     images, labels = load_split("FashionMNIST", data_dir, False)
     assert images.shape == (10000, 1, 28, 28) and len(labels.unique()) == 10

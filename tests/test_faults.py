@@ -12,12 +12,11 @@ MLflow run, FINISHED, with every epoch logged once.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 
-from conftest import REPO, needs_fmnist
+from conftest import REPO, child_env, needs_fmnist
 from locallearn import train as train_mod
 from locallearn.config import parse_train_args
 
@@ -34,7 +33,7 @@ def recipe(data_dir, out, mlflow_uri):
 
 
 def train(argv, fault=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    env = child_env(CUDA_VISIBLE_DEVICES="")
     env.pop("LOCALLEARN_FAULT", None)
     if fault:
         env["LOCALLEARN_FAULT"] = fault
@@ -153,7 +152,7 @@ def test_killed_at_random_moments_then_rerun_is_exact(tmp_path):
 
     out = tmp_path / "killed"
     argv = recipe(data, out, uri)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    env = child_env(CUDA_VISIBLE_DEVICES="")
     env.pop("LOCALLEARN_FAULT", None)
     rng = random.Random(20261129)
     newest, finished, kills = 0, None, 0

@@ -9,30 +9,19 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, needs_fmnist
+from conftest import child_env, needs_fmnist, snakemake, snakemake_cmd
 
 BUDGET = "quick={epochs: 3, max_train_examples: 1500, max_test_examples: 500}"
 CELLS = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist-mlp-predsim"]
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LOCALLEARN_DATA")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _cmd(workdir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
-
-
 def _run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run(_cmd(workdir, *args), capture_output=True, text=True, timeout=600, cwd=workdir, env=_env())
+    r = snakemake(workdir, *args, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return r
 
@@ -56,7 +45,7 @@ def test_killed_grid_resumes_to_identical_tables(tmp_path):
     # One job at a time; kill snakemake and its job once a cell has finished and
     # another has checkpointed (mid-run), as a dying machine would.
     runs = killed / "results" / "quick" / "runs"
-    proc = subprocess.Popen(_cmd(killed, "--cores", "1", "quick", "--config", BUDGET), cwd=killed, env=_env(),
+    proc = subprocess.Popen(snakemake_cmd(killed, "--cores", "1", "quick", "--config", BUDGET), cwd=killed, env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 400
     victim = None
@@ -98,10 +87,10 @@ def test_killed_job_keeps_its_log_and_quick_writes_only_its_own_files(tmp_path):
     work, server = tmp_path / "work", tmp_path / "server"
     work.mkdir()
     server.mkdir()
-    env = dict(_env(), MLFLOW_TRACKING_URI=f"sqlite:///{server}/mlflow.db")
+    env = dict(child_env(), MLFLOW_TRACKING_URI=f"sqlite:///{server}/mlflow.db")
     budget = ("quick={epochs: 2, max_train_examples: 640, max_test_examples: 256, "
               "select: {cells: [fmnist-mlp-pred]}}")
-    cmd = _cmd(work, "--cores", "1", "quick", "--config", budget)
+    cmd = snakemake_cmd(work, "--cores", "1", "quick", "--config", budget)
     killed = subprocess.run(cmd, cwd=work, env=dict(env, LOCALLEARN_FAULT="kill-mid-epoch:2"),
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode != 0

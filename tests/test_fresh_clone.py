@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, needs_fmnist
+from conftest import FMNIST_DEBIAN, REPO, child_env, needs_fmnist
 
 COMMITTED = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist-mlp-predsim"]
 FMNIST_MLP = "select={datasets: [FashionMNIST], models: [mlp]}"
@@ -39,10 +38,8 @@ def clone(tmp_path_factory) -> Path:
 
 
 def env_for(root: Path) -> dict:
-    """A new user's shell: the clone's package, no tracking server or data dir set."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LOCALLEARN_DATA")}
-    env["PYTHONPATH"] = str(root)
-    return env
+    """A new user's shell: the clone's package only, no tracking server or data dir set."""
+    return child_env(root, PYTHONPATH=str(root))
 
 
 def snakemake(root: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -162,7 +159,7 @@ def test_dry_run_prints_every_training_command_to_paste(clone):
     assert all("--job-log results/full/logs/train/" in c for c in commands)
     assert not any("PASSWORD" in c or "@" in c.split("--mlflow-uri", 1)[-1].split()[0] for c in commands)
 
-    if not Path("/usr/share/datasets/fashion-mnist").exists():
+    if not FMNIST_DEBIAN.exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     budget = "quick={epochs: 1, max_train_examples: 256, max_test_examples: 256, select: {cells: [fmnist-mlp-sim]}}"
     r = snakemake(clone, "-n", "-p", "quick", "--config", budget)

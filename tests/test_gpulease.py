@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import child_env
 from locallearn.errors import LocallearnError
 from locallearn.gpulease import GpuLeaseError, detect_gpu_count, lease, lease_status
 
@@ -22,7 +23,6 @@ def one_gpu(*args, **kw):
     got = lease(1, *args, **kw)
     return got[0] if got else got
 
-REPO = Path(__file__).resolve().parent.parent
 
 # A child job: lease, report what it got, then hold the lease until told to go.
 CHILD = textwrap.dedent("""
@@ -38,7 +38,7 @@ CHILD = textwrap.dedent("""
 
 
 def _env(count: int) -> dict:
-    env = dict(os.environ, LOCALLEARN_GPU_COUNT=str(count), PYTHONPATH=str(REPO))
+    env = child_env(LOCALLEARN_GPU_COUNT=str(count))
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
 

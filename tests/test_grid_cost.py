@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
+from conftest import CELLS_TSV as CELLS
 from locallearn import gridcost
 from locallearn.gridbench import cli_grid_bench
 from locallearn.cells import read_cells
 from locallearn.errors import ConfigError
 from locallearn.specs import SPECS
 
-REPO = Path(__file__).resolve().parents[1]
-CELLS = REPO / "workflow" / "config" / "cells.tsv"
 SELECT = ["mnist-mlp-pred", "fmnist-mlp-pred", "stl10-vgg8b-predsim", "stl10-vgg8b-cutout-predsim",
           "cifar100-vgg8b-sim"]
 

@@ -3,12 +3,16 @@ the config hash alone, and that a channels-last step computes the same update as
 default layout to within float32 rounding (CPU; the GPU speed is not claimed here)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from locallearn.config import config_hash, parse_train_args
 from locallearn.datasets import SPECS
 from locallearn.engines import FusedEngine, make_model
+from locallearn.kernels import configure
 
 VGG = ["--model", "vgg8b", "--dataset", "CIFAR10", "--feat-mult", "0.0625", "--dim-in-decoder", "256",
        "--num-hidden", "32", "--dropout", "0.1", "--device", "cpu"]
@@ -52,7 +56,27 @@ def test_channels_last_same_update_within_rounding():
         torch.backends.cudnn.benchmark = saved
 
 
-def test_channels_last_leaves_an_mlp_alone():
-    cfg = parse_train_args(["--model", "mlp", "--dataset", "MNIST", "--channels-last", "--num-hidden", "16"])
-    model = make_model(cfg, SPECS["MNIST"], torch.device("cpu"))
-    assert all(p.is_contiguous() for p in model.parameters())
+def test_configure_converts_4d_conv_weights_and_leaves_2d_ones():
+    """kernels.configure with --channels-last: a conv's 4-D weight becomes channels-last;
+    a 2-D (linear) weight, beside a conv or in a network without one, is left as it was
+    (same layout, same values) and does not make it raise; without the flag nothing moves."""
+    saved = torch.backends.cudnn.benchmark
+    try:
+        on = SimpleNamespace(channels_last=True, cudnn_benchmark=False)
+        mixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+        linear = mixed[2].weight.detach().clone()
+        assert configure(on, mixed) is mixed
+        conv = mixed[0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        assert mixed[2].weight.is_contiguous() and torch.equal(mixed[2].weight, linear)
+
+        mlp = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+        before = [p.detach().clone() for p in mlp.parameters()]
+        assert configure(on, mlp) is mlp
+        assert all(p.is_contiguous() and torch.equal(p, b) for p, b in zip(mlp.parameters(), before))
+
+        off = nn.Sequential(nn.Conv2d(3, 4, 3))
+        configure(SimpleNamespace(channels_last=False, cudnn_benchmark=False), off)
+        assert off[0].weight.is_contiguous()
+    finally:
+        torch.backends.cudnn.benchmark = saved

@@ -1,13 +1,14 @@
-"""The paper's maths: similarity matrix, the decoder pooling rule, and how a block's
+"""The paper's maths: similarity matrix, the decoder pooling rule, how a block's
 losses combine (alpha, recon in first layers)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import batches, flags
-from locallearn.local_losses import decoder_pooling, similarity_matrix
+from locallearn.local_losses import LocalHead, decoder_pooling, similarity_matrix
 from locallearn.models import build_model
 
 
@@ -88,3 +89,36 @@ def test_alpha_weighs_the_supervised_loss_where_there_is_no_unsupervised_one(uns
         torch.testing.assert_close(w[1], 0.75 * p[1])
     else:  # the second block reconstructs its input
         assert abs(w[1].item() - 0.75 * p[1].item()) > 1e-4
+
+
+def _similarity_np(a: np.ndarray) -> np.ndarray:
+    """The paper's adjusted cosine similarity of a batch's rows (docs/method.md), in numpy."""
+    c = a - a.mean(axis=1, keepdims=True)
+    n = c / (1e-8 + np.sqrt((c ** 2).sum(axis=1, keepdims=True)))
+    return np.clip(n @ n.T, -1, 1)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.01, 0.99])
+def test_predsim_loss_of_a_linear_block_by_hand(beta):
+    """predsim = (1 - beta) * cross-entropy of the block's linear decoder + beta * mean
+    squared difference between the similarity matrix of the block's learned similarity
+    layer and that of the one-hot labels; the oracle is numpy on the block's weights."""
+    cfg = flags("--loss-sup", "predsim", "--beta", str(beta))
+    loss = LocalHead(cfg, 8, None, 8, 10, first=False)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():   # a decoder as after some training (the reference starts it at zero)
+        loss.decoder.weight.copy_(torch.randn(10, 8, generator=g))
+        loss.decoder.bias.copy_(torch.randn(10, generator=g))
+    h = torch.randn(6, 8, generator=g)
+    y = torch.tensor([0, 1, 1, 3, 9, 0])
+    got, _ = loss(h, h, y, F.one_hot(y, 10).float())
+
+    H, Y = h.double().numpy(), y.numpy()
+    Wd, bd = loss.decoder.weight.detach().double().numpy(), loss.decoder.bias.detach().double().numpy()
+    z = H @ Wd.T + bd
+    logp = z - z.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    pred = -logp[np.arange(len(Y)), Y].mean()
+    feats = H @ loss.sim_layer.weight.detach().double().numpy().T
+    sim = ((_similarity_np(feats) - _similarity_np(np.eye(10)[Y])) ** 2).mean()
+    assert got.item() == pytest.approx((1 - beta) * pred + beta * sim, rel=1e-5)

@@ -14,39 +14,31 @@ from pathlib import Path
 import pytest
 import requests
 
+from conftest import MLFLOW_SERVER_SH as SCRIPT, child_env, mlflow_server_in, snakemake
 from fake_data import write_fake
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / ".ci" / "mlflow-server.sh"
 ADMIN, ADMIN_PW = "admin", "adminpw-" + secrets.token_hex(6)
 USER, USER_PW = "trainer", "secret-" + secrets.token_hex(6)
 PASSWORDS = (ADMIN_PW.encode(), USER_PW.encode())
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MLFLOW_") and k != "LOCALLEARN_DATA"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    return {**env, **extra}
+    """No MLflow setting of the user's (a URI, credentials) reaches the server or the jobs."""
+    mlflow_vars = tuple(k for k in os.environ if k.startswith("MLFLOW_"))
+    return child_env(drop=(*mlflow_vars, "LOCALLEARN_DATA"), **extra)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The real server, authenticated: the admin account from the environment."""
     folder = tmp_path_factory.mktemp("mlflow-auth")
-    env = _env(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=ADMIN_PW)
-    start = subprocess.run(["bash", str(SCRIPT), "start", str(folder)], env=env,
-                           capture_output=True, text=True, timeout=300)
-    if start.returncode != 0:
-        pytest.fail(f"mlflow server did not start:\n{start.stdout}\n{start.stderr}")
-    uri = start.stdout.strip()
-    assert uri.startswith("http://127.0.0.1:")
-    # a researcher's own account, made by the admin through MLflow's auth API
-    r = requests.post(f"{uri}/api/2.0/mlflow/users/create", json={"username": USER, "password": USER_PW},
-                      auth=(ADMIN, ADMIN_PW), timeout=30)
-    assert r.status_code == 200, r.text
-    yield folder, uri
-    subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], env=_env(), timeout=60)
+    with mlflow_server_in(folder, _env(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=ADMIN_PW)) as uri:
+        assert uri.startswith("http://127.0.0.1:")
+        # a researcher's own account, made by the admin through MLflow's auth API
+        r = requests.post(f"{uri}/api/2.0/mlflow/users/create", json={"username": USER, "password": USER_PW},
+                          auth=(ADMIN, ADMIN_PW), timeout=30)
+        assert r.status_code == 200, r.text
+        yield folder, uri
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +133,8 @@ def test_snakemake_job_with_a_secret_uri_records_none(server, data, tmp_path):
     folder, uri = server
     port = uri.rsplit(":", 1)[1]
     budget = f"quick={{epochs: 1, max_train_examples: 32, max_test_examples: 16, select: {{cells: [fmnist-mlp-pred]}}}}"
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                        "--cores", "1", "quick", "--config", f"data_dir={data}", budget],
-                       capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                       env=_env(MLFLOW_TRACKING_URI=f"http://{USER}:{USER_PW}@127.0.0.1:{port}"))
+    r = snakemake(tmp_path, "--cores", "1", "quick", "--config", f"data_dir={data}", budget, timeout=900,
+                  env=_env(MLFLOW_TRACKING_URI=f"http://{USER}:{USER_PW}@127.0.0.1:{port}"))
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     quick = tmp_path / "results" / "quick"
     assert json.loads((quick / "mlflow.init.json").read_text())["uri"] == uri

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from conftest import child_env, free_port
 from fake_data import write_fake
 from locallearn import train as train_mod
 from locallearn.config import parse_train_args
@@ -210,21 +211,16 @@ def test_two_torchrun_nodes_make_one_pipeline(tmp_path):
     """The several-machines launch of the README, on one machine: two torchrun "nodes"
     (one stage each) meet through the c10d rendezvous and make the sequential run's
     updates."""
-    import os
-    import socket
     import subprocess
     import sys
-    from pathlib import Path
 
     flags, n = MLP + ["--loss-sup", "predsim"], 200
     seq = train_mod.run(cfg_for(tmp_path, flags, "seq", n))
     argv = [*flags, "--dropout", "0.2", "--batch-size", "32", "--epochs", "1", "--lr", "1e-3", "--threads", "1",
             "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "pipe"), "--mlflow-uri", "",
             "--eval-batch-size", "50", "--pipeline-stages", "2"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    port = free_port()
+    env = child_env()
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t",
                                "-m", "locallearn", "train", *argv],

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
+from conftest import FMNIST_DEBIAN, REPO, flags, free_port, snakemake
 from locallearn.atomic import atomic_write, atomic_write_bytes, atomic_write_text, current_umask
 from locallearn.credentials import PASSWORD_VAR, USERNAME_VAR, redact_uri, take_credentials
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -68,7 +65,6 @@ def test_dataset_files_honour_the_umask(tmp_path, umask):
     Fashion-MNIST files."""
     import locallearn.datafetch as datafetch
     import locallearn.datasets as datasets
-    from conftest import FMNIST_DEBIAN
     from fake_data import write_fake
 
     assert not hasattr(datasets, "_write_atomic") and not hasattr(datasets, "_umask")
@@ -105,7 +101,6 @@ def test_take_credentials_hands_them_to_mlflow(monkeypatch):
 
 
 def test_train_config_never_holds_a_uri_password(monkeypatch):
-    from conftest import flags
     from locallearn.config import recipe_dict
 
     monkeypatch.delenv(USERNAME_VAR, raising=False)
@@ -116,12 +111,6 @@ def test_train_config_never_holds_a_uri_password(monkeypatch):
     assert os.environ[PASSWORD_VAR] == "secret"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_documented_tracking_server_config_is_accepted(tmp_path):
     """The form the slurm profile and .ci/mlflow-server.sh tell users is accepted by
     the config schema (the old `mlflow_uri=` was not)."""
@@ -130,15 +119,10 @@ def test_documented_tracking_server_config_is_accepted(tmp_path):
         text = doc.read_text()
         assert "mlflow_uri=" not in text, doc
         assert re.sub(r"<uri>", "http://tracking-host:5000", text).count(documented) >= 1, doc
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-
     def dry_run(config: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                               "-n", "quick", "--config", config],
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        return snakemake(tmp_path, "-n", "quick", "--config", config)
 
-    ok = dry_run(f"mlflow={{uri: http://127.0.0.1:{_free_port()}}}")
+    ok = dry_run(f"mlflow={{uri: http://127.0.0.1:{free_port()}}}")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "tracking_init" in ok.stdout + ok.stderr
     old = dry_run("mlflow_uri=http://127.0.0.1:5000")

@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, child_env, needs_fmnist
+
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 STATE = Path(os.environ.get("LOCALLEARN_SLURM_STATE", "/tmp/locallearn-slurm"))
 
@@ -124,11 +125,8 @@ def _snakemake(workdir: Path, args: list[str], env: dict | None = None, timeout:
 
 
 def _job_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     # the jobs must get their GPU from SLURM, not from a stray setting of ours
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
+    return child_env(drop=("CUDA_VISIBLE_DEVICES",))
 
 
 def _slurm_log_ids(workdir: Path) -> dict[str, list[str]]:
@@ -270,7 +268,6 @@ def test_requeued_job_resumes(probe_run):
 
 # ------------------------------------------------------------- the real workflow
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 # Small enough for seconds per job on one CPU thread, large enough that an epoch
 # lasts well over the 0.05 s in which the crash wrapper below reacts.
 QUICK_BUDGET = "quick={epochs: 2, max_train_examples: 2000, max_test_examples: 500}"
@@ -306,24 +303,9 @@ fi
 exec "$PY" -m locallearn "$@"
 """
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` (SQLite backend, artifact folder) on a free local port."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    script = REPO / ".ci" / "mlflow-server.sh"
-    t0 = time.monotonic()
-    start = _run(["bash", str(script), "start", str(folder)], timeout=300)
-    if start.returncode != 0:
-        pytest.fail(f"mlflow server did not start:\n{start.stdout}\n{start.stderr}")
-    print(f"\n[mlflow] server {start.stdout.strip()} up in {time.monotonic() - t0:.1f} s")
-    yield start.stdout.strip()
-    _run(["bash", str(script), "stop", str(folder)], timeout=60)
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="needs Debian's dataset-fashion-mnist")
+@needs_fmnist
 def test_quick_target_on_slurm_with_mlflow_server(slurm_cluster, mlflow_server, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()

@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import shutil
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from conftest import REPO, free_port, mlflow_server_in
 from locallearn import tracking
 from locallearn.errors import ConfigError, TrackingError
 from locallearn import mlstore
@@ -283,29 +283,16 @@ def test_concurrent_sqlite(tmp_path):
     run_jobs(sqlite_uri(tmp_path), tmp_path, n=8, epochs=20)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` (SQLite backend, served artifacts) on a free local port."""
-    with serve(tmp_path, f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
-        yield uri
-
-
 @contextmanager
-def serve(tmp_path: Path, backend: str, artifacts: Path, command: str = "server"):
-    """`mlflow server` (or `mlflow ui`) on `backend`, serving `artifacts`, on a free port."""
+def mlflow_ui(tmp_path: Path, backend: str, artifacts: Path):
+    """`mlflow ui` (what the README tells users to browse a store with) on `backend`,
+    serving `artifacts`, on a free port."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "server.log", "w")
-    workers = ["--workers", "1"] if command == "server" else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", command, "--host", "127.0.0.1", "--port", str(port),
-         *workers, "--backend-store-uri", backend,
+        [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", backend,
          "--serve-artifacts", "--artifacts-destination", str(artifacts)],
         stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
@@ -319,7 +306,7 @@ def serve(tmp_path: Path, backend: str, artifacts: Path, command: str = "server"
             except requests.RequestException:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()}")
+                pytest.fail(f"mlflow ui did not start:\n{(tmp_path / 'server.log').read_text()}")
             time.sleep(0.3)
         yield uri
     finally:
@@ -328,12 +315,12 @@ def serve(tmp_path: Path, backend: str, artifacts: Path, command: str = "server"
         log.close()
 
 
-def test_concurrent_server(mlflow_server, tmp_path):
-    run_jobs(mlflow_server, tmp_path, n=4, epochs=10)
-    run_id = runs(mlflow_server)[0].info.run_id
-    assert {a.path for a in MlflowClient(mlflow_server).list_artifacts(run_id)} == {
-        "metrics.json", "curve.png"}
-    assert list((tmp_path / "server-artifacts").rglob("metrics.json"))
+def test_concurrent_server(tmp_path):
+    with mlflow_server_in(tmp_path / "server") as uri:
+        run_jobs(uri, tmp_path, n=4, epochs=10)
+        run_id = runs(uri)[0].info.run_id
+        assert {a.path for a in MlflowClient(uri).list_artifacts(run_id)} == {"metrics.json", "curve.png"}
+    assert list((tmp_path / "server" / "artifacts").rglob("metrics.json"))   # served: uploaded to the server
 
 
 # --------------------------------------------------------------------------- what a run carries
@@ -401,7 +388,6 @@ def test_system_metrics_when_switched_on(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- sync
 
-REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "results" / "full" / "runs"
 
 
@@ -491,7 +477,7 @@ def test_a_synced_store_works_after_the_folder_moves(tmp_path):
     shutil.move(tmp_path / "clone", moved)
     full = moved / "results" / "full"
     assert "file://" not in (full / "mlflow.db").read_bytes().decode("latin-1")   # no artifact path
-    with serve(tmp_path, f"sqlite:///{full / 'mlflow.db'}", full / "mlartifacts", command="ui") as http:
+    with mlflow_ui(tmp_path, f"sqlite:///{full / 'mlflow.db'}", full / "mlartifacts") as http:
         client = MlflowClient(http)
         runs = client.search_runs([client.get_experiment_by_name("locallearn").experiment_id])
         assert len(runs) == len(list(full.glob("runs/*/seed*/metrics.json")))

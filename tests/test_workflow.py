@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import CELLS_TSV as CELLS, REPO, child_env, needs_fmnist, snakemake
+
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import plan  # noqa: E402
 from locallearn.config import config_hash  # noqa: E402
-
-CELLS = REPO / "workflow" / "config" / "cells.tsv"
 
 
 # --------------------------------------------------------------------------- plan (fast)
@@ -173,42 +172,46 @@ def test_schema_enums_match_the_package():
     assert tuple(schema["properties"]["loss"]["enum"]) == LOSSES
 
 
-def test_dataset_enums_come_from_the_one_table(monkeypatch):
-    """No schema lists the datasets: plan.py fills them in from locallearn.specs when
-    it loads a schema, so a row added to SPECS is accepted everywhere at once."""
-    from locallearn.specs import SPECS
-    for name in ("cells.schema.json", "config.schema.json"):
-        assert '"MNIST"' not in (REPO / "workflow" / "schemas" / name).read_text()
-    assert plan._schema("cells.schema.json")["properties"]["dataset"]["enum"] == list(SPECS)
-    assert plan._schema("config.schema.json")["$defs"]["dataset"]["enum"] == list(SPECS)
-    monkeypatch.setitem(plan.SCHEMA_ENUMS, "datasets", [*SPECS, "EMNIST"])
-    assert plan.load_config(overrides={"tolerance": {"EMNIST": 1}})["tolerance"]["EMNIST"] == 1
-    monkeypatch.setitem(plan.SCHEMA_ENUMS, "datasets", list(SPECS))
-    with pytest.raises(plan.HarnessError, match="config key 'tolerance': unknown key 'EMNIST'"):
-        plan.load_config(overrides={"tolerance": {"EMNIST": 1}})
+def enums(node) -> dict[str, list]:
+    """{where: enum} of every "enum" in a schema, where being the key path."""
+    found = {}
+
+    def walk(n, path):
+        if isinstance(n, dict):
+            if "enum" in n:
+                found[path] = n["enum"]
+            for k, v in n.items():
+                walk(v, f"{path}.{k}" if path else k)
+        elif isinstance(n, list):
+            for k, v in enumerate(n):
+                walk(v, f"{path}.{k}")
+    walk(node, "")
+    return found
 
 
-def test_precision_enum_comes_from_the_package():
+def test_schemas_stand_alone_and_list_what_the_package_knows():
+    """The schemas are read as they stand (nothing filled in at load time), and each list
+    they hold equals the package's: datasets = locallearn.specs.SPECS, models = the model
+    registry, precisions = the --precision choices. A dataset or model added on one side
+    only fails here."""
     from locallearn.config import CHOICES
-    assert '"bf16"' not in (REPO / "workflow" / "schemas" / "config.schema.json").read_text()
-    schema = plan._schema("config.schema.json")
+    from locallearn.models import MODELS
+    from locallearn.specs import SPECS
+    cells = json.loads((REPO / "workflow" / "schemas" / "cells.schema.json").read_text())
+    config = json.loads((REPO / "workflow" / "schemas" / "config.schema.json").read_text())
+    assert plan._schema("cells.schema.json") == cells and plan._schema("config.schema.json") == config
+    assert "x-locallearn-enum" not in json.dumps(cells) + json.dumps(config)
+    assert enums(cells)["properties.dataset"] == enums(config)["$defs.dataset"] == list(SPECS)
+    assert enums(cells)["properties.model"] == list(MODELS)
     for preset in ("train", "quick"):
-        assert schema["properties"][preset]["properties"]["precision"]["enum"] == list(CHOICES["precision"])
+        assert enums(config)[f"properties.{preset}.properties.precision"] == list(CHOICES["precision"])
+    # no other list of datasets, models or precisions hides in either schema
+    known = {tuple(SPECS), tuple(MODELS), tuple(CHOICES["precision"])}
+    for where, values in {**enums(cells), **enums(config)}.items():
+        assert tuple(values) in known or not set(values) & {*SPECS, *MODELS, *CHOICES["precision"]}, where
 
 
 # --------------------------------------------------------------------------- snakemake
-
-def snakemake(workdir: Path, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir,
-                          env=env or _env())
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LOCALLEARN_DATA")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
-
 
 def job_counts(output: str) -> dict[str, int]:
     """{rule: jobs} of Snakemake's job stats; {} when it had nothing to do."""
@@ -265,12 +268,8 @@ def test_bad_cells_row_fails_before_any_job(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="needs Debian's dataset-fashion-mnist")
+@needs_fmnist
 def test_quick_end_to_end_with_mlflow(tmp_path):
     """`snakemake quick` on the real Fashion-MNIST (1 epoch, 512/512 examples): tables,
     figures, one FINISHED MLflow run per cell holding metrics.json's test error; a
@@ -336,8 +335,7 @@ def test_quick_end_to_end_with_mlflow(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="needs Debian's dataset-fashion-mnist")
+@needs_fmnist
 def test_pipelined_cell_runs_under_torchrun(tmp_path):
     """A cell of config pipeline_stages runs as S processes started by torchrun, asks
     for S x threads, logs one FINISHED MLflow run; taking it out of pipeline_stages
@@ -617,7 +615,7 @@ def test_locallearn_tables_writes_what_the_tables_target_writes(tmp_path):
             r = snakemake(root, "--cores", "1", "tables")
         else:
             r = subprocess.run([sys.executable, "-m", "locallearn", "tables", "--results", "results/full",
-                                "--readme", "README.md"], cwd=root, env=_env(), capture_output=True, text=True)
+                                "--readme", "README.md"], cwd=root, env=child_env(), capture_output=True, text=True)
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         made[how] = {p.relative_to(root).as_posix(): p.read_bytes() for p in
                      [root / "README.md", *sorted((root / "results" / "full" / "tables").rglob("*.md")),

@@ -33,11 +33,10 @@ if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script,
 # torch-free modules of the package: the DAG imports no torch
 from locallearn import gridcost, layout  # noqa: E402
 from locallearn.cells import column, moved_to, recipe_args  # noqa: E402
-from locallearn.config import CHOICES, build_parser, check_all  # noqa: E402
+from locallearn.config import build_parser, check_all  # noqa: E402
 from locallearn.cost import network_cost, stage_count_error  # noqa: E402
 from locallearn.errors import ConfigError, LocallearnError  # noqa: E402
 from locallearn.runstate import FINISHED, METRICS, run_state  # noqa: E402
-from locallearn.specs import SPECS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "workflow" / "schemas"
@@ -51,30 +50,12 @@ class HarnessError(ValueError):
 
 # --------------------------------------------------------------------------- schemas
 
-# Lists the package owns: a schema names one by "x-locallearn-enum" and gets it as its
-# "enum" when loaded, so adding a dataset to locallearn.specs is the whole change.
-SCHEMA_ENUMS = {"datasets": list(SPECS), "precisions": list(CHOICES["precision"])}
-
-
 def _schema(name: str) -> dict:
+    """A schema file as it stands: every list it names (datasets, models, precisions) is
+    written in it, so Snakemake's validate() or any JSON Schema tool reads the same
+    rules (tests/test_workflow.py keeps those lists equal to the package's)."""
     with open(SCHEMAS / name) as f:
-        return _fill_enums(json.load(f), name)
-
-
-def _fill_enums(node, name: str):
-    if isinstance(node, dict):
-        if "x-locallearn-enum" in node:
-            key = node["x-locallearn-enum"]
-            if key not in SCHEMA_ENUMS:
-                raise HarnessError(f"workflow/schemas/{name}: x-locallearn-enum {key!r} is not one of "
-                                   f"{', '.join(SCHEMA_ENUMS)}")
-            node["enum"] = list(SCHEMA_ENUMS[key])
-        for value in node.values():
-            _fill_enums(value, name)
-    elif isinstance(node, list):
-        for value in node:
-            _fill_enums(value, name)
-    return node
+        return json.load(f)
 
 
 def _path(error: jsonschema.ValidationError) -> str:
