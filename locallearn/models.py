@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .archspec import MaxPool, vgg_flat, vgg_layers
 from .local_losses import LocalHead
 from .localnet import Block, LocalNet, forward_layers  # noqa: F401  (re-exported)
 from .resnet import DEPTHS, build_resnet
@@ -61,23 +62,17 @@ def build_mlp(cfg, channels: int, size: int, num_classes: int) -> LocalNet:
 
 def build_vgg(name: str, cfg, channels: int, size: int, num_classes: int) -> LocalNet:
     layers: list[nn.Module] = []
-    scale, index, ch_in = 1, 0, channels
-    for item in VGG_CONFIGS[name]:
-        if item == "M":
+    walk = vgg_layers(name, cfg.feat_mult, channels, size)
+    for item in walk:
+        if isinstance(item, MaxPool):
             layers.append(nn.MaxPool2d(2, 2))
-            scale *= 2
             continue
-        ch = int(item * cfg.feat_mult)
-        # Inputs wider than 64 px (STL-10) get a 7x7 stride-2 stem instead of 3x3.
-        k, stride, pad = (7, 2, 3) if index == 0 and size > 64 else (3, 1, 1)
-        scale *= stride
-        side = size // scale
-        head = (LocalHead(cfg, ch, side, ch_in, num_classes, first=index == 0, conv_geometry=(k, stride, pad))
-                if _local(cfg) else None)
-        conv = nn.Conv2d(ch_in, ch, k, stride=stride, padding=pad, bias=True)
-        layers.append(Block(conv, ch, conv=True, cfg=cfg, head=head, index=index))
-        ch_in, index = ch, index + 1
-    n_flat = ch_in * (size // scale) ** 2
+        geometry = (item.kernel, item.stride, item.padding)
+        head = (LocalHead(cfg, item.c_out, item.side, item.c_in, num_classes, first=item.index == 0,
+                          conv_geometry=geometry) if _local(cfg) else None)
+        conv = nn.Conv2d(item.c_in, item.c_out, item.kernel, stride=item.stride, padding=item.padding, bias=True)
+        layers.append(Block(conv, item.c_out, conv=True, cfg=cfg, head=head, index=item.index))
+    n_flat, index = vgg_flat(walk, channels, size)
     mlp_head, n_out = _linear_blocks(cfg, n_flat, num_classes, start=index)
     layers += [nn.Flatten(), *mlp_head]
     return LocalNet(layers, _output_layer(cfg, n_out, num_classes), num_classes)

@@ -16,7 +16,7 @@ from locallearn.config import ConfigError, config_hash, parse_train_args
 from locallearn.engines import ENGINES, make_model
 from locallearn.fit import lr_at
 from locallearn.localnet import Block
-from locallearn.methods import auglocal
+from locallearn import headplans
 from locallearn.specs import SPECS
 
 FMNIST = ["--dataset", "FashionMNIST", "--optim", "sgd", "--momentum", "0.9", "--nesterov", "--lr", "0.05"]
@@ -56,9 +56,9 @@ def test_their_counts_on_cifar10():
 
 def test_auglocal_layers_and_depths_by_hand():
     # ResNet-32: 16 layers. The head after layer 0 with d = 3 samples 15/3 apart.
-    assert auglocal.sampled_layers(0, 16, 3) == [5, 10, 15]
-    assert auglocal.sampled_layers(13, 16, 3) == [14, 15]        # fewer left than d: all of them
-    assert auglocal.sampled_layers(2, 16, 2) == [8, 16 - 1]       # round(2 + 13/2) = round(8.5) = 8 (to even)
+    assert headplans.sampled_layers(0, 16, 3) == [5, 10, 15]
+    assert headplans.sampled_layers(13, 16, 3) == [14, 15]        # fewer left than d: all of them
+    assert headplans.sampled_layers(2, 16, 2) == [8, 16 - 1]       # round(2 + 13/2) = round(8.5) = 8 (to even)
     cfg = parse_train_args(["--model", "resnet32", "--method", "auglocal", "--aux-depth", "3",
                             "--pyramid-coeff", "0.5", "--dataset", "CIFAR10"])
     depths = [b.head.depth for b in make_model(cfg, SPECS["CIFAR10"], torch.device("cpu")).blocks]

@@ -18,43 +18,18 @@ Their train.py runs AugLocal with K - d local modules for --local_module_num K, 
 """
 from __future__ import annotations
 
-import math
-
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..headplans import auglocal_blocks, auglocal_depth
 from ..resblocks import BasicBlock
 from .site import Site, interpolate
 
 
-def head_depth(cfg, site: Site) -> int:
-    """The pyramidal depth of the head after layer site.layer."""
-    if site.modules <= 2:  # their list is empty then: no second head to slope towards
-        return cfg.aux_depth
-    t = site.layer * cfg.pyramid_coeff / (site.modules - 2)
-    return max(1, round(cfg.aux_depth * (1 - t) + t))
-
-
-def sampled_layers(layer: int, n_layers: int, depth: int) -> list[int]:
-    if depth >= n_layers - 1 - layer:
-        return list(range(layer + 1, n_layers))
-    return [round(layer + (n_layers - layer - 1) / depth * j) for j in range(1, depth + 1)]
-
-
 def auxiliary_blocks(site: Site, depth: int) -> tuple[list[nn.Module], int]:
-    """The sampled layers as BasicBlocks, and the last one's width. A width that
-    grows by 2^k owes k stride-2 blocks, spent one per block as they come."""
-    blocks, width, owed = [], site.channels, 0
-    for i in sampled_layers(site.layer, len(site.widths), depth):
-        out = site.widths[i]
-        if out < width:
-            raise ValueError(f"auxiliary layer {i} is narrower ({out}) than its input ({width})")
-        owed += int(math.log2(out // width))
-        stride = 2 if owed >= 1 else 1
-        owed -= stride == 2
-        blocks.append(BasicBlock(width, out, stride))
-        width = out
-    return blocks, width
+    """The sampled layers as BasicBlocks (headplans.auglocal_blocks), and the last one's width."""
+    plan = auglocal_blocks(site, depth)
+    return [BasicBlock(c_in, c_out, stride) for c_in, c_out, stride in plan], (plan[-1][1] if plan else site.channels)
 
 
 class AugLocalHead(nn.Module):
@@ -73,9 +48,5 @@ class AugLocalHead(nn.Module):
 
 
 def build_head(cfg, site: Site) -> AugLocalHead:
-    return AugLocalHead(site, head_depth(cfg, site), interpolate(cfg.ixy_1, cfg.ixy_2, site))
+    return AugLocalHead(site, auglocal_depth(cfg, site), interpolate(cfg.ixy_1, cfg.ixy_2, site))
 
-
-def modules(cfg, k: int) -> int:
-    """Their train.py: args.local_module_num - args.aux_net_depth for AugLocal."""
-    return k - cfg.aux_depth

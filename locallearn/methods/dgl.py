@@ -10,11 +10,10 @@ ixy schedule of --ixy-1/--ixy-2, 1 by default).
 """
 from __future__ import annotations
 
-import math
-
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..headplans import dgl_sides
 from .site import Site, interpolate
 
 
@@ -29,8 +28,7 @@ def linear_bn_relu(f: int) -> list[nn.Module]:
 class DGLHead(nn.Module):
     def __init__(self, site: Site, ixy: float):
         super().__init__()
-        c, pooled = site.channels, math.ceil(site.side / 4)
-        mlp_side = min(pooled, 2)
+        c, (pooled, mlp_side) = site.channels, dgl_sides(site.side)
         f = c * mlp_side * mlp_side
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(pooled), *conv_bn_relu_1x1(c), *conv_bn_relu_1x1(c), *conv_bn_relu_1x1(c),

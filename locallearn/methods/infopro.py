@@ -20,13 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..headplans import INFOPRO_CLASSIFIER_CONV as CLASSIFIER_CONV
+from ..headplans import INFOPRO_HIDDEN as HIDDEN
+from ..headplans import INFOPRO_RECON_WIDTH as RECON_WIDTH
 from .site import Site, interpolate
-
-# The classifier's first conv per module width: (out channels, stride); the code
-# defines it for the CIFAR ResNets' widths only.
-CLASSIFIER_CONV = {16: (32, 2), 32: (64, 2), 64: (64, 1)}
-RECON_WIDTH = 12
-HIDDEN = 128
 
 
 class InfoProHead(nn.Module):
