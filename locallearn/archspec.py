@@ -7,6 +7,7 @@ lists, so the two cannot walk a network differently.
   resnet_layers   a CIFAR ResNet: the stem and the BasicBlocks, with strides and sides
   local_modules   K, the local modules a ResNet is cut into (--local-modules, the method)
   resnet_sites    where a ResNet's local heads sit (a Site per head)
+  block_sites     where the mlp's and a VGG's heads sit (a Site per hidden block)
 """
 from __future__ import annotations
 
@@ -149,6 +150,9 @@ class Site:
                     its auxiliary layers from them).
     image_channels, image_size, num_classes, image_mean, image_std: the data (its
                     normalisation, for heads that restore the image).
+    kinds, pools:   on the mlp and the VGGs, each layer's kind ('conv' or 'linear')
+                    and the 2x2 max-pools in front of it; empty on the ResNets (their
+                    layers are residual, their downsampling a stride).
     """
     channels: int
     side: int | None
@@ -162,6 +166,8 @@ class Site:
     num_classes: int
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
+    kinds: tuple[str, ...] = ()
+    pools: tuple[int, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -193,3 +199,34 @@ def resnet_sites(cfg, arch: str, spec) -> tuple[list[ResidualLayer], list[Module
                     image_size=spec.size, num_classes=spec.num_classes, image_mean=spec.mean, image_std=spec.std)
         spans.append(ModuleSpan(start, last + 1, site))
     return layers, spans
+
+
+# ========================================================================= mlp and VGGs
+def block_sites(cfg, spec) -> list[Site]:
+    """A Site per hidden block of the mlp or a VGG (every block is a local module with
+    its own head; the output layer is the last module, K = blocks + 1): a VGG's convs
+    (archspec.vgg_layers), then the linear blocks of the mlp or of a VGG's classifier."""
+    kinds, widths, sides, ins, pools = [], [], [], [], []
+    if cfg.model == "mlp":
+        n_flat = spec.channels * spec.size * spec.size
+    else:
+        walk = vgg_layers(cfg.model, cfg.feat_mult, spec.channels, spec.size)
+        waiting = 0
+        for item in walk:
+            if isinstance(item, MaxPool):
+                waiting += 1
+                continue
+            kinds.append("conv"), widths.append(item.c_out), sides.append(item.side), ins.append(item.c_in)
+            pools.append(waiting)
+            waiting = 0
+        n_flat, _ = vgg_flat(walk, spec.channels, spec.size)
+    n_in = n_flat
+    for _ in range(cfg.num_layers):
+        kinds.append("linear"), widths.append(cfg.num_hidden), sides.append(None), ins.append(n_in)
+        pools.append(0)
+        n_in = cfg.num_hidden
+    k = len(widths) + 1
+    return [Site(channels=widths[i], side=sides[i], in_channels=ins[i], module=i, modules=k, layer=i,
+                 widths=tuple(widths), image_channels=spec.channels, image_size=spec.size,
+                 num_classes=spec.num_classes, image_mean=spec.mean, image_std=spec.std,
+                 kinds=tuple(kinds), pools=tuple(pools)) for i in range(len(widths))]

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import headplans
-from .archspec import ConvLayer, ResidualLayer, Site, conv_side, resnet_sites, vgg_flat, vgg_layers
+from .archspec import ConvLayer, ResidualLayer, Site, block_sites, conv_side, resnet_sites, vgg_flat, vgg_layers
 from .archspec import DEPTHS as RESNET_DEPTHS
 from .errors import ConfigError
 from .specs import SPECS, VGG_CONFIGS
@@ -218,11 +218,13 @@ def _heads(cfg, in_shape, out_shape, layer_macs: float, first: bool, classes: in
 # --------------------------------------------------------------- the methods' heads
 def _dgl_head(cfg, site: Site) -> Tally:
     t, c = Tally(), site.channels
-    pooled, mlp_side = headplans.dgl_sides(site.side)
-    for _ in range(3):
-        t.conv(c, c, 1, pooled, True)
-        t.norm(c)
-    f = c * mlp_side * mlp_side
+    f = c                                   # a linear block: the MLP part alone
+    if site.side is not None:
+        pooled, mlp_side = headplans.dgl_sides(site.side)
+        for _ in range(3):
+            t.conv(c, c, 1, pooled, True)
+            t.norm(c)
+        f = c * mlp_side * mlp_side
     for _ in range(2):
         t.linear(f, f, True, bias=False)
         t.norm(f)
@@ -232,14 +234,14 @@ def _dgl_head(cfg, site: Site) -> Tally:
 
 def _infopro_head(cfg, site: Site) -> Tally:
     t, c = Tally(), site.channels
-    if c not in headplans.INFOPRO_CLASSIFIER_CONV:
-        raise ConfigError(f"--method infopro: its classifier is defined for modules of "
-                          f"{', '.join(map(str, headplans.INFOPRO_CLASSIFIER_CONV))} channels, not {c}")
+    refusal = headplans.infopro_refusal(site)
+    if refusal:
+        raise ConfigError(refusal)
     r, size = headplans.INFOPRO_RECON_WIDTH, site.image_size
     t.conv(c, r, 3, size, True, bias=True)            # on h upsampled to the image's size
     t.norm(r)
     t.conv(r, site.image_channels, 3, size, True, bias=True)
-    width, stride = headplans.INFOPRO_CLASSIFIER_CONV[c]
+    width, stride = headplans.infopro_classifier_conv(site)
     t.conv(c, width, 3, conv_side(site.side, 3, stride, 1), True)
     t.norm(width)
     t.linear(width, headplans.INFOPRO_HIDDEN, True)
@@ -250,6 +252,23 @@ def _infopro_head(cfg, site: Site) -> Tally:
 def _auglocal_head(cfg, site: Site) -> Tally:
     t = Tally()
     depth = headplans.auglocal_depth(cfg, site)
+    if site.kinds:                      # the mlp and the VGGs: copies of blocks of the head's kind
+        side, width = site.side, site.channels
+        for pools, c_in, c_out in headplans.auglocal_layers(site, depth):
+            if side is None:
+                t.linear(c_in, c_out, True)
+            else:
+                side //= 2 ** pools
+                t.conv(c_in, c_out, 3, side, True, bias=True)
+            t.norm(c_out)
+            width = c_out
+        if side is not None:            # their VGG classifier: average to n features, 2 x (linear + BN), linear
+            width = n = headplans.AUGLOCAL_VGG_HIDDEN
+            for _ in range(2):
+                t.linear(n, n, True)
+                t.norm(n)
+        t.linear(width, site.num_classes, True)
+        return t
     blocks = headplans.auglocal_blocks(site, depth)
     side_in = site.side
     for (c_in, c_out, stride), side in zip(blocks, headplans.auglocal_sides(site, blocks)):
@@ -267,8 +286,9 @@ METHOD_HEADS: dict[str, Callable] = {"dgl": _dgl_head, "infopro": _infopro_head,
 
 def _method_head(cfg, site: Site, in_shape: tuple[int, ...]) -> Tally:
     """The head --method puts at `site` (the module's input of in_shape)."""
-    if cfg.method in METHOD_HEADS:
-        return METHOD_HEADS[cfg.method](cfg, site)
+    method = getattr(cfg, "method", "paper")
+    if method in METHOD_HEADS:
+        return METHOD_HEADS[method](cfg, site)
     out_shape = (site.channels, site.side, site.side) if site.side is not None else (site.channels,)
     fwd, train, params = _heads(cfg, in_shape, out_shape, 0.0, site.layer == 0, site.num_classes)
     return Tally(fwd, train, params)
@@ -281,7 +301,11 @@ def _block(cfg, kind, in_shape, out_shape, macs, index, classes, first: bool, pa
     conv, and the first linear block of the mlp and of a VGG's head (models.py).
     params: the layer's weights and bias (its BatchNorm's are added here)."""
     input_grad = index > 0 and (cfg.backprop or cfg.no_detach)
-    head_fwd, head_train, head_params = _heads(cfg, in_shape, out_shape, macs, first, classes, kernel)
+    if getattr(cfg, "method", "paper") != "paper" and not cfg.backprop:
+        head = METHOD_HEADS[cfg.method](cfg, block_sites(cfg, SPECS[cfg.dataset])[index])
+        head_fwd, head_train, head_params = head.forward, head.train, head.params
+    else:
+        head_fwd, head_train, head_params = _heads(cfg, in_shape, out_shape, macs, first, classes, kernel)
     norm = 0 if cfg.no_batch_norm else 2 * out_shape[0]
     return LayerCost(kind, out_shape, forward=macs, heads=head_fwd,
                      train=macs * (2 + input_grad) + head_train, params=params + norm, head_params=head_params)

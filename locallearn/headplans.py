@@ -16,11 +16,27 @@ def dgl_sides(side: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- InfoPro
-# The classifier's first conv per module width: (out channels, stride); their code
-# defines it for the CIFAR ResNets' widths only.
-INFOPRO_CLASSIFIER_CONV = {16: (32, 2), 32: (64, 2), 64: (64, 1)}
 INFOPRO_RECON_WIDTH = 12
 INFOPRO_HIDDEN = 128
+
+
+def infopro_classifier_conv(site: Site) -> tuple[int, int]:
+    """(out channels, stride) of the classifier's 3x3 conv. Their code defines it for
+    the ResNets' widths only: 16 -> 32 and 32 -> 64 with stride 2, 64 -> 64 with
+    stride 1 (InfoPro's AuxClassifier, AugLocal's AuxNetwork 'InfoPro'). The rule behind
+    it, used on any network: the next wider width among the network's conv layers,
+    with stride 2; at the widest, the same width with stride 1."""
+    convs = [w for w, kind in zip(site.widths, site.kinds or ("conv",) * len(site.widths)) if kind == "conv"]
+    wider = [w for w in convs if w > site.channels]
+    return (min(wider), 2) if wider else (site.channels, 1)
+
+
+def infopro_refusal(site: Site) -> str | None:
+    """Why InfoPro's head cannot sit at `site`, or None."""
+    if site.side is None:
+        return ("--method infopro: its decoder upsamples a feature map to the image, and a linear block "
+                "(the mlp's, a VGG's classifier blocks) has none; on a VGG use --num-layers 0")
+    return None
 
 
 # ---------------------------------------------------------------------------- AugLocal
@@ -56,6 +72,28 @@ def auglocal_blocks(site: Site, depth: int) -> list[tuple[int, int, int]]:
         blocks.append((width, out, stride))
         width = out
     return blocks
+
+
+def auglocal_layers(site: Site, depth: int) -> list[tuple[int, int, int]]:
+    """On the mlp and the VGGs (site.kinds set): (max-pools in front, in width, out width)
+    of each copied layer. The sampled layers are the subsequent ones of the head's own
+    kind (a conv head samples the convs, as their VGG code's net_dim lists them; a
+    linear head the linear blocks), by sampled_layers; each copy is preceded by the
+    backbone's max-pools between the previous copy and it, so it sees its layer's side."""
+    same = [i for i, kind in enumerate(site.kinds) if kind == site.kinds[site.layer]]
+    at = same.index(site.layer)
+    plan, prev, width = [], site.layer, site.channels
+    for j in sampled_layers(at, len(same), depth):
+        i = same[j]
+        plan.append((sum(site.pools[prev + 1:i + 1]), width, site.widths[i]))
+        prev, width = i, site.widths[i]
+    return plan
+
+
+# Their VGG auxiliary network's classifier (exp_imagenet/networks/auxiliary_nets.py,
+# AuxClassifier_VGG 'unifSamp'): flatten, average to 512 features, two linear +
+# BatchNorm + ReLU layers of 512, linear to the classes.
+AUGLOCAL_VGG_HIDDEN = 512
 
 
 def auglocal_sides(site: Site, blocks: list[tuple[int, int, int]]) -> list[int]:

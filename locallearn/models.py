@@ -11,9 +11,10 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .archspec import MaxPool, vgg_flat, vgg_layers
+from .archspec import MaxPool, block_sites, vgg_flat, vgg_layers
 from .local_losses import LocalHead
 from .localnet import Block, LocalNet, forward_layers  # noqa: F401  (re-exported)
+from .methods import METHODS
 from .resnet import DEPTHS, build_resnet
 from .specs import SPECS, VGG_CONFIGS
 
@@ -31,14 +32,25 @@ def _local(cfg) -> bool:
     return not cfg.backprop
 
 
+def _head(cfg, index: int, paper_head: Callable[[], nn.Module]) -> nn.Module | None:
+    """Hidden block `index`'s local head: none under --backprop; the paper's LocalHead
+    (built by `paper_head`) under --method paper; else the method's head (methods/) at
+    the block's archspec.block_sites Site."""
+    if not _local(cfg):
+        return None
+    method = getattr(cfg, "method", "paper")
+    if method == "paper":
+        return paper_head()
+    return METHODS[method].build_head(cfg, block_sites(cfg, SPECS[cfg.dataset])[index])
+
+
 def _linear_blocks(cfg, n_in: int, num_classes: int, start: int) -> tuple[list[Block], int]:
     """The mlp, or a VGG's classifier head: the reference builds both as its `Net`,
     whose first block is a first layer (no recon loss) even on top of a VGG's convs."""
     blocks = []
     for i in range(cfg.num_layers):
         lin = nn.Linear(n_in, cfg.num_hidden)
-        head = (LocalHead(cfg, cfg.num_hidden, None, n_in, num_classes, first=i == 0)
-                if _local(cfg) else None)
+        head = _head(cfg, start + i, lambda: LocalHead(cfg, cfg.num_hidden, None, n_in, num_classes, first=i == 0))
         blocks.append(Block(lin, cfg.num_hidden, conv=False, cfg=cfg, head=head, index=start + i))
         n_in = cfg.num_hidden
     return blocks, n_in
@@ -68,8 +80,8 @@ def build_vgg(name: str, cfg, channels: int, size: int, num_classes: int) -> Loc
             layers.append(nn.MaxPool2d(2, 2))
             continue
         geometry = (item.kernel, item.stride, item.padding)
-        head = (LocalHead(cfg, item.c_out, item.side, item.c_in, num_classes, first=item.index == 0,
-                          conv_geometry=geometry) if _local(cfg) else None)
+        head = _head(cfg, item.index, lambda: LocalHead(cfg, item.c_out, item.side, item.c_in, num_classes,
+                                                        first=item.index == 0, conv_geometry=geometry))
         conv = nn.Conv2d(item.c_in, item.c_out, item.kernel, stride=item.stride, padding=item.padding, bias=True)
         layers.append(Block(conv, item.c_out, conv=True, cfg=cfg, head=head, index=item.index))
     n_flat, index = vgg_flat(walk, channels, size)
@@ -102,7 +114,9 @@ def describe_layers(model: LocalNet) -> list[dict]:
             continue
         row = {"layer": b.index, "kind": "conv" if b.conv else "linear",
                "channels": b.layer.out_channels if b.conv else b.layer.out_features}
-        if head is not None and head.pool is not None:
+        if head is not None and not isinstance(head, LocalHead):   # another method's head
+            row.update(head=type(head).__name__, head_params=sum(p.numel() for p in head.parameters()))
+        elif head is not None and head.pool is not None:
             row.update(pool_kernel=list(head.pool.kernel), pool_padding=list(head.pool.padding),
                        decoder_in=head.pool.out_features)
         elif head is not None:

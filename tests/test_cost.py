@@ -65,6 +65,17 @@ CASES = {
                          "--dim-in-decoder", "512"],
     "resnet32-sim-unsup-sim": ["--model", "resnet32", "--dataset", "SVHN", "--loss-sup", "sim",
                                "--loss-unsup", "sim", "--alpha", "0.3", "--local-modules", "5"],
+    # the methods' heads on the paper's networks
+    "vgg8b-dgl": ["--model", "vgg8b", "--dataset", "CIFAR10", "--method", "dgl", *SMALL_VGG],
+    "vgg8b-infopro-head0": ["--model", "vgg8b", "--dataset", "CIFAR10", "--method", "infopro",
+                            "--num-layers", "0", *SMALL_VGG],
+    "vgg11b-auglocal-d2": ["--model", "vgg11b", "--dataset", "SVHN", "--method", "auglocal", "--aux-depth", "2",
+                           "--pyramid-coeff", "0.5", "--num-layers", "2", *SMALL_VGG],
+    "vgg8b-stl10-auglocal": ["--model", "vgg8b", "--dataset", "STL10", "--method", "auglocal", "--aux-depth", "3",
+                             "--feat-mult", "0.03125", "--num-hidden", "32"],
+    "mlp-dgl": ["--model", "mlp", "--dataset", "MNIST", "--num-layers", "3", "--num-hidden", "64", "--method", "dgl"],
+    "mlp-auglocal": ["--model", "mlp", "--dataset", "FashionMNIST", "--num-layers", "3", "--num-hidden", "64",
+                     "--method", "auglocal", "--aux-depth", "1"],
     "resnet110-auglocal-d3": ["--model", "resnet110", "--dataset", "CIFAR10", "--method", "auglocal",
                               "--aux-depth", "3", "--pyramid-coeff", "0.5"],
 }

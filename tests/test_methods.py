@@ -31,6 +31,15 @@ METHOD_FLAGS = {
     "auglocal": ["--model", "resnet32", "--method", "auglocal", "--aux-depth", "3", "--pyramid-coeff", "0.5"],
     "paper-vgg": ["--model", "vgg8b", "--feat-mult", "0.0625", "--num-hidden", "32"],
     "paper-mlp": ["--model", "mlp", "--num-hidden", "32", "--num-layers", "2"],
+    # the methods' heads on the paper's networks (docs/methods.md)
+    "dgl-vgg": ["--model", "vgg8b", "--feat-mult", "0.0625", "--num-hidden", "32", "--method", "dgl"],
+    "infopro-vgg": ["--model", "vgg8b", "--feat-mult", "0.0625", "--num-layers", "0", "--method", "infopro",
+                    "--ixx-1", "5", "--ixy-1", "0.05", "--ixx-2", "0.2", "--ixy-2", "0.5"],
+    "auglocal-vgg": ["--model", "vgg8b", "--feat-mult", "0.0625", "--num-hidden", "32", "--method", "auglocal",
+                     "--aux-depth", "2", "--pyramid-coeff", "0.5"],
+    "dgl-mlp": ["--model", "mlp", "--num-hidden", "32", "--num-layers", "2", "--method", "dgl"],
+    "auglocal-mlp": ["--model", "mlp", "--num-hidden", "32", "--num-layers", "3", "--method", "auglocal",
+                     "--aux-depth", "2"],
 }
 
 
@@ -66,6 +75,27 @@ def test_auglocal_layers_and_depths_by_hand():
     assert depths == [round(3 - i / 11) for i in range(12)] == [3] * 6 + [2] * 6
 
 
+def test_heads_on_the_paper_networks_by_hand():
+    """vgg8b on CIFAR-10: convs of 128, 256, [pool] 256, 512, [pool] 512, [pool] 512, a
+    linear block of 1024. AugLocal's head after conv 0 at depth 2 copies convs
+    round(5/2) = 2 and 5, after the pools in between (1, then 2); InfoPro's classifier
+    conv goes to the next wider width (stride 2), at the widest keeps it (stride 1), as
+    their table does on the ResNets (16 -> 32, 32 -> 64, 64 -> 64)."""
+    from locallearn.archspec import block_sites, resnet_sites
+    cfg = parse_train_args(["--model", "vgg8b", "--dataset", "CIFAR10", "--method", "auglocal", "--aux-depth", "2"])
+    sites = block_sites(cfg, SPECS["CIFAR10"])
+    assert [s.channels for s in sites] == [128, 256, 256, 512, 512, 512, 1024] and sites[0].modules == 8
+    assert [s.pools for s in sites][0] == (0, 0, 1, 0, 1, 1, 0)
+    assert headplans.auglocal_layers(sites[0], 2) == [(1, 128, 256), (2, 256, 512)]
+    assert headplans.auglocal_layers(sites[5], 2) == []                   # the last conv: nothing after it
+    assert headplans.auglocal_layers(sites[6], 2) == []
+    assert [headplans.infopro_classifier_conv(s) for s in sites[:6]] == [(256, 2)] + [(512, 2)] * 2 + [(512, 1)] * 3
+    res = parse_train_args(["--model", "resnet32", "--dataset", "CIFAR10", "--method", "infopro"])
+    convs = {s.site.channels: headplans.infopro_classifier_conv(s.site)
+             for s in resnet_sites(res, "resnet32", SPECS["CIFAR10"])[1]}
+    assert convs == {16: (32, 2), 32: (64, 2), 64: (64, 1)}
+
+
 def test_default_flags_keep_the_paper_hash():
     base = parse_train_args([])
     assert config_hash(base) == config_hash(parse_train_args(["--method", "paper", "--lr-schedule", "milestones"]))
@@ -73,7 +103,9 @@ def test_default_flags_keep_the_paper_hash():
 
 
 @pytest.mark.parametrize("argv,flag", [
-    (["--model", "vgg8b", "--method", "dgl"], "--method"),
+    (["--model", "mlp", "--method", "infopro"], "--method"),
+    (["--model", "vgg8b", "--method", "infopro"], "--method"),          # its classifier block is linear
+    (["--model", "vgg8b", "--method", "dgl", "--bio"], "--bio"),
     (["--method", "nope", "--model", "resnet32"], "--method"),
     (["--model", "mlp", "--local-modules", "3"], "--local-modules"),
     (["--model", "resnet32", "--aux-depth", "0"], "--aux-depth"),
