@@ -83,7 +83,8 @@ def _pil_loader(cfg, spec, images, labels):
 def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
     from .batches import DeviceSplit, load_splits
     from .datasets import SPECS
-    from .engines import ENGINES, evaluate, make_model, train_epoch
+    from .engines import ENGINES, make_model
+    from .epochs import evaluate, train_epoch
     from .host import configure_host, resolve_device
 
     device = resolve_device(cfg)
@@ -214,11 +215,12 @@ def cli_bench(argv: list[str]) -> int:
 def time_recipe(cfg, spec, device, steps: int) -> dict:
     """Seconds per training step and per test image of `cfg`'s recipe on `device`, on
     synthetic uint8 inputs of `spec`'s shape with the recipe's augmentation, through the
-    real epoch loop (train.train_epoch): one epoch of `steps` steps warms up (allocator,
+    real epoch loop (epochs.train_epoch): one epoch of `steps` steps warms up (allocator,
     cuDNN, the CUDA graph capture), the next is timed; one test batch warms up, the
     next is timed."""
     from .batches import Augment, DeviceSplit
-    from .engines import ENGINES, evaluate, make_model, train_epoch
+    from .engines import ENGINES, make_model
+    from .epochs import evaluate, train_epoch
 
     precision.apply(cfg.precision)
     autocast = precision.autocast(cfg.precision, device)
