@@ -191,3 +191,30 @@ def test_other_engines_equal_fused_on_a_resnet(engine, method):
         states.append(model.state_dict())
     for k in states[0]:
         torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("method", ["dgl", "infopro", "auglocal", "paper-predsim", "dgl-vgg", "auglocal-mlp"])
+def test_cuda_graph_step_equals_eager_for_every_method(method):
+    """The fused engine replays a full batch's step as a CUDA graph on any network
+    (engines.FusedEngine): the ResNets and every method's heads end with the eager
+    steps' weights and BatchNorm statistics, across an lr change (a new capture) and a
+    short last batch. Within float32 reordering: cuDNN's weight gradients and the
+    bilinear upsampling's backward (InfoPro) add in no fixed order."""
+    dev = torch.device("cuda")
+    states = []
+    for graphs in (True, False):
+        cfg = cfg_of(method, *(["--local-modules", "4"] if method in ("dgl", "infopro", "paper-predsim") else []))
+        cfg.batch_size, cfg.no_cuda_graph = 8, not graphs
+        model = make_model(cfg, SPECS["FashionMNIST"], dev)
+        engine = ENGINES["fused"](cfg, model, dev)
+        assert engine.graphs == graphs
+        data = batches(6, batch=8) + batches(1, batch=5, seed=1)
+        for lr in (0.05, 0.05, 0.01):
+            engine.set_lr(lr)
+            for x, y in data:
+                x, y = x.to(dev), y.to(dev)
+                engine.step(x, y, F.one_hot(y, 10).float(), precision.autocast("fp32", dev))
+        states.append(model.state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-4, atol=1e-5, msg=k)
