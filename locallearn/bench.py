@@ -71,7 +71,8 @@ def _pil_loader(cfg, spec, images, labels):
 def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
     from .batches import DeviceSplit, load_splits
     from .datasets import SPECS
-    from .engines import ENGINES, evaluate, make_model, train_epoch
+    from .engines import ENGINES, make_model
+    from .epochs import evaluate, train_epoch
     from .host import prepare
 
     device = prepare(cfg, cfg.threads)

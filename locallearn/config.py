@@ -126,8 +126,8 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
     AugLocal's train.py (ChenxiangMA/AugLocal, commit 98c90d6), under this project's
     spelling. Every default leaves the paper's runs as they were."""
     a = p.add_argument
-    a("--method", default="paper", help=f"the local heads: {METHODS_HELP}; the ResNets take every method, "
-      "the mlp and VGGs the paper's")
+    a("--method", default="paper", help=f"the local heads: {METHODS_HELP}; every network takes every method, "
+      "but infopro needs conv blocks only (not the mlp; a VGG with --num-layers 0)")
     a("--local-modules", type=int, default=0, help="K, the gradient-isolated modules of a ResNet "
       "(0: one per layer, 16 for resnet32, 55 for resnet110; 1: end-to-end)")
     a("--aux-depth", type=int, default=1, help="auglocal: layers in an auxiliary network (d)")
@@ -234,8 +234,11 @@ def check_method(args: argparse.Namespace, methods, depths) -> None:
         raise ConfigError(f"{flag_name(flag)}: {msg}")
     if args.method not in methods:
         bad("method", f"unknown method {args.method!r} (known: {', '.join(methods)})")
-    if args.method != "paper" and args.model not in depths:
-        bad("method", f"{args.method} heads are built for the ResNets ({', '.join(depths)}), not {args.model}")
+    if args.method == "infopro" and args.model not in depths and (args.model == "mlp" or args.num_layers > 0):
+        bad("method", f"infopro's decoder upsamples a feature map to the image, and {args.model}'s linear blocks "
+                      "have none" + ("" if args.model == "mlp" else "; add --num-layers 0"))
+    if args.method != "paper" and args.bio:
+        bad("bio", f"the paper's bio heads only; {args.method}'s heads have their own")
     if args.local_modules and args.model not in depths:
         bad("local-modules", f"{args.model} has a head on every block; only the ResNets are split into K modules")
     if args.local_modules < 0:

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 import torch
 
 from . import precision
-from .engines import evaluate, no_progress, output_scale, train_epoch
+from .engines import output_scale
+from .epochs import evaluate, no_progress, train_epoch
 from .environment import describe, git_revision, peak_memory_bytes
 from .errors import CheckpointError, DivergenceError
 from .faults import fault

@@ -28,11 +28,12 @@ from .errors import ConfigError
 def time_recipe(cfg, spec, device, steps: int) -> dict:
     """Seconds per training step and per test image of `cfg`'s recipe on `device`, on
     synthetic uint8 inputs of `spec`'s shape with the recipe's augmentation, through the
-    real epoch loop (engines.train_epoch): one epoch of `steps` steps warms up (allocator,
+    real epoch loop (epochs.train_epoch): one epoch of `steps` steps warms up (allocator,
     cuDNN, the CUDA graph capture), the next is timed; one test batch warms up, the
     next is timed."""
     from .batches import Augment, DeviceSplit
-    from .engines import ENGINES, evaluate, make_model, train_epoch
+    from .engines import ENGINES, make_model
+    from .epochs import evaluate, train_epoch
 
     precision.apply(cfg.precision)
     autocast = precision.autocast(cfg.precision, device)

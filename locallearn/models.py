@@ -11,8 +11,10 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .archspec import MaxPool, block_sites, vgg_flat, vgg_layers
 from .local_losses import LocalHead
 from .localnet import Block, LocalNet, forward_layers  # noqa: F401  (re-exported)
+from .methods import METHODS
 from .resnet import DEPTHS, build_resnet
 from .specs import SPECS, VGG_CONFIGS
 
@@ -30,14 +32,25 @@ def _local(cfg) -> bool:
     return not cfg.backprop
 
 
+def _head(cfg, index: int, paper_head: Callable[[], nn.Module]) -> nn.Module | None:
+    """Hidden block `index`'s local head: none under --backprop; the paper's LocalHead
+    (built by `paper_head`) under --method paper; else the method's head (methods/) at
+    the block's archspec.block_sites Site."""
+    if not _local(cfg):
+        return None
+    method = getattr(cfg, "method", "paper")
+    if method == "paper":
+        return paper_head()
+    return METHODS[method].build_head(cfg, block_sites(cfg, SPECS[cfg.dataset])[index])
+
+
 def _linear_blocks(cfg, n_in: int, num_classes: int, start: int) -> tuple[list[Block], int]:
     """The mlp, or a VGG's classifier head: the reference builds both as its `Net`,
     whose first block is a first layer (no recon loss) even on top of a VGG's convs."""
     blocks = []
     for i in range(cfg.num_layers):
         lin = nn.Linear(n_in, cfg.num_hidden)
-        head = (LocalHead(cfg, cfg.num_hidden, None, n_in, num_classes, first=i == 0)
-                if _local(cfg) else None)
+        head = _head(cfg, start + i, lambda: LocalHead(cfg, cfg.num_hidden, None, n_in, num_classes, first=i == 0))
         blocks.append(Block(lin, cfg.num_hidden, conv=False, cfg=cfg, head=head, index=start + i))
         n_in = cfg.num_hidden
     return blocks, n_in
@@ -61,23 +74,17 @@ def build_mlp(cfg, channels: int, size: int, num_classes: int) -> LocalNet:
 
 def build_vgg(name: str, cfg, channels: int, size: int, num_classes: int) -> LocalNet:
     layers: list[nn.Module] = []
-    scale, index, ch_in = 1, 0, channels
-    for item in VGG_CONFIGS[name]:
-        if item == "M":
+    walk = vgg_layers(name, cfg.feat_mult, channels, size)
+    for item in walk:
+        if isinstance(item, MaxPool):
             layers.append(nn.MaxPool2d(2, 2))
-            scale *= 2
             continue
-        ch = int(item * cfg.feat_mult)
-        # Inputs wider than 64 px (STL-10) get a 7x7 stride-2 stem instead of 3x3.
-        k, stride, pad = (7, 2, 3) if index == 0 and size > 64 else (3, 1, 1)
-        scale *= stride
-        side = size // scale
-        head = (LocalHead(cfg, ch, side, ch_in, num_classes, first=index == 0, conv_geometry=(k, stride, pad))
-                if _local(cfg) else None)
-        conv = nn.Conv2d(ch_in, ch, k, stride=stride, padding=pad, bias=True)
-        layers.append(Block(conv, ch, conv=True, cfg=cfg, head=head, index=index))
-        ch_in, index = ch, index + 1
-    n_flat = ch_in * (size // scale) ** 2
+        geometry = (item.kernel, item.stride, item.padding)
+        head = _head(cfg, item.index, lambda: LocalHead(cfg, item.c_out, item.side, item.c_in, num_classes,
+                                                        first=item.index == 0, conv_geometry=geometry))
+        conv = nn.Conv2d(item.c_in, item.c_out, item.kernel, stride=item.stride, padding=item.padding, bias=True)
+        layers.append(Block(conv, item.c_out, conv=True, cfg=cfg, head=head, index=item.index))
+    n_flat, index = vgg_flat(walk, channels, size)
     mlp_head, n_out = _linear_blocks(cfg, n_flat, num_classes, start=index)
     layers += [nn.Flatten(), *mlp_head]
     return LocalNet(layers, _output_layer(cfg, n_out, num_classes), num_classes)
@@ -107,7 +114,9 @@ def describe_layers(model: LocalNet) -> list[dict]:
             continue
         row = {"layer": b.index, "kind": "conv" if b.conv else "linear",
                "channels": b.layer.out_channels if b.conv else b.layer.out_features}
-        if head is not None and head.pool is not None:
+        if head is not None and not isinstance(head, LocalHead):   # another method's head
+            row.update(head=type(head).__name__, head_params=sum(p.numel() for p in head.parameters()))
+        elif head is not None and head.pool is not None:
             row.update(pool_kernel=list(head.pool.kernel), pool_padding=list(head.pool.padding),
                        decoder_in=head.pool.out_features)
         elif head is not None:

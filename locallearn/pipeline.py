@@ -44,7 +44,8 @@ import torch.nn.functional as F
 
 from . import faults, precision
 from .cost import network_cost, stage_count_error
-from .engines import FusedEngine, epoch_batches, initial_model, place
+from .engines import FusedEngine, initial_model, place
+from .epochs import epoch_batches
 from .config import argv_of
 from .errors import CheckpointError, ConfigError, LocallearnError, PipelineError, error_class
 from .fit import fit

@@ -16,20 +16,10 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .errors import ConfigError
+from .archspec import DEPTHS, ResidualLayer, local_modules, resnet_sites  # noqa: F401  (re-exported)
 from .localnet import Block, LocalNet
-from .methods import METHODS, Site
+from .methods import METHODS
 from .resblocks import BasicBlock, he_init
-from .specs import RESNET_BLOCKS
-
-DEPTHS = RESNET_BLOCKS   # blocks per stage
-WIDTHS = (16, 32, 64)
-
-# The local-module counts networks/configs.py defines for each network (K = 1:
-# end-to-end). AugLocal slices its full list instead: any K - d from 1 to the layer
-# count (methods/auglocal.py).
-DEFINED_K = {"resnet32": (1, *range(2, 14), 16), "resnet110": (1, *range(47, 56))}
-DEFAULT_K = {"resnet32": 16, "resnet110": 55}
 
 
 class LocalModule(Block):
@@ -49,57 +39,23 @@ class LocalModule(Block):
         return h, h
 
 
-def residual_layers(arch: str, in_channels: int) -> tuple[list[nn.Module], list[int], list[int]]:
-    """Layer 0 (the stem) and the BasicBlocks, with each layer's output width and the
-    downsampling factor of its output."""
-    stem = nn.Sequential(nn.Conv2d(in_channels, WIDTHS[0], 3, padding=1, bias=False), nn.BatchNorm2d(WIDTHS[0]),
-                         nn.ReLU())
-    layers, widths, scales = [stem], [WIDTHS[0]], [1]
-    c, scale = WIDTHS[0], 1
-    for stage, width in enumerate(WIDTHS):
-        for j in range(DEPTHS[arch]):
-            stride = 2 if stage > 0 and j == 0 else 1
-            scale *= stride
-            layers.append(BasicBlock(c, width, stride))
-            widths.append(width)
-            scales.append(scale)
-            c = width
-    return layers, widths, scales
-
-
-def local_modules(cfg, arch: str) -> int:
-    """K, the local modules built: --local-modules (0: the network's default), 1 under
-    --backprop, less the auxiliary depth for AugLocal (methods/auglocal.py)."""
-    if cfg.backprop:
-        return 1
-    k = cfg.local_modules or DEFAULT_K[arch]
-    method = METHODS[cfg.method]
-    if method.modules is not None:
-        k = method.modules(cfg, k)
-        if not 1 <= k <= len(residual_layers(arch, 3)[0]):
-            raise ConfigError(f"--local-modules: {cfg.local_modules or DEFAULT_K[arch]} less --aux-depth "
-                              f"{cfg.aux_depth} leaves {k} local modules")
-    elif k not in DEFINED_K[arch]:
-        raise ConfigError(f"--local-modules: {arch} is split into {', '.join(map(str, DEFINED_K[arch]))} modules "
-                          f"(those AugLocal's networks/configs.py defines), not {k}")
-    return k
+def residual_layer(layer: ResidualLayer) -> nn.Module:
+    """The torch module of one layer of archspec.resnet_layers."""
+    if layer.kind == "stem":
+        return nn.Sequential(nn.Conv2d(layer.c_in, layer.c_out, 3, padding=1, bias=False),
+                             nn.BatchNorm2d(layer.c_out), nn.ReLU())
+    return BasicBlock(layer.c_in, layer.c_out, layer.stride)
 
 
 def build_resnet(arch: str, cfg, spec) -> LocalNet:
-    layers, widths, scales = residual_layers(arch, spec.channels)
-    k = local_modules(cfg, arch)
+    plan, spans = resnet_sites(cfg, arch, spec)
+    layers = [residual_layer(l) for l in plan]
     method = METHODS[cfg.method]
-    modules, start = [], 0
-    for last in range(k - 1):   # a head after layers 0 .. K-2: module m ends at layer m
-        m = last
-        site = Site(channels=widths[last], side=spec.size // scales[last],
-                    in_channels=widths[start - 1] if start else spec.channels, module=m, modules=k, layer=last,
-                    widths=tuple(widths), image_channels=spec.channels, image_size=spec.size,
-                    num_classes=spec.num_classes, image_mean=spec.mean, image_std=spec.std)
-        modules.append(LocalModule(layers[start:last + 1], method.build_head(cfg, site), m, widths[last]))
-        start = last + 1
+    modules = [LocalModule(layers[s.start:s.stop], method.build_head(cfg, s.site), s.site.module, s.site.channels)
+               for s in spans]
+    start = spans[-1].stop if spans else 0
     output = nn.Sequential(*layers[start:], nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                           nn.Linear(widths[-1], spec.num_classes))
+                           nn.Linear(plan[-1].c_out, spec.num_classes))
     net = LocalNet(modules, output, spec.num_classes)
     he_init(net)
     return net

@@ -1,13 +1,19 @@
 """The torch-free cost model (locallearn/cost.py) against what torch counts.
 
 For networks of every kind (mlp, VGG with max-pools, the STL-10 7x7/2 stem, an MLP
-head), every local loss (pred, sim, predsim, bio, the unsupervised terms) and global
+head, the CIFAR ResNets split in K local modules), every local loss (pred, sim, predsim, bio, the unsupervised terms) and global
 backprop / --no-detach, one real fused training step and one evaluation forward pass
 run under torch's FlopCounterMode; the counted multiply-adds (FLOP / 2) per example
-must equal cost.network_cost's train_macs and eval_macs within TOLERANCE, and every
-layer's output shape must be the one the real layer returns (the pipeline sizes its
-message buffers from them)."""
+must equal cost.network_cost's train_macs and eval_macs within TOLERANCE, the local
+heads' forward (a training forward less an evaluation one) its head_macs, the built
+network's parameters its backbone_params and head_params, and every layer's output
+shape must be the one the real layer returns (the pipeline sizes its message buffers
+from them). The ResNets are counted with every method's heads (DGL, InfoPro, AugLocal,
+the paper's)."""
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -43,6 +49,35 @@ CASES = {
                                 "--no-similarity-std", "--num-layers", "2", *SMALL_VGG],
     "mlp-unsup-recon": ["--model", "mlp", "--dataset", "MNIST", "--num-layers", "3", "--num-hidden", "64",
                         "--loss-unsup", "recon", "--alpha", "0.5", "--loss-sup", "pred"],
+    # the CIFAR ResNets cut into K local modules, every method's heads (docs/methods.md)
+    "resnet32-bp": ["--model", "resnet32", "--dataset", "CIFAR10", "--local-modules", "1"],
+    "resnet32-dgl": ["--model", "resnet32", "--dataset", "CIFAR10", "--method", "dgl"],
+    "resnet32-dgl-k4-fmnist": ["--model", "resnet32", "--dataset", "FashionMNIST", "--method", "dgl",
+                               "--local-modules", "4"],
+    "resnet32-infopro": ["--model", "resnet32", "--dataset", "CIFAR10", "--method", "infopro", "--ixx-1", "5"],
+    "resnet32-infopro-k8-fmnist": ["--model", "resnet32", "--dataset", "FashionMNIST", "--method", "infopro",
+                                   "--local-modules", "8"],
+    "resnet32-auglocal-d3": ["--model", "resnet32", "--dataset", "CIFAR10", "--method", "auglocal",
+                             "--aux-depth", "3", "--pyramid-coeff", "0.5"],
+    "resnet32-auglocal-d1-fmnist": ["--model", "resnet32", "--dataset", "FashionMNIST", "--method", "auglocal",
+                                    "--aux-depth", "1", "--local-modules", "6"],
+    "resnet32-predsim": ["--model", "resnet32", "--dataset", "CIFAR10", "--loss-sup", "predsim",
+                         "--dim-in-decoder", "512"],
+    "resnet32-sim-unsup-sim": ["--model", "resnet32", "--dataset", "SVHN", "--loss-sup", "sim",
+                               "--loss-unsup", "sim", "--alpha", "0.3", "--local-modules", "5"],
+    # the methods' heads on the paper's networks
+    "vgg8b-dgl": ["--model", "vgg8b", "--dataset", "CIFAR10", "--method", "dgl", *SMALL_VGG],
+    "vgg8b-infopro-head0": ["--model", "vgg8b", "--dataset", "CIFAR10", "--method", "infopro",
+                            "--num-layers", "0", *SMALL_VGG],
+    "vgg11b-auglocal-d2": ["--model", "vgg11b", "--dataset", "SVHN", "--method", "auglocal", "--aux-depth", "2",
+                           "--pyramid-coeff", "0.5", "--num-layers", "2", *SMALL_VGG],
+    "vgg8b-stl10-auglocal": ["--model", "vgg8b", "--dataset", "STL10", "--method", "auglocal", "--aux-depth", "3",
+                             "--feat-mult", "0.03125", "--num-hidden", "32"],
+    "mlp-dgl": ["--model", "mlp", "--dataset", "MNIST", "--num-layers", "3", "--num-hidden", "64", "--method", "dgl"],
+    "mlp-auglocal": ["--model", "mlp", "--dataset", "FashionMNIST", "--num-layers", "3", "--num-hidden", "64",
+                     "--method", "auglocal", "--aux-depth", "1"],
+    "resnet110-auglocal-d3": ["--model", "resnet110", "--dataset", "CIFAR10", "--method", "auglocal",
+                              "--aux-depth", "3", "--pyramid-coeff", "0.5"],
 }
 BATCH = 8
 
@@ -67,15 +102,32 @@ def counted(flags):
         for layer in model.layers:
             h = layer(h)[1] if isinstance(layer, Block) else layer(h)
             shapes.append(tuple(h.shape[1:]))
-    return cfg, train, fc.get_total_flops() / 2 / BATCH, shapes
+    backbone, total = model.count_params()
+    heads_fwd = head_forward_macs(model, x)
+    return cfg, train, fc.get_total_flops() / 2 / BATCH, shapes, (backbone, total - backbone), heads_fwd
+
+
+def head_forward_macs(model, x) -> float:
+    """The local heads' forward MACs per example, counted by torch: a training forward
+    (heads included) less an evaluation forward (no heads), both in train mode."""
+    y = torch.arange(x.shape[0]) % model.num_classes
+    counts = []
+    for local in (True, False):
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(x, y, F.one_hot(y, model.num_classes).float(), local=local)
+        counts.append(fc.get_total_flops() / 2 / x.shape[0])
+    return counts[0] - counts[1]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_cost_model_matches_flop_counter(case):
-    cfg, train, evaluate, shapes = counted(CASES[case])
+    cfg, train, evaluate, shapes, (backbone, heads), heads_fwd = counted(CASES[case])
     cost = network_cost(cfg)
     assert cost.train_macs == pytest.approx(train, rel=TOLERANCE), case
     assert cost.eval_macs == pytest.approx(evaluate, rel=TOLERANCE), case
+    assert cost.backbone_macs == cost.eval_macs
+    assert cost.head_macs == pytest.approx(heads_fwd, rel=TOLERANCE, abs=1e-9), case
+    assert (cost.backbone_params, cost.head_params) == (backbone, heads), case
     assert [l.shape for l in cost.layers] == shapes
     assert cost.blocks == len(build_model(cfg, 3 if cfg.dataset != "MNIST" else 1,
                                           SPECS[cfg.dataset].size, SPECS[cfg.dataset].num_classes).blocks)
@@ -92,6 +144,25 @@ def test_paper_sized_counts():
     assert first.kind == "conv" and first.forward == 32 * 32 * 3 * 128 * 9 and first.shape == (128, 32, 32)
     assert first.heads > 128 * 128 * 9 * 32 * 32            # sim's extra conv dominates the heads
     assert vgg.blocks == 7
+
+
+def test_cost_model_is_torch_free():
+    """The workflow's plan imports it: it must not pull in torch (nor the walks it counts)."""
+    code = "import sys, locallearn.cost; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_resnet_counts_by_hand():
+    """ResNet-32 on CIFAR-10: their backbone's 466,906 parameters; the stem's conv is
+    32*32*3*16*9 multiply-adds; K=1 has no heads."""
+    bp = network_cost(parse_train_args(["--model", "resnet32", "--dataset", "CIFAR10", "--backprop"]))
+    assert (bp.backbone_params, bp.head_params, bp.head_macs, bp.layers) == (466_906, 0, 0, ())
+    dgl = network_cost(parse_train_args(["--model", "resnet32", "--dataset", "CIFAR10", "--method", "dgl"]))
+    assert dgl.backbone_params == 466_906 and dgl.backbone_macs == bp.backbone_macs
+    assert dgl.layers[0].forward == 32 * 32 * 3 * 16 * 9 and dgl.layers[0].shape == (16, 32, 32)
+    assert dgl.blocks == 15
+    # DGL's head after the stem: 1x1 convs at side 8, then 16*2*2 = 64 features
+    assert dgl.layers[0].heads == 3 * 8 * 8 * 16 * 16 + 2 * 64 * 64 + 64 * 10
 
 
 def test_stage_count_error():

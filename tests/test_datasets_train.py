@@ -13,7 +13,7 @@ from locallearn.cli import describe
 from locallearn.config import parse_train_args
 from locallearn.batches import load_splits
 from locallearn.datasets import SPECS
-from locallearn.engines import epoch_batches
+from locallearn.epochs import epoch_batches
 
 SHAPES = {"MNIST": (1, 28, 10), "FashionMNIST": (1, 28, 10), "KuzushijiMNIST": (1, 28, 10),
           "CIFAR10": (3, 32, 10), "CIFAR100": (3, 32, 100), "SVHN": (3, 32, 10), "STL10": (3, 96, 10)}

@@ -16,7 +16,7 @@ from locallearn.config import ConfigError, config_hash, parse_train_args
 from locallearn.engines import ENGINES, make_model
 from locallearn.fit import lr_at
 from locallearn.localnet import Block
-from locallearn.methods import auglocal
+from locallearn import headplans
 from locallearn.specs import SPECS
 
 FMNIST = ["--dataset", "FashionMNIST", "--optim", "sgd", "--momentum", "0.9", "--nesterov", "--lr", "0.05"]
@@ -31,6 +31,15 @@ METHOD_FLAGS = {
     "auglocal": ["--model", "resnet32", "--method", "auglocal", "--aux-depth", "3", "--pyramid-coeff", "0.5"],
     "paper-vgg": ["--model", "vgg8b", "--feat-mult", "0.0625", "--num-hidden", "32"],
     "paper-mlp": ["--model", "mlp", "--num-hidden", "32", "--num-layers", "2"],
+    # the methods' heads on the paper's networks (docs/methods.md)
+    "dgl-vgg": ["--model", "vgg8b", "--feat-mult", "0.0625", "--num-hidden", "32", "--method", "dgl"],
+    "infopro-vgg": ["--model", "vgg8b", "--feat-mult", "0.0625", "--num-layers", "0", "--method", "infopro",
+                    "--ixx-1", "5", "--ixy-1", "0.05", "--ixx-2", "0.2", "--ixy-2", "0.5"],
+    "auglocal-vgg": ["--model", "vgg8b", "--feat-mult", "0.0625", "--num-hidden", "32", "--method", "auglocal",
+                     "--aux-depth", "2", "--pyramid-coeff", "0.5"],
+    "dgl-mlp": ["--model", "mlp", "--num-hidden", "32", "--num-layers", "2", "--method", "dgl"],
+    "auglocal-mlp": ["--model", "mlp", "--num-hidden", "32", "--num-layers", "3", "--method", "auglocal",
+                     "--aux-depth", "2"],
 }
 
 
@@ -56,14 +65,35 @@ def test_their_counts_on_cifar10():
 
 def test_auglocal_layers_and_depths_by_hand():
     # ResNet-32: 16 layers. The head after layer 0 with d = 3 samples 15/3 apart.
-    assert auglocal.sampled_layers(0, 16, 3) == [5, 10, 15]
-    assert auglocal.sampled_layers(13, 16, 3) == [14, 15]        # fewer left than d: all of them
-    assert auglocal.sampled_layers(2, 16, 2) == [8, 16 - 1]       # round(2 + 13/2) = round(8.5) = 8 (to even)
+    assert headplans.sampled_layers(0, 16, 3) == [5, 10, 15]
+    assert headplans.sampled_layers(13, 16, 3) == [14, 15]        # fewer left than d: all of them
+    assert headplans.sampled_layers(2, 16, 2) == [8, 16 - 1]       # round(2 + 13/2) = round(8.5) = 8 (to even)
     cfg = parse_train_args(["--model", "resnet32", "--method", "auglocal", "--aux-depth", "3",
                             "--pyramid-coeff", "0.5", "--dataset", "CIFAR10"])
     depths = [b.head.depth for b in make_model(cfg, SPECS["CIFAR10"], torch.device("cpu")).blocks]
     # K = 16 - 3 = 13; t = 0.5 i / 11; 3 (1 - t) + t = 3 - 2t: 3 - i/11, rounded
     assert depths == [round(3 - i / 11) for i in range(12)] == [3] * 6 + [2] * 6
+
+
+def test_heads_on_the_paper_networks_by_hand():
+    """vgg8b on CIFAR-10: convs of 128, 256, [pool] 256, 512, [pool] 512, [pool] 512, a
+    linear block of 1024. AugLocal's head after conv 0 at depth 2 copies convs
+    round(5/2) = 2 and 5, after the pools in between (1, then 2); InfoPro's classifier
+    conv goes to the next wider width (stride 2), at the widest keeps it (stride 1), as
+    their table does on the ResNets (16 -> 32, 32 -> 64, 64 -> 64)."""
+    from locallearn.archspec import block_sites, resnet_sites
+    cfg = parse_train_args(["--model", "vgg8b", "--dataset", "CIFAR10", "--method", "auglocal", "--aux-depth", "2"])
+    sites = block_sites(cfg, SPECS["CIFAR10"])
+    assert [s.channels for s in sites] == [128, 256, 256, 512, 512, 512, 1024] and sites[0].modules == 8
+    assert [s.pools for s in sites][0] == (0, 0, 1, 0, 1, 1, 0)
+    assert headplans.auglocal_layers(sites[0], 2) == [(1, 128, 256), (2, 256, 512)]
+    assert headplans.auglocal_layers(sites[5], 2) == []                   # the last conv: nothing after it
+    assert headplans.auglocal_layers(sites[6], 2) == []
+    assert [headplans.infopro_classifier_conv(s) for s in sites[:6]] == [(256, 2)] + [(512, 2)] * 2 + [(512, 1)] * 3
+    res = parse_train_args(["--model", "resnet32", "--dataset", "CIFAR10", "--method", "infopro"])
+    convs = {s.site.channels: headplans.infopro_classifier_conv(s.site)
+             for s in resnet_sites(res, "resnet32", SPECS["CIFAR10"])[1]}
+    assert convs == {16: (32, 2), 32: (64, 2), 64: (64, 1)}
 
 
 def test_default_flags_keep_the_paper_hash():
@@ -73,7 +103,9 @@ def test_default_flags_keep_the_paper_hash():
 
 
 @pytest.mark.parametrize("argv,flag", [
-    (["--model", "vgg8b", "--method", "dgl"], "--method"),
+    (["--model", "mlp", "--method", "infopro"], "--method"),
+    (["--model", "vgg8b", "--method", "infopro"], "--method"),          # its classifier block is linear
+    (["--model", "vgg8b", "--method", "dgl", "--bio"], "--bio"),
     (["--method", "nope", "--model", "resnet32"], "--method"),
     (["--model", "mlp", "--local-modules", "3"], "--local-modules"),
     (["--model", "resnet32", "--aux-depth", "0"], "--aux-depth"),
@@ -166,3 +198,30 @@ def test_config_knows_every_registered_method():
     from locallearn.config import METHOD_NAMES
     from locallearn.methods import METHODS
     assert set(METHODS) == set(METHOD_NAMES)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("method", ["dgl", "infopro", "auglocal", "paper-predsim", "dgl-vgg", "auglocal-mlp"])
+def test_cuda_graph_step_equals_eager_for_every_method(method):
+    """The fused engine replays a full batch's step as a CUDA graph on any network
+    (engines.FusedEngine): the ResNets and every method's heads end with the eager
+    steps' weights and BatchNorm statistics, across an lr change (a new capture) and a
+    short last batch. Within float32 reordering: cuDNN's weight gradients and the
+    bilinear upsampling's backward (InfoPro) add in no fixed order."""
+    dev = torch.device("cuda")
+    states = []
+    for graphs in (True, False):
+        cfg = cfg_of(method, *(["--local-modules", "4"] if method in ("dgl", "infopro", "paper-predsim") else []))
+        cfg.batch_size, cfg.no_cuda_graph = 8, not graphs
+        model = make_model(cfg, SPECS["FashionMNIST"], dev)
+        engine = ENGINES["fused"](cfg, model, dev)
+        assert engine.graphs == graphs
+        data = batches(6, batch=8) + batches(1, batch=5, seed=1)
+        for lr in (0.05, 0.05, 0.01):
+            engine.set_lr(lr)
+            for x, y in data:
+                x, y = x.to(dev), y.to(dev)
+                engine.step(x, y, F.one_hot(y, 10).float(), precision.autocast("fp32", dev))
+        states.append(model.state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-4, atol=1e-5, msg=k)

@@ -22,9 +22,6 @@ from .site import Site, interpolate  # noqa: F401  (re-exported)
 @dataclass(frozen=True)
 class Method:
     build_head: Callable          # (cfg, Site) -> head module
-    # (cfg, K from --local-modules) -> the local modules built; None: K as given,
-    # one of the network's defined splits
-    modules: Callable | None = None
     needs_image: bool = False     # the head reads the network's input (no pipeline stages after the first)
 
 
@@ -32,5 +29,5 @@ METHODS: dict[str, Method] = {
     "paper": Method(paper.build_head),
     "dgl": Method(dgl.build_head),
     "infopro": Method(infopro.build_head, needs_image=True),
-    "auglocal": Method(auglocal.build_head, modules=auglocal.modules),
+    "auglocal": Method(auglocal.build_head),
 }

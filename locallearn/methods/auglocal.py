@@ -15,55 +15,65 @@ AuxNetwork 'unifSamp'; networks/resnet.py LocalResNet.__init__; train.py):
   loss = ixy(module) * cross-entropy (1 by default).
 Their train.py runs AugLocal with K - d local modules for --local_module_num K, so
 `--local-modules K --aux-depth d` builds K - d here too (docs/methods.md).
+
+On the paper's VGGs and mlp (a head per block, K = blocks + 1) a head copies the
+subsequent blocks of its own kind (headplans.auglocal_layers): convs as their VGG code
+copies them (exp_imagenet/networks/auxiliary_nets.py, AuxClassifier_VGG 'unifSamp':
+conv 3x3 + BatchNorm + ReLU, then flatten, average to 512, two linear + BatchNorm +
+ReLU of 512, linear), linear blocks as linear + BatchNorm + ReLU, then a linear
+classifier (their code has no linear network; ours).
 """
 from __future__ import annotations
-
-import math
 
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..headplans import AUGLOCAL_VGG_HIDDEN, auglocal_blocks, auglocal_depth, auglocal_layers
 from ..resblocks import BasicBlock
 from .site import Site, interpolate
 
 
-def head_depth(cfg, site: Site) -> int:
-    """The pyramidal depth of the head after layer site.layer."""
-    if site.modules <= 2:  # their list is empty then: no second head to slope towards
-        return cfg.aux_depth
-    t = site.layer * cfg.pyramid_coeff / (site.modules - 2)
-    return max(1, round(cfg.aux_depth * (1 - t) + t))
-
-
-def sampled_layers(layer: int, n_layers: int, depth: int) -> list[int]:
-    if depth >= n_layers - 1 - layer:
-        return list(range(layer + 1, n_layers))
-    return [round(layer + (n_layers - layer - 1) / depth * j) for j in range(1, depth + 1)]
-
-
 def auxiliary_blocks(site: Site, depth: int) -> tuple[list[nn.Module], int]:
-    """The sampled layers as BasicBlocks, and the last one's width. A width that
-    grows by 2^k owes k stride-2 blocks, spent one per block as they come."""
-    blocks, width, owed = [], site.channels, 0
-    for i in sampled_layers(site.layer, len(site.widths), depth):
-        out = site.widths[i]
-        if out < width:
-            raise ValueError(f"auxiliary layer {i} is narrower ({out}) than its input ({width})")
-        owed += int(math.log2(out // width))
-        stride = 2 if owed >= 1 else 1
-        owed -= stride == 2
-        blocks.append(BasicBlock(width, out, stride))
-        width = out
-    return blocks, width
+    """The sampled layers as BasicBlocks (headplans.auglocal_blocks), and the last one's width."""
+    plan = auglocal_blocks(site, depth)
+    return [BasicBlock(c_in, c_out, stride) for c_in, c_out, stride in plan], (plan[-1][1] if plan else site.channels)
+
+
+def resnet_classifier(site: Site, depth: int) -> nn.Sequential:
+    blocks, width = auxiliary_blocks(site, depth)
+    norm = [nn.BatchNorm1d(width)] if depth <= 1 else []
+    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *norm, nn.Linear(width, site.num_classes))
+
+
+def vgg_classifier(site: Site, depth: int) -> nn.Sequential:
+    """Copies of the sampled convs (conv 3x3 + BatchNorm + ReLU, after the backbone's
+    max-pools in between), then their VGG classifier (headplans.AUGLOCAL_VGG_HIDDEN)."""
+    layers, n = [], AUGLOCAL_VGG_HIDDEN
+    for pools, c_in, c_out in auglocal_layers(site, depth):
+        layers += [nn.MaxPool2d(2, 2) for _ in range(pools)]
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Flatten(), nn.AdaptiveAvgPool1d(n), nn.Linear(n, n), nn.BatchNorm1d(n),
+                         nn.ReLU(), nn.Linear(n, n), nn.BatchNorm1d(n), nn.ReLU(), nn.Linear(n, site.num_classes))
+
+
+def linear_classifier(site: Site, depth: int) -> nn.Sequential:
+    """Copies of the sampled linear blocks (linear + BatchNorm + ReLU), linear to the classes."""
+    layers, width = [], site.channels
+    for _, c_in, c_out in auglocal_layers(site, depth):
+        layers += [nn.Linear(c_in, c_out), nn.BatchNorm1d(c_out), nn.ReLU()]
+        width = c_out
+    return nn.Sequential(*layers, nn.Linear(width, site.num_classes))
 
 
 class AugLocalHead(nn.Module):
     def __init__(self, site: Site, depth: int, ixy: float):
         super().__init__()
-        blocks, width = auxiliary_blocks(site, depth)
-        norm = [nn.BatchNorm1d(width)] if depth <= 1 else []
-        self.classifier = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *norm,
-                                        nn.Linear(width, site.num_classes))
+        if not site.kinds:
+            self.classifier = resnet_classifier(site, depth)
+        elif site.side is not None:
+            self.classifier = vgg_classifier(site, depth)
+        else:
+            self.classifier = linear_classifier(site, depth)
         self.depth, self.ixy = depth, ixy
 
     def forward(self, h, x, y, y_onehot, image=None):
@@ -73,9 +83,5 @@ class AugLocalHead(nn.Module):
 
 
 def build_head(cfg, site: Site) -> AugLocalHead:
-    return AugLocalHead(site, head_depth(cfg, site), interpolate(cfg.ixy_1, cfg.ixy_2, site))
+    return AugLocalHead(site, auglocal_depth(cfg, site), interpolate(cfg.ixy_1, cfg.ixy_2, site))
 
-
-def modules(cfg, k: int) -> int:
-    """Their train.py: args.local_module_num - args.aux_net_depth for AugLocal."""
-    return k - cfg.aux_depth

@@ -7,14 +7,17 @@ auxiliary_nets_study/models.py): average-pool to ceil(side/4), three 1x1 convs w
 BatchNorm and ReLU, average-pool to min(ceil(side/4), 2), two bias-free linear layers
 with BatchNorm and ReLU, a linear classifier. Loss: ixy(module) * cross-entropy (the
 ixy schedule of --ixy-1/--ixy-2, 1 by default).
+
+On a linear block (the mlp, a VGG's classifier blocks) the head is its MLP part
+alone, on the block's width: DGL's own code has such MLP-only auxiliaries
+(eugenium/DGL auxiliary_nets_study/models.py, aux_type 'mlp').
 """
 from __future__ import annotations
-
-import math
 
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..headplans import dgl_sides
 from .site import Site, interpolate
 
 
@@ -29,13 +32,15 @@ def linear_bn_relu(f: int) -> list[nn.Module]:
 class DGLHead(nn.Module):
     def __init__(self, site: Site, ixy: float):
         super().__init__()
-        c, pooled = site.channels, math.ceil(site.side / 4)
-        mlp_side = min(pooled, 2)
-        f = c * mlp_side * mlp_side
-        self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(pooled), *conv_bn_relu_1x1(c), *conv_bn_relu_1x1(c), *conv_bn_relu_1x1(c),
-            nn.AdaptiveAvgPool2d(mlp_side), nn.Flatten(), *linear_bn_relu(f), *linear_bn_relu(f),
-            nn.Linear(f, site.num_classes))
+        c = site.channels
+        if site.side is None:   # a linear block: the MLP part alone
+            f, convs = c, []
+        else:
+            pooled, mlp_side = dgl_sides(site.side)
+            f = c * mlp_side * mlp_side
+            convs = [nn.AdaptiveAvgPool2d(pooled), *conv_bn_relu_1x1(c), *conv_bn_relu_1x1(c), *conv_bn_relu_1x1(c),
+                     nn.AdaptiveAvgPool2d(mlp_side), nn.Flatten()]
+        self.classifier = nn.Sequential(*convs, *linear_bn_relu(f), *linear_bn_relu(f), nn.Linear(f, site.num_classes))
         self.ixy = ixy
 
     def forward(self, h, x, y, y_onehot, image=None):

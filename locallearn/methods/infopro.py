@@ -12,6 +12,9 @@ LocalResNet._local_forward and forward; networks/auxiliary_nets.py Decoder_InfoP
   classifier: conv 3x3 (16 -> 32 and 32 -> 64 with stride 2, 64 -> 64 stride 1),
     BatchNorm, ReLU, global average pool, linear to 128, ReLU, linear to the classes.
   loss = ixx(module) * bce + ixy(module) * cross-entropy.
+On a VGG's convs the same head, its classifier conv by the rule behind their widths
+(headplans.infopro_classifier_conv). Linear blocks (the mlp, a VGG's classifier
+blocks) have no feature map to decode into an image: refused (docs/methods.md).
 """
 from __future__ import annotations
 
@@ -20,22 +23,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..headplans import INFOPRO_HIDDEN as HIDDEN
+from ..headplans import INFOPRO_RECON_WIDTH as RECON_WIDTH
+from ..headplans import infopro_classifier_conv, infopro_refusal
 from .site import Site, interpolate
-
-# The classifier's first conv per module width: (out channels, stride); the code
-# defines it for the CIFAR ResNets' widths only.
-CLASSIFIER_CONV = {16: (32, 2), 32: (64, 2), 64: (64, 1)}
-RECON_WIDTH = 12
-HIDDEN = 128
 
 
 class InfoProHead(nn.Module):
     def __init__(self, site: Site, ixx: float, ixy: float):
         super().__init__()
-        if site.channels not in CLASSIFIER_CONV:
-            raise ConfigError(f"--method infopro: its classifier is defined for modules of "
-                              f"{', '.join(map(str, CLASSIFIER_CONV))} channels, not {site.channels}")
-        width, stride = CLASSIFIER_CONV[site.channels]
+        refusal = infopro_refusal(site)
+        if refusal:
+            raise ConfigError(refusal)
+        width, stride = infopro_classifier_conv(site)
         self.image_size = site.image_size
         self.reconstruction = nn.Sequential(
             nn.Conv2d(site.channels, RECON_WIDTH, 3, padding=1), nn.BatchNorm2d(RECON_WIDTH), nn.ReLU(),
