@@ -217,7 +217,7 @@ def test_cells_row_with_a_missing_column(tmp_path):
     drop = lambda line: "\t".join(v for i, v in enumerate(line.split("\t")) if i != k)  # noqa: E731
     bad = tmp_path / "cells.tsv"
     bad.write_text("\n".join(map(drop, text[:3])) + "\n")
-    with pytest.raises(plan.HarnessError, match=r"cells.tsv: missing column\(s\) 'beta'") as e:
+    with pytest.raises(plan.PlanError, match=r"cells.tsv: missing column\(s\) 'beta'") as e:
         plan.load_cells(bad)
     assert "\n" not in str(e.value)
 
@@ -229,12 +229,12 @@ def test_cells_row_with_a_bad_value(tmp_path):
     row[header.index("epochs")] = "forever"
     bad = tmp_path / "cells.tsv"
     bad.write_text("\n".join([lines[0], "\t".join(row)]) + "\n")
-    with pytest.raises(plan.HarnessError, match="line 2 .*column 'epochs': expected an integer, got 'forever'"):
+    with pytest.raises(plan.PlanError, match="line 2 .*column 'epochs': expected an integer, got 'forever'"):
         plan.load_cells(bad)
 
 
 def test_workflow_config_errors_are_one_line():
-    with pytest.raises(plan.HarnessError) as e:
+    with pytest.raises(plan.PlanError) as e:
         plan.load_config(overrides={"cells": None, "seeds": "x"})
     assert "\n" not in str(e.value)
     assert "config key 'cells': None is not of type 'string'; config key 'seeds'" in str(e.value)
@@ -245,7 +245,7 @@ def test_quick_budget_the_trainer_refuses_is_refused_before_any_job():
     config = plan.load_config(overrides={"quick": {"max_train_examples": 1}})
     presets = plan.make_presets(config, plan.load_cells(plan.cells_path(config)))
     assert presets["full"].rows   # the other preset is unaffected
-    with pytest.raises(plan.HarnessError, match=r"quick preset's job for cell fmnist-mlp-\S+ would be refused: "
+    with pytest.raises(plan.PlanError, match=r"quick preset's job for cell fmnist-mlp-\S+ would be refused: "
                                                 r"--max-train-examples: must be 0 \(all\) or at least 2.*"
                                                 r"quick.max_train_examples"):
         presets["quick"]
@@ -263,13 +263,13 @@ def test_cells_row_the_trainer_would_refuse(tmp_path, column, value, message):
     row[header.index(column)] = value
     bad = tmp_path / "cells.tsv"
     bad.write_text("\n".join([lines[0], "\t".join(row)]) + "\n")
-    with pytest.raises(plan.HarnessError, match="cells.tsv line 2 \\(cell mnist-mlp-backprop\\): locallearn train "
+    with pytest.raises(plan.PlanError, match="cells.tsv line 2 \\(cell mnist-mlp-backprop\\): locallearn train "
                                                 "refuses the row's recipe: " + re.escape(message)):
         plan.load_cells(bad)
 
 
 def test_unknown_workflow_config_key():
-    with pytest.raises(plan.HarnessError, match="unknown key \\('colour' was unexpected\\)"):
+    with pytest.raises(plan.PlanError, match="unknown key \\('colour' was unexpected\\)"):
         plan.load_config(overrides={"colour": "red"})
 
 

@@ -355,7 +355,7 @@ def test_generated_workflow_configs(changes):
         try:
             plan_workflow(changed_config(changes))
             event("accepted")
-        except plan.HarnessError as e:
+        except plan.PlanError as e:
             event("refused")
             message = str(e)
             assert "\n" not in message and "Traceback" not in message, message
@@ -440,7 +440,7 @@ def test_generated_cells_tables(changes):
             presets = plan.make_presets(checked, rows)
             plan.pipeline_stages(checked, rows)
             preset = presets["full"]
-        except plan.HarnessError as e:
+        except plan.PlanError as e:
             event("refused")
             message = str(e)
             assert "\n" not in message and "Traceback" not in message, message

@@ -48,7 +48,7 @@ def test_default_config_and_grid():
     ({"train": {"device": "gpu"}}, "config key 'train.device': 'gpu' does not match"),
 ])
 def test_bad_config_names_the_key(override, message):
-    with pytest.raises(plan.HarnessError) as e:
+    with pytest.raises(plan.PlanError) as e:
         plan.load_config(overrides=override)
     assert message in str(e.value)
 
@@ -71,11 +71,11 @@ def test_select():
     assert len(pick(datasets=["MNIST", "KuzushijiMNIST"])) == 18
     assert pick(models=["mlp"], losses=["predsim"], datasets=["CIFAR100"]) == ["cifar100-mlp-predsim"]
     assert len(pick(networks=["vgg8b + cutout"])) == 4
-    with pytest.raises(plan.HarnessError, match=r"'select.datasets': 'cifar10' matches no row"):
+    with pytest.raises(plan.PlanError, match=r"'select.datasets': 'cifar10' matches no row"):
         pick(datasets=["cifar10"])
-    with pytest.raises(plan.HarnessError, match=r"'select.cells': 'nope-\*' matches no cell"):
+    with pytest.raises(plan.PlanError, match=r"'select.cells': 'nope-\*' matches no cell"):
         pick(cells=["nope-*"])
-    with pytest.raises(plan.HarnessError, match="select no cell"):
+    with pytest.raises(plan.PlanError, match="select no cell"):
         pick(datasets=["MNIST"], models=["vgg11b"])
 
 
@@ -109,7 +109,7 @@ def _set(i, col, value):
     (lambda h, r: (h + ["notes"], r), "unknown column(s) 'notes'"),
 ])
 def test_bad_cells_row_names_row_and_column(tmp_path, edit, message):
-    with pytest.raises(plan.HarnessError) as e:
+    with pytest.raises(plan.PlanError) as e:
         plan.load_cells(_bad_tsv(tmp_path, edit))
     assert message in str(e.value)
 
@@ -161,7 +161,7 @@ def test_precision_setting_reaches_the_flags():
     assert plan.make_presets(cfg, rows)["full"].precision_args() == []
     cfg = plan.load_config(overrides={"train": {"precision": "bf16"}})
     assert plan.make_presets(cfg, rows)["full"].precision_args() == ["--precision", "bf16"]
-    with pytest.raises(plan.HarnessError, match="config key 'train.precision': 'fp16' is not one of fp32, tf32, bf16"):
+    with pytest.raises(plan.PlanError, match="config key 'train.precision': 'fp16' is not one of fp32, tf32, bf16"):
         plan.load_config(overrides={"train": {"precision": "fp16"}})
 
 
@@ -377,9 +377,9 @@ def test_pipeline_stages_config():
                          ({"fmnist-mlp-backprop": 2}, "fmnist-mlp-backprop is a backprop cell"),
                          ({"fmnist-mlp-pred": 4}, "fmnist-mlp-pred: --pipeline-stages 4: the network has only 3 "
                                                   "hidden blocks to split")):
-        with pytest.raises(plan.HarnessError, match=re.escape(message)):
+        with pytest.raises(plan.PlanError, match=re.escape(message)):
             plan.pipeline_stages(plan.load_config(overrides={"pipeline_stages": bad}), rows)
-    with pytest.raises(plan.HarnessError, match="'pipeline_stages.fmnist-mlp-pred': 0 is less than the minimum of 1"):
+    with pytest.raises(plan.PlanError, match="'pipeline_stages.fmnist-mlp-pred': 0 is less than the minimum of 1"):
         plan.load_config(overrides={"pipeline_stages": {"fmnist-mlp-pred": 0}})
 
 

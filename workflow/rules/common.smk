@@ -25,7 +25,7 @@ try:
     # "quick" and the peers presets raise on use where their rows are missing or bad.
     PRESETS = plan.make_presets(_checked, CELLS)
     STAGES = plan.pipeline_stages(_checked, CELLS)  # cell -> pipeline stages (1: one process)
-except plan.HarnessError as e:
+except plan.PlanError as e:
     raise WorkflowError(str(e)) from None
 config.clear()
 config.update(_checked)  # the typed config
@@ -63,7 +63,7 @@ def preset(name):
     """The named preset, or the reason it cannot run (as a Snakemake error)."""
     try:
         return PRESETS[name]
-    except plan.HarnessError as e:
+    except plan.PlanError as e:
         raise WorkflowError(str(e)) from None
 
 

@@ -44,7 +44,7 @@ DEFAULT_CONFIG = REPO / "workflow" / "config" / "config.yaml"
 PRESETS = ("full", "quick", "peers", "peers-quick")
 
 
-class HarnessError(ValueError):
+class PlanError(ValueError):
     """A config or cells.tsv problem, found before any job starts."""
 
 
@@ -108,7 +108,7 @@ def _coerce(value, schema: dict, root: dict | None = None):
 # --------------------------------------------------------------------------- config
 
 def validate_config(config: dict) -> dict:
-    """A typed copy of `config`, or HarnessError naming the first bad key."""
+    """A typed copy of `config`, or PlanError naming the first bad key."""
     schema = _schema("config.schema.json")
     config = _coerce(copy.deepcopy(config), schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -118,11 +118,11 @@ def validate_config(config: dict) -> dict:
         for e in errors[:5]:
             where = _path(e)
             problems.append(f"config key '{where}': {_message(e)}" if where else f"config: {_message(e)}")
-        raise HarnessError("invalid workflow config (workflow/config/config.yaml, --config, --configfile): "
+        raise PlanError("invalid workflow config (workflow/config/config.yaml, --config, --configfile): "
                            + "; ".join(problems))
     for preset, sel in (("full", config["select"]), ("quick", config["quick"]["select"])):
         if preset == "quick" and not any(sel.values()):
-            raise HarnessError("config key 'quick.select': the quick preset must select some cells")
+            raise PlanError("config key 'quick.select': the quick preset must select some cells")
     return config
 
 
@@ -154,12 +154,12 @@ def cells_path(config: dict, grid: str = "paper") -> Path:
 
 def load_cells(path: str | Path) -> list[dict]:
     """Rows of cells.tsv as str dicts (what locallearn.cells gives), after checking every
-    row against the schema. HarnessError names the file, line, cell and column."""
+    row against the schema. PlanError names the file, line, cell and column."""
     from locallearn.cells import read_cells
 
     path = Path(path)
     if not path.is_file():
-        raise HarnessError(f"cells table not found: {path}")
+        raise PlanError(f"cells table not found: {path}")
     rows = read_cells(path)
     schema = _schema("cells.schema.json")
     props = schema["properties"]
@@ -167,21 +167,21 @@ def load_cells(path: str | Path) -> list[dict]:
         header = f.readline().rstrip("\r\n").split("\t")
     missing = [c for c in schema["required"] if c not in header]
     if missing:
-        raise HarnessError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
+        raise PlanError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
                            f"(header: {' '.join(header)})")
     unknown = [c for c in header if c not in props]
     if unknown:
-        raise HarnessError(f"{path}: unknown column(s) {', '.join(repr(c) for c in unknown)} "
+        raise PlanError(f"{path}: unknown column(s) {', '.join(repr(c) for c in unknown)} "
                            f"(known: {', '.join(props)})")
     if not rows:
-        raise HarnessError(f"{path}: no rows")
+        raise PlanError(f"{path}: no rows")
     validator = jsonschema.Draft202012Validator(schema)
     seen: dict[str, int] = {}
     slots: dict[tuple, str] = {}
     for line, row in enumerate(rows, start=2):
         where = f"{path.name} line {line} (cell {row.get('cell') or '?'!s})"
         if None in row or any(v is None for v in row.values()):
-            raise HarnessError(f"{where}: expected {len(header)} tab-separated columns")
+            raise PlanError(f"{where}: expected {len(header)} tab-separated columns")
         typed = {}
         for col, text in row.items():
             typed[col] = _typed(text, props[col], f"{where}, column '{col}'")
@@ -189,16 +189,16 @@ def load_cells(path: str | Path) -> list[dict]:
         if errors:
             e = errors[0]
             col = _path(e) or (list(e.schema.get("then", {}).get("properties", {})) or ["?"])[0]
-            raise HarnessError(f"{where}, column '{col}': {_message(e)}")
+            raise PlanError(f"{where}, column '{col}': {_message(e)}")
         problem = flags_problem(recipe_args(row))
         if problem:
-            raise HarnessError(f"{where}: locallearn train refuses the row's recipe: {problem}")
+            raise PlanError(f"{where}: locallearn train refuses the row's recipe: {problem}")
         if row["cell"] in seen:
-            raise HarnessError(f"{where}: cell name {row['cell']!r} already used on line {seen[row['cell']]}")
+            raise PlanError(f"{where}: cell name {row['cell']!r} already used on line {seen[row['cell']]}")
         seen[row["cell"]] = line
         slot = (row["dataset"], row["network"], column(row))
         if slot in slots:
-            raise HarnessError(f"{where}: cells {slots[slot]!r} and {row['cell']!r} both fill the table "
+            raise PlanError(f"{where}: cells {slots[slot]!r} and {row['cell']!r} both fill the table "
                                f"slot dataset={slot[0]} network={slot[1]!r} column={slot[2]}")
         slots[slot] = row["cell"]
     return rows
@@ -224,12 +224,12 @@ def _typed(text: str, schema: dict, where: str):
         try:
             return int(text)
         except ValueError:
-            raise HarnessError(f"{where}: expected an integer, got {text!r}") from None
+            raise PlanError(f"{where}: expected an integer, got {text!r}") from None
     if "number" in types:
         try:
             return float(text)
         except ValueError:
-            raise HarnessError(f"{where}: expected a number, got {text!r}") from None
+            raise PlanError(f"{where}: expected a number, got {text!r}") from None
     return text
 
 
@@ -247,18 +247,18 @@ def select_cells(rows: list[dict], select: dict, key: str = "select") -> list[di
         known = list(dict.fromkeys(r[col] for r in rows))
         for w in wanted:
             if w not in known:
-                raise HarnessError(f"config key '{key}.{skey}': {w!r} matches no row of cells.tsv "
+                raise PlanError(f"config key '{key}.{skey}': {w!r} matches no row of cells.tsv "
                                    f"(known: {', '.join(known)})")
         if wanted:
             chosen = [r for r in chosen if r[col] in wanted]
     patterns = select.get("cells") or []
     for p in patterns:
         if not any(fnmatch.fnmatchcase(r["cell"], p) for r in rows):
-            raise HarnessError(f"config key '{key}.cells': {p!r} matches no cell of cells.tsv")
+            raise PlanError(f"config key '{key}.cells': {p!r} matches no cell of cells.tsv")
     if patterns:
         chosen = [r for r in chosen if any(fnmatch.fnmatchcase(r["cell"], p) for p in patterns)]
     if not chosen:
-        raise HarnessError(f"config key '{key}': the criteria together select no cell")
+        raise PlanError(f"config key '{key}': the criteria together select no cell")
     return chosen
 
 
@@ -277,15 +277,15 @@ def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
     for pattern, s in (config.get("pipeline_stages") or {}).items():
         matched = [r for r in rows if fnmatch.fnmatchcase(r["cell"], pattern)]
         if not matched:
-            raise HarnessError(f"config key 'pipeline_stages': {pattern!r} matches no cell of cells.tsv")
+            raise PlanError(f"config key 'pipeline_stages': {pattern!r} matches no cell of cells.tsv")
         local = [r for r in matched if r["loss"] != "backprop"]
         if s > 1 and not local:
-            raise HarnessError(f"config key 'pipeline_stages.{pattern}': {matched[0]['cell']} is a backprop "
+            raise PlanError(f"config key 'pipeline_stages.{pattern}': {matched[0]['cell']} is a backprop "
                                "cell; only local losses (detached blocks) can be pipelined")
         for r in local:
             problem = stage_count_error(recipe(r), s)  # the trainer's own check (cost.py)
             if problem:
-                raise HarnessError(f"config key 'pipeline_stages.{pattern}': {r['cell']}: {problem}")
+                raise PlanError(f"config key 'pipeline_stages.{pattern}': {r['cell']}: {problem}")
             if stages[r["cell"]] == 1:
                 stages[r["cell"]] = s
     return stages
@@ -368,16 +368,16 @@ class Preset:
             try:
                 self._states[key] = run_state(self.run_dir(row["cell"], seed), cfg).what
             except LocallearnError as e:
-                raise HarnessError(str(e)) from None
+                raise PlanError(str(e)) from None
         return self._states[key]
 
     def check_jobs(self) -> None:
-        """HarnessError unless every job's flags (the row's recipe, this preset's budget
+        """PlanError unless every job's flags (the row's recipe, this preset's budget
         and precision, train.extra_args, the largest seed) pass the trainer's checks."""
         for row in self.rows:
             problem = flags_problem(self.args(row) + ["--seed", str(max(self.seeds))])
             if problem:
-                raise HarnessError(f"the {self.name} preset's job for cell {row['cell']} would be refused: "
+                raise PlanError(f"the {self.name} preset's job for cell {row['cell']} would be refused: "
                                    f"{problem} (its flags come from cells.tsv and config keys {JOB_KEYS[self.name]})")
 
     def to_train(self, rows: list[dict] | None = None) -> list[str]:
@@ -399,7 +399,7 @@ class Presets(dict):
     on a grid without its Fashion-MNIST mlp rows) is kept as its error, raised only when
     that preset is used, so the other targets still work."""
 
-    def __init__(self, presets: dict[str, Preset], errors: dict[str, HarnessError]):
+    def __init__(self, presets: dict[str, Preset], errors: dict[str, PlanError]):
         super().__init__(presets)
         self.errors = errors
 
@@ -448,8 +448,8 @@ def make_presets(config: dict, rows: list[dict], peer_rows: list[dict] | None = 
     _peer_presets(config, peer_rows, presets, errors)
     try:
         qrows = select_cells(rows, quick["select"], "quick.select")
-    except HarnessError as e:
-        errors["quick"] = HarnessError(
+    except PlanError as e:
+        errors["quick"] = PlanError(
             f"the `quick` target trains the cells of config quick.select (by default the "
             f"Fashion-MNIST mlp row), but {e} ({cells_path(config)}); set quick.select to rows of "
             "this grid, e.g. --config 'quick={select: {datasets: [MNIST], networks: [mlp]}}'")
@@ -463,7 +463,7 @@ def make_presets(config: dict, rows: list[dict], peer_rows: list[dict] | None = 
         readme=f"{res}/quick/README.md", cells=str(cells_path(config)))
     try:
         presets["quick"].check_jobs()
-    except HarnessError as e:
+    except PlanError as e:
         errors["quick"] = e
     return Presets(presets, errors)
 
@@ -485,7 +485,7 @@ def _peer_presets(config: dict, peer_rows: list[dict] | None, presets: dict, err
             extra_args=train["extra_args"], cells=str(cells_path(config, "peers")),
             val_examples=peers["val_examples"])
         presets["peers"].check_jobs()
-    except HarnessError as e:
+    except PlanError as e:
         errors["peers"] = errors["peers-quick"] = e
         return
     try:
@@ -500,7 +500,7 @@ def _peer_presets(config: dict, peer_rows: list[dict] | None, presets: dict, err
             val_examples=pq["val_examples"], batch_size=pq["batch_size"],
             moved=(pq["dataset"], pq["cell_prefix"]))
         presets["peers-quick"].check_jobs()
-    except HarnessError as e:
+    except PlanError as e:
         errors["peers-quick"] = e
 
 
