@@ -211,6 +211,37 @@ def test_schemas_stand_alone_and_list_what_the_package_knows():
         assert tuple(values) in known or not set(values) & {*SPECS, *MODELS, *CHOICES["precision"]}, where
 
 
+def test_snakemakes_own_validate_reads_the_schemas_as_they_stand():
+    """Snakemake's validate(), given only the schema files, accepts the committed config
+    and every row of both grids (as plan.py types them), and refuses what plan.py refuses:
+    the schemas need nothing from locallearn at load time. (plan.py validates with
+    jsonschema itself, the library validate() wraps, to name each bad key on one line.)"""
+    import yaml
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+    schemas = REPO / "workflow" / "schemas"
+    config = yaml.safe_load((REPO / "workflow" / "config" / "config.yaml").read_text())
+    validate(config, str(schemas / "config.schema.json"), set_default=False)
+    for grid in ("cells.tsv", "peers.tsv"):
+        for row in plan.load_cells(REPO / "workflow" / "config" / grid):
+            typed = {k: (None if v == "" else v) for k, v in row.items()}
+            for key, schema in json.loads((schemas / "cells.schema.json").read_text())["properties"].items():
+                types = schema.get("type") or []
+                types = [types] if isinstance(types, str) else types
+                if typed.get(key) is None:
+                    continue
+                if "integer" in types:
+                    typed[key] = int(typed[key])
+                elif "number" in types:
+                    typed[key] = float(typed[key])
+            validate(typed, str(schemas / "cells.schema.json"), set_default=False)
+    with pytest.raises(WorkflowError, match="fp64"):
+        validate({**config, "train": {**config["train"], "precision": "fp64"}},
+                 str(schemas / "config.schema.json"), set_default=False)
+    with pytest.raises(WorkflowError, match="EMNIST"):
+        validate({**typed, "dataset": "EMNIST"}, str(schemas / "cells.schema.json"), set_default=False)
+
+
 # --------------------------------------------------------------------------- snakemake
 
 def job_counts(output: str) -> dict[str, int]:
