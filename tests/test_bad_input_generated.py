@@ -643,11 +643,11 @@ def tracking_uris(draw) -> tuple[str, str]:
 @cases(20)
 @given(uri=tracking_uris())
 def test_generated_tracking_uris(data, uri):
-    from locallearn import tracking
+    from locallearn import mlstore
     from unittest import mock
     uri, password = uri
     with tempfile.TemporaryDirectory(prefix="fuzz-mlflow-") as tmp, working_dir(tmp), \
-            mock.patch.object(tracking, "PROBE_DEADLINE_S", 0.5), mock.patch.object(tracking, "RETRY_DEADLINE_S", 1):
+            mock.patch.object(mlstore, "PROBE_DEADLINE_S", 0.5), mock.patch.object(mlstore, "RETRY_DEADLINE_S", 1):
         out = Path(tmp) / "run"
         rc, stdout, err = cli(tiny(data, out, "--mlflow-uri", uri))
         event("accepted" if rc == 0 else "refused")

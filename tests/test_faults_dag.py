@@ -27,11 +27,17 @@ def _run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _tables(workdir: Path) -> dict[str, str]:
-    """The compiled tables, each cell's wall time (the summary's "Wall time per seed"
-    column, the only thing a kill and resume may change) masked."""
+    """The compiled tables with what a kill and resume may change masked, the measured
+    costs of a run: the summary's "Wall time per seed", the cost table's peak memory and
+    s / epoch (in cost.md and tables.md)."""
     tables = workdir / "results" / "quick" / "tables"
     wall = re.compile(r"\| (\d+ s|[\d.]+ min|[\d.]+ h) +\|")
-    return {p.name: wall.sub("| <wall> |", p.read_text()) for p in sorted(tables.glob("*.md"))}
+    memory_and_speed = re.compile(r"\| [\d,.]+ [KMG]iB +\| [\d.]+ +\|$", re.M)
+
+    def masked(text: str) -> str:   # column widths follow the masked values: padding ignored
+        text = memory_and_speed.sub("| <memory> | <s/epoch> |", wall.sub("| <wall> |", text))
+        return re.sub(r"-{3,}", "---", re.sub(r" {2,}", " ", text))
+    return {p.name: masked(p.read_text()) for p in sorted(tables.glob("*.md"))}
 
 
 @pytest.mark.slow
