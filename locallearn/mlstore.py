@@ -6,6 +6,10 @@ Shaped by how the grid uses a store:
 - Many jobs share one store. With SQLite, concurrent writers get "database is locked"
   and concurrent first-time creation corrupts the schema migration: every call is
   retried with backoff (`call`), and the database is created under a file lock.
+- A job can be killed at any moment, also while it creates the store. MLflow's schema
+  migrations rebuild tables, which SQLite does not roll back when a process dies: a new
+  database is therefore built beside its path and renamed into place whole
+  (`_create_sqlite_whole`).
 - A tracking server can be down. Reaching it fails within seconds with a message
   naming the URI (MLflow's own default retries would take minutes).
 - Stores move: a SQLite store keeps its artifacts as `mlflow-artifacts:` URIs, proxied
@@ -22,7 +26,7 @@ import os
 import random
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
@@ -81,10 +85,68 @@ def client(uri: str):
     if scheme in ("http", "https"):
         _probe_server(uri)
     with _sqlite_init_lock(uri):
-        # the client builds its store at once: for a new SQLite file, the migrations
-        client = call(uri, "open the store", lambda: MlflowClient(tracking_uri=uri))
-        call(uri, "read the store", lambda: client.search_experiments(max_results=1))
+        _create_sqlite_whole(uri)
+        try:
+            client = call(uri, "open the store", lambda: MlflowClient(tracking_uri=uri))
+            call(uri, "read the store", lambda: client.search_experiments(max_results=1))
+        except TrackingError as e:
+            raise _half_migrated(uri, str(e)) or e from None
     return client
+
+
+def _create_sqlite_whole(uri: str) -> None:
+    """Create a missing SQLite store so that it appears whole or not at all: MLflow's
+    migrations run on `<db>.creating`, which is renamed onto the database's path once
+    they are done. Some 50 migrations build the schema, several by copying a table into
+    `_alembic_tmp_<table>` and renaming it back; a process killed mid-way leaves a file
+    that no later run can open ("table _alembic_tmp_... already exists"). Called under
+    `_sqlite_init_lock`, so a leftover side file is one a killed process left."""
+    from mlflow import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is None or (db.exists() and db.stat().st_size > 0):
+        return
+    side = db.with_name(db.name + ".creating")
+    for leftover in (side, side.with_name(side.name + "-journal")):
+        leftover.unlink(missing_ok=True)
+    side_uri = "sqlite:///" + str(side) + (uri[uri.index("?"):] if "?" in uri else "")
+    side_client = call(uri, "create the store", lambda: MlflowClient(tracking_uri=side_uri))
+    call(uri, "create the store", lambda: side_client.search_experiments(max_results=1))
+    os.replace(side, db)
+
+
+# What MLflow says when it reruns a migration over the half of it that a killed process
+# left (a rebuilt table's copy, a column already added).
+REMIGRATION_ERRORS = ("table _alembic_tmp_", "duplicate column name")
+
+
+def _half_migrated(uri: str, error: str) -> TrackingError | None:
+    """The one-line error for a SQLite store that a process killed during MLflow's schema
+    migration left behind (made before stores were created whole, or by an interrupted
+    `mlflow db upgrade`), None for any other store or `error`."""
+    import sqlite3
+
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            left = [n for (n,) in con.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'")]
+            try:
+                runs = f"it holds {con.execute('SELECT count(*) FROM runs').fetchone()[0]} runs"
+            except sqlite3.Error:
+                runs = "it holds no runs"
+    except sqlite3.Error:
+        return None
+    if not left and not any(sign in error for sign in REMIGRATION_ERRORS):
+        return None
+    what = f"leftover table {left[0]}" if left else error.split("could not open the store: ")[-1][:120]
+    return TrackingError(
+        f"MLflow store {redact_uri(uri)}: {db} was left half-migrated by a process killed during "
+        f"MLflow's schema migration ({what}; {runs}) and cannot be opened. "
+        f"Move it aside and rerun: each run logs itself again from its folder, and `locallearn "
+        f"tracking sync RESULTS` brings back finished runs without training them again")
 
 
 def _quiet_mlflow() -> None:

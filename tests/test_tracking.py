@@ -283,6 +283,58 @@ def test_concurrent_sqlite(tmp_path):
     run_jobs(sqlite_uri(tmp_path), tmp_path, n=8, epochs=20)
 
 
+# A process killed in the middle of MLflow's schema migration: SIGKILL right after the
+# first `CREATE TABLE _alembic_tmp_<table>` (a table rebuild), which SQLite keeps.
+KILLED_MID_MIGRATION = """
+import os, signal, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+@event.listens_for(Engine, "after_cursor_execute")
+def die(conn, cursor, statement, *args):
+    if statement.lstrip().upper().startswith("CREATE TABLE _ALEMBIC_TMP_"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+uri = sys.argv[2]
+if sys.argv[1] == "locallearn":
+    from locallearn import mlstore
+    mlstore.client(uri)
+else:
+    from mlflow import MlflowClient
+    MlflowClient(tracking_uri=uri).search_experiments()
+"""
+
+
+def killed_mid_migration(how: str, uri: str) -> None:
+    r = subprocess.run([sys.executable, "-c", KILLED_MID_MIGRATION, how, uri], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, (r.returncode, r.stderr[-2000:])
+
+
+def test_a_store_killed_while_being_created_is_created_again(tmp_path):
+    """The store appears whole or not at all: a kill mid-migration leaves no database
+    (only the side file), and the next run creates it and logs."""
+    uri = sqlite_uri(tmp_path)
+    db = mlstore.sqlite_path(uri)
+    killed_mid_migration("locallearn", uri)
+    assert not db.exists() and db.with_name(db.name + ".creating").exists()
+    run_id = train(tmp_path / "run", uri, make_history(3), "cell-0")
+    assert [r.info.run_id for r in runs(uri)] == [run_id]
+    assert not db.with_name(db.name + ".creating").exists()
+
+
+def test_a_store_broken_by_a_killed_migration_gets_one_clear_line(tmp_path):
+    """A store that MLflow itself left half-migrated (before stores were created whole):
+    one line naming the file, the leftover table and the way out, before any training."""
+    uri = sqlite_uri(tmp_path)
+    killed_mid_migration("mlflow", uri)
+    with pytest.raises(TrackingError) as e:
+        mlstore.client(uri)
+    msg = str(e.value)
+    assert "\n" not in msg and "half-migrated" in msg and "leftover table _alembic_tmp_" in msg, msg
+    assert str(mlstore.sqlite_path(uri)) in msg and "Move it aside" in msg, msg
+
+
 @contextmanager
 def mlflow_ui(tmp_path: Path, backend: str, artifacts: Path):
     """`mlflow ui` (what the README tells users to browse a store with) on `backend`,
