@@ -211,11 +211,33 @@ def test_schemas_stand_alone_and_list_what_the_package_knows():
         assert tuple(values) in known or not set(values) & {*SPECS, *MODELS, *CHOICES["precision"]}, where
 
 
+def test_plan_validates_through_snakemakes_validate(monkeypatch):
+    """The config and every cells.tsv row are judged by Snakemake's validate() on the
+    schema files themselves; plan.py only says its error in one line."""
+    import snakemake.utils
+    original, seen = snakemake.utils.validate, []
+
+    def recording(data, schema, set_default=True):
+        seen.append(Path(schema).name)
+        return original(data, schema, set_default)
+
+    monkeypatch.setattr(snakemake.utils, "validate", recording)
+    config = plan.load_config()
+    rows = plan.load_cells(plan.cells_path(config))
+    assert seen == ["config.schema.json"] + ["cells.schema.json"] * len(rows)
+
+    def refusing(data, schema, set_default=True):   # what validate() decides is what plan says
+        original({**data, "train": {**data["train"], "precision": "fp64"}}, schema, set_default)
+
+    monkeypatch.setattr(snakemake.utils, "validate", refusing)
+    with pytest.raises(plan.PlanError, match=r"^invalid workflow config .*config key 'train.precision': 'fp64' is not one of fp32"):
+        plan.load_config()
+
+
 def test_snakemakes_own_validate_reads_the_schemas_as_they_stand():
     """Snakemake's validate(), given only the schema files, accepts the committed config
     and every row of both grids (as plan.py types them), and refuses what plan.py refuses:
-    the schemas need nothing from locallearn at load time. (plan.py validates with
-    jsonschema itself, the library validate() wraps, to name each bad key on one line.)"""
+    the schemas need nothing from locallearn at load time."""
     import yaml
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate

@@ -58,6 +58,23 @@ def _schema(name: str) -> dict:
         return json.load(f)
 
 
+def _schema_error(data: dict, name: str) -> jsonschema.ValidationError | None:
+    """What Snakemake's own validate() finds wrong in `data` against the schema file
+    `name` as it stands (the error it judges most relevant), or None. validate() raises
+    a WorkflowError whose text repeats the whole schema; the jsonschema error it wraps
+    is what PlanError says, in one line."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(data, str(SCHEMAS / name), set_default=False)
+    except WorkflowError as e:
+        if isinstance(e.__context__, jsonschema.ValidationError):
+            return e.__context__
+        raise PlanError(f"workflow/schemas/{name}: {str(e).splitlines()[0]}") from None
+    return None
+
+
 def _path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path)
 
@@ -111,15 +128,11 @@ def validate_config(config: dict) -> dict:
     """A typed copy of `config`, or PlanError naming the first bad key."""
     schema = _schema("config.schema.json")
     config = _coerce(copy.deepcopy(config), schema)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
-    if errors:
-        problems = []   # one line in all: the key and what was expected, for the first five
-        for e in errors[:5]:
-            where = _path(e)
-            problems.append(f"config key '{where}': {_message(e)}" if where else f"config: {_message(e)}")
+    error = _schema_error(config, "config.schema.json")
+    if error is not None:
+        where = _path(error)
         raise PlanError("invalid workflow config (workflow/config/config.yaml, --config, --configfile): "
-                           + "; ".join(problems))
+                        + (f"config key '{where}': {_message(error)}" if where else f"config: {_message(error)}"))
     for preset, sel in (("full", config["select"]), ("quick", config["quick"]["select"])):
         if preset == "quick" and not any(sel.values()):
             raise PlanError("config key 'quick.select': the quick preset must select some cells")
@@ -175,7 +188,6 @@ def load_cells(path: str | Path) -> list[dict]:
                            f"(known: {', '.join(props)})")
     if not rows:
         raise PlanError(f"{path}: no rows")
-    validator = jsonschema.Draft202012Validator(schema)
     seen: dict[str, int] = {}
     slots: dict[tuple, str] = {}
     for line, row in enumerate(rows, start=2):
@@ -185,9 +197,8 @@ def load_cells(path: str | Path) -> list[dict]:
         typed = {}
         for col, text in row.items():
             typed[col] = _typed(text, props[col], f"{where}, column '{col}'")
-        errors = sorted(validator.iter_errors(typed), key=lambda e: list(e.absolute_path))
-        if errors:
-            e = errors[0]
+        e = _schema_error(typed, "cells.schema.json")
+        if e is not None:
             col = _path(e) or (list(e.schema.get("then", {}).get("properties", {})) or ["?"])[0]
             raise PlanError(f"{where}, column '{col}': {_message(e)}")
         problem = flags_problem(recipe_args(row))
