@@ -70,7 +70,7 @@ def vgg_flat(layers: list[ConvLayer | MaxPool], channels: int, size: int) -> tup
 # ================================================================================ ResNets
 # Blocks per stage (specs.RESNET_BLOCKS), and the stages' widths (He et al., 2016;
 # ChenxiangMA/AugLocal networks/resnet.py, commit 98c90d6).
-DEPTHS = RESNET_BLOCKS
+
 WIDTHS = (16, 32, 64)
 
 # The local-module counts networks/configs.py defines for each network (K = 1:
@@ -97,12 +97,12 @@ class ResidualLayer:
 
 
 def resnet_layers(arch: str, channels: int, size: int) -> list[ResidualLayer]:
-    """The stem, then three stages of DEPTHS[arch] BasicBlocks (stride 2 entering
+    """The stem, then three stages of RESNET_BLOCKS[arch] BasicBlocks (stride 2 entering
     stages 2 and 3)."""
     layers = [ResidualLayer("stem", channels, WIDTHS[0], 1, size, size)]
     c, side = WIDTHS[0], size
     for stage, width in enumerate(WIDTHS):
-        for j in range(DEPTHS[arch]):
+        for j in range(RESNET_BLOCKS[arch]):
             stride = 2 if stage > 0 and j == 0 else 1
             out = conv_side(side, 3, stride, 1)
             layers.append(ResidualLayer("basic", c, width, stride, side, out))
@@ -124,7 +124,7 @@ def local_modules(cfg, arch: str) -> int:
     k = cfg.local_modules or DEFAULT_K[arch]
     changed = module_count_of_method(cfg, k)
     if changed is not None:
-        if not 1 <= changed <= 1 + 3 * DEPTHS[arch]:
+        if not 1 <= changed <= 1 + 3 * RESNET_BLOCKS[arch]:
             raise ConfigError(f"--local-modules: {k} less --aux-depth {cfg.aux_depth} leaves {changed} "
                               "local modules")
         return changed

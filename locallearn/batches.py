@@ -151,13 +151,16 @@ def load_splits(cfg, device: torch.device):
     """(train, test, spec) for the run's dataset, with the recipe's augmentation."""
     from .datafetch import ready
     from .datasets import SPECS, load_split
+    from .errors import DatasetError
     from .layout import resolve_data_dir
 
     spec = SPECS[cfg.dataset]
     data_dir = resolve_data_dir(cfg.data_dir)
-    ready(cfg.dataset, data_dir, download=cfg.download)   # files put in place first, if they can be
-    xtr, ytr = load_split(cfg.dataset, data_dir, train=True)
-    xte, yte = load_split(cfg.dataset, data_dir, train=False)
+    try:   # every file is checksummed once, as it is read
+        (xtr, ytr), (xte, yte) = (load_split(cfg.dataset, data_dir, train) for train in (True, False))
+    except DatasetError:   # missing or corrupt: put in place if they can be, else ready's error
+        ready(cfg.dataset, data_dir, download=cfg.download)
+        (xtr, ytr), (xte, yte) = (load_split(cfg.dataset, data_dir, train) for train in (True, False))
     if cfg.max_train_examples:
         xtr, ytr = xtr[:cfg.max_train_examples], ytr[:cfg.max_train_examples]
     if cfg.max_test_examples:

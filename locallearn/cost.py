@@ -37,7 +37,7 @@ from typing import Callable
 
 from . import headplans
 from .archspec import ConvLayer, ResidualLayer, Site, block_sites, conv_side, resnet_sites, vgg_flat, vgg_layers
-from .archspec import DEPTHS as RESNET_DEPTHS
+from .specs import RESNET_BLOCKS
 from .errors import ConfigError
 from .specs import SPECS, VGG_CONFIGS
 
@@ -186,7 +186,7 @@ def _heads(cfg, in_shape, out_shape, layer_macs: float, first: bool, classes: in
     params = 0
 
     def features() -> None:  # sim_features(h) and the similarity matrix of them
-        nonlocal fwd, grad
+        nonlocal grad
         if bio:
             w = _sim_width(pooled, use_std)
         else:
@@ -385,7 +385,7 @@ def resnet_cost(arch: str, cfg, spec) -> NetworkCost:
 COSTS["mlp"] = mlp_cost
 for _name in VGG_CONFIGS:
     COSTS[_name] = lambda cfg, spec, _n=_name: vgg_cost(_n, cfg, spec)
-for _name in RESNET_DEPTHS:
+for _name in RESNET_BLOCKS:
     COSTS[_name] = lambda cfg, spec, _n=_name: resnet_cost(_n, cfg, spec)
 
 

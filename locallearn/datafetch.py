@@ -29,10 +29,11 @@ OFFLINE_SOURCES: dict[str, tuple[Path, ...]] = {
 
 
 def ready(name: str, data_dir: Path, download: bool = False) -> None:
-    """Before a run reads `name`: files missing from data_dir are imported from a known
-    offline folder if the machine has one, else downloaded if `download`; corrupt files
-    are fetched again only if `download`. Anything else raises DatasetError (and
-    datasets.load_split verifies what it reads in any case)."""
+    """When a run could not read `name` (batches.load_splits): files missing from
+    data_dir are imported from a known offline folder if the machine has one, else
+    downloaded if `download`; corrupt files are fetched again only if `download`.
+    Anything else raises DatasetError (and datasets.load_split verifies what it reads
+    in any case)."""
     data_dir = Path(data_dir)
     wanted = [f for f in layout_of(name).files if f.split != "meta"]   # the files a run reads
     problems = problems_in(data_dir, wanted)

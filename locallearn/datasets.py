@@ -52,7 +52,7 @@ from torchvision.datasets import utils as tv_utils
 
 from .atomic import atomic_write_bytes
 from .errors import ConfigError, DatasetError
-from .specs import SPECS, DatasetSpec  # noqa: F401  (re-exported: the dataset layer's names)
+from .specs import SPECS
 
 
 

@@ -24,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels, precision
-from .models import Block, LocalNet, build_model, forward_layers
+from .localnet import Block, LocalNet, forward_layers
+from .models import build_model
 from .epochs import epoch_batches
 
 

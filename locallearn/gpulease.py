@@ -234,7 +234,7 @@ def _prepare_dir(lock_dir: Path, named: bool) -> bool:
     except OSError as e:
         raise GpuLeaseError(f"cannot create the GPU lock folder {lock_dir}: {e.strerror}") from None
     me, mode = os.geteuid(), stat.S_IMODE(st.st_mode)
-    fix = (f"remove it, or set LOCALLEARN_GPU_LOCK_DIR to a folder of yours (mode 0700)" if not named else
+    fix = ("remove it, or set LOCALLEARN_GPU_LOCK_DIR to a folder of yours (mode 0700)" if not named else
            "chmod go-w it, or chmod +t it to share it with other users (as /tmp is)")
     if not stat.S_ISDIR(st.st_mode):
         problem = "is not a folder" + ("" if named else " (a symbolic link?)")

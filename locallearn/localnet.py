@@ -7,10 +7,15 @@ networks from it, resnet.py the CIFAR ResNets.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
 from .seeding import derive_seed
+
+if TYPE_CHECKING:   # annotations only
+    from .local_losses import LocalHead
 
 
 class Block(nn.Module):

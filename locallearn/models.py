@@ -13,10 +13,10 @@ import torch.nn as nn
 
 from .archspec import MaxPool, block_sites, vgg_flat, vgg_layers
 from .local_losses import LocalHead
-from .localnet import Block, LocalNet, forward_layers  # noqa: F401  (re-exported)
+from .localnet import Block, LocalNet
 from .methods import METHODS
-from .resnet import DEPTHS, build_resnet
-from .specs import SPECS, VGG_CONFIGS
+from .resnet import build_resnet
+from .specs import RESNET_BLOCKS, SPECS, VGG_CONFIGS
 
 MODELS: dict[str, Callable] = {}
 
@@ -94,7 +94,7 @@ for _name in VGG_CONFIGS:
     register(_name)(lambda cfg, channels, size, num_classes, _n=_name: build_vgg(_n, cfg, channels, size, num_classes))
 
 
-for _name in DEPTHS:
+for _name in RESNET_BLOCKS:
     register(_name)(lambda cfg, channels, size, num_classes, _n=_name: build_resnet(_n, cfg, SPECS[cfg.dataset]))
 
 

@@ -50,7 +50,7 @@ from .config import argv_of
 from .errors import CheckpointError, ConfigError, LocallearnError, PipelineError, error_class
 from .fit import fit
 from .host import prepare
-from .models import Block, LocalNet
+from .localnet import Block, LocalNet
 from .rundir import RunFolder
 from .startup import startup_line
 

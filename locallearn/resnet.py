@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .archspec import DEPTHS, ResidualLayer, local_modules, resnet_sites  # noqa: F401  (re-exported)
+from .archspec import ResidualLayer, resnet_sites
 from .localnet import Block, LocalNet
 from .methods import METHODS
 from .resblocks import BasicBlock, he_init

@@ -246,20 +246,20 @@ def open_run(cfg, out_dir: Path, run_name: str, environment: dict | None) -> Run
 def complete_run(tracker: RunTracker) -> None:
     """End a finished run's MLflow run. metrics.json is already safe: a store that fails
     now is reported, not fatal, and the next run of the same command repairs the run."""
-    try:
-        tracker.complete()
-    except TrackingError as e:
-        print(f"locallearn: warning: {e} (metrics.json is kept; rerun the same command to sync MLflow)",
-              file=sys.stderr)
+    _kept_if_store_fails(tracker.complete)
 
 
 def mirror_finished(cfg, out_dir: Path) -> None:
     """A run found finished (not trained again): its MLflow run brought up to date."""
     uri = mlstore.resolve_uri(cfg.mlflow_uri)
-    if uri is None:
-        return
+    if uri is not None:
+        _kept_if_store_fails(lambda: mirror(Path(out_dir), uri, cfg.mlflow_experiment))
+
+
+def _kept_if_store_fails(send) -> None:
+    """Send a finished run to MLflow; a store that fails is one warning, never an error."""
     try:
-        mirror(Path(out_dir), uri, cfg.mlflow_experiment)
+        send()
     except TrackingError as e:
         print(f"locallearn: warning: {e} (metrics.json is kept; rerun the same command to sync MLflow)",
               file=sys.stderr)

@@ -13,7 +13,8 @@ import torch
 from conftest import REPO
 from locallearn.config import parse_train_args
 from locallearn.datasets import SPECS
-from locallearn.resnet import DEPTHS, build_resnet
+from locallearn.resnet import build_resnet
+from locallearn.specs import RESNET_BLOCKS
 
 GOLDEN = REPO / "tests" / "golden" / "auglocal"
 
@@ -71,7 +72,7 @@ def their_names(model, arch: str) -> dict[str, str]:
     """Our state-dict key -> theirs. Layers: their conv1/bn1 (the stem) and
     layer{stage}.{j}; heads: aux_classifier_{stage}_{j} (a classifier's `head`
     Sequential) and decoder_{stage}_{j} (InfoPro's reconstruction, PredSim's sim conv)."""
-    per_stage = DEPTHS[arch]
+    per_stage = RESNET_BLOCKS[arch]
     units = [f"layers.{m}.layer.{j}." for m, mod in enumerate(model.layers) for j in range(len(mod.layer))]
     units += [f"output.{j}." for j in range(len(model.output) - 3)]   # less pool, flatten, linear
     fc = f"output.{len(model.output) - 1}."

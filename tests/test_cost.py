@@ -23,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from locallearn.config import parse_train_args
 from locallearn.cost import network_cost, stage_count_error
 from locallearn.datasets import SPECS
-from locallearn.models import Block, build_model
+from locallearn.localnet import Block
+from locallearn.models import build_model
 from locallearn.engines import FusedEngine
 
 TOLERANCE = 1e-9  # relative: the two agree exactly on every case below (float sums aside)

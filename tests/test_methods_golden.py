@@ -72,7 +72,7 @@ def test_method_equals_their_code(case):
 
 
 def test_same_counts_and_head_places_as_their_code():
-    from locallearn.resnet import local_modules
+    from locallearn.archspec import local_modules
     for case in CASES:
         golden = load(case)
         cfg = cfg_for(case, golden)

@@ -132,7 +132,7 @@ def test_snakemake_job_with_a_secret_uri_records_none(server, data, tmp_path):
     mlflow.init.json, nor anything under the working directory (.snakemake/ included)."""
     folder, uri = server
     port = uri.rsplit(":", 1)[1]
-    budget = f"quick={{epochs: 1, max_train_examples: 32, max_test_examples: 16, select: {{cells: [fmnist-mlp-pred]}}}}"
+    budget = "quick={epochs: 1, max_train_examples: 32, max_test_examples: 16, select: {cells: [fmnist-mlp-pred]}}"
     r = snakemake(tmp_path, "--cores", "1", "quick", "--config", f"data_dir={data}", budget, timeout=900,
                   env=_env(MLFLOW_TRACKING_URI=f"http://{USER}:{USER_PW}@127.0.0.1:{port}"))
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]

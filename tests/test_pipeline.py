@@ -132,7 +132,7 @@ def test_balance_minimises_slowest_stage():
     bounds = split_layers(model, [1.0] * n, 4)
     assert bounds[0][0] == 0 and bounds[-1][1] == n
     assert all(a == b2 for (_, a), (b2, _) in zip(bounds, bounds[1:]))
-    from locallearn.models import Block
+    from locallearn.localnet import Block
     assert all(isinstance(model.layers[a], Block) or a == 0 for a, _ in bounds)
     with pytest.raises(ConfigError, match="only 7 hidden blocks"):  # the trainer's check (cost.py)
         check_config(parse_train_args(VGG + ["--pipeline-stages", "8"]))
