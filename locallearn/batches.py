@@ -156,11 +156,14 @@ def load_splits(cfg, device: torch.device):
 
     spec = SPECS[cfg.dataset]
     data_dir = resolve_data_dir(cfg.data_dir)
-    try:   # every file is checksummed once, as it is read
-        (xtr, ytr), (xte, yte) = (load_split(cfg.dataset, data_dir, train) for train in (True, False))
+    def both_splits():   # every file is checksummed once, as it is read
+        return [load_split(cfg.dataset, data_dir, train) for train in (True, False)]
+
+    try:
+        (xtr, ytr), (xte, yte) = both_splits()
     except DatasetError:   # missing or corrupt: put in place if they can be, else ready's error
         ready(cfg.dataset, data_dir, download=cfg.download)
-        (xtr, ytr), (xte, yte) = (load_split(cfg.dataset, data_dir, train) for train in (True, False))
+        (xtr, ytr), (xte, yte) = both_splits()
     if cfg.max_train_examples:
         xtr, ytr = xtr[:cfg.max_train_examples], ytr[:cfg.max_train_examples]
     if cfg.max_test_examples:
