@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the checkout's package
-from locallearn.sampler import class_batch_order  # noqa: E402
+from locallearn.data.sampler import class_batch_order  # noqa: E402
 
 # name: (classes, examples per class) of a balanced stand-in for the training labels
 EPOCHS = {"CIFAR-100": (100, 500), "SVHN": (10, 60439)}

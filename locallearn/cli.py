@@ -49,8 +49,8 @@ actions:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from .config import parse_train_args
-    from .train import run, set_aside_only
+    from .recipe.config import parse_train_args
+    from .train.train import run, set_aside_only
     cfg = parse_train_args(argv)
     if cfg.set_aside_to:
         set_aside_only(cfg, argv)
@@ -60,8 +60,8 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def describe(cfg) -> dict:
-    from .datasets import SPECS
-    from .models import build_model, describe_layers
+    from .data.datasets import SPECS
+    from .nets.models import build_model, describe_layers
     spec = SPECS[cfg.dataset]
     model = build_model(cfg, spec.channels, spec.size, spec.num_classes)
     backprop, total = model.count_params()
@@ -72,7 +72,7 @@ def describe(cfg) -> dict:
 
 
 def cmd_describe(argv: list[str]) -> int:
-    from .config import build_parser, validate
+    from .recipe.config import build_parser, validate
     cfg = validate(build_parser("locallearn describe", DESCRIBE).parse_args(argv))
     print(json.dumps(describe(cfg), indent=1))
     return 0
@@ -81,10 +81,10 @@ def cmd_describe(argv: list[str]) -> int:
 def cmd_data(argv: list[str]) -> int:
     from pathlib import Path
 
-    from .datafetch import prepare
-    from .datasets import SPECS
+    from .data.datafetch import prepare
+    from .data.datasets import SPECS
     from .layout import resolve_data_dir
-    from .helpformat import HelpFormatter
+    from .recipe.helpformat import HelpFormatter
     p = argparse.ArgumentParser(
         prog="locallearn data", formatter_class=HelpFormatter,
         description="prepare: make datasets ready in the data dir (import from --source, or download, "
@@ -113,9 +113,9 @@ def cmd_data(argv: list[str]) -> int:
 def tracking_init(argv: list[str]) -> int:
     """`locallearn tracking init`: create the store and the experiment once, before the
     jobs start, so they never race to create either."""
-    from . import mlstore
+    from .track import mlstore
     from .atomic import atomic_write_json
-    from .helpformat import HelpFormatter
+    from .recipe.helpformat import HelpFormatter
     p = argparse.ArgumentParser(prog="locallearn tracking init", formatter_class=HelpFormatter,
                                 description="Create the MLflow store and experiment once, before "
                                             "parallel jobs start, so they never race to create either.")
@@ -137,7 +137,7 @@ def tracking_init(argv: list[str]) -> int:
 def tracking_sync(argv: list[str]) -> int:
     """`locallearn tracking sync RESULTS`: mirror a preset's finished runs into MLflow."""
     from .credentials import take_credentials
-    from .helpformat import HelpFormatter
+    from .recipe.helpformat import HelpFormatter
     from .layout import default_store, runs_dir
     p = argparse.ArgumentParser(prog="locallearn tracking sync", formatter_class=HelpFormatter,
                                 description="Mirror every finished run folder of a preset (runs/*/seed*/"
@@ -157,8 +157,8 @@ def tracking_sync(argv: list[str]) -> int:
 def sync_and_print(results: str, uri: str, experiment: str) -> None:
     """Mirror the preset's finished runs into the store (tracking.sync_results); say what
     changed and how to browse it."""
-    from . import mlstore
-    from .tracking import sync_results
+    from .track import mlstore
+    from .track.tracking import sync_results
     done = sync_results(results, uri, experiment)
     counts = {a: sum(v == a for v in done.values()) for a in ("created", "updated", "unchanged")}
     print(f"MLflow experiment {experiment!r} at {uri}: {len(done)} finished runs "
@@ -186,7 +186,7 @@ REPORT_STEPS = ("curve", "layers", "scatter", "field", "tables", "readme", "all"
 
 def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The flags of every reporting step: which rows, seeds, tolerances, where."""
-    from .helpformat import HelpFormatter
+    from .recipe.helpformat import HelpFormatter
     d = TABLES_DEFAULTS
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     p.add_argument("--results", default=d["results"],
@@ -237,9 +237,9 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
     splice_readme), or all of them and the MLflow mirror (`tables` rule, `locallearn tables`)."""
     from pathlib import Path
 
-    from . import readme, report
-    from .cells import read_cells
-    from .tables import intro
+    from .report import readme, report
+    from .recipe.cells import read_cells
+    from .report.tables import intro
     if not Path(a.cells).is_file():
         raise ConfigError(f"--cells: no such file {a.cells} (run from the repository root, or name it)")
     rows = read_cells(a.cells)
@@ -249,7 +249,7 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
             raise ConfigError(f"--only: {', '.join(unknown)} not in {a.cells}")
         rows = [r for r in rows if r["cell"] in a.only]
     if a.on_dataset:
-        from .cells import moved_to
+        from .recipe.cells import moved_to
         rows = [moved_to(r, *a.on_dataset) for r in rows]
     seeds, tol = a.seeds or [1], tolerances(a.tolerance)
     text = intro(seeds, a.tolerance_source, epochs=a.epochs, max_train_examples=a.max_train_examples,
@@ -286,7 +286,7 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
 def mirror_results(results: str, uri: str | None, experiment: str) -> None:
     """The finished runs, browsable in MLflow (a fresh clone has only their metrics.json).
     A store that is down only warns: the tables are made."""
-    from . import mlstore
+    from .track import mlstore
     from .errors import TrackingError
     from .layout import default_store
     uri = mlstore.resolve_uri(uri) or default_store(results)
@@ -337,8 +337,8 @@ def cmd_tables(argv: list[str]) -> int:
     a.mlflow_experiment = mlflow.get("experiment") or a.mlflow_experiment
     a.mlflow_uri = a.mlflow_uri or mlflow.get("uri")
     if a.only_run:
-        from .cells import read_cells
-        from .report import runs
+        from .recipe.cells import read_cells
+        from .report.report import runs
         if Path(a.cells).is_file():
             a.only = list(runs(read_cells(a.cells), a.results, a.seeds))
     report_step("all", a)
@@ -346,15 +346,15 @@ def cmd_tables(argv: list[str]) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    """`bench` compares training paths of one recipe (bench.py); `bench --grid` measures
-    the grid's cost (gridbench.py), with flags of its own."""
+    """`bench` compares training paths of one recipe (bench/bench.py); `bench --grid` measures
+    the grid's cost (bench/gridbench.py), with flags of its own."""
     which = argparse.ArgumentParser(add_help=False)
     which.add_argument("--grid", action="store_true")
     known, rest = which.parse_known_args(argv)
     if known.grid:
-        from .gridbench import cli_grid_bench
+        from .bench.gridbench import cli_grid_bench
         return cli_grid_bench(rest)
-    from .bench import cli_bench
+    from .bench.bench import cli_bench
     return cli_bench(rest)
 
 

@@ -2,7 +2,7 @@
 store. Torch-free: the workflow (workflow/scripts/plan.py) reads it to schedule, the
 package to train, report and mirror.
 
-    <results>/<preset>/runs/<cell>/seed<k>/   one run (its files: runstate.py)
+    <results>/<preset>/runs/<cell>/seed<k>/   one run (its files: runs/runstate.py)
     <results>/<preset>/mlflow.db              the preset's default MLflow store
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from locallearn.config import parse_train_args
+from locallearn.recipe.config import parse_train_args
 
 REPO = Path(__file__).resolve().parent.parent
 CELLS_TSV = REPO / "workflow" / "config" / "cells.tsv"   # the workflow's grid

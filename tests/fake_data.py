@@ -4,7 +4,7 @@
 the MNIST family, CIFAR's python pickles, SVHN's .mat files, STL-10's binaries) with a
 few examples per class, and registers them with `accept_custom_files`, the one explicit
 way the loader accepts files that are not the published originals. File names and
-formats are written out here independently of locallearn.datasets, so a loader looking
+formats are written out here independently of locallearn.data.datasets, so a loader looking
 in the wrong place or decoding the wrong way fails these tests.
 
 Images are learnable (a fixed template per class plus noise) and reproducible:
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from locallearn.datasets import accept_custom_files
+from locallearn.data.datasets import accept_custom_files
 
 # name: (classes, channels, size)
 SHAPES = {"MNIST": (10, 1, 28), "FashionMNIST": (10, 1, 28), "KuzushijiMNIST": (10, 1, 28),

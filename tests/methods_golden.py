@@ -11,10 +11,10 @@ import zlib
 import torch
 
 from conftest import REPO
-from locallearn.config import parse_train_args
-from locallearn.datasets import SPECS
-from locallearn.resnet import build_resnet
-from locallearn.specs import RESNET_BLOCKS
+from locallearn.recipe.config import parse_train_args
+from locallearn.data.datasets import SPECS
+from locallearn.nets.resnet import build_resnet
+from locallearn.recipe.specs import RESNET_BLOCKS
 
 GOLDEN = REPO / "tests" / "golden" / "auglocal"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from locallearn.batches import cutout, normalize, random_crop, random_hflip
+from locallearn.data.batches import cutout, normalize, random_crop, random_hflip
 
 
 def test_crop_offsets_uniform_and_content_shifted():
@@ -62,8 +62,8 @@ def test_cutout_square_all_channels_clipped():
 
 
 def test_train_batches_are_a_function_of_seed_and_epoch():
-    from locallearn.batches import Augment, DeviceSplit
-    from locallearn.datasets import SPECS
+    from locallearn.data.batches import Augment, DeviceSplit
+    from locallearn.data.datasets import SPECS
     imgs = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (300,))
     split = DeviceSplit(imgs, labels, SPECS["FashionMNIST"], torch.device("cpu"),
@@ -81,9 +81,9 @@ def test_train_batches_are_a_function_of_seed_and_epoch():
 def test_split_streams_from_host_when_the_device_is_short(monkeypatch):
     """A split too big for the device (SVHN's 604,388 images on a small card) stays in host
     memory and is copied per batch: same batches as the device-resident split."""
-    from locallearn import batches
-    from locallearn.batches import Augment, DeviceSplit
-    from locallearn.datasets import SPECS
+    from locallearn.data import batches
+    from locallearn.data.batches import Augment, DeviceSplit
+    from locallearn.data.datasets import SPECS
     imgs = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (300,))
     aug = Augment(crop_padding=4, hflip=True, cutout_length=16)

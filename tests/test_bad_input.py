@@ -19,9 +19,9 @@ import torch
 
 from conftest import CELLS_TSV, REPO
 from fake_data import write_fake
-from locallearn import cells
+from locallearn.recipe import cells
 from locallearn.cli import main
-from locallearn.config import parse_train_args
+from locallearn.recipe.config import parse_train_args
 from locallearn.errors import ConfigError
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))

@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 from conftest import CELLS_TSV, REPO
 from fake_data import write_fake
 from locallearn.cli import main
-from locallearn.config import build_parser, config_hash, parse_train_args
+from locallearn.recipe.config import build_parser, config_hash, parse_train_args
 from locallearn.errors import LocallearnError
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
@@ -496,7 +496,7 @@ def corrupt_dataset(data_dir: Path, source: Path, change: tuple) -> None:
     elif how == "junk":
         path.write_bytes(bytes(range(256)) * (1 + arg % 3))
     if accept and rel.endswith(".gz"):   # the user declares the changed file theirs
-        from locallearn.datasets import accept_custom_files
+        from locallearn.data.datasets import accept_custom_files
         with contextlib.suppress(LocallearnError):
             accept_custom_files(data_dir, [rel])
 
@@ -643,7 +643,7 @@ def tracking_uris(draw) -> tuple[str, str]:
 @cases(20)
 @given(uri=tracking_uris())
 def test_generated_tracking_uris(data, uri):
-    from locallearn import mlstore
+    from locallearn.track import mlstore
     from unittest import mock
     uri, password = uri
     with tempfile.TemporaryDirectory(prefix="fuzz-mlflow-") as tmp, working_dir(tmp), \

@@ -1,6 +1,6 @@
 """`locallearn bench --paths modulewise fused` on a ResNet with another method's heads
 (docs/methods.md, Engines and speed), on synthetic CIFAR-10-shaped inputs: it prints a
-row per engine with seconds, images/s, GFLOP/s (cost.py counts the ResNets and their
+row per engine with seconds, images/s, GFLOP/s (recipe/cost.py counts the ResNets and their
 heads), speed-up against modulewise and test error, and both engines end with the same
 test error (they compute the same updates). The figures themselves are never asserted."""
 from __future__ import annotations

@@ -83,7 +83,7 @@ def test_help_has_its_own_usage_description_and_defaults(words, capsys):
     if words != ("train",):
         assert HELPS[("train",)] not in out
     # Every option whose default is a value (not None, an off switch or empty) shows it.
-    from locallearn.config import build_parser
+    from locallearn.recipe.config import build_parser
     blocks = option_blocks(out)
     assert "--help" in blocks and len(blocks) > 2
     for flag, default in OTHER_DEFAULTS.get(words, {}).items():

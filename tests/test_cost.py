@@ -1,4 +1,4 @@
-"""The torch-free cost model (locallearn/cost.py) against what torch counts.
+"""The torch-free cost model (locallearn/recipe/cost.py) against what torch counts.
 
 For networks of every kind (mlp, VGG with max-pools, the STL-10 7x7/2 stem, an MLP
 head, the CIFAR ResNets split in K local modules), every local loss (pred, sim, predsim, bio, the unsupervised terms) and global
@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from locallearn.config import parse_train_args
-from locallearn.cost import network_cost, stage_count_error
-from locallearn.datasets import SPECS
-from locallearn.localnet import Block
-from locallearn.models import build_model
-from locallearn.engines import FusedEngine
+from locallearn.recipe.config import parse_train_args
+from locallearn.recipe.cost import network_cost, stage_count_error
+from locallearn.data.datasets import SPECS
+from locallearn.layers.localnet import Block
+from locallearn.nets.models import build_model
+from locallearn.train.engines import FusedEngine
 
 TOLERANCE = 1e-9  # relative: the two agree exactly on every case below (float sums aside)
 
@@ -149,7 +149,7 @@ def test_paper_sized_counts():
 
 def test_cost_model_is_torch_free():
     """The workflow's plan imports it: it must not pull in torch (nor the walks it counts)."""
-    code = "import sys, locallearn.cost; sys.exit('torch' in sys.modules)"
+    code = "import sys, locallearn.recipe.cost; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

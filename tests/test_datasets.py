@@ -16,9 +16,9 @@ from torchvision.datasets import utils as tv_utils
 from conftest import FMNIST_DEBIAN, needs_fmnist
 from fake_data import SHAPES, fake_images, write_fake
 from locallearn.atomic import atomic_write_bytes
-from locallearn import datafetch, datasets
-from locallearn.datafetch import prepare, ready
-from locallearn.datasets import SPECS, load_split
+from locallearn.data import datafetch, datasets
+from locallearn.data.datafetch import prepare, ready
+from locallearn.data.datasets import SPECS, load_split
 from locallearn.layout import resolve_data_dir
 from locallearn.errors import ConfigError, DatasetError
 
@@ -64,8 +64,8 @@ def test_one_table_says_each_dataset_once():
     """SPECS is the one place: readers, layouts, checksum extras, offline folders and
     table captions are all derived from its rows; every format it may name is readable."""
     from dataclasses import replace as with_
-    from locallearn import tables
-    from locallearn.specs import FORMATS, DatasetSpec
+    from locallearn.report import tables
+    from locallearn.recipe.specs import FORMATS, DatasetSpec
 
     assert set(datasets._LAYOUT_OF_FORMAT) == set(datasets._READER_OF_FORMAT) == set(FORMATS)
     assert set(datasets.LAYOUTS) == set(datasets._READERS) == set(SPECS)

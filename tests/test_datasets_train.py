@@ -7,13 +7,13 @@ import torch
 
 from conftest import CELLS_TSV
 from fake_data import write_fake
-from locallearn import train as train_mod
-from locallearn.cells import read_cells, recipe_args
+from locallearn.train import train as train_mod
+from locallearn.recipe.cells import read_cells, recipe_args
 from locallearn.cli import describe
-from locallearn.config import parse_train_args
-from locallearn.batches import load_splits
-from locallearn.datasets import SPECS
-from locallearn.epochs import epoch_batches
+from locallearn.recipe.config import parse_train_args
+from locallearn.data.batches import load_splits
+from locallearn.data.datasets import SPECS
+from locallearn.train.epochs import epoch_batches
 
 SHAPES = {"MNIST": (1, 28, 10), "FashionMNIST": (1, 28, 10), "KuzushijiMNIST": (1, 28, 10),
           "CIFAR10": (3, 32, 10), "CIFAR100": (3, 32, 100), "SVHN": (3, 32, 10), "STL10": (3, 96, 10)}

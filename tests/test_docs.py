@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from locallearn import readme, report, tables
+from locallearn.report import readme, report, tables
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import plan  # noqa: E402

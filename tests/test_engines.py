@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import batches, flags
-from locallearn.models import build_model
-from locallearn.engines import ENGINES, detaches
+from locallearn.nets.models import build_model
+from locallearn.train.engines import ENGINES, detaches
 
 NOOP = torch.autocast("cpu", enabled=False)
 

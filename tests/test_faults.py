@@ -17,8 +17,8 @@ import subprocess
 import sys
 
 from conftest import REPO, child_env, needs_fmnist
-from locallearn import train as train_mod
-from locallearn.config import parse_train_args
+from locallearn.train import train as train_mod
+from locallearn.recipe.config import parse_train_args
 
 TIMING = {"epoch_seconds", "images_per_second"}
 EPOCHS = 4

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import child_env
 from locallearn.errors import LocallearnError
-from locallearn.gpulease import GpuLeaseError, detect_gpu_count, lease, lease_status
+from locallearn.host.gpulease import GpuLeaseError, detect_gpu_count, lease, lease_status
 
 
 def one_gpu(*args, **kw):
@@ -28,7 +28,7 @@ def one_gpu(*args, **kw):
 CHILD = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from locallearn.gpulease import lease
+    from locallearn.host.gpulease import lease
     lock_dir, slots, report, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
     [held] = lease(1, lock_dir, slots_per_gpu=slots, wait_seconds=float(os.environ.get("WAIT", "0")))
     report.write_text(f"{held.index} {held.slot} {os.environ['CUDA_VISIBLE_DEVICES']}")
@@ -299,7 +299,7 @@ def test_shared_folder_uses_another_users_lock_file(tmp_path):
         child = subprocess.run(   # imports first (the interpreter's files may be root's), then uid 4343
             [sys.executable, "-c", textwrap.dedent(f"""
                 import os
-                from locallearn.gpulease import lease
+                from locallearn.host.gpulease import lease
                 os.setgid(4343); os.setuid(4343)
                 [mine] = lease(1, {str(shared)!r}, count=2, wait_seconds=0, set_env=False)
                 [other] = lease(1, {str(shared)!r}, count=2, wait_seconds=0, set_env=False)

@@ -1,6 +1,6 @@
 """`locallearn bench --grid` (issue 18): every distinct network x loss of the selected
 cells timed once on synthetic inputs of its dataset's shape, and the measured table
-(gridcost.py) with seconds per epoch and hours per cell and in all. Run here on shrunken
+(recipe/gridcost.py) with seconds per epoch and hours per cell and in all. Run here on shrunken
 networks (--scale) for 2 steps on the CPU: the plumbing and the arithmetic are tested,
 never a speed."""
 from __future__ import annotations
@@ -11,11 +11,11 @@ import math
 import pytest
 
 from conftest import CELLS_TSV as CELLS
-from locallearn import gridcost
-from locallearn.gridbench import cli_grid_bench
-from locallearn.cells import read_cells
+from locallearn.recipe import gridcost
+from locallearn.bench.gridbench import cli_grid_bench
+from locallearn.recipe.cells import read_cells
 from locallearn.errors import ConfigError
-from locallearn.specs import SPECS
+from locallearn.recipe.specs import SPECS
 
 SELECT = ["mnist-mlp-pred", "fmnist-mlp-pred", "stl10-vgg8b-predsim", "stl10-vgg8b-cutout-predsim",
           "cifar100-vgg8b-sim"]

@@ -1,4 +1,4 @@
-"""--channels-last and --cudnn-benchmark (kernels.py): what they set, that they leave
+"""--channels-last and --cudnn-benchmark (host/kernels.py): what they set, that they leave
 the config hash alone, and that a channels-last step computes the same update as the
 default layout to within float32 rounding (CPU; the GPU speed is not claimed here)."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from locallearn.config import config_hash, parse_train_args
-from locallearn.datasets import SPECS
-from locallearn.engines import FusedEngine, make_model
-from locallearn.kernels import configure
+from locallearn.recipe.config import config_hash, parse_train_args
+from locallearn.data.datasets import SPECS
+from locallearn.train.engines import FusedEngine, make_model
+from locallearn.host.kernels import configure
 
 VGG = ["--model", "vgg8b", "--dataset", "CIFAR10", "--feat-mult", "0.0625", "--dim-in-decoder", "256",
        "--num-hidden", "32", "--dropout", "0.1", "--device", "cpu"]

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import batches, flags
-from locallearn.local_losses import LocalHead, decoder_pooling, similarity_matrix
-from locallearn.models import build_model
+from locallearn.layers.local_losses import LocalHead, decoder_pooling, similarity_matrix
+from locallearn.nets.models import build_model
 
 
 def test_similarity_matrix_properties():

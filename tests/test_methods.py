@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, batches
-from locallearn import precision
+from locallearn.host import precision
 from locallearn.cli import describe
-from locallearn.config import ConfigError, config_hash, parse_train_args
-from locallearn.engines import ENGINES, make_model
-from locallearn.fit import lr_at
-from locallearn.localnet import Block
-from locallearn import headplans
-from locallearn.specs import SPECS
+from locallearn.recipe.config import ConfigError, config_hash, parse_train_args
+from locallearn.train.engines import ENGINES, make_model
+from locallearn.train.fit import lr_at
+from locallearn.layers.localnet import Block
+from locallearn.recipe import headplans
+from locallearn.recipe.specs import SPECS
 
 FMNIST = ["--dataset", "FashionMNIST", "--optim", "sgd", "--momentum", "0.9", "--nesterov", "--lr", "0.05"]
 METHOD_FLAGS = {
@@ -81,7 +81,7 @@ def test_heads_on_the_paper_networks_by_hand():
     round(5/2) = 2 and 5, after the pools in between (1, then 2); InfoPro's classifier
     conv goes to the next wider width (stride 2), at the widest keeps it (stride 1), as
     their table does on the ResNets (16 -> 32, 32 -> 64, 64 -> 64)."""
-    from locallearn.archspec import block_sites, resnet_sites
+    from locallearn.recipe.archspec import block_sites, resnet_sites
     cfg = parse_train_args(["--model", "vgg8b", "--dataset", "CIFAR10", "--method", "auglocal", "--aux-depth", "2"])
     sites = block_sites(cfg, SPECS["CIFAR10"])
     assert [s.channels for s in sites] == [128, 256, 256, 512, 512, 512, 1024] and sites[0].modules == 8
@@ -195,7 +195,7 @@ def test_other_engines_equal_fused_on_a_resnet(engine, method):
 
 def test_config_knows_every_registered_method():
     """config.py checks --method against its torch-free METHOD_NAMES: equal to the registry."""
-    from locallearn.config import METHOD_NAMES
+    from locallearn.recipe.config import METHOD_NAMES
     from locallearn.methods import METHODS
     assert set(METHODS) == set(METHOD_NAMES)
 

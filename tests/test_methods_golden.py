@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from methods_golden import CASES, build, cfg_for, checksum, inputs, load, start_from_golden_init, their_names
-from locallearn import precision
-from locallearn.engines import FusedEngine
+from locallearn.host import precision
+from locallearn.train.engines import FusedEngine
 
 RTOL = 1e-5   # float32 on the CPU, the same operations in another order
 
@@ -72,7 +72,7 @@ def test_method_equals_their_code(case):
 
 
 def test_same_counts_and_head_places_as_their_code():
-    from locallearn.archspec import local_modules
+    from locallearn.recipe.archspec import local_modules
     for case in CASES:
         golden = load(case)
         cfg = cfg_for(case, golden)

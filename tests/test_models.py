@@ -8,10 +8,10 @@ import shlex
 import pytest
 
 from conftest import CELLS_TSV, REPO
-from locallearn.cells import published_params_millions, read_cells, recipe_args
+from locallearn.recipe.cells import published_params_millions, read_cells, recipe_args
 from locallearn.cli import describe
-from locallearn.config import parse_train_args
-from locallearn.models import MODELS, VGG_CONFIGS
+from locallearn.recipe.config import parse_train_args
+from locallearn.nets.models import MODELS, VGG_CONFIGS
 
 ROWS = read_cells(CELLS_TSV)
 
@@ -57,7 +57,7 @@ def test_decoder_pooling_mnist_1024():
 
 
 def test_stl10_uses_7x7_stride2_stem():
-    from locallearn.models import build_model
+    from locallearn.nets.models import build_model
     row = next(r for r in ROWS if r["cell"] == "stl10-vgg8b-predsim")
     model = build_model(parse_train_args(recipe_args(row)), 3, 96, 10)
     stem = model.blocks[0].layer
@@ -100,7 +100,7 @@ def test_seed_readme_recipes_all_parse():
 def test_output_layer_is_zeroed_where_the_reference_zeroes_it(argv, zeroed):
     """The reference zeroes the output layer of its `Net` (the mlp, a VGG's head) in local
     mode; a VGG with --num-layers 0 ends in a plain nn.Linear, default-initialised."""
-    from locallearn.models import build_model
+    from locallearn.nets.models import build_model
     cfg = parse_train_args(argv + ["--dataset", "MNIST", "--feat-mult", "0.0625", "--num-hidden", "32"])
     out = build_model(cfg, 1, 28, 10).output
     assert bool((out.weight == 0).all()) == zeroed
@@ -113,8 +113,8 @@ def test_pre_act_is_accepted_and_changes_nothing_as_in_the_reference():
     are post-activation whatever the flag says. Same network, same recipe hash."""
     import torch
 
-    from locallearn.config import config_hash
-    from locallearn.models import build_model
+    from locallearn.recipe.config import config_hash
+    from locallearn.nets.models import build_model
     argv = ["--model", "vgg8b", "--dataset", "MNIST", "--feat-mult", "0.0625", "--num-hidden", "32"]
     plain, pre = parse_train_args(argv), parse_train_args(argv + ["--pre-act"])
     assert pre.pre_act and config_hash(pre) == config_hash(plain)
@@ -130,5 +130,5 @@ def test_pre_act_is_accepted_and_changes_nothing_as_in_the_reference():
 def test_the_registry_builds_every_model_name():
     """config.py checks --model against specs.MODEL_NAMES without torch; the registry
     must build exactly those networks."""
-    from locallearn.specs import MODEL_NAMES
+    from locallearn.recipe.specs import MODEL_NAMES
     assert set(MODELS) == set(MODEL_NAMES)

@@ -11,13 +11,13 @@ import torch
 
 from conftest import child_env, free_port
 from fake_data import write_fake
-from locallearn import train as train_mod
-from locallearn.config import parse_train_args
+from locallearn.train import train as train_mod
+from locallearn.recipe.config import parse_train_args
 from locallearn.errors import ConfigError, OutputError
 from locallearn.faults import FAULT_ENV
-from locallearn.mlstore import local_artifact_dir
-from locallearn.pipeline import PipelineError, balance, check_config, split_layers
-from locallearn.rundir import checkpoint_name
+from locallearn.track.mlstore import local_artifact_dir
+from locallearn.train.pipeline import PipelineError, balance, check_config, split_layers
+from locallearn.runs.rundir import checkpoint_name
 
 TIMING = {"epoch_seconds", "images_per_second", "stage_wait_seconds"}
 
@@ -66,15 +66,15 @@ def assert_same_as_sequential(seq_dir, pipe_dir, stages):
 
 def _named_params(seq):
     # model.parameters() order = the fused optimizer's indices; state_dict keeps that order
-    from locallearn.datasets import SPECS
-    from locallearn.models import build_model
+    from locallearn.data.datasets import SPECS
+    from locallearn.nets.models import build_model
     cfg = parse_train_args(_argv_from(seq["config"]))
     spec = SPECS[cfg.dataset]
     return list(build_model(cfg, spec.channels, spec.size, spec.num_classes).named_parameters())
 
 
 def _argv_from(recipe: dict) -> list[str]:
-    from locallearn.config import build_parser
+    from locallearn.recipe.config import build_parser
     argv = []
     for action in build_parser()._actions:
         if action.dest not in recipe or not action.option_strings:
@@ -125,16 +125,16 @@ def test_balance_minimises_slowest_stage():
         balance([1, 2], 3)
     # vgg8b: conv conv M conv conv M conv M conv M flatten linear; a pool or flatten
     # goes with the block before it (a leading one with the first block): no empty stage
-    from locallearn.models import build_model
+    from locallearn.nets.models import build_model
     cfg = parse_train_args(VGG)
     model = build_model(cfg, 3, 32, 10)
     n = len(model.layers)
     bounds = split_layers(model, [1.0] * n, 4)
     assert bounds[0][0] == 0 and bounds[-1][1] == n
     assert all(a == b2 for (_, a), (b2, _) in zip(bounds, bounds[1:]))
-    from locallearn.localnet import Block
+    from locallearn.layers.localnet import Block
     assert all(isinstance(model.layers[a], Block) or a == 0 for a, _ in bounds)
-    with pytest.raises(ConfigError, match="only 7 hidden blocks"):  # the trainer's check (cost.py)
+    with pytest.raises(ConfigError, match="only 7 hidden blocks"):  # the trainer's check (recipe/cost.py)
         check_config(parse_train_args(VGG + ["--pipeline-stages", "8"]))
 
 
@@ -193,9 +193,9 @@ def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch
     assert (tmp_path / "pipe" / "curve.png").stat().st_size > 0
 
 def test_layer_times_leave_the_model_untouched():
-    from locallearn.datasets import SPECS
-    from locallearn.models import build_model
-    from locallearn.pipeline import layer_times
+    from locallearn.data.datasets import SPECS
+    from locallearn.nets.models import build_model
+    from locallearn.train.pipeline import layer_times
     cfg = parse_train_args(MLP + ["--batch-size", "16"])
     torch.manual_seed(0)
     model = build_model(cfg, 1, 28, 10)

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from conftest import REPO, needs_fmnist
-from locallearn import precision, train as train_mod
-from locallearn.cells import read_cells, recipe_args
-from locallearn.config import config_hash, parse_train_args
-from locallearn.tracking import mlflow_tags
+from locallearn.host import precision
+from locallearn.train import train as train_mod
+from locallearn.recipe.cells import read_cells, recipe_args
+from locallearn.recipe.config import config_hash, parse_train_args
+from locallearn.track.tracking import mlflow_tags
 
 
 @pytest.fixture

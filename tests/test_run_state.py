@@ -1,4 +1,4 @@
-"""The one rule that decides a run folder's fate (locallearn.runstate.run_state), which
+"""The one rule that decides a run folder's fate (locallearn.runs.runstate.run_state), which
 `locallearn train` and the workflow both use. Torch-free, like the workflow's planning."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from locallearn import config, runstate
+from locallearn.recipe import config
+from locallearn.runs import runstate
 from locallearn.errors import CheckpointError
 
 COMMITTED = REPO / "results" / "full" / "runs" / "fmnist-mlp-pred" / "seed1" / "metrics.json"
@@ -92,9 +93,9 @@ def test_set_aside_moves_the_whole_folder(tmp_path):
 
 def test_the_rule_is_torch_free():
     """The workflow imports it while it builds its DAG, which must not import torch; the
-    whole parse and validation of a train command (config.py) needs none either."""
+    whole parse and validation of a train command (recipe/config.py) needs none either."""
     import subprocess
-    code = ("import sys, locallearn.runstate, locallearn.layout, locallearn.config as c; "
+    code = ("import sys, locallearn.runs.runstate, locallearn.layout, locallearn.recipe.config as c; "
             "c.parse_train_args(['--model', 'resnet32', '--method', 'dgl', '--dataset', 'CIFAR10']); "
             "sys.exit('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

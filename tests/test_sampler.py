@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from locallearn.sampler import arrange_batches, class_batch_order
+from locallearn.data.sampler import arrange_batches, class_batch_order
 
 CIFAR100_LABELS = np.repeat(np.arange(100), 500)
 

@@ -63,8 +63,8 @@ def test_dataset_files_honour_the_umask(tmp_path, umask):
     """The data layer writes through atomic.py (its own writer is gone): the custom
     checksum file, and (where Debian's package is there) the imported and unpacked
     Fashion-MNIST files."""
-    import locallearn.datafetch as datafetch
-    import locallearn.datasets as datasets
+    import locallearn.data.datafetch as datafetch
+    import locallearn.data.datasets as datasets
     from fake_data import write_fake
 
     assert not hasattr(datasets, "_write_atomic") and not hasattr(datasets, "_umask")
@@ -101,7 +101,7 @@ def test_take_credentials_hands_them_to_mlflow(monkeypatch):
 
 
 def test_train_config_never_holds_a_uri_password(monkeypatch):
-    from locallearn.config import recipe_dict
+    from locallearn.recipe.config import recipe_dict
 
     monkeypatch.delenv(USERNAME_VAR, raising=False)
     monkeypatch.delenv(PASSWORD_VAR, raising=False)

@@ -8,9 +8,9 @@ import json
 import numpy as np
 
 from conftest import needs_fmnist
-from locallearn import train as train_mod
-from locallearn.config import config_hash, parse_train_args
-from locallearn.selection import ERRORS, error_of, held_out, reported_errors
+from locallearn.train import train as train_mod
+from locallearn.recipe.config import config_hash, parse_train_args
+from locallearn.runs.selection import ERRORS, error_of, held_out, reported_errors
 
 
 def test_reported_errors_by_hand():

@@ -12,10 +12,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import batches, flags
-from locallearn.engines import ENGINES
-from locallearn.local_losses import LocalHead
-from locallearn.localnet import Block
-from locallearn.models import build_model
+from locallearn.train.engines import ENGINES
+from locallearn.layers.local_losses import LocalHead
+from locallearn.layers.localnet import Block
+from locallearn.nets.models import build_model
 from locallearn.seeding import derive_seed
 
 NOOP = torch.autocast("cpu", enabled=False)

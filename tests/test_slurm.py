@@ -356,7 +356,7 @@ def test_quick_target_on_slurm_with_mlflow_server(slurm_cluster, mlflow_server, 
     assert "checkpoint.pt" in (marks / "retry-found").read_text().split()
     victim_log = (results / "logs" / "train" / VICTIM / "seed1.log").read_text()
     # (Snakemake removes a failed job's log before the retry: this is the retry's)
-    assert victim_log.count("# finished") == 1   # the trainer's closing line (trainlog.py)
+    assert victim_log.count("# finished") == 1   # the trainer's closing line (runs/trainlog.py)
     assert re.search(r"resum", victim_log, re.I), victim_log  # the trainer says it resumed
 
     # the tables

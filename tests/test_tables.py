@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CELLS_TSV, REPO
-from locallearn import figures, readme, tables
-from locallearn.cells import read_cells
+from locallearn.report import figures, readme, tables
+from locallearn.recipe.cells import read_cells
 from locallearn.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -1,4 +1,4 @@
-"""locallearn.tracking against real MLflow stores: a SQLite file and a `mlflow server`.
+"""locallearn.track.tracking against real MLflow stores: a SQLite file and a `mlflow server`.
 
 No torch (but for environment.describe): histories are synthetic, shaped like
 metrics.json's, except where the committed runs (results/full/runs) are mirrored."""
@@ -16,12 +16,12 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, free_port, mlflow_server_in
-from locallearn import tracking
+from locallearn.track import tracking
 from locallearn.errors import ConfigError, TrackingError
-from locallearn import mlstore
+from locallearn.track import mlstore
 from locallearn.cli import tracking_init as cli_init
-from locallearn.mlstore import ensure_experiment, resolve_uri
-from locallearn.tracking import RunTracker
+from locallearn.track.mlstore import ensure_experiment, resolve_uri
+from locallearn.track.tracking import RunTracker
 
 EXPERIMENT = "test-exp"
 # every per-epoch key of a synthetic history, as logged (layer 1 has no error: skipped)
@@ -267,7 +267,7 @@ def run_jobs(uri: str, tmp_path: Path, n: int, epochs: int) -> None:
     import n times on a 2-core CI machine."""
     jobs = [(str(tmp_path / f"run{i}"), uri, f"cell-{i}", epochs) for i in range(n)]
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["mlflow", "locallearn.tracking"])
+    ctx.set_forkserver_preload(["mlflow", "locallearn.track.tracking"])
     with ctx.Pool(n) as pool:
         run_ids = pool.map(_job, jobs)
     assert len(set(run_ids)) == n
@@ -381,7 +381,7 @@ def test_params_are_the_recipe_and_tags_explain_the_run(tmp_path):
     """Params: the recipe only (no output folder, URI, debug or progress flags). Tags:
     MLflow's own (git commit, run name, source, user) and the environment, from the
     record environment.describe makes; the device resolved, never "auto"."""
-    from locallearn.environment import describe
+    from locallearn.host.environment import describe
     uri = sqlite_uri(tmp_path)
     env = describe("cpu", threads=2, precision="fp32")
     config = {"lr": 5e-4, "seed": 1, "device": "auto", "threads": 2, "precision": "fp32",

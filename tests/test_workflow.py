@@ -20,7 +20,7 @@ from conftest import CELLS_TSV as CELLS, REPO, child_env, needs_fmnist, snakemak
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import plan  # noqa: E402
-from locallearn.config import config_hash  # noqa: E402
+from locallearn.recipe.config import config_hash  # noqa: E402
 
 
 # --------------------------------------------------------------------------- plan (fast)
@@ -130,9 +130,9 @@ def test_tracking_uri_and_data_dir(monkeypatch):
 
 
 def test_cost_model(tmp_path):
-    """runtime from the FLOP model (cost.py's counts) until a measured grid-cost table of
+    """runtime from the FLOP model (recipe/cost.py's counts) until a measured grid-cost table of
     the preset's kind of device and precision exists, then from that table."""
-    from locallearn import gridcost
+    from locallearn.recipe import gridcost
     rows = {r["cell"]: r for r in plan.load_cells(CELLS)}
     cfg = plan.load_config(overrides={"results_dir": str(tmp_path)})
     full = plan.make_presets(cfg, list(rows.values()))["full"]
@@ -166,7 +166,7 @@ def test_precision_setting_reaches_the_flags():
 
 
 def test_schema_enums_match_the_package():
-    from locallearn.cells import COLUMNS, LOSSES
+    from locallearn.recipe.cells import COLUMNS, LOSSES
     schema = json.loads((REPO / "workflow" / "schemas" / "cells.schema.json").read_text())
     assert tuple(schema["required"]) == COLUMNS
     assert tuple(schema["properties"]["loss"]["enum"]) == LOSSES
@@ -191,12 +191,12 @@ def enums(node) -> dict[str, list]:
 
 def test_schemas_stand_alone_and_list_what_the_package_knows():
     """The schemas are read as they stand (nothing filled in at load time), and each list
-    they hold equals the package's: datasets = locallearn.specs.SPECS, models = the model
+    they hold equals the package's: datasets = locallearn.recipe.specs.SPECS, models = the model
     registry, precisions = the --precision choices. A dataset or model added on one side
     only fails here."""
-    from locallearn.config import CHOICES
-    from locallearn.models import MODELS
-    from locallearn.specs import SPECS
+    from locallearn.recipe.config import CHOICES
+    from locallearn.nets.models import MODELS
+    from locallearn.recipe.specs import SPECS
     cells = json.loads((REPO / "workflow" / "schemas" / "cells.schema.json").read_text())
     config = json.loads((REPO / "workflow" / "schemas" / "config.schema.json").read_text())
     assert plan._schema("cells.schema.json") == cells and plan._schema("config.schema.json") == config
@@ -423,7 +423,7 @@ def test_pipeline_stages_config():
     assert {c: s for c, s in stages.items() if s > 1} == {
         "cifar10-vgg11b-x3-pred": 4, "cifar10-vgg11b-x3-sim": 4, "cifar10-vgg11b-x3-predsim": 4,
         "cifar10-vgg11b-x3-cutout-predsim": 4, "fmnist-mlp-pred": 2}   # the backprop cell stays whole
-    from locallearn.cost import network_cost
+    from locallearn.recipe.cost import network_cost
     vgg11b = next(r for r in rows if r["cell"] == "cifar10-vgg11b-predsim")
     assert network_cost(plan.recipe(vgg11b)).blocks == 10  # 8 convs + 2 linear
     for bad, message in (({"nope-*": 2}, "'nope-*' matches no cell of cells.tsv"),
@@ -565,7 +565,7 @@ def test_committed_runs_are_whole_recipes():
     """Every committed run (results/full/runs) is a finished full-recipe run of its row:
     the row's epochs of history, the final test error its last epoch's, seed and recipe
     as the workflow runs them."""
-    from locallearn.cells import recipe_args
+    from locallearn.recipe.cells import recipe_args
     rows = {r["cell"]: r for r in plan.load_cells(CELLS)}
     committed = sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
     for path in committed:
@@ -586,7 +586,7 @@ def test_committed_runs_are_whole_recipes():
 def test_committed_runs_keep_their_config_hash():
     """A flag added at its default leaves every committed run's config hash alone; a new
     hash would make the trainer refuse the finished run as one of another config."""
-    from locallearn.config import config_hash, parse_train_args
+    from locallearn.recipe.config import config_hash, parse_train_args
     committed = sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
     assert committed
     for path in committed:
@@ -653,7 +653,7 @@ def test_a_grid_without_the_quick_rows(tmp_path):
 def test_locallearn_tables_writes_what_the_tables_target_writes(tmp_path):
     """`locallearn tables --results results/full --readme README.md`, from the
     repository root, makes the same README, tables and figures as `snakemake --cores 1
-    tables`, byte for byte: both call locallearn.report.refresh with the same arguments
+    tables`, byte for byte: both call locallearn.report.report.refresh with the same arguments
     (the target then also mirrors the runs into MLflow)."""
     made = {}
     for how in ("snakemake", "cli"):

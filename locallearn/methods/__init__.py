@@ -1,7 +1,7 @@
 """Local-learning methods, each the head it puts on a local module: one file per
 method, one entry in METHODS (docs/methods.md, Adding a method).
 
-  paper     the paper's pred / sim / predsim (--loss-sup, --beta; local_losses.py)
+  paper     the paper's pred / sim / predsim (--loss-sup, --beta; layers/local_losses.py)
   dgl       DGL's auxiliary classifier
   infopro   InfoPro's image reconstruction plus classifier, lambda schedule over modules
   auglocal  AugLocal's auxiliary networks of sampled subsequent layers, pyramidal depth

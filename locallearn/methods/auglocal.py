@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..headplans import AUGLOCAL_VGG_HIDDEN, auglocal_blocks, auglocal_depth, auglocal_layers
-from ..resblocks import BasicBlock
+from ..recipe.headplans import AUGLOCAL_VGG_HIDDEN, auglocal_blocks, auglocal_depth, auglocal_layers
+from ..layers.resblocks import BasicBlock
 from .site import Site, interpolate
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..headplans import dgl_sides
+from ..recipe.headplans import dgl_sides
 from .site import Site, interpolate
 
 

@@ -23,9 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..headplans import INFOPRO_HIDDEN as HIDDEN
-from ..headplans import INFOPRO_RECON_WIDTH as RECON_WIDTH
-from ..headplans import infopro_classifier_conv, infopro_refusal
+from ..recipe.headplans import INFOPRO_HIDDEN as HIDDEN
+from ..recipe.headplans import INFOPRO_RECON_WIDTH as RECON_WIDTH
+from ..recipe.headplans import infopro_classifier_conv, infopro_refusal
 from .site import Site, interpolate
 
 

@@ -3,7 +3,7 @@ the head of a local module: local_losses.LocalHead, on the module's output."""
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..local_losses import LocalHead
+from ..layers.local_losses import LocalHead
 from .site import Site
 
 

@@ -2,7 +2,7 @@
 and the weight schedule over the heads."""
 from __future__ import annotations
 
-from ..archspec import Site
+from ..recipe.archspec import Site
 
 
 def interpolate(first: float, last: float, site: Site) -> float:

@@ -1,7 +1,7 @@
 # Config and grid, validated before any job is scheduled; helpers for the rules.
 # The logic lives in workflow/scripts/plan.py (plain Python, unit-tested).
 #
-# Which runs are trained is decided by the trainer's own function (locallearn.runstate,
+# Which runs are trained is decided by the trainer's own function (locallearn.runs.runstate,
 # through plan.Preset.state), not by Snakemake's rerun triggers: a run folder with a
 # finished metrics.json of its current recipe is final.
 # Its metrics.json is read by the tables and figures but is no job's output in the DAG,
@@ -31,7 +31,7 @@ config.clear()
 config.update(_checked)  # the typed config
 
 from locallearn.credentials import take_credentials  # noqa: E402
-from locallearn.runstate import REPLACE  # noqa: E402  (the trainer's own decision)
+from locallearn.runs.runstate import REPLACE  # noqa: E402  (the trainer's own decision)
 
 # How every job runs the package. config `command`, else this Python with the checkout
 # first on PYTHONPATH (jobs inherit it), so jobs run this checkout's package whether or

@@ -6,11 +6,11 @@ and tests can call it directly:
 - `load_cells`: cells.tsv typed and checked row by row against
   workflow/schemas/cells.schema.json, with errors naming the row and the column;
 - `Preset`: what one preset (full, quick) trains, with which budget, where it writes,
-  and which of its runs still need training (the trainer's locallearn.runstate: a
+  and which of its runs still need training (the trainer's locallearn.runs.runstate: a
   finished metrics.json of the run's current recipe is final; never scheduled again);
 - `runtime_minutes`: a cell's `runtime` resource, from the measured grid cost
-  (locallearn/gridcost.py, `locallearn bench --grid`) where one exists for the device
-  kind and precision, else from `estimate_hours`, the FLOP model over cost.py's counts.
+  (locallearn/recipe/gridcost.py, `locallearn bench --grid`) where one exists for the device
+  kind and precision, else from `estimate_hours`, the FLOP model over recipe/cost.py's counts.
 
 Importing this module does not import torch or snakemake.
 """
@@ -31,12 +31,13 @@ import yaml
 if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script, no pip install
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # torch-free modules of the package: the DAG imports no torch
-from locallearn import gridcost, layout  # noqa: E402
-from locallearn.cells import column, moved_to, recipe_args  # noqa: E402
-from locallearn.config import build_parser, check_all  # noqa: E402
-from locallearn.cost import network_cost, stage_count_error  # noqa: E402
+from locallearn.recipe import gridcost
+from locallearn import layout  # noqa: E402
+from locallearn.recipe.cells import column, moved_to, recipe_args  # noqa: E402
+from locallearn.recipe.config import build_parser, check_all  # noqa: E402
+from locallearn.recipe.cost import network_cost, stage_count_error  # noqa: E402
 from locallearn.errors import ConfigError, LocallearnError  # noqa: E402
-from locallearn.runstate import FINISHED, METRICS, run_state  # noqa: E402
+from locallearn.runs.runstate import FINISHED, METRICS, run_state  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "workflow" / "schemas"
@@ -166,9 +167,9 @@ def cells_path(config: dict, grid: str = "paper") -> Path:
 
 
 def load_cells(path: str | Path) -> list[dict]:
-    """Rows of cells.tsv as str dicts (what locallearn.cells gives), after checking every
+    """Rows of cells.tsv as str dicts (what locallearn.recipe.cells gives), after checking every
     row against the schema. PlanError names the file, line, cell and column."""
-    from locallearn.cells import read_cells
+    from locallearn.recipe.cells import read_cells
 
     path = Path(path)
     if not path.is_file():
@@ -294,7 +295,7 @@ def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
             raise PlanError(f"config key 'pipeline_stages.{pattern}': {matched[0]['cell']} is a backprop "
                                "cell; only local losses (detached blocks) can be pipelined")
         for r in local:
-            problem = stage_count_error(recipe(r), s)  # the trainer's own check (cost.py)
+            problem = stage_count_error(recipe(r), s)  # the trainer's own check (recipe/cost.py)
             if problem:
                 raise PlanError(f"config key 'pipeline_stages.{pattern}': {r['cell']}: {problem}")
             if stages[r["cell"]] == 1:
@@ -303,7 +304,7 @@ def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- run folders
-# Which runs are trained is the trainer's decision (locallearn.runstate.run_state, the
+# Which runs are trained is the trainer's decision (locallearn.runs.runstate.run_state, the
 # same function `locallearn train` calls before it touches its folder): a run folder is
 # FINISHED (final: no job), REPLACE (set aside first, rule set_aside) or a run to train.
 
@@ -367,7 +368,7 @@ class Preset:
     def args(self, row: dict) -> list[str]:
         """The flags that decide a run's numbers: the row's recipe, the preset's budget
         and precision, and (full preset) train.extra_args. The seed comes on top."""
-        from locallearn.cells import recipe_args
+        from locallearn.recipe.cells import recipe_args
 
         return with_flags(recipe_args(row), self.budget_args() + self.precision_args()) + list(self.extra_args)
 
@@ -532,9 +533,9 @@ def data_dir(config: dict) -> str:
 
 
 # --------------------------------------------------------------------------- estimates
-# Measured where someone measured (gridcost.py: `locallearn bench --grid` on the device),
+# Measured where someone measured (recipe/gridcost.py: `locallearn bench --grid` on the device),
 # else a cost model: multiply-adds of a training and a test example counted from the
-# architecture (cost.py), 2 FLOP each, over an effective device throughput, plus a fixed
+# architecture (recipe/cost.py), 2 FLOP each, over an effective device throughput, plus a fixed
 # cost per optimizer step (config key `estimate`).
 
 def estimate_hours(row: dict, est: dict, epochs: int | None = None,
@@ -571,7 +572,7 @@ def runtime_minutes(row: dict, config: dict, preset: Preset) -> int:
     if hours is None:
         try:
             hours = estimate_hours(row, est, *budget)
-        except ConfigError:   # a network cost.py has no model of yet: a day, x safety_factor
+        except ConfigError:   # a network recipe/cost.py has no model of yet: a day, x safety_factor
             hours = UNMODELLED_HOURS
         if preset.gpu == 0:
             hours *= est["cpu_slowdown"]

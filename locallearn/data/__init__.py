@@ -1,0 +1,1 @@
+"""Data: reading and checking files, fetching them, batches and augmentation, the class sampler."""

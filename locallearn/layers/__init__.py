@@ -1,0 +1,1 @@
+"""The blocks every network is made of: LocalNet's blocks, the paper's local losses, residual blocks."""

@@ -1,0 +1,1 @@
+"""Networks by name: the mlp, the VGGs and the CIFAR ResNets cut into local modules."""

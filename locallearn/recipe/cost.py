@@ -1,0 +1,417 @@
+"""What a network costs, counted from its architecture alone (no torch import).
+
+One function per architecture (`mlp`, the VGG family of specs.VGG_CONFIGS, the CIFAR
+ResNets) counts the same layer list the builders make (recipe/archspec.py, the one walk of
+each architecture) and says, per layer, its output shape, its multiply-adds (MACs) per
+example and its parameters: the layer's own forward, its local heads' forward (the
+paper's pred decoder after the average pooling, sim's extra conv/linear, the similarity
+matrices, the bio label projection, the unsupervised terms; the heads of DGL, InfoPro
+and AugLocal, recipe/headplans.py), and forward + backward of both as one training step runs
+them. The backbone (what evaluation runs: NetworkCost.backbone_macs, backbone_params)
+and the local heads (head_macs, head_params) are counted apart. Users of these numbers:
+
+- the workflow's cost model and `runtime` resource (workflow/scripts/plan.py),
+- the pipeline's stage split (pipeline.layer_costs) and its stage-count check,
+- the bench's GFLOP/s (bench/bench.py),
+- a run's metrics.json (backbone_params, backbone_macs, head_params, head_macs).
+
+What is counted is what torch's FlopCounterMode counts: matrix products and
+convolutions (2 FLOP per MAC there). BatchNorm, pooling, nonlinearities, dropout,
+losses, interpolation and the optimizer are not counted. tests/test_cost.py runs real
+fused steps under FlopCounterMode and finds these counts equal to it, and the
+parameters equal to the built network's (tolerance stated there).
+
+Backward: a convolution or linear layer computes its weight gradient always and its
+input gradient only where the input requires one. Local training detaches every
+block's input, so a block's backward is 1x its forward; global backprop (and
+--no-detach) needs 2x everywhere but the first block. Heads act on h, which requires
+grad: 2x. The similarity matrix of a batch of B rows costs B x width per example,
+so the counts depend on the batch size. A ResNet's local module runs several convs:
+those reading the module's (detached) input skip the input gradient, the others not.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from . import headplans
+from .archspec import ConvLayer, ResidualLayer, Site, block_sites, conv_side, resnet_sites, vgg_flat, vgg_layers
+from .specs import RESNET_BLOCKS
+from ..errors import ConfigError
+from .specs import SPECS, VGG_CONFIGS
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One entry of a LocalNet's `layers` (or its output layer), MACs per example."""
+    kind: str                 # conv | linear | module (a ResNet's) | pool | flatten | output
+    shape: tuple[int, ...]    # output per example, as the layer's forward returns it
+    forward: float = 0.0      # the layer's own op, forward (what evaluation runs)
+    heads: float = 0.0        # its local heads, forward
+    train: float = 0.0        # layer and heads, forward + backward, in one training step
+    params: int = 0           # the layer's own parameters
+    head_params: int = 0      # its local heads' parameters
+
+
+@dataclass(frozen=True)
+class NetworkCost:
+    layers: tuple[LayerCost, ...]   # aligned with models.LocalNet.layers
+    output: LayerCost
+
+    @property
+    def blocks(self) -> int:
+        """Hidden blocks: the units local losses train and a pipeline splits."""
+        return sum(1 for l in self.layers if l.kind in ("conv", "linear", "module"))
+
+    @property
+    def backbone_params(self) -> int:
+        """The network without its local heads (the paper's #Params)."""
+        return sum(l.params for l in self.layers) + self.output.params
+
+    @property
+    def head_params(self) -> int:
+        return sum(l.head_params for l in self.layers)
+
+    @property
+    def backbone_macs(self) -> float:
+        """MACs of the backbone's forward per example (= eval_macs)."""
+        return self.eval_macs
+
+    @property
+    def head_macs(self) -> float:
+        """MACs of the local heads' forward per example (in training)."""
+        return sum(l.heads for l in self.layers)
+
+    @property
+    def train_macs(self) -> float:
+        """MACs of one training example (forward + local heads + backward)."""
+        return sum(l.train for l in self.layers) + self.output.train
+
+    @property
+    def eval_macs(self) -> float:
+        """MACs of one test example (eval: forward, no heads)."""
+        return sum(l.forward for l in self.layers) + self.output.forward
+
+
+# ----------------------------------------------------------------- decoder pooling
+def decoder_pooling(channels: int, side: int, dim_in_decoder: int):
+    """The reference's rule for bounding a conv block's pred-decoder input.
+
+    Start from kernel (1, 1); while channels * out_h * out_w exceeds the bound and
+    kh < side, double kh, and if still too big double kw. Output side ceil(side / k),
+    zero padding (k * (ceil(side/k) - side//k)) // 2, stride = kernel.
+    Returns (kernel, padding, decoder_input_size).
+    """
+    kh = kw = 1
+    out_h = out_w = side
+    size = channels * out_h * out_w
+    while size > dim_in_decoder and kh < side:
+        kh *= 2
+        out_h = math.ceil(side / kh)
+        size = channels * out_h * out_w
+        if size > dim_in_decoder:
+            kw *= 2
+            out_w = math.ceil(side / kw)
+            size = channels * out_h * out_w
+    pad = ((kh * (out_h - side // kh)) // 2, (kw * (out_w - side // kw)) // 2)
+    return (kh, kw), pad, size
+
+
+# ---------------------------------------------------------------------------- tally
+@dataclass
+class Tally:
+    """MACs (forward; forward + backward) and parameters of a run of layers, added up
+    layer by layer. input_grad: whether the layer's input requires a gradient (its
+    backward then computes one: 2x forward, else 1x, the weight gradient alone)."""
+    forward: float = 0.0
+    train: float = 0.0
+    params: int = 0
+
+    def op(self, macs: float, weights: int, input_grad: bool) -> None:
+        self.forward += macs
+        self.train += macs * (2 + input_grad)
+        self.params += weights
+
+    def conv(self, c_in: int, c_out: int, k: int, side: int, input_grad: bool, bias: bool = False) -> None:
+        """A k x k convolution with a side x side output."""
+        self.op(side * side * c_in * c_out * k * k, c_in * c_out * k * k + (c_out if bias else 0), input_grad)
+
+    def linear(self, n_in: int, n_out: int, input_grad: bool, bias: bool = True) -> None:
+        self.op(n_in * n_out, n_in * n_out + (n_out if bias else 0), input_grad)
+
+    def norm(self, channels: int) -> None:
+        """A BatchNorm's weight and bias (its running statistics are buffers)."""
+        self.params += 2 * channels
+
+    def residual(self, layer: ResidualLayer, input_grad: bool) -> None:
+        """The ResNets' stem (conv 3x3 + BN) or a BasicBlock (two 3x3 conv + BN, the
+        1x1 conv + BN projection shortcut where the shape changes), layers/resblocks.py."""
+        self.conv(layer.c_in, layer.c_out, 3, layer.side, input_grad)
+        self.norm(layer.c_out)
+        if layer.kind == "stem":
+            return
+        self.conv(layer.c_out, layer.c_out, 3, layer.side, True)
+        self.norm(layer.c_out)
+        if layer.projection:
+            self.conv(layer.c_in, layer.c_out, 1, layer.side, input_grad)
+            self.norm(layer.c_out)
+
+
+# ------------------------------------------------------------- the paper's local heads
+def _sim_width(shape: tuple[int, ...], use_std: bool) -> int:
+    """Columns of the rows local_losses.similarity_matrix multiplies (channel stds or flat)."""
+    if len(shape) == 3 and use_std and shape[0] > 3 and shape[1] > 1:
+        return shape[0]
+    return math.prod(shape)
+
+
+def _heads(cfg, in_shape, out_shape, layer_macs: float, first: bool, classes: int,
+           kernel: int = 3) -> tuple[float, float, int]:
+    """(forward, forward + backward MACs, parameters) per example of one block's
+    LocalHead (local_losses.LocalHead), h of shape out_shape, block input of in_shape, a
+    conv block's kernel `kernel` (recon mirrors it)."""
+    if cfg.backprop:
+        return 0.0, 0.0, 0
+    conv = len(out_shape) == 3
+    c = out_shape[0]
+    B, use_std, bio, P = cfg.batch_size, not cfg.no_similarity_std, cfg.bio, cfg.target_proj_size
+    if conv:
+        kernel_pool, _, dec_in = decoder_pooling(c, out_shape[1], cfg.dim_in_decoder)
+        pooled = (c, math.ceil(out_shape[1] / kernel_pool[0]), math.ceil(out_shape[2] / kernel_pool[1]))
+        sim_layer = c * c * 9 * out_shape[1] * out_shape[2]
+    else:
+        dec_in, pooled, sim_layer = c, out_shape, c * c
+    fwd = grad = 0.0  # grad: the forward MACs whose backward costs 2x (they act on h)
+    params = 0
+
+    def features() -> None:  # sim_features(h) and the similarity matrix of them
+        nonlocal grad
+        if bio:
+            w = _sim_width(pooled, use_std)
+        else:
+            w = _sim_width(out_shape, use_std)
+            grad += sim_layer
+        grad += B * w
+
+    sup_sim = cfg.loss_sup in ("sim", "predsim")
+    if cfg.loss_sup in ("pred", "predsim"):
+        grad += dec_in * (P if bio else classes)
+        fwd += classes * P if bio else 0       # the label code for the BCE target
+        params += dec_in * (P if bio else classes) + (P if bio else classes)
+    if (sup_sim or cfg.loss_unsup == "sim") and not bio:   # the sim layer exists (bias-free)
+        params += c * c * (9 if conv else 1)
+    if cfg.loss_unsup == "recon":                          # recon exists, used or not
+        params += (c * in_shape[0] * kernel * kernel if conv else c * in_shape[0]) + in_shape[0]
+    if sup_sim:
+        features()
+        fwd += (classes * P + B * P) if bio else B * classes   # target S(label code)
+    unsup = cfg.alpha != 0 and cfg.loss_unsup != "none" and not (cfg.loss_unsup == "recon" and first)
+    if unsup and cfg.loss_unsup == "sim":
+        features()
+        fwd += B * _sim_width(in_shape, use_std)                # target S(block input)
+    elif unsup:                                                  # recon: the block's op, transposed
+        grad += layer_macs
+    return fwd + grad, fwd + 3 * grad, params
+
+
+# --------------------------------------------------------------- the methods' heads
+def _dgl_head(cfg, site: Site) -> Tally:
+    t, c = Tally(), site.channels
+    f = c                                   # a linear block: the MLP part alone
+    if site.side is not None:
+        pooled, mlp_side = headplans.dgl_sides(site.side)
+        for _ in range(3):
+            t.conv(c, c, 1, pooled, True)
+            t.norm(c)
+        f = c * mlp_side * mlp_side
+    for _ in range(2):
+        t.linear(f, f, True, bias=False)
+        t.norm(f)
+    t.linear(f, site.num_classes, True)
+    return t
+
+
+def _infopro_head(cfg, site: Site) -> Tally:
+    t, c = Tally(), site.channels
+    refusal = headplans.infopro_refusal(site)
+    if refusal:
+        raise ConfigError(refusal)
+    r, size = headplans.INFOPRO_RECON_WIDTH, site.image_size
+    t.conv(c, r, 3, size, True, bias=True)            # on h upsampled to the image's size
+    t.norm(r)
+    t.conv(r, site.image_channels, 3, size, True, bias=True)
+    width, stride = headplans.infopro_classifier_conv(site)
+    t.conv(c, width, 3, conv_side(site.side, 3, stride, 1), True)
+    t.norm(width)
+    t.linear(width, headplans.INFOPRO_HIDDEN, True)
+    t.linear(headplans.INFOPRO_HIDDEN, site.num_classes, True)
+    return t
+
+
+def _auglocal_head(cfg, site: Site) -> Tally:
+    t = Tally()
+    depth = headplans.auglocal_depth(cfg, site)
+    if site.kinds:                      # the mlp and the VGGs: copies of blocks of the head's kind
+        side, width = site.side, site.channels
+        for pools, c_in, c_out in headplans.auglocal_layers(site, depth):
+            if side is None:
+                t.linear(c_in, c_out, True)
+            else:
+                side //= 2 ** pools
+                t.conv(c_in, c_out, 3, side, True, bias=True)
+            t.norm(c_out)
+            width = c_out
+        if side is not None:            # their VGG classifier: average to n features, 2 x (linear + BN), linear
+            width = n = headplans.AUGLOCAL_VGG_HIDDEN
+            for _ in range(2):
+                t.linear(n, n, True)
+                t.norm(n)
+        t.linear(width, site.num_classes, True)
+        return t
+    blocks = headplans.auglocal_blocks(site, depth)
+    side_in = site.side
+    for (c_in, c_out, stride), side in zip(blocks, headplans.auglocal_sides(site, blocks)):
+        t.residual(ResidualLayer("basic", c_in, c_out, stride, side_in, side), True)
+        side_in = side
+    width = blocks[-1][1] if blocks else site.channels
+    if depth <= 1:
+        t.norm(width)
+    t.linear(width, site.num_classes, True)
+    return t
+
+
+METHOD_HEADS: dict[str, Callable] = {"dgl": _dgl_head, "infopro": _infopro_head, "auglocal": _auglocal_head}
+
+
+def _method_head(cfg, site: Site, in_shape: tuple[int, ...]) -> Tally:
+    """The head --method puts at `site` (the module's input of in_shape)."""
+    method = getattr(cfg, "method", "paper")
+    if method in METHOD_HEADS:
+        return METHOD_HEADS[method](cfg, site)
+    out_shape = (site.channels, site.side, site.side) if site.side is not None else (site.channels,)
+    fwd, train, params = _heads(cfg, in_shape, out_shape, 0.0, site.layer == 0, site.num_classes)
+    return Tally(fwd, train, params)
+
+
+# ------------------------------------------------------------- the paper's networks
+def _block(cfg, kind, in_shape, out_shape, macs, index, classes, first: bool, params: int,
+           kernel: int = 3) -> LayerCost:
+    """first: a first layer as the reference builds it (no recon loss): a VGG's first
+    conv, and the first linear block of the mlp and of a VGG's head (nets/models.py).
+    params: the layer's weights and bias (its BatchNorm's are added here)."""
+    input_grad = index > 0 and (cfg.backprop or cfg.no_detach)
+    if getattr(cfg, "method", "paper") != "paper" and not cfg.backprop:
+        head = METHOD_HEADS[cfg.method](cfg, block_sites(cfg, SPECS[cfg.dataset])[index])
+        head_fwd, head_train, head_params = head.forward, head.train, head.params
+    else:
+        head_fwd, head_train, head_params = _heads(cfg, in_shape, out_shape, macs, first, classes, kernel)
+    norm = 0 if cfg.no_batch_norm else 2 * out_shape[0]
+    return LayerCost(kind, out_shape, forward=macs, heads=head_fwd,
+                     train=macs * (2 + input_grad) + head_train, params=params + norm, head_params=head_params)
+
+
+def _linear_blocks(cfg, layers: list, n_in: int, index: int, classes: int) -> int:
+    for i in range(cfg.num_layers):
+        macs = n_in * cfg.num_hidden
+        layers.append(_block(cfg, "linear", (n_in,), (cfg.num_hidden,), macs, index, classes,
+                             first=i == 0, params=macs + cfg.num_hidden))
+        n_in, index = cfg.num_hidden, index + 1
+    return n_in
+
+
+def _output(cfg, n_in: int, classes: int, after_block: bool) -> LayerCost:
+    macs = n_in * classes
+    input_grad = after_block and (cfg.backprop or cfg.no_detach)
+    return LayerCost("output", (classes,), forward=macs, train=macs * (2 + input_grad), params=macs + classes)
+
+
+# --------------------------------------------------------------------------- networks
+COSTS: dict[str, Callable] = {}
+
+
+def mlp_cost(cfg, spec) -> NetworkCost:
+    """models.build_mlp: flatten, num_layers linear blocks, output."""
+    n_in = spec.channels * spec.size * spec.size
+    layers = [LayerCost("flatten", (n_in,))]
+    n_out = _linear_blocks(cfg, layers, n_in, 0, spec.num_classes)
+    return NetworkCost(tuple(layers), _output(cfg, n_out, spec.num_classes, True))
+
+
+def vgg_cost(name: str, cfg, spec) -> NetworkCost:
+    """models.build_vgg: archspec.vgg_layers (convs, max-pools), flatten, the MLP head, output."""
+    layers: list[LayerCost] = []
+    walk = vgg_layers(name, cfg.feat_mult, spec.channels, spec.size)
+    for item in walk:
+        if not isinstance(item, ConvLayer):
+            layers.append(LayerCost("pool", (item.channels, item.side, item.side)))
+            continue
+        weights = item.c_in * item.c_out * item.kernel ** 2
+        layers.append(_block(cfg, "conv", (item.c_in, item.side_in, item.side_in), (item.c_out, item.side, item.side),
+                             item.side * item.side * weights, item.index, spec.num_classes, first=item.index == 0,
+                             params=weights + item.c_out, kernel=item.kernel))
+    n_flat, index = vgg_flat(walk, spec.channels, spec.size)
+    layers.append(LayerCost("flatten", (n_flat,)))
+    n_out = _linear_blocks(cfg, layers, n_flat, index, spec.num_classes)
+    return NetworkCost(tuple(layers), _output(cfg, n_out, spec.num_classes, index + cfg.num_layers > 0))
+
+
+def resnet_cost(arch: str, cfg, spec) -> NetworkCost:
+    """resnet.build_resnet: K - 1 local modules (archspec.resnet_sites), each a run of
+    residual layers with its method's head; the output module: the remaining layers,
+    global average pooling, the classifier. A module's first layer reads a detached
+    input (no input gradient); so does the image."""
+    plan, spans = resnet_sites(cfg, arch, spec)
+    layers = []
+    for span in spans:
+        body = Tally()
+        for i in range(span.start, span.stop):
+            body.residual(plan[i], input_grad=i > span.start)
+        first = plan[span.start]
+        head = _method_head(cfg, span.site, (first.c_in, first.side_in, first.side_in))
+        site = span.site
+        layers.append(LayerCost("module", (site.channels, site.side, site.side), forward=body.forward,
+                                heads=head.forward, train=body.train + head.train, params=body.params,
+                                head_params=head.params))
+    start = spans[-1].stop if spans else 0
+    out = Tally()
+    for i in range(start, len(plan)):
+        out.residual(plan[i], input_grad=i > start)
+    out.linear(plan[-1].c_out, spec.num_classes, input_grad=start < len(plan))
+    return NetworkCost(tuple(layers), LayerCost("output", (spec.num_classes,), forward=out.forward,
+                                                train=out.train, params=out.params))
+
+
+COSTS["mlp"] = mlp_cost
+for _name in VGG_CONFIGS:
+    COSTS[_name] = lambda cfg, spec, _n=_name: vgg_cost(_n, cfg, spec)
+for _name in RESNET_BLOCKS:
+    COSTS[_name] = lambda cfg, spec, _n=_name: resnet_cost(_n, cfg, spec)
+
+
+def network_cost(cfg) -> NetworkCost:
+    """The cost of the network a training config (config.parse_train_args, or any object
+    with its fields) builds on its dataset, at its batch size."""
+    if cfg.model not in COSTS:
+        raise ConfigError(f"--model: no cost model for {cfg.model!r} (known: {', '.join(sorted(COSTS))})")
+    return COSTS[cfg.model](cfg, SPECS[cfg.dataset])
+
+
+# ------------------------------------------------------------------- pipeline stages
+def stage_count_error(cfg, stages: int) -> str | None:
+    """Why the recipe cannot run as `stages` pipeline stages, or None. The one home of
+    this check: the trainer (pipeline.check_config) and the workflow
+    (plan.pipeline_stages) both ask it."""
+    if stages < 1:
+        return f"--pipeline-stages: must be >= 1, got {stages}"
+    if stages == 1:
+        return None
+    if cfg.backprop or cfg.no_detach:
+        flag = "--backprop" if cfg.backprop else "--no-detach"
+        return (f"{flag} cannot be combined with --pipeline-stages {stages}: only local training with "
+                "detached block inputs is pipelined exactly (gradients would have to flow back "
+                "across stages); drop --pipeline-stages or the flag")
+    blocks = network_cost(cfg).blocks
+    if stages > blocks:
+        return f"--pipeline-stages {stages}: the network has only {blocks} hidden blocks to split"
+    return None

@@ -1,0 +1,1 @@
+"""Reporting from metrics.json: tables, figures, the README splice, the reporting steps."""

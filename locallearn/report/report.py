@@ -1,0 +1,98 @@
+"""A preset's report, made from the runs that exist in <results>/runs: the tables
+(report/tables.py) written to <results>/tables, the figures (report/figures.py) drawn into
+<results>/figures (curves/, layers/, scatter.png), the tables spliced into a README
+(report/readme.py).
+
+The workflow's reporting rules call one step each (curve, scatter, compile, splice);
+its `tables` target and `locallearn tables` call `refresh`, which does them all, with
+the same arguments and so the same bytes. Rows, paths, seeds and tolerances come in as
+arguments: nothing here reads workflow/.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from . import figures, readme, tables
+from ..layout import runs_dir
+
+
+def figures_link(results: str | Path, readme_path: str | Path | None, folder: str = "figures") -> str:
+    """<results>/<folder> as a link from the README's folder (from <results>/tables
+    when there is no README)."""
+    base = Path(readme_path).resolve().parent if readme_path else (Path(results) / "tables").resolve()
+    return Path(os.path.relpath((Path(results) / folder).resolve(), base)).as_posix()
+
+
+def runs(rows: list[dict], results: str | Path, seeds: list[int] | None) -> dict[str, list[dict]]:
+    """{cell: [metrics, ...]} of the finished runs of `rows` (every seed found when
+    `seeds` is None)."""
+    return tables.load_runs(runs_dir(results), rows, seeds)
+
+
+def draw_curve(row: dict, results: str | Path, seeds: list[int] | None) -> Path:
+    """<results>/figures/curves/<cell>.png: every finished seed of one cell."""
+    found = runs([row], results, seeds).get(row["cell"], [])
+    return figures.plot_cell(found, Path(results) / "figures" / "curves" / f"{row['cell']}.png", row)
+
+
+def draw_layers(row: dict, results: str | Path, seeds: list[int] | None) -> Path:
+    """<results>/figures/layers/<cell>.png: the layers of the cell's first finished seed
+    (a cell without one gets a figure saying so)."""
+    found = runs([row], results, seeds).get(row["cell"], [])
+    run = found[0] if found else {"history": [], "seed": "-"}
+    return figures.plot_layers(run, Path(results) / "figures" / "layers" / f"{row['cell']}.png", row)
+
+
+def draw_scatter(rows: list[dict], results: str | Path, seeds: list[int] | None,
+                 tolerance: Mapping[str, float] | float | None = None) -> Path:
+    """<results>/figures/scatter.png: ours against published, every cell that has run
+    (with each one's verdict tolerance, when given)."""
+    points = tables.scatter_points(rows, runs(rows, results, seeds), tolerance)
+    return figures.plot_scatter(points, Path(results) / "figures" / "scatter.png",
+                                title=f"ours vs published ({Path(results).name} preset)")
+
+
+def draw_field(grids: list[tuple[list[dict], str | Path]], seeds: list[int] | None, out: str | Path) -> Path:
+    """<out>/figures/field.png: error against cost, every finished cell of every grid
+    given as (rows, results folder)."""
+    points = [p for rows, results in grids for p in tables.field_points(rows, runs(rows, results, seeds))]
+    return figures.plot_field(points, Path(out) / "figures" / "field.png",
+                              title=f"error against cost ({Path(out).name} preset and the grids beside it)")
+
+
+def compile_tables(rows: list[dict], results: str | Path, *, seeds: list[int] | None,
+                   tolerance: Mapping[str, float] | float, intro: str,
+                   readme_path: str | Path | None, figures_drawn: bool = True) -> dict[str, str]:
+    """Compile the tables of `rows` and write them to <results>/tables; links to the
+    figures (when drawn) are relative to the README that will receive them."""
+    link = figures_link(results, readme_path)
+    out = tables.compile_tables(rows, runs(rows, results, seeds), expected_seeds=len(seeds) if seeds else 1,
+                                tolerance=tolerance, intro=intro,
+                                figure_prefix=f"{link}/curves/" if figures_drawn else None,
+                                layers_prefix=f"{link}/layers/" if figures_drawn else None,
+                                pending_link=f"{figures_link(results, readme_path, 'tables')}/pending.md",
+                                scatter=f"{link}/scatter.png" if figures_drawn else None)
+    tables.write_tables(out, Path(results) / "tables")
+    return out
+
+
+def refresh(rows: list[dict], results: str | Path, *, seeds: list[int] | None,
+            tolerance: Mapping[str, float] | float, intro: str, readme_path: str | Path | None = None,
+            readme_template: str | None = None, draw: bool = True) -> dict[str, str]:
+    """Everything from the runs that exist: the curves of every cell that has run and
+    the scatter (`draw`), the tables, and the README's generated part (`readme_path`;
+    a missing one is made from `readme_template` when given)."""
+    if draw:
+        found = runs(rows, results, seeds)
+        for r in rows:
+            if r["cell"] in found:
+                draw_curve(r, results, seeds)
+                draw_layers(r, results, seeds)
+        draw_scatter(rows, results, seeds, tolerance)
+    out = compile_tables(rows, results, seeds=seeds, tolerance=tolerance, intro=intro,
+                         readme_path=readme_path, figures_drawn=draw)
+    if readme_path:
+        readme.splice_file(readme_path, out["tables"], readme_template)
+    return out

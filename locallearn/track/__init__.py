@@ -1,0 +1,1 @@
+"""MLflow: the store (reaching it, retries, artifacts) and run logging."""

@@ -1,0 +1,201 @@
+"""The run loop: schedule, epochs, divergence, history, progress, for a whole network
+and for every stage of a pipeline alike (the engine's hooks say where they differ).
+
+Per epoch: set the lr, train, evaluate, turn every stage's sums into one history
+entry (on the reporting process), stop every process on a NaN, checkpoint, log to
+MLflow, print one line. At the end: metrics.json, the curve, MLflow FINISHED.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from ..host import precision
+from .engines import output_scale
+from .epochs import evaluate, no_progress, train_epoch
+from ..host.environment import describe, git_revision, peak_memory_bytes
+from ..errors import CheckpointError, DivergenceError
+from ..faults import fault
+from ..report.figures import draw_run_curve
+from ..recipe.runcost import head_cost
+from ..runs.selection import reported_errors
+from ..track.tracking import complete_run, open_run, run_tags
+
+
+WARMUP_EPOCHS, WARMUP_START = 10, 0.01   # AugLocal's train.py, adjust_learning_rate
+
+
+def lr_at(cfg, epoch: int) -> float:
+    """The lr of an epoch, epochs counted from 1.
+
+    milestones: lr * fact ** (number of milestones <= epoch - 1).
+    cosine-warmup (AugLocal's train.py with --cos_lr, commit 98c90d6): cos(e) =
+    lr/2 * (1 + cos(pi * e / epochs)); epochs 1..10 blend from 0.01 into it,
+    cos(e) * (e - 1)/10 + 0.01 * (11 - e)/10; then cos(e)."""
+    if getattr(cfg, "lr_schedule", "milestones") == "cosine-warmup":
+        cosine = 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        if epoch <= WARMUP_EPOCHS:
+            return (cosine * (epoch - 1) / WARMUP_EPOCHS
+                    + WARMUP_START * (WARMUP_EPOCHS + 1 - epoch) / WARMUP_EPOCHS)
+        return cosine
+    return cfg.lr * cfg.lr_decay_fact ** bisect.bisect_right(cfg.lr_decay_milestones, epoch - 1)
+
+
+def utc_iso(seconds: float) -> str:
+    """A time as metrics.json records it: ISO 8601, UTC, whole seconds."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def progress_bar(cfg):
+    if cfg.progress_bar or sys.stderr.isatty():
+        from tqdm import tqdm
+        return lambda it, total, desc: tqdm(it, total=total, desc=desc, leave=False)
+    return no_progress
+
+
+def history_entry(cfg, epoch: int, lr: float, parts: list, n_test: int) -> dict:
+    """One epoch's history entry from every stage's (train sums, eval sums, timing);
+    a whole network is one stage. The last stage holds the output layer."""
+    stats = [p[0] for p in parts]
+    last = stats[-1]
+    seen = last["seen"]
+    ce_mean = (last["ce_sum"] / seen).item()
+    local_mean = (torch.cat([s["local_sum"] for s in stats]) / seen).tolist()
+    local_err = (torch.cat([s["local_wrong"] for s in stats]) * 100 / seen).tolist()
+    layers = [i for s in stats for i in s["layers"]]
+    # a local classifier's error: the paper's pred decoder, every other method's heads
+    has_error = (cfg.loss_sup in ("pred", "predsim") or getattr(cfg, "method", "paper") != "paper") and not cfg.bio
+    ev = parts[-1][1]
+    seconds = max(p[2]["seconds"] for p in parts)
+    entry = {"epoch": epoch, "lr": lr, "train_error": last["wrong"].item() * 100 / seen, "train_loss": ce_mean,
+             "train_loss_scaled": ce_mean * output_scale(cfg), "local_loss": sum(local_mean),
+             "local": [{"layer": i, "loss": local_mean[k], "error": local_err[k] if has_error else None}
+                       for k, i in enumerate(layers)],
+             "test_error": ev["wrong"] * 100 / n_test, "test_loss": ev["ce_sum"] / n_test,
+             "epoch_seconds": seconds, "images_per_second": seen / seconds}
+    val = parts[-1][3]
+    if val is not None:   # --val-examples: the held-out split, evaluated as the test set
+        entry["val_error"] = val["wrong"] * 100 / cfg.val_examples
+        entry["val_loss"] = val["ce_sum"] / cfg.val_examples
+    if len(parts) > 1:
+        entry["stage_wait_seconds"] = [{"recv": p[2]["recv_wait"], "send": p[2]["send_wait"]} for p in parts]
+    return entry
+
+
+def divergence(entry: dict, out, epoch: int, lr: float) -> str | None:
+    # the test loss too: a last step that turns the weights to NaN shows only there
+    losses = {k: entry[k] for k in ("train_loss", "local_loss", "test_loss")}
+    if all(v == v and v not in (float("inf"), float("-inf")) for v in losses.values()):
+        return None
+    kept = f"the last good checkpoint (epoch {epoch - 1}) is kept" if epoch > 1 else "no checkpoint was written"
+    return (f"{out}: training diverged in epoch {epoch} (lr {lr:g}): "
+            f"{', '.join(f'{k} {v}' for k, v in losses.items())}; {kept}")
+
+
+def progress_line(cfg, epoch: int, e: dict) -> str:
+    line = (f"epoch {epoch}/{cfg.epochs} lr {e['lr']:.2e} train {e['train_error']:.2f}% "
+            f"test {e['test_error']:.2f}% loss {e['train_loss']:.4f} local {e['local_loss']:.4f} "
+            f"{e['epoch_seconds']:.1f}s {e['images_per_second']:.0f} img/s")
+    if "stage_wait_seconds" in e:
+        line += " (stage waits recv/send " + " ".join(
+            f"s{k}:{w['recv']:.1f}/{w['send']:.1f}s" for k, w in enumerate(e["stage_wait_seconds"])) + ")"
+    return line
+
+
+def fit(cfg, folder, engine, train, test) -> dict | None:
+    """Train (or resume) the run in folder with engine; the metrics on the reporting
+    process, None on a pipeline's other stages."""
+    device, reports = engine.device, engine.reports
+    val = train.validation if train is not None else None   # --val-examples: held out of train
+    history, wall_before, start = [], 0.0, 1
+    started_at = time.time()   # the run's first epoch; a resume keeps the first attempt's
+    state = engine.resume(folder)
+    if state is not None:
+        try:
+            engine.load_state_dict(state)
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:  # e.g. an older version's
+            raise CheckpointError(
+                f"{folder.out}: the checkpoint of epoch {state['epoch']} does not fit this run's {cfg.engine} "
+                f"engine ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
+                "use another --out, or delete the checkpoint to start over") from None
+        history, wall_before, start = state["history"] or [], state["wall_seconds"], state["epoch"] + 1
+        started_at = state.get("started_at") or started_at - wall_before   # older checkpoints lack it
+        if reports:
+            print(f"{folder.out}: resuming after epoch {state['epoch']} of {cfg.epochs}", flush=True)
+
+    env = describe(device, torch.get_num_threads(), cfg.precision)   # metrics.json and MLflow's env.* tags
+    tracker = open_run(cfg, folder.out, folder.run_name, env) if reports else None
+    if tracker is not None:
+        tracker.log_history(history)
+    precision_used = precision.apply(cfg.precision)  # this process's TF32 switches (every stage's)
+    autocast = precision.autocast(cfg.precision, device)
+    progress = progress_bar(cfg) if reports else no_progress
+    t_start = time.perf_counter()
+    try:
+        for epoch in range(start, cfg.epochs + 1):
+            lr = lr_at(cfg, epoch)
+            engine.set_lr(lr)
+            t0 = time.perf_counter()
+            sums = train_epoch(cfg, engine, train, epoch, autocast, progress)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timing = {"seconds": time.perf_counter() - t0, **engine.waits()}  # this epoch's training only
+            tested = evaluate(cfg, engine, test, autocast)
+            # a pipeline's later stages hold no split (val None) but evaluate what they receive
+            validated = evaluate(cfg, engine, val, autocast) if cfg.val_examples else None
+            parts = engine.gather((sums, tested, timing, validated))
+            verdict = None
+            if reports:
+                entry = history_entry(cfg, epoch, lr, parts, test.n)
+                if fault("nan", epoch):
+                    entry["train_loss"] = float("nan")
+                verdict = divergence(entry, folder.out, epoch, lr)
+            verdict = engine.agree(verdict)  # every stage stops, none waits for a peer
+            if verdict:
+                raise DivergenceError(verdict)
+            if reports:
+                history.append(entry)
+            folder.save_checkpoint({"epoch": epoch, **engine.state_dict(), "history": history if reports else None,
+                                    "wall_seconds": wall_before + time.perf_counter() - t_start,
+                                    "started_at": started_at})
+            engine.barrier()
+            fault("kill-after-checkpoint", epoch)
+            if reports:
+                tracker.log_history(history)  # after the checkpoint: a kill never loses a logged epoch
+                if not cfg.no_print_stats:
+                    print(progress_line(cfg, epoch, entry), flush=True)
+        engine.finish()
+        memory = engine.gather(peak_memory_bytes(device))
+        if not reports:
+            return None
+        params_backprop, params_total = engine.model.count_params()
+        metrics = {
+            "test_error": history[-1]["test_error"], "train_error": history[-1]["train_error"],
+            **reported_errors(history),   # best test epoch; validation-selected (runs/selection.py)
+            "epochs": len(history), "history": history,
+            "params_backprop": params_backprop, "params_total": params_total,
+            **head_cost(cfg, params_backprop, params_total),
+            "seed": cfg.seed, "config": vars(cfg), "config_hash": folder.config_hash, "git_revision": git_revision(),
+            "device": str(device), "environment": env, "precision": precision_used, "peak_memory_bytes": max(memory),
+            "wall_seconds": wall_before + time.perf_counter() - t_start,
+            "started_at": utc_iso(started_at), "finished_at": utc_iso(time.time()),   # MLflow's run times
+            "run_name": folder.run_name, "tags": run_tags(cfg), **engine.run_info(),
+        }
+        if train is not None and train.validation_record is not None:
+            metrics["val_split"] = train.validation_record
+        try:
+            draw_run_curve(folder.curve, metrics)
+        except Exception as e:  # a figure is a convenience; never lose a finished run over one
+            print(f"locallearn: warning: could not draw {folder.curve}: {e}", file=sys.stderr)
+        folder.write_metrics(metrics)
+    except BaseException as e:
+        if tracker is not None:
+            tracker.fail(str(e) or type(e).__name__)
+        raise
+    complete_run(tracker)
+    return metrics
