@@ -60,7 +60,7 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def describe(cfg) -> dict:
-    from .data.datasets import SPECS
+    from .recipe.specs import SPECS
     from .nets.models import build_model, describe_layers
     spec = SPECS[cfg.dataset]
     model = build_model(cfg, spec.channels, spec.size, spec.num_classes)
@@ -82,7 +82,7 @@ def cmd_data(argv: list[str]) -> int:
     from pathlib import Path
 
     from .data.datafetch import prepare
-    from .data.datasets import SPECS
+    from .recipe.specs import SPECS
     from .layout import resolve_data_dir
     from .recipe.helpformat import HelpFormatter
     p = argparse.ArgumentParser(

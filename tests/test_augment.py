@@ -63,7 +63,7 @@ def test_cutout_square_all_channels_clipped():
 
 def test_train_batches_are_a_function_of_seed_and_epoch():
     from locallearn.data.batches import Augment, DeviceSplit
-    from locallearn.data.datasets import SPECS
+    from locallearn.recipe.specs import SPECS
     imgs = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (300,))
     split = DeviceSplit(imgs, labels, SPECS["FashionMNIST"], torch.device("cpu"),
@@ -83,7 +83,7 @@ def test_split_streams_from_host_when_the_device_is_short(monkeypatch):
     memory and is copied per batch: same batches as the device-resident split."""
     from locallearn.data import batches
     from locallearn.data.batches import Augment, DeviceSplit
-    from locallearn.data.datasets import SPECS
+    from locallearn.recipe.specs import SPECS
     imgs = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (300,))
     aug = Augment(crop_padding=4, hflip=True, cutout_length=16)

@@ -18,7 +18,8 @@ from fake_data import SHAPES, fake_images, write_fake
 from locallearn.atomic import atomic_write_bytes
 from locallearn.data import datafetch, datasets
 from locallearn.data.datafetch import prepare, ready
-from locallearn.data.datasets import SPECS, load_split
+from locallearn.data.datasets import load_split
+from locallearn.recipe.specs import SPECS
 from locallearn.layout import resolve_data_dir
 from locallearn.errors import ConfigError, DatasetError
 

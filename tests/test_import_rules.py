@@ -142,11 +142,6 @@ PENDING: dict[str, set[str]] = {
     "train imports nothing from report": {"locallearn.train.fit -> locallearn.report.figures.draw_run_curve"},
     "the local losses do not import the cost model": {
         "locallearn.layers.local_losses -> locallearn.recipe.cost.decoder_pooling"},
-    "the dataset table is read from recipe/specs.py, not through the torch-importing readers": {
-        "locallearn.bench.bench -> locallearn.data.datasets.SPECS", "locallearn.cli -> locallearn.data.datasets.SPECS",
-        "locallearn.data.batches -> locallearn.data.datasets.SPECS",
-        "locallearn.data.datafetch -> locallearn.data.datasets.SPECS",
-        "locallearn.train.pipeline -> locallearn.data.datasets.SPECS"},
     "report builds no train parser and runs no cost model (it reads metrics.json)": {
         "locallearn.report.tables -> locallearn.recipe.config.build_parser",
         "locallearn.report.tables -> locallearn.recipe.runcost.head_cost"},

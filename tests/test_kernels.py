@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from locallearn.recipe.config import config_hash, parse_train_args
-from locallearn.data.datasets import SPECS
+from locallearn.recipe.specs import SPECS
 from locallearn.train.engines import FusedEngine, make_model
 from locallearn.host.kernels import configure
 

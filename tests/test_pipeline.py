@@ -66,7 +66,7 @@ def assert_same_as_sequential(seq_dir, pipe_dir, stages):
 
 def _named_params(seq):
     # model.parameters() order = the fused optimizer's indices; state_dict keeps that order
-    from locallearn.data.datasets import SPECS
+    from locallearn.recipe.specs import SPECS
     from locallearn.nets.models import build_model
     cfg = parse_train_args(_argv_from(seq["config"]))
     spec = SPECS[cfg.dataset]
@@ -193,7 +193,7 @@ def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch
     assert (tmp_path / "pipe" / "curve.png").stat().st_size > 0
 
 def test_layer_times_leave_the_model_untouched():
-    from locallearn.data.datasets import SPECS
+    from locallearn.recipe.specs import SPECS
     from locallearn.nets.models import build_model
     from locallearn.train.pipeline import layer_times
     cfg = parse_train_args(MLP + ["--batch-size", "16"])

@@ -150,7 +150,8 @@ def _fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
 def load_splits(cfg, device: torch.device):
     """(train, test, spec) for the run's dataset, with the recipe's augmentation."""
     from .datafetch import ready
-    from .datasets import SPECS, load_split
+    from ..recipe.specs import SPECS
+    from .datasets import load_split
     from ..errors import DatasetError
     from ..layout import resolve_data_dir
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from torchvision.datasets import utils as tv_utils
 
 from ..atomic import atomic_write_bytes
-from .datasets import (SPECS, Archive, DataFile, dataset_error, file_problem, how_to_get, layout_of,
-                       load_split, md5_of, one_line, problems_in)
 from ..errors import DatasetError
+from ..recipe.specs import SPECS
+from .datasets import (Archive, DataFile, dataset_error, file_problem, how_to_get, layout_of, load_split, md5_of,
+                       one_line, problems_in)
 
 # Folders of original files that this machine may already have; a dataset missing from
 # the data dir is imported from here (verified) before anything asks for a download.

@@ -241,7 +241,7 @@ class StageEngine(FusedEngine):
     only the stage's own layers move to its device."""
 
     def __init__(self, cfg, rank: int, world: int, device: torch.device):
-        from ..data.datasets import SPECS
+        from ..recipe.specs import SPECS
         spec = SPECS[cfg.dataset]
         model = initial_model(cfg, spec)   # the sequential run's initial weights
         costs, shapes, out_cost = layer_costs(cfg)
