@@ -140,8 +140,6 @@ PENDING: dict[str, set[str]] = {
     "track imports none of train, report (the mirror draws nothing)": {
         "locallearn.track.tracking -> locallearn.report.figures.draw_run_curve"},
     "train imports nothing from report": {"locallearn.train.fit -> locallearn.report.figures.draw_run_curve"},
-    "the local losses do not import the cost model": {
-        "locallearn.layers.local_losses -> locallearn.recipe.cost.decoder_pooling"},
     "report builds no train parser and runs no cost model (it reads metrics.json)": {
         "locallearn.report.tables -> locallearn.recipe.config.build_parser",
         "locallearn.report.tables -> locallearn.recipe.runcost.head_cost"},

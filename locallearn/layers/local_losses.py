@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..recipe.cost import decoder_pooling  # the rule is architecture arithmetic, shared with the cost model
+from ..recipe.archspec import decoder_pooling  # the architecture walk: the cost model counts the same pooling
 
 
 # --------------------------------------------------------------------------- similarity

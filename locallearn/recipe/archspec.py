@@ -8,9 +8,12 @@ lists, so the two cannot walk a network differently.
   local_modules   K, the local modules a ResNet is cut into (--local-modules, the method)
   resnet_sites    where a ResNet's local heads sit (a Site per head)
   block_sites     where the mlp's and a VGG's heads sit (a Site per hidden block)
+  decoder_pooling how a conv block's local head pools before its decoder (the layers
+                  build it, the cost model counts it)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -230,3 +233,27 @@ def block_sites(cfg, spec) -> list[Site]:
                  widths=tuple(widths), image_channels=spec.channels, image_size=spec.size,
                  num_classes=spec.num_classes, image_mean=spec.mean, image_std=spec.std,
                  kinds=tuple(kinds), pools=tuple(pools)) for i in range(len(widths))]
+
+
+# ----------------------------------------------------------------- decoder pooling
+def decoder_pooling(channels: int, side: int, dim_in_decoder: int):
+    """The reference's rule for bounding a conv block's pred-decoder input.
+
+    Start from kernel (1, 1); while channels * out_h * out_w exceeds the bound and
+    kh < side, double kh, and if still too big double kw. Output side ceil(side / k),
+    zero padding (k * (ceil(side/k) - side//k)) // 2, stride = kernel.
+    Returns (kernel, padding, decoder_input_size).
+    """
+    kh = kw = 1
+    out_h = out_w = side
+    size = channels * out_h * out_w
+    while size > dim_in_decoder and kh < side:
+        kh *= 2
+        out_h = math.ceil(side / kh)
+        size = channels * out_h * out_w
+        if size > dim_in_decoder:
+            kw *= 2
+            out_w = math.ceil(side / kw)
+            size = channels * out_h * out_w
+    pad = ((kh * (out_h - side // kh)) // 2, (kw * (out_w - side // kw)) // 2)
+    return (kh, kw), pad, size

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import headplans
-from .archspec import ConvLayer, ResidualLayer, Site, block_sites, conv_side, resnet_sites, vgg_flat, vgg_layers
+from .archspec import (ConvLayer, ResidualLayer, Site, block_sites, conv_side, decoder_pooling, resnet_sites,
+                       vgg_flat, vgg_layers)
 from .specs import RESNET_BLOCKS
 from ..errors import ConfigError
 from .specs import SPECS, VGG_CONFIGS
@@ -92,30 +93,6 @@ class NetworkCost:
     def eval_macs(self) -> float:
         """MACs of one test example (eval: forward, no heads)."""
         return sum(l.forward for l in self.layers) + self.output.forward
-
-
-# ----------------------------------------------------------------- decoder pooling
-def decoder_pooling(channels: int, side: int, dim_in_decoder: int):
-    """The reference's rule for bounding a conv block's pred-decoder input.
-
-    Start from kernel (1, 1); while channels * out_h * out_w exceeds the bound and
-    kh < side, double kh, and if still too big double kw. Output side ceil(side / k),
-    zero padding (k * (ceil(side/k) - side//k)) // 2, stride = kernel.
-    Returns (kernel, padding, decoder_input_size).
-    """
-    kh = kw = 1
-    out_h = out_w = side
-    size = channels * out_h * out_w
-    while size > dim_in_decoder and kh < side:
-        kh *= 2
-        out_h = math.ceil(side / kh)
-        size = channels * out_h * out_w
-        if size > dim_in_decoder:
-            kw *= 2
-            out_w = math.ceil(side / kw)
-            size = channels * out_h * out_w
-    pad = ((kh * (out_h - side // kh)) // 2, (kw * (out_w - side // kw)) // 2)
-    return (kh, kw), pad, size
 
 
 # ---------------------------------------------------------------------------- tally
