@@ -10,7 +10,8 @@ import numpy as np
 from conftest import needs_fmnist
 from locallearn.train import train as train_mod
 from locallearn.recipe.config import config_hash, parse_train_args
-from locallearn.runs.selection import ERRORS, error_of, held_out, reported_errors
+from locallearn.data.batches import held_out
+from locallearn.runs.selection import ERRORS, error_of, reported_errors
 
 
 def test_reported_errors_by_hand():

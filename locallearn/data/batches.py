@@ -11,6 +11,7 @@ sees exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,7 +176,6 @@ def load_splits(cfg, device: torch.device):
     if not n_val:
         return DeviceSplit(xtr, ytr, spec, device, aug), DeviceSplit(xte, yte, spec, device), spec
     from ..errors import ConfigError
-    from ..runs.selection import held_out
     if n_val > len(xtr) - 2:
         raise ConfigError(f"--val-examples {n_val}: the training set has only {len(xtr)} examples "
                           "(at least 2 must remain to train)")
@@ -185,3 +185,19 @@ def load_splits(cfg, device: torch.device):
     train.validation = DeviceSplit(xtr[val], ytr[val], spec, device)   # evaluated as the test set is
     train.validation_record = record
     return train, DeviceSplit(xte, yte, spec, device), spec
+
+
+SPLIT_SEED = 0   # the held-out permutation's seed: one split for every run and seed
+
+
+def held_out(n_train: int, n_val: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The validation split of --val-examples: (training indices, validation indices, the
+    record of the choice, which metrics.json keeps): the first n_val of a fixed
+    permutation of range(n_train) are held out, the same for every seed and every run;
+    both index lists are sorted, so the remaining training examples keep their file order."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n_train)
+    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    record = {"examples": int(n_val), "of": int(n_train),
+              "rule": f"numpy default_rng({SPLIT_SEED}).permutation(of)[:examples], the same for every seed",
+              "indices_sha256": hashlib.sha256(val.astype("<i8").tobytes()).hexdigest()}
+    return train, val, record

@@ -143,7 +143,7 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
     a("--lr-schedule", default="milestones", help="milestones (--lr-decay-milestones, the paper) | "
       "cosine-warmup (AugLocal's train.py --cos_lr: 10 warm-up epochs from 0.01, then cosine over --epochs)")
     a("--val-examples", type=int, default=0, help="hold out N training examples as a validation split "
-      "(the same for every seed: locallearn/runs/selection.py); its error picks the validation-selected epoch; "
+      "(the same for every seed: locallearn/data/batches.py); its error picks the validation-selected epoch; "
       "0: none, the whole training set trains")
     a("--no-output-scale", action="store_true", help="predsim: the output loss unscaled (AugLocal's PredSim) "
       "instead of times 1 - beta (the paper's reference)")

@@ -7,16 +7,11 @@
 - `val_selected_test_error`: the test error at the epoch with the lowest error on a
   validation split held out from the training set (`--val-examples N`).
 
-Ties go to the earliest epoch. `held_out` says which training examples form the
-validation split: a fixed permutation, the same for every seed and every run, so
-the choice is deterministic and recorded (its checksum in metrics.json).
+Ties go to the earliest epoch. Which training examples form the validation split is
+data/batches.py's `held_out`.
 Importing this module does not import torch.
 """
 from __future__ import annotations
-
-import hashlib
-
-import numpy as np
 
 # The three errors a table may show: metrics.json key -> what the tables call it.
 ERRORS = {
@@ -24,7 +19,6 @@ ERRORS = {
     "best_test_error": "best test epoch (as the papers report)",
     "val_selected_test_error": "validation-selected epoch",
 }
-SPLIT_SEED = 0   # the held-out permutation's seed: one split for every run and seed
 
 
 def _number(value) -> bool:
@@ -56,15 +50,3 @@ def error_of(metrics: dict, key: str) -> float | None:
         value = reported_errors(metrics["history"]).get(key)
         return float(value) if _number(value) else None
     return None
-
-
-def held_out(n_train: int, n_val: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(training indices, validation indices, the record of the choice): the first
-    n_val of a fixed permutation of range(n_train) are held out; both index lists are
-    sorted, so the remaining training examples keep their file order."""
-    perm = np.random.default_rng(SPLIT_SEED).permutation(n_train)
-    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    record = {"examples": int(n_val), "of": int(n_train),
-              "rule": f"numpy default_rng({SPLIT_SEED}).permutation(of)[:examples], the same for every seed",
-              "indices_sha256": hashlib.sha256(val.astype("<i8").tobytes()).hexdigest()}
-    return train, val, record
