@@ -109,7 +109,6 @@ def cmd_data(argv: list[str]) -> int:
     return 0
 
 
-
 def tracking_init(argv: list[str]) -> int:
     """`locallearn tracking init`: create the store and the experiment once, before the
     jobs start, so they never race to create either."""

@@ -15,7 +15,6 @@ from locallearn.atomic import atomic_write, atomic_write_bytes, atomic_write_tex
 from locallearn.credentials import PASSWORD_VAR, USERNAME_VAR, redact_uri, take_credentials
 
 
-
 @pytest.fixture
 def umask():
     """Set the umask for one test (single-threaded here), restoring it after."""

@@ -513,7 +513,6 @@ def test_report_holds_tables_scatter_every_curve_and_runtimes(tmp_path):
     assert sorted(runtimes) == sorted(["compile_tables", "scatter", "splice_readme", *["curve"] * 4, *["layers"] * 4])
 
 
-
 def committed_clone(dest: Path) -> None:
     """What a fresh clone holds of the results: each committed run's metrics.json, and the README."""
     for m in sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json")):

@@ -55,8 +55,6 @@ from ..errors import ConfigError, DatasetError
 from ..recipe.specs import SPECS
 
 
-
-
 # --------------------------------------------------------------------------- layout
 
 @dataclass(frozen=True)

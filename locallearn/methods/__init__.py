@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import auglocal, dgl, infopro, paper
-from .site import Site, interpolate  # noqa: F401  (re-exported)
+from .site import Site, interpolate
+
+__all__ = ["METHODS", "Method", "Site", "interpolate"]   # Site, interpolate: re-exported
 
 
 @dataclass(frozen=True)

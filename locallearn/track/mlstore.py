@@ -21,6 +21,7 @@ mlflow is imported lazily: with tracking off the trainer never pays for the impo
 from __future__ import annotations
 
 import fcntl
+import importlib
 import logging
 import os
 import random
@@ -154,7 +155,7 @@ def _quiet_mlflow() -> None:
     SQLite lock conflict (which call retries) as an ERROR with a traceback."""
     for key, value in _MLFLOW_ENV.items():
         os.environ.setdefault(key, value)
-    import mlflow  # noqa: F401  (configures MLflow's loggers from the environment)
+    importlib.import_module("mlflow")   # configures MLflow's loggers from the environment
 
     # again, for a process that imported mlflow before us
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())

@@ -76,12 +76,6 @@ MAX_PARAM_LENGTH = 6000   # MLflow 3 rejects longer param values
 MAX_TAG_LENGTH = 8000     # ... and longer tag values
 
 
-
-
-
-
-
-
 class RunTracker:
     """The MLflow run of one output folder. Opened with uri None it does nothing, so the
     trainer calls it unconditionally."""
@@ -205,23 +199,6 @@ class RunTracker:
 
 
 # --- the store ---------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --- the run loop's calls ------------------------------------------------------------
@@ -384,8 +361,6 @@ def _log_finished_run(client, uri: str, run, metrics: dict, artifacts) -> int:
     return writes
 
 
-
-
 def _system_metrics_on(flag: bool | None) -> bool:
     if flag is not None:
         return flag
@@ -510,10 +485,6 @@ def _added_in_git_ms(path: Path) -> int | None:
     return _iso_ms(lines[0]) if lines else None
 
 
-
-
-
-
 def _run_of_hash(client, exp_id: str, chash: str | None):
     """The oldest active run of this config hash (the recipe and seed) in the experiment."""
     if not chash:
@@ -563,9 +534,5 @@ def _metric(key: str, value, timestamp: int, step: int):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-
-
 
 

@@ -1,4 +1,4 @@
-"""Engines: how a batch's losses become an update, and one pass over a split.
+"""Engines: how a batch's losses become an update (one pass over a split is epochs.py's).
 
 Two engines compute the same updates (tests/test_engines.py proves it):
 - fused (default): every local loss and the output loss summed, one backward, one
