@@ -394,19 +394,23 @@ def _system_metrics_on(flag: bool | None) -> bool:
     return bool(MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get())
 
 
+def _has_pynvml() -> bool:
+    """Whether nvidia-ml-py (the `gpu` extra), which MLflow's GPU sampler needs, imports."""
+    try:
+        import pynvml  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _start_system_metrics(uri: str, run_id: str, device: str | None = None):
     """MLflow's psutil sampler (and its GPU one where NVML answers) on a thread, logging
     `system/*` metrics every $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s (default 10), one
     step per sample, continuing a resumed run's steps. A sampler that cannot start only warns;
     so does a run on a CUDA `device` without pynvml (MLflow says so only below WARNING)."""
-    if str(device or "").startswith("cuda"):
-        try:
-            import pynvml   # nvidia-ml-py, the `gpu` extra
-        except ImportError:
-            pynvml = None
-        if pynvml is None:
-            log.warning("locallearn: warning: no GPU system metrics: nvidia-ml-py is not installed "
-                        "(pip install nvidia-ml-py, or the locallearn[gpu] extra)")
+    if str(device or "").startswith("cuda") and not _has_pynvml():
+        log.warning("locallearn: warning: no GPU system metrics: nvidia-ml-py is not installed "
+                    "(pip install nvidia-ml-py, or the locallearn[gpu] extra)")
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
         monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
