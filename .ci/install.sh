@@ -4,26 +4,28 @@
 #
 #   bash .ci/install.sh && . .venv/bin/activate
 #
-# - Python: $PYTHON if set, else `python3` (>= 3.10). A distribution's python3 is fine:
+# - Python: $PYTHON if set, else `python3` (>= 3.11). A distribution's python3 is fine:
 #   nothing is installed into it (a venv is not "externally managed", PEP 668). Where
 #   its venv module is missing (Debian/Ubuntu without python3-venv) it is installed with
 #   apt-get when we are root.
 # - Debian's real Fashion-MNIST (dataset-fashion-mnist), for the quick replication and
 #   the tests, with apt-get when we are root; elsewhere pass `--config download=true`.
-# - PyTorch (pinned), then this package (editable) with its tools (snakemake, mlflow,
-#   the SLURM executor plugin) and pytest. pip reads the machine's pip configuration as
-#   usual, so a machine that serves these wheels from local disk still does.
+# - The locked environment, envs/requirements.txt: the exact versions of everything the
+#   project runs and tests with (PyTorch, mlflow, snakemake, the SLURM executor plugin,
+#   pytest, ...; docs/environment.md), then this package, editable, without dependencies
+#   (the lock has them all; `pip check` confirms it). pip reads the machine's pip
+#   configuration as usual, so a machine that serves these wheels from local disk still does.
 # - Not SLURM or munge: only the cluster tests need them, and .ci/slurm-up.sh, which
 #   those tests call, installs them.
 #
-# Idempotent: a second run with the same pyproject.toml and this same script reuses the
-# populated venv without calling pip (about a second). `rm -rf .venv` starts over.
+# Idempotent: a second run with the same lock, pyproject.toml and this same script reuses
+# the populated venv without calling pip (about a second). `rm -rf .venv` starts over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd -P)
 VENV=.venv
 STAMP=$VENV/.locallearn-installed
-TORCH=(torch==2.14.1 torchvision==0.29.1)   # the releases pyproject.toml pins
+LOCK=envs/requirements.txt
 
 say() { echo "install: $*"; }
 die() { echo "install: error: $*" >&2; exit 1; }
@@ -36,9 +38,9 @@ apt_install() {
 
 # ---------------------------------------------------------------- the interpreter
 PY=${PYTHON:-python3}
-command -v "$PY" >/dev/null 2>&1 || die "no '$PY' on PATH; install Python >= 3.10 or set PYTHON=/path/to/python3"
-"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-  || die "$PY is Python $("$PY" -c 'import platform; print(platform.python_version())'); locallearn needs >= 3.10 (set PYTHON=...)"
+command -v "$PY" >/dev/null 2>&1 || die "no '$PY' on PATH; install Python >= 3.11 or set PYTHON=/path/to/python3"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "$PY is Python $("$PY" -c 'import platform; print(platform.python_version())'); locallearn needs >= 3.11 (set PYTHON=...)"
 
 # ------------------------------------------------------------------ Debian packages
 if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
@@ -70,18 +72,20 @@ if [[ ! -e $VENV ]]; then
 fi
 
 # ------------------------------------------------------------- the Python packages
-# What decides the venv's contents: the dependencies, this script, and where the
+# What decides the venv's contents: the lock, pyproject.toml, this script, and where the
 # editable install points (a moved repository needs a new venv anyway).
-want=$(cat pyproject.toml .ci/install.sh <(echo "$REPO") | sha256sum | cut -d' ' -f1)
+want=$(cat "$LOCK" pyproject.toml .ci/install.sh <(echo "$REPO") | sha256sum | cut -d' ' -f1)
 if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
   say "$VENV is up to date ($(.venv/bin/locallearn --version))"
   exit 0
 fi
 rm -f "$STAMP"
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-# torch first and pinned: on this project's machines pip takes both from local disk.
-"${PIP[@]}" "${TORCH[@]}"
-"${PIP[@]}" -e '.[dev]'
+# The lock first (on this project's machines pip takes torch and torchvision from local
+# disk), then the package itself, built with the lock's setuptools.
+"${PIP[@]}" -r "$LOCK"
+"${PIP[@]}" --no-deps --no-build-isolation -e '.[dev,gpu]'
+"$VENV/bin/python" -m pip check >/dev/null || die "$LOCK does not hold all that is installed needs: $("$VENV/bin/python" -m pip check | head -3)"
 "$VENV/bin/locallearn" --version >/dev/null || die "the installed locallearn does not start"
 echo "$want" >"$STAMP"
 say "ready: $("$VENV/bin/locallearn" --version) in $REPO/$VENV (activate: . $VENV/bin/activate)"

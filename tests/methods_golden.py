@@ -62,7 +62,8 @@ def init_value(key: str, t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(t)
     if key.endswith("running_var"):
         return torch.ones_like(t)
-    n = torch.randn(t.shape, generator=torch.Generator().manual_seed(zlib.crc32(key.encode())))
+    n = torch.randn(t.shape, generator=torch.Generator().manual_seed(zlib.crc32(key.encode())),
+                    dtype=torch.float64).to(t.dtype)
     if t.dim() >= 2:
         return n * math.sqrt(2.0 / (t.numel() // t.shape[0]))
     return 1 + 0.1 * n if key.endswith("weight") else 0.1 * n
@@ -111,11 +112,11 @@ def start_from_golden_init(model, names: dict[str, str]) -> None:
 def inputs(golden: dict):
     s = golden["setup"]
     g = torch.Generator().manual_seed(s["seed"])
-    mean = torch.tensor(s["image_mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(s["image_std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(s["image_mean"], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(s["image_std"], dtype=torch.float64).view(1, 3, 1, 1)
     out = []
     for _ in range(s["steps"]):
-        u = torch.rand(s["batch"], 3, 32, 32, generator=g)
+        u = torch.rand(s["batch"], 3, 32, 32, generator=g, dtype=torch.float64)
         out.append(((u - mean) / std, torch.randint(0, 10, (s["batch"],), generator=g)))
     return out
 

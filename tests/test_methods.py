@@ -75,6 +75,30 @@ def test_auglocal_layers_and_depths_by_hand():
     assert depths == [round(3 - i / 11) for i in range(12)] == [3] * 6 + [2] * 6
 
 
+def heads_of(method, modules, *extra):
+    cfg = parse_train_args(["--model", "resnet32", "--dataset", "CIFAR10", "--method", method,
+                            "--local-modules", str(modules), "--ixx-1", "5", "--ixx-2", "0.2",
+                            "--ixy-1", "0", "--ixy-2", "1", *extra])
+    return [b.head for b in make_model(cfg, SPECS["CIFAR10"], torch.device("cpu")).blocks]
+
+
+def test_weight_schedule_over_modules_by_hand():
+    """InfoPro's lambdas and AugLocal's ixy move linearly from the first local head
+    (ratio 0) to the last (ratio 1): K modules have K - 1 heads, at ratios i / (K - 2)
+    (AugLocal's networks/resnet.py forward). Written out by hand, not through Site.ratio."""
+    k4 = heads_of("infopro", 4)                         # heads after modules 0, 1, 2: ratios 0, 1/2, 1
+    assert [h.ixx for h in k4] == pytest.approx([5.0, 2.6, 0.2], abs=1e-12)
+    assert [h.ixy for h in k4] == pytest.approx([0.0, 0.5, 1.0], abs=1e-12)
+    k16 = heads_of("infopro", 16)                       # 15 heads: ratios 0/14 .. 14/14
+    assert [h.ixy for h in k16] == pytest.approx([i / 14 for i in range(15)], abs=1e-12)
+    assert [h.ixx for h in k16] == pytest.approx([5 - 4.8 * i / 14 for i in range(15)], abs=1e-12)
+    # AugLocal's train.py builds local_module_num - aux_net_depth modules: 5 - 1 = 4 and
+    # 17 - 1 = 16 here, so 3 heads at 0, 1/2, 1 and 15 heads at i / 14
+    assert [h.ixy for h in heads_of("auglocal", 5, "--aux-depth", "1")] == pytest.approx([0, 0.5, 1], abs=1e-12)
+    assert [h.ixy for h in heads_of("auglocal", 17, "--aux-depth", "1")] == pytest.approx(
+        [i / 14 for i in range(15)], abs=1e-12)
+
+
 def test_heads_on_the_paper_networks_by_hand():
     """vgg8b on CIFAR-10: convs of 128, 256, [pool] 256, 512, [pool] 512, [pool] 512, a
     linear block of 1024. AugLocal's head after conv 0 at depth 2 copies convs

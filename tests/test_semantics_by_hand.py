@@ -299,3 +299,24 @@ def test_sgd_update_of_the_hidden_layers_by_hand(engine, detach):
         assert min(sizes) > 1e-3, sizes
         scaled_by_one = lr * (grads(lambda local, out: sum(local) + out / (1 - cfg.beta))[first] - want[first])
         assert scaled_by_one.abs().max() > 1e-3
+
+
+# ------------------------------------------------ SGD with Nesterov momentum, by hand
+def test_nesterov_sgd_steps_by_hand():
+    """Two steps of `--optim sgd --momentum 0.9 --nesterov --weight-decay 0.01 --lr 0.1`
+    (PyTorch's SGD, as AugLocal's train.py steps): d = g + wd p; buf = m buf + d (buf = d
+    at the first step); p -= lr (d + m buf). Without Nesterov the first step alone would
+    move p by lr d = (0.051, 0.023), not lr (d + m d) = (0.0969, 0.0437)."""
+    from locallearn.train.engines import make_optimizer
+    cfg = flags("--optim", "sgd", "--lr", "0.1", "--momentum", "0.9", "--nesterov", "--weight-decay", "0.01")
+    p = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = make_optimizer(cfg, [p], torch.device("cpu"))
+    # step 1: g = (0.5, 0.25); d = (0.51, 0.23); buf = d; p = p - 0.1 * 1.9 d
+    p.grad = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    opt.step()
+    assert p.detach().tolist() == pytest.approx([0.9031, -2.0437], abs=1e-12)
+    # step 2: g = (-1, 0.5); d = g + 0.01 p = (-0.990969, 0.479563);
+    # buf = 0.9 (0.51, 0.23) + d = (-0.531969, 0.686563); d + 0.9 buf = (-1.4697411, 1.0974697)
+    p.grad = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+    opt.step()
+    assert p.detach().tolist() == pytest.approx([1.05007411, -2.15344697], abs=1e-12)

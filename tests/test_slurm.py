@@ -52,36 +52,57 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
 
 # --------------------------------------------------------------------- no cluster
 
-def _names_and_pins(lines) -> dict[str, str]:
+LOCK = REPO / "envs" / "requirements.txt"
+
+
+def _locked() -> dict[str, list]:
+    """envs/requirements.txt: {name: [Requirement, ...]} (several only where markers fork)."""
+    from packaging.requirements import Requirement
     out = {}
-    for line in lines:
+    for line in LOCK.read_text().splitlines():
         line = line.split("#")[0].strip()
-        if not line or line.startswith("-"):
-            continue
-        m = re.match(r"^([A-Za-z0-9_.\-]+)\s*(.*)$", line)
-        name, pin = m.group(1).lower().replace("_", "-"), m.group(2).replace(" ", "")
-        out[name] = pin.lstrip("=") if pin.startswith("=") and not pin.startswith("==") else pin
+        if line:
+            r = Requirement(line)
+            out.setdefault(r.name.lower().replace("_", "-"), []).append(r)
     return out
 
 
-def test_envs_match_pyproject():
+def test_lock_holds_pyproject():
+    """The lock pins every package exactly, and the pins satisfy pyproject's ranges: its
+    dependencies, every extra (the lock's command names them all) and the build backend."""
     import tomllib
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    want = _names_and_pins(deps)
-    req = _names_and_pins((REPO / "envs" / "requirements.txt").read_text().splitlines())
-    assert req == want, "envs/requirements.txt differs from pyproject.toml dependencies"
-    env = yaml.safe_load((REPO / "envs" / "environment.yaml").read_text())
-    conda, pip = [], []
-    for dep in env["dependencies"]:
-        if isinstance(dep, dict):
-            pip += dep["pip"]
-        else:
-            conda.append(dep)
-    names = _names_and_pins(pip)
-    names.update({k: v for k, v in _names_and_pins(c.replace("=", "==", 1) if "=" in c else c
-                                                    for c in conda).items()
-                  if k not in ("python", "pip")})
-    assert names == want, "envs/environment.yaml differs from pyproject.toml dependencies"
+    from packaging.requirements import Requirement
+    py = tomllib.loads((REPO / "pyproject.toml").read_text())
+    lock = _locked()
+    assert len(lock) > 100   # the whole closure, not the direct dependencies
+    for name, reqs in lock.items():
+        for r in reqs:
+            (spec,) = r.specifier
+            assert spec.operator == "==" and not r.extras, f"{LOCK.name}: {r} is not an exact pin"
+    header = LOCK.read_text().split("\n", 3)[1]   # "#    uv pip compile pyproject.toml ..."
+    extras = py["project"]["optional-dependencies"]
+    assert "pyproject.toml" in header and all(f"--extra {e}" in header for e in extras), header
+    wanted = py["project"]["dependencies"] + sum(extras.values(), []) + py["build-system"]["requires"]
+    for w in map(Requirement, wanted):
+        name = w.name.lower().replace("_", "-")
+        assert name in lock, f"{LOCK.name} lacks {w}: regenerate it (docs/environment.md)"
+        here = [r for r in lock[name] if r.marker is None or r.marker.evaluate()]
+        assert len(here) == 1, f"{LOCK.name}: {name} has {len(here)} pins for this platform"
+        version = str(here[0].specifier).lstrip("=")
+        assert w.specifier.contains(version, prereleases=True), f"{LOCK.name}: {name}=={version} is not {w}"
+
+
+def test_conda_env_is_the_lock():
+    """envs/environment.yaml installs the lock through pip, and names its sha256 so that
+    Snakemake (which hashes only the yaml) rebuilds its environment when the lock changes."""
+    import hashlib
+    text = (REPO / "envs" / "environment.yaml").read_text()
+    env = yaml.safe_load(text)
+    conda = [d for d in env["dependencies"] if not isinstance(d, dict)]
+    pip = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    assert [c.split("=")[0] for c in conda] == ["python", "pip"] and pip == [["-r requirements.txt"]]
+    line = f"# lock: requirements.txt sha256 {hashlib.sha256(LOCK.read_bytes()).hexdigest()}"
+    assert line in text.splitlines(), f"envs/environment.yaml: the lock changed; write its line as: {line}"
 
 
 def test_profile_is_valid_for_the_plugin():

@@ -420,13 +420,15 @@ def test_tags_of_a_metrics_json_without_environment():
     assert tracking.mlflow_tags({**doc, "device": "cuda:0"})["env.device"] == "cuda:0"
 
 
-def test_system_metrics_when_switched_on(tmp_path, monkeypatch):
-    """MLflow's psutil sampler logs system/* metrics while the run is open (CPU here)."""
+def test_system_metrics_when_switched_on(tmp_path, monkeypatch, caplog):
+    """MLflow's psutil sampler logs system/* metrics while the run is open (CPU here; the
+    run says it is on CUDA without nvidia-ml-py, and gets the one line that says so)."""
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     uri = sqlite_uri(tmp_path)
     off = RunTracker.open(tmp_path / "off", uri, EXPERIMENT, "off", {"config_hash": "a"}, {})
+    monkeypatch.setitem(sys.modules, "pynvml", None)   # nvidia-ml-py absent: a CUDA run says so
     on = RunTracker.open(tmp_path / "on", uri, EXPERIMENT, "on", {"config_hash": "b"}, {},
-                         system_metrics=True)
+                         environment={"device": "cuda:0"}, system_metrics=True)
     time.sleep(3.5)
     for tracker in (on, off):
         write_metrics(tracker._out, {"test_error": 1.0, "history": []})
@@ -436,6 +438,33 @@ def test_system_metrics_when_switched_on(tmp_path, monkeypatch):
     assert "system/cpu_utilization_percentage" in logged and "system/system_memory_usage_megabytes" in logged
     assert len(client.get_metric_history(on.run_id, "system/cpu_utilization_percentage")) >= 2
     assert not any(k.startswith("system/") for k in client.get_run(off.run_id).data.metrics)
+    assert [r.getMessage() for r in caplog.records if "nvidia-ml-py" in r.getMessage()] == [NO_NVML]
+
+
+NO_NVML = ("locallearn: warning: no GPU system metrics: nvidia-ml-py is not installed "
+           "(pip install nvidia-ml-py, or the locallearn[gpu] extra)")
+
+
+@pytest.mark.parametrize("device, pynvml, said", [("cuda:0", None, True), ("cuda", None, True),
+                                                  ("cpu", None, False), ("cuda:0", "module", False)])
+def test_gpu_metrics_without_nvidia_ml_py(monkeypatch, caplog, device, pynvml, said):
+    """--mlflow-system-metrics on CUDA without pynvml (nvidia-ml-py, the `gpu` extra): one
+    warning line, which MLflow itself gives only below WARNING; none on the CPU or with it.
+    MLflow's sampler is a stand-in: no store, no thread."""
+    import types
+    from mlflow.system_metrics import system_metrics_monitor
+
+    class Monitor:
+        def __init__(self, run_id, **kw):
+            pass
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(system_metrics_monitor, "SystemMetricsMonitor", Monitor)
+    monkeypatch.setitem(sys.modules, "pynvml", types.ModuleType("pynvml") if pynvml else None)
+    assert isinstance(tracking._start_system_metrics("sqlite:///unused.db", "r1", device), Monitor)
+    assert [r.getMessage() for r in caplog.records] == ([NO_NVML] if said else [])
 
 
 # --------------------------------------------------------------------------- sync

@@ -43,6 +43,12 @@ def autocast(precision: str, device: torch.device):
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def loss_input(logits: torch.Tensor) -> torch.Tensor:
+    """Logits as the output loss reads them: bfloat16/float16 ones upcast to float32,
+    float32 and float64 kept (the golden tests run the engines in float64)."""
+    return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+
+
 def activation_dtype(precision: str) -> torch.dtype:
     """The dtype of the activations a block passes on (pipeline messages)."""
     return torch.bfloat16 if precision == "bf16" else torch.float32

@@ -45,9 +45,11 @@ class InfoProHead(nn.Module):
             nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, HIDDEN), nn.ReLU(),
             nn.Linear(HIDDEN, site.num_classes))
         self.ixx, self.ixy = ixx, ixy
-        # the data's normalisation, to restore the image to [0, 1]
+        # the data's normalisation, to restore the image to [0, 1]; kept in float64 and
+        # cast to the image's dtype in forward, so a float64 run (the golden tests) gets
+        # the exact constants and a float32 one the same float32 values as always
         for name, value in (("mean", site.image_mean), ("std", site.image_std)):
-            self.register_buffer(name, torch.tensor(value, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float64).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, h, x, y, y_onehot, image=None):
         if image is None:
@@ -55,7 +57,7 @@ class InfoProHead(nn.Module):
         up = F.interpolate(h, size=[self.image_size, self.image_size], mode="bilinear", align_corners=True)
         # the restored image lies in [0, 1] for real data; the clamp (an identity there)
         # keeps synthetic inputs from stopping binary cross-entropy
-        target = (image * self.std + self.mean).clamp(0, 1)
+        target = (image * self.std.to(image.dtype) + self.mean.to(image.dtype)).clamp(0, 1)
         bce = F.binary_cross_entropy(self.reconstruction(up), target)
         logits = self.classifier(h)
         ce = F.cross_entropy(logits, y)

@@ -127,7 +127,8 @@ class RunTracker:
         new_params = {k: v for k, v in _param_strings(params).items()
                       if k not in run.data.params}  # a rerun's extra flags may differ: keep the first
         mlstore.call(uri, "start the run", lambda: _log_run_start(client, run_id, run_name, tags, new_params))
-        monitor = _start_system_metrics(uri, run_id) if _system_metrics_on(system_metrics) else None
+        monitor = (_start_system_metrics(uri, run_id, (environment or {}).get("device"))
+                   if _system_metrics_on(system_metrics) else None)
         return cls(client, uri, run_id, int(run.data.metrics.get("epoch", 0)), monitor, out_dir, experiment)
 
     def log_history(self, history: list[dict]) -> None:
@@ -368,10 +369,23 @@ def _system_metrics_on(flag: bool | None) -> bool:
     return bool(MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get())
 
 
-def _start_system_metrics(uri: str, run_id: str):
+def _has_pynvml() -> bool:
+    """Whether nvidia-ml-py (the `gpu` extra), which MLflow's GPU sampler needs, imports."""
+    try:
+        import pynvml  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _start_system_metrics(uri: str, run_id: str, device: str | None = None):
     """MLflow's psutil sampler (and its GPU one where NVML answers) on a thread, logging
     `system/*` metrics every $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s (default 10), one
-    step per sample, continuing a resumed run's steps. A sampler that cannot start only warns."""
+    step per sample, continuing a resumed run's steps. A sampler that cannot start only warns;
+    so does a run on a CUDA `device` without pynvml (MLflow says so only below WARNING)."""
+    if str(device or "").startswith("cuda") and not _has_pynvml():
+        log.warning("locallearn: warning: no GPU system metrics: nvidia-ml-py is not installed "
+                    "(pip install nvidia-ml-py, or the locallearn[gpu] extra)")
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
         monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)

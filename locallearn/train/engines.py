@@ -233,7 +233,7 @@ class FusedEngine(Engine):
             total, logits, ce = None, None, None
             if self.output is not None:
                 logits = self.output(out)
-                ce = F.cross_entropy(logits.float(), y)
+                ce = F.cross_entropy(precision.loss_input(logits), y)
                 total = ce * output_scale(cfg)
             for loss in local_losses:
                 total = loss if total is None else total + loss
@@ -263,7 +263,7 @@ def forward_local_backward(model, x, y, y_onehot, after_local, retain_graph: boo
             out = after_local(m, out)
         x = out
     logits = model.output(x)
-    return logits, F.cross_entropy(logits.float(), y), local_losses, stats
+    return logits, F.cross_entropy(precision.loss_input(logits), y), local_losses, stats
 
 
 class ReferenceEngine(Engine):

@@ -20,6 +20,10 @@ torch.Tensor.cuda = lambda self, *a, **k: self      # their InfoPro moves its me
 nn.Module.cuda = lambda self, *a, **k: self
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
+# float64 throughout: float32 results of the same code differ between CPU kinds (AVX2
+# against AVX-512 kernels, oneDNN's convolutions), and two SGD steps with BatchNorm
+# amplify the last bits to ~1e-4 relative; in float64 the same spread stays near 1e-12.
+torch.set_default_dtype(torch.float64)
 
 import networks.resnet as R  # noqa: E402
 
@@ -38,7 +42,7 @@ def init_value(key, t):
         return torch.ones_like(t)
     if key.endswith("num_batches_tracked"):
         return torch.zeros_like(t)
-    n = torch.randn(t.shape, generator=g, dtype=torch.float32)
+    n = torch.randn(t.shape, generator=g, dtype=torch.float64)
     if t.dim() >= 2:
         return n * math.sqrt(2.0 / (t.numel() // t.shape[0]))
     if key.endswith("weight"):
@@ -55,8 +59,9 @@ def batches(size):
     g = torch.Generator().manual_seed(SEED)
     out = []
     for _ in range(STEPS):
-        u = torch.rand(B, 3, size, size, generator=g)
-        x = (u - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        u = torch.rand(B, 3, size, size, generator=g, dtype=torch.float64)
+        x = (u - torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)) / \
+            torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
         out.append((x, torch.randint(0, 10, (B,), generator=g)))
     return out
 
@@ -149,9 +154,9 @@ def lr_schedule():
 
 
 def rounded(obj):
-    """10 significant digits: float32 carries about 7."""
+    """15 significant digits: float64 carries about 16, and the tests allow 1e-9."""
     if isinstance(obj, float):
-        return float(f"{obj:.10g}")
+        return float(f"{obj:.15g}")
     if isinstance(obj, dict):
         return {k: rounded(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -160,7 +165,7 @@ def rounded(obj):
 
 
 OUT.mkdir(parents=True, exist_ok=True)
-meta = {"batch": B, "steps": STEPS, "lr": LR, "momentum": MOMENTUM, "nesterov": True, "weight_decay": WD,
+meta = {"dtype": "float64", "batch": B, "steps": STEPS, "lr": LR, "momentum": MOMENTUM, "nesterov": True, "weight_decay": WD,
         "seed": SEED, "image_mean": MEAN, "image_std": STD, "torch": torch.__version__}
 for case in CASES:
     if len(sys.argv) > 3 and case[0] not in sys.argv[3:]:
