@@ -50,12 +50,13 @@ actions:
 
 def cmd_train(argv: list[str]) -> int:
     from .recipe.config import parse_train_args
+    from .report.figures import draw_run_curve
     from .train.train import run, set_aside_only
     cfg = parse_train_args(argv)
     if cfg.set_aside_to:
         set_aside_only(cfg, argv)
     else:
-        run(cfg, argv)
+        run(cfg, argv, draw_curve=draw_run_curve)   # the trainer draws no figure of its own
     return 0
 
 
@@ -154,10 +155,13 @@ def tracking_sync(argv: list[str]) -> int:
 
 
 def sync_and_print(results: str, uri: str, experiment: str) -> None:
-    """Mirror the preset's finished runs into the store (tracking.sync_results); say what
-    changed and how to browse it."""
+    """Mirror the preset's finished runs into the store (tracking.sync_results), their
+    missing curves drawn first (the mirror uploads what exists); say what changed and how
+    to browse it."""
+    from .report.figures import draw_missing_curves
     from .track import mlstore
     from .track.tracking import sync_results
+    draw_missing_curves(results)
     done = sync_results(results, uri, experiment)
     counts = {a: sum(v == a for v in done.values()) for a in ("created", "updated", "unchanged")}
     print(f"MLflow experiment {experiment!r} at {uri}: {len(done)} finished runs "

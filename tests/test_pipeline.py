@@ -13,6 +13,7 @@ from conftest import child_env, free_port
 from fake_data import write_fake
 from locallearn.train import train as train_mod
 from locallearn.recipe.config import parse_train_args
+from locallearn.report.figures import draw_run_curve
 from locallearn.errors import ConfigError, OutputError
 from locallearn.faults import FAULT_ENV
 from locallearn.track.mlstore import local_artifact_dir
@@ -166,7 +167,7 @@ def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch
     flags, n = MLP + ["--loss-sup", "predsim"], 200
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     seq = train_mod.run(cfg_for(tmp_path, flags, "seq", n, "--epochs", "2", "--mlflow-uri", uri,
-                                "--mlflow-experiment", "seq"))
+                                "--mlflow-experiment", "seq"), draw_curve=draw_run_curve)   # as `locallearn train`
     seq_start = [ln for ln in capfd.readouterr().out.splitlines() if ln.startswith("locallearn ")]
     pipe_cfg = cfg_for(tmp_path, flags, "pipe", n, "--epochs", "2", "--pipeline-stages", "2", "--mlflow-uri", uri,
                        "--mlflow-experiment", "pipe")

@@ -22,6 +22,7 @@ from locallearn.track import mlstore
 from locallearn.cli import tracking_init as cli_init
 from locallearn.track.mlstore import ensure_experiment, resolve_uri
 from locallearn.track.tracking import RunTracker
+from locallearn.report.figures import draw_missing_curves
 
 EXPERIMENT = "test-exp"
 # every per-epoch key of a synthetic history, as logged (layer 1 has no error: skipped)
@@ -552,6 +553,7 @@ def test_a_synced_store_works_after_the_folder_moves(tmp_path):
     artifacts all there (no absolute path was stored)."""
     src = tmp_path / "clone" / "results" / "full"
     shutil.copytree(COMMITTED, src / "runs")
+    draw_missing_curves(src)   # as `locallearn tracking sync` does: the mirror draws nothing
     assert tracking.sync_results(src, f"sqlite:///{src / 'mlflow.db'}", "locallearn")
     moved = tmp_path / "elsewhere" / "clone"
     moved.parent.mkdir()

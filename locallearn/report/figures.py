@@ -6,10 +6,12 @@ one against the verdict's tolerance (the "scatter", results/<preset>/figures/sca
 
     plot_curves({"seed 1": metrics["history"], ...}, "curve.png", "fmnist-mlp-pred")
 
-The trainer draws one run's curve with it; the workflow draws every seed of a cell.
+The trainer draws one run's curve with it (handed over by `locallearn train`); the
+workflow draws every seed of a cell.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
 from ..atomic import atomic_write
+from ..runs.runstate import CURVE, METRICS, recorded_run_name
 
 _LOG_TICKS = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -83,9 +86,30 @@ def plot_curves(curves: dict[str, list[dict]], path: str | Path, title: str,
 
 def draw_run_curve(path: str | Path, metrics: dict) -> Path:
     """A run folder's curve.png: its own history (metrics.json-shaped), titled with its
-    run name. The trainer draws it at the end of a run, a mirror where it is missing."""
+    run name. `locallearn train` hands it to the trainer, which draws it at the end of a
+    run; draw_missing_curve draws it where a finished folder lacks it."""
     return plot_curves({f"seed {metrics.get('seed', '?')}": metrics.get("history") or []}, path,
                        title=str(metrics.get("run_name") or Path(path).parent.name))
+
+
+def draw_missing_curve(folder: str | Path) -> Path | None:
+    """A finished run folder's curve.png where it lacks one (a committed run, or a run
+    copied without it), drawn as the trainer draws it; None where it has one. Drawn
+    before the MLflow mirror, which uploads what exists (track/tracking.py)."""
+    folder = Path(folder).resolve()
+    curve = folder / CURVE
+    if curve.is_file():
+        return None
+    metrics = json.loads((folder / METRICS).read_text())
+    return draw_run_curve(curve, {**metrics, "run_name": recorded_run_name(folder, metrics)})
+
+
+def draw_missing_curves(results: str | Path) -> list[Path]:
+    """draw_missing_curve for every finished run folder of a preset
+    (layout.finished_run_folders): what `locallearn tracking sync` and the tables'
+    mirror draw before they mirror."""
+    from ..layout import finished_run_folders
+    return [p for p in map(draw_missing_curve, finished_run_folders(results)) if p is not None]
 
 
 def plot_cell(runs: list[dict], path: str | Path, row: dict) -> Path:

@@ -72,6 +72,12 @@ def finished_problem(done: dict) -> str | None:
     return None
 
 
+def recorded_run_name(folder: Path, metrics: dict) -> str:
+    """A finished run's name: metrics.json's `run_name`, else <cell>-s<seed> (runs
+    finished before the name was recorded)."""
+    return metrics.get("run_name") or f"{Path(folder).parent.name}-s{metrics.get('seed', Path(folder).name)}"
+
+
 def _read_json(path: Path) -> dict | None:
     """The JSON object in path, or None if it is torn, empty or not an object."""
     try:

@@ -42,7 +42,7 @@ from ..credentials import redact_uri, take_credentials
 from ..host.environment import git_revision
 from ..errors import TrackingError
 from ..faults import fault
-from ..runs.runstate import CURVE, METRICS, is_number
+from ..runs.runstate import CURVE, METRICS, is_number, recorded_run_name
 
 RUN_FILE = "mlflow_run.json"
 TAG_OUT_DIR = "locallearn.out_dir"
@@ -410,15 +410,15 @@ def mirror(folder: Path, uri: str, experiment: str, client=None) -> str:
     found again by the folder's mlflow_run.json or its config hash (a run logged live is
     continued, never doubled) or created with the training's times; then whatever it
     lacks is sent: params, the per-epoch history, tags, the summary, metrics.json and the
-    learning curve as artifacts, and the FINISHED status. Idempotent: a second call
+    learning curve (where the folder holds one: the mirror draws nothing) as artifacts,
+    and the FINISHED status. Idempotent: a second call
     writes nothing. The end of a live run (RunTracker.complete) and `locallearn tracking
     sync` both come here (`client`: a live run's, already open). Returns "created",
     "updated" or "unchanged"."""
-    from ..report.figures import draw_run_curve
     uri = take_credentials(uri)
     folder = Path(folder).resolve()
     metrics = json.loads((folder / METRICS).read_text())
-    run_name = metrics.get("run_name") or f"{folder.parent.name}-s{metrics.get('seed', folder.name)}"
+    run_name = recorded_run_name(folder, metrics)
     metrics = {**metrics, "run_name": run_name}
     tags = _without_credentials(mlflow_tags(metrics))
     start_ms, end_ms = run_times(metrics, folder / METRICS)
@@ -456,10 +456,9 @@ def mirror(folder: Path, uri: str, experiment: str, client=None) -> str:
             batch = _epoch_metrics(entry, when)
             mlstore.call(uri, f"log epoch {entry['epoch']}", lambda: client.log_batch(run_id, metrics=batch))
             writes += 1
-    curve = folder / CURVE
-    if not curve.is_file():   # not committed: drawn as the trainer draws it
-        draw_run_curve(curve, metrics)
-    writes += _log_finished_run(client, uri, run, metrics, [folder / METRICS, curve])
+    curve = folder / CURVE   # drawn by the trainer, or before a sync (report/figures.py)
+    artifacts = [folder / METRICS] + ([curve] if curve.is_file() else [])
+    writes += _log_finished_run(client, uri, run, metrics, artifacts)
     if run.info.status != "FINISHED":
         mlstore.call(uri, "finish the run", lambda: client.set_terminated(run_id, "FINISHED", end_time=end_ms))
         writes += 1

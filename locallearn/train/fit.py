@@ -3,7 +3,9 @@ and for every stage of a pipeline alike (the engine's hooks say where they diffe
 
 Per epoch: set the lr, train, evaluate, turn every stage's sums into one history
 entry (on the reporting process), stop every process on a NaN, checkpoint, log to
-MLflow, print one line. At the end: metrics.json, the curve, MLflow FINISHED.
+MLflow, print one line. At the end: the curve (drawn by the hook `draw_curve`, which
+`locallearn train` hands over: the trainer imports no reporting), metrics.json, MLflow
+FINISHED.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from .epochs import evaluate, no_progress, train_epoch
 from ..host.environment import describe, git_revision, peak_memory_bytes
 from ..errors import CheckpointError, DivergenceError
 from ..faults import fault
-from ..report.figures import draw_run_curve
 from ..recipe.runcost import head_cost
 from ..runs.selection import reported_errors
 from ..track.tracking import complete_run, open_run, run_tags
@@ -107,9 +108,10 @@ def progress_line(cfg, epoch: int, e: dict) -> str:
     return line
 
 
-def fit(cfg, folder, engine, train, test) -> dict | None:
+def fit(cfg, folder, engine, train, test, draw_curve=None) -> dict | None:
     """Train (or resume) the run in folder with engine; the metrics on the reporting
-    process, None on a pipeline's other stages."""
+    process, None on a pipeline's other stages. `draw_curve(path, metrics)` draws the
+    finished run's curve.png (report/figures.py's draw_run_curve; None: not drawn)."""
     device, reports = engine.device, engine.reports
     val = train.validation if train is not None else None   # --val-examples: held out of train
     history, wall_before, start = [], 0.0, 1
@@ -189,7 +191,8 @@ def fit(cfg, folder, engine, train, test) -> dict | None:
         if train is not None and train.validation_record is not None:
             metrics["val_split"] = train.validation_record
         try:
-            draw_run_curve(folder.curve, metrics)
+            if draw_curve is not None:
+                draw_curve(folder.curve, metrics)
         except Exception as e:  # a figure is a convenience; never lose a finished run over one
             print(f"locallearn: warning: could not draw {folder.curve}: {e}", file=sys.stderr)
         folder.write_metrics(metrics)

@@ -353,8 +353,9 @@ def _to_cpu(obj):
 
 
 # ================================================================================= run
-def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str) -> dict | None:
-    """One stage's whole run. Rank 0 writes metrics.json and returns the metrics."""
+def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str, draw_curve=None) -> dict | None:
+    """One stage's whole run. Rank 0 writes metrics.json (and draws the curve with
+    `draw_curve`, fit's hook) and returns the metrics."""
     faults.set_stage(rank, world)
     device = prepare(cfg, cfg.threads or max(1, (os.cpu_count() or 1) // world), rank, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -369,7 +370,7 @@ def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str) ->
             from ..data.batches import load_splits
             train, test, _ = load_splits(cfg, device)
             print(startup_line(cfg, device, engine.model, train, test), flush=True)   # the whole network's counts
-        return fit(cfg, RunFolder(cfg, stage=rank), engine, train, test)
+        return fit(cfg, RunFolder(cfg, stage=rank), engine, train, test, draw_curve)
     finally:
         try:
             dist.destroy_process_group()
@@ -382,9 +383,10 @@ STAGE_ERRORS_ENV = "LOCALLEARN_STAGE_ERRORS"   # folder where a stage leaves its
 _TEE = re.compile(r"^\[[A-Za-z_]*(\d+)\]:(.*)$", re.S)   # torchrun --tee: "[default1]:line"
 
 
-def run_stage(cfg) -> dict:
+def run_stage(cfg, draw_curve=None) -> dict:
     """This process is one stage of a run that torchrun started (WORLD_SIZE set): by
-    the launcher below, or by hand on several machines (docs: several machines)."""
+    the launcher below, or by hand on several machines (docs: several machines).
+    `draw_curve`: fit's hook."""
     check_config(cfg)
     world = cfg.pipeline_stages
     ws, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
@@ -392,7 +394,7 @@ def run_stage(cfg) -> dict:
         raise ConfigError(f"--pipeline-stages {world} but torchrun started {ws} processes "
                           f"(use --nproc-per-node {world} on one node, or nodes x nproc = {world})")
     try:
-        metrics = stage_main(cfg, rank, world, int(os.environ.get("LOCAL_RANK", rank)), "env://")
+        metrics = stage_main(cfg, rank, world, int(os.environ.get("LOCAL_RANK", rank)), "env://", draw_curve)
     except LocallearnError as e:   # the launcher raises it again, as a sequential run would
         if os.environ.get(STAGE_ERRORS_ENV):
             errors = Path(os.environ[STAGE_ERRORS_ENV])

@@ -26,19 +26,21 @@ from ..runs.rundir import RunFolder
 from ..runs.trainlog import copy_output, train_log
 
 
-def run(cfg, argv: list[str] | None = None) -> dict:
+def run(cfg, argv: list[str] | None = None, draw_curve=None) -> dict:
     """Train (or resume, or recognise as finished) the run in cfg.out; return metrics.
-    `argv`: the command line, for train.log's header (default: rebuilt from cfg)."""
+    `argv`: the command line, for train.log's header (default: rebuilt from cfg).
+    `draw_curve(path, metrics)`: draws the run's curve.png (`locallearn train` hands over
+    report/figures.py's draw_run_curve; None: no curve is drawn)."""
     if cfg.pipeline_stages != 1 and "WORLD_SIZE" in os.environ:
         from .pipeline import run_stage   # this process is one stage: its launcher owns the folder
-        return run_stage(cfg)
+        return run_stage(cfg, draw_curve)
     # as recorded (start.json, train.log): a URI's user-info is never written down
     argv = [redact_uri(a) for a in (argv_of(cfg) if argv is None else argv)]
     with copy_output(cfg.job_log, "w"):
-        return own_and_train(cfg, argv)
+        return own_and_train(cfg, argv, draw_curve)
 
 
-def own_and_train(cfg, argv: list[str]) -> dict:
+def own_and_train(cfg, argv: list[str], draw_curve=None) -> dict:
     """Decide the folder's fate, then train in it (steps 1-4 above)."""
     if cfg.pipeline_stages != 1:
         from .pipeline import check_config
@@ -48,9 +50,13 @@ def own_and_train(cfg, argv: list[str]) -> dict:
         folder.latest_checkpoint()   # --resume of another recipe: refused before the folder is touched
     state = runstate.run_state(folder.out, cfg)
     if state.what == runstate.FINISHED:
+        from ..track import mlstore
         from ..track.tracking import mirror_finished
         done = folder.finished_metrics()
         print(f"{folder.out}: already finished (test error {done['test_error']:.2f}%)")
+        if draw_curve is not None and not folder.curve.is_file() and mlstore.resolve_uri(cfg.mlflow_uri):
+            # the mirror uploads what exists: a curve the folder lacks is drawn first
+            draw_curve(folder.curve, {**done, "run_name": runstate.recorded_run_name(folder.out, done)})
         mirror_finished(cfg, folder.out)
         return done
     if state.what == runstate.REPLACE:
@@ -67,7 +73,7 @@ def own_and_train(cfg, argv: list[str]) -> dict:
             from .pipeline import launch
             lease = lease_devices(cfg, cfg.pipeline_stages)  # noqa: F841  (held until the run ends)
             return launch(cfg, folder)
-        return train_here(cfg, folder)
+        return train_here(cfg, folder, draw_curve)
 
 
 def set_aside(out: Path, why: str, argv: list[str], to: Path | None = None) -> Path:
@@ -101,7 +107,7 @@ def verify_unrecorded_checkpoint(folder: RunFolder, argv: list[str]) -> None:
         folder.prepare()
 
 
-def train_here(cfg, folder: RunFolder) -> dict:
+def train_here(cfg, folder: RunFolder, draw_curve=None) -> dict:
     """A sequential run in this process."""
     from ..data.batches import load_splits
     from .engines import ENGINES, make_model
@@ -113,4 +119,4 @@ def train_here(cfg, folder: RunFolder) -> dict:
     train, test, spec = load_splits(cfg, device)
     engine = ENGINES[cfg.engine](cfg, make_model(cfg, spec, device), device)
     print(startup_line(cfg, device, engine.model, train, test), flush=True)
-    return fit(cfg, folder, engine, train, test)
+    return fit(cfg, folder, engine, train, test, draw_curve)
