@@ -128,18 +128,17 @@ RULES = {
         ({"layers"}, lambda t, n: t in ("locallearn.recipe.cost", "locallearn.recipe.runcost")),
     "the dataset table is read from recipe/specs.py, not through the torch-importing readers":
         (set(WINGS) | {"foundation", "cli", "workflow"}, lambda t, n: t == "locallearn.data.datasets" and n == "SPECS"),
+    # a record older than metrics.json's head_macs (the committed runs) is counted by the
+    # recipe itself (recipe/runcost.py recorded_head_macs), which fills in its own flags
     "report builds no train parser and runs no cost model (it reads metrics.json)":
         ({"report"}, lambda t, n: (t == "locallearn.recipe.config" and n == "build_parser")
-         or t in ("locallearn.recipe.cost", "locallearn.recipe.runcost")),
+         or t == "locallearn.recipe.cost"
+         or (t == "locallearn.recipe.runcost" and n != "recorded_head_macs")),
 }
 
 # Arrows still to mend (issue 40): each rule's violations as they stand. A mend empties
 # its entry; a new violation, or a mended one left listed, fails.
-PENDING: dict[str, set[str]] = {
-    "report builds no train parser and runs no cost model (it reads metrics.json)": {
-        "locallearn.report.tables -> locallearn.recipe.config.build_parser",
-        "locallearn.report.tables -> locallearn.recipe.runcost.head_cost"},
-}
+PENDING: dict[str, set[str]] = {}
 
 
 @pytest.mark.parametrize("rule", RULES)

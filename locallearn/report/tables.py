@@ -17,7 +17,6 @@ paths and tolerances come in as arguments. Importing this module does not import
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
@@ -29,7 +28,7 @@ from ..atomic import write_if_changed
 from ..recipe.cells import (column, compared_error, compares_best_epoch, current_data_error, published_data, published_error)
 from ..errors import LocallearnError
 from ..layout import cell_seed, seed_of
-from ..recipe.runcost import head_cost
+from ..recipe.runcost import recorded_head_macs
 from ..runs.runstate import METRICS
 from ..runs.selection import ERRORS, error_of
 from ..recipe.specs import SPECS
@@ -222,7 +221,7 @@ class Cell:
         memory = m.get("peak_memory_bytes")
         macs = m.get("head_macs")
         if "head_macs" not in m and isinstance(m.get("config"), dict):   # recorded before the key existed
-            macs = _head_macs(m["config"])
+            macs = recorded_head_macs(m["config"])   # counted by the recipe (recipe/runcost.py)
         return [_count(m.get("backbone_params", m.get("params_backprop"))), _count(heads), _count(macs),
                 f"{memory / 2**20:.0f} MiB" if isinstance(memory, (int, float)) and memory else "-",
                 f"{statistics.fmean(epochs):.1f}" if epochs else "-"]
@@ -238,20 +237,6 @@ class Cell:
             if isinstance(m.get("params_backprop"), int):
                 return m["params_backprop"]
         return None
-
-
-def _head_macs(config: dict) -> float | None:
-    """The heads' multiply-adds of a recorded config (the trainer's defaults under it),
-    or None where recipe/cost.py cannot count it: a cost column never stops the tables."""
-    try:
-        return head_cost(argparse.Namespace(**{**_flag_defaults(), **config}), 0, 0)["head_macs"]
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
-
-
-def _flag_defaults() -> dict:
-    from ..recipe.config import build_parser
-    return vars(build_parser().parse_args([]))
 
 
 def _duration(seconds: float) -> str:
