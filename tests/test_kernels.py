@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from locallearn.recipe.config import config_hash, parse_train_args
 from locallearn.recipe.specs import SPECS
-from locallearn.train.engines import FusedEngine, make_model
+from locallearn.train.engines import FusedEngine
+from locallearn.train.placement import make_model
 from locallearn.host.kernels import configure
 
 VGG = ["--model", "vgg8b", "--dataset", "CIFAR10", "--feat-mult", "0.0625", "--dim-in-decoder", "256",

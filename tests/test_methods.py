@@ -13,7 +13,8 @@ from conftest import REPO, batches
 from locallearn.host import precision
 from locallearn.cli import describe
 from locallearn.recipe.config import ConfigError, config_hash, parse_train_args
-from locallearn.train.engines import ENGINES, make_model
+from locallearn.train.engines import ENGINES
+from locallearn.train.placement import make_model
 from locallearn.train.fit import lr_at
 from locallearn.layers.localnet import Block
 from locallearn.recipe import headplans

@@ -71,7 +71,8 @@ def _pil_loader(cfg, spec, images, labels):
 def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
     from ..data.batches import DeviceSplit, load_splits
     from ..recipe.specs import SPECS
-    from ..train.engines import ENGINES, make_model
+    from ..train.engines import ENGINES
+    from ..train.placement import make_model
     from ..train.epochs import evaluate, train_epoch
     from ..host.host import prepare
 

@@ -33,7 +33,8 @@ def time_recipe(cfg, spec, device, steps: int) -> dict:
     cuDNN, the CUDA graph capture), the next is timed; one test batch warms up, the
     next is timed."""
     from ..data.batches import Augment, DeviceSplit
-    from ..train.engines import ENGINES, make_model
+    from ..train.engines import ENGINES
+    from ..train.placement import make_model
     from ..train.epochs import evaluate, train_epoch
 
     precision.apply(cfg.precision)

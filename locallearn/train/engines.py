@@ -20,30 +20,11 @@ a split that drive them (train_epoch, evaluate) are in train/epochs.py.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from ..host import kernels, precision
+from ..host import precision
 from ..layers.localnet import Block, LocalNet, forward_layers
-from ..nets.models import build_model
 from .epochs import epoch_batches
-
-
-def initial_model(cfg, spec) -> LocalNet:
-    """The whole network with its initial weights, on the CPU: a function of the seed
-    alone, so that a sequential run and every pipeline stage start from the same ones."""
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg, spec.channels, spec.size, spec.num_classes)
-
-
-def place(cfg, model: nn.Module, device: torch.device) -> nn.Module:
-    """`model` (a network, or a pipeline stage's layers) on `device`, with the kernel
-    flags (--channels-last, --cudnn-benchmark) applied: the one way a model reaches its device."""
-    return kernels.configure(cfg, model.to(device))
-
-
-def make_model(cfg, spec, device: torch.device) -> LocalNet:
-    return place(cfg, initial_model(cfg, spec), device)
 
 
 def make_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:

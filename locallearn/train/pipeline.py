@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from .. import faults
 from ..host import precision
 from ..recipe.cost import network_cost, stage_count_error
-from .engines import FusedEngine, initial_model, place
+from .engines import FusedEngine
+from .placement import initial_model, place
 from .epochs import epoch_batches
 from ..recipe.config import argv_of
 from ..errors import CheckpointError, ConfigError, LocallearnError, PipelineError, error_class

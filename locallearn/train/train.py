@@ -110,7 +110,8 @@ def verify_unrecorded_checkpoint(folder: RunFolder, argv: list[str]) -> None:
 def train_here(cfg, folder: RunFolder, draw_curve=None) -> dict:
     """A sequential run in this process."""
     from ..data.batches import load_splits
-    from .engines import ENGINES, make_model
+    from .engines import ENGINES
+    from .placement import make_model
     from .fit import fit
     from ..host.host import lease_devices, prepare
     from .startup import startup_line
