@@ -17,7 +17,8 @@ from locallearn.report.figures import draw_run_curve
 from locallearn.errors import ConfigError, OutputError
 from locallearn.faults import FAULT_ENV
 from locallearn.track.mlstore import local_artifact_dir
-from locallearn.train.pipeline import PipelineError, balance, check_config, split_layers
+from locallearn.train.pipeline import PipelineError
+from locallearn.train.stagesplit import balance, check_config, split_layers
 from locallearn.runs.rundir import checkpoint_name
 
 TIMING = {"epoch_seconds", "images_per_second", "stage_wait_seconds"}
@@ -196,7 +197,7 @@ def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch
 def test_layer_times_leave_the_model_untouched():
     from locallearn.recipe.specs import SPECS
     from locallearn.nets.models import build_model
-    from locallearn.train.pipeline import layer_times
+    from locallearn.train.stagesplit import layer_times
     cfg = parse_train_args(MLP + ["--batch-size", "16"])
     torch.manual_seed(0)
     model = build_model(cfg, 1, 28, 10)

@@ -163,7 +163,7 @@ def cli_bench(argv: list[str]) -> int:
     cfg = validate(args)
     stages = cfg.pipeline_stages
     if stages > 1:
-        from ..train.pipeline import check_config
+        from ..train.stagesplit import check_config
         check_config(cfg)
         if synthetic:
             raise ConfigError("--pipeline-stages: the pipelined path reads the real dataset; drop --synthetic")

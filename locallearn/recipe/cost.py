@@ -11,7 +11,7 @@ them. The backbone (what evaluation runs: NetworkCost.backbone_macs, backbone_pa
 and the local heads (head_macs, head_params) are counted apart. Users of these numbers:
 
 - the workflow's cost model and `runtime` resource (workflow/scripts/plan.py),
-- the pipeline's stage split (pipeline.layer_costs) and its stage-count check,
+- the pipeline's stage split (stagesplit.layer_costs) and its stage-count check,
 - the bench's GFLOP/s (bench/bench.py),
 - a run's metrics.json (backbone_params, backbone_macs, head_params, head_macs).
 
@@ -377,7 +377,7 @@ def network_cost(cfg) -> NetworkCost:
 # ------------------------------------------------------------------- pipeline stages
 def stage_count_error(cfg, stages: int) -> str | None:
     """Why the recipe cannot run as `stages` pipeline stages, or None. The one home of
-    this check: the trainer (pipeline.check_config) and the workflow
+    this check: the trainer (stagesplit.check_config) and the workflow
     (plan.pipeline_stages) both ask it."""
     if stages < 1:
         return f"--pipeline-stages: must be >= 1, got {stages}"

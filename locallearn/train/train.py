@@ -32,7 +32,7 @@ def run(cfg, argv: list[str] | None = None, draw_curve=None) -> dict:
     `draw_curve(path, metrics)`: draws the run's curve.png (`locallearn train` hands over
     report/figures.py's draw_run_curve; None: no curve is drawn)."""
     if cfg.pipeline_stages != 1 and "WORLD_SIZE" in os.environ:
-        from .pipeline import run_stage   # this process is one stage: its launcher owns the folder
+        from .stagelaunch import run_stage   # this process is one stage: its launcher owns the folder
         return run_stage(cfg, draw_curve)
     # as recorded (start.json, train.log): a URI's user-info is never written down
     argv = [redact_uri(a) for a in (argv_of(cfg) if argv is None else argv)]
@@ -43,7 +43,7 @@ def run(cfg, argv: list[str] | None = None, draw_curve=None) -> dict:
 def own_and_train(cfg, argv: list[str], draw_curve=None) -> dict:
     """Decide the folder's fate, then train in it (steps 1-4 above)."""
     if cfg.pipeline_stages != 1:
-        from .pipeline import check_config
+        from .stagesplit import check_config
         check_config(cfg)   # refused before the folder is touched
     folder = RunFolder(cfg)
     if cfg.resume:
@@ -70,7 +70,7 @@ def own_and_train(cfg, argv: list[str], draw_curve=None) -> dict:
         fault("kill-after-start-record", 0)
         if cfg.pipeline_stages != 1:
             from ..host.host import lease_devices
-            from .pipeline import launch
+            from .stagelaunch import launch
             lease = lease_devices(cfg, cfg.pipeline_stages)  # noqa: F841  (held until the run ends)
             return launch(cfg, folder)
         return train_here(cfg, folder, draw_curve)
