@@ -8,16 +8,13 @@ from __future__ import annotations
 import importlib
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
 from locallearn.report import readme, report, tables
-
-sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-import plan  # noqa: E402
+from locallearn.workflow import plan
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "workflow" / "profiles" / "slurm" / "README.md"]
 # Paths the docs name that a run makes (never in git): a named path under one of these is

@@ -10,7 +10,7 @@ and AugLocal, recipe/headplans.py), and forward + backward of both as one traini
 them. The backbone (what evaluation runs: NetworkCost.backbone_macs, backbone_params)
 and the local heads (head_macs, head_params) are counted apart. Users of these numbers:
 
-- the workflow's cost model and `runtime` resource (workflow/scripts/plan.py),
+- the workflow's cost model and `runtime` resource (locallearn/workflow/plan.py),
 - the pipeline's stage split (pipeline.layer_costs) and its stage-count check,
 - the bench's GFLOP/s (bench/bench.py),
 - a run's metrics.json (backbone_params, backbone_macs, head_params, head_macs).
