@@ -133,12 +133,12 @@ RULES = {
         (set(WINGS) | {"foundation"}, lambda t, n: wing(t) == "cli"),
     # the backward arrows of issue 40, each by name
     "the local losses do not import the cost model":
-        ({"layers"}, lambda t, n: t in ("locallearn.recipe.cost", "locallearn.recipe.runcost")),
+        ({"layers"}, lambda t, n: t == "locallearn.recipe.cost"),
     "the dataset table is read from recipe/specs.py, not through the torch-importing readers":
         (set(WINGS) | {"foundation", "cli", "workflow"}, lambda t, n: t == "locallearn.data.datasets" and n == "SPECS"),
     "report builds no train parser and runs no cost model (it reads metrics.json)":
         ({"report"}, lambda t, n: (t == "locallearn.recipe.config" and n == "build_parser")
-         or t in ("locallearn.recipe.cost", "locallearn.recipe.runcost")),
+         or t == "locallearn.recipe.cost"),
 }
 
 # Arrows still to mend (issue 40): each rule's violations as they stand. A mend empties
@@ -149,7 +149,7 @@ PENDING: dict[str, set[str]] = {
     "train imports nothing from report": {"locallearn.train.fit -> locallearn.report.figures.draw_run_curve"},
     "report builds no train parser and runs no cost model (it reads metrics.json)": {
         "locallearn.report.tables -> locallearn.recipe.config.build_parser",
-        "locallearn.report.tables -> locallearn.recipe.runcost.head_cost"},
+        "locallearn.report.tables -> locallearn.recipe.cost.head_cost"},
 }
 
 

@@ -123,7 +123,7 @@ class Tally:
 
     def residual(self, layer: ResidualLayer, input_grad: bool) -> None:
         """The ResNets' stem (conv 3x3 + BN) or a BasicBlock (two 3x3 conv + BN, the
-        1x1 conv + BN projection shortcut where the shape changes), layers/resblocks.py."""
+        1x1 conv + BN projection shortcut where the shape changes), layers/localnet.py."""
         self.conv(layer.c_in, layer.c_out, 3, layer.side, input_grad)
         self.norm(layer.c_out)
         if layer.kind == "stem":
@@ -392,3 +392,26 @@ def stage_count_error(cfg, stages: int) -> str | None:
     if stages > blocks:
         return f"--pipeline-stages {stages}: the network has only {blocks} hidden blocks to split"
     return None
+
+
+# --------------------------------------------------------------------------- a run's cost
+# A run's cost beside its error (docs/peers.md): the parameters and multiply-adds of
+# its auxiliary heads apart from the backbone's, as metrics.json records them.
+# Parameters are counted on the built model (backbone: what backprop would train,
+# `params_backprop`; heads: the rest). Multiply-adds per example come from the
+# architecture model above, forward only (a test example for the backbone; the heads'
+# forward for a training example), and are left out (None) for a network this module
+# has no model of yet.
+
+def head_cost(cfg, params_backprop: int, params_total: int) -> dict:
+    """head_params, backbone_params, head_macs and backbone_macs of one run (macs:
+    None where recipe/cost.py has no model of the network)."""
+    out = {"backbone_params": params_backprop, "head_params": params_total - params_backprop,
+           "backbone_macs": None, "head_macs": None}
+    try:
+        cost = network_cost(cfg)
+    except ConfigError:
+        return out   # no cost model of this network (yet)
+    out["backbone_macs"] = cost.eval_macs
+    out["head_macs"] = sum(layer.heads for layer in cost.layers)
+    return out

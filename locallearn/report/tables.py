@@ -11,7 +11,7 @@ number. A published number measured on other data than ours (cells.tsv
 the authors' own number on our data (`current_data_error`) is shown beside it and is
 the one the verdict compares with.
 
-Compiling only: the README splice is in report/readme.py, the figures in report/figures.py, and
+Compiling only: the README splice is in report/report.py, the figures in report/figures.py, and
 report/report.py puts the three together for the workflow and `locallearn tables`. The rows,
 paths and tolerances come in as arguments. Importing this module does not import torch.
 """
@@ -29,7 +29,7 @@ from ..atomic import write_if_changed
 from ..recipe.cells import (column, compared_error, compares_best_epoch, current_data_error, published_data, published_error)
 from ..errors import LocallearnError
 from ..layout import cell_seed, seed_of
-from ..recipe.runcost import head_cost
+from ..recipe.cost import head_cost
 from ..runs.runstate import METRICS
 from ..runs.selection import ERRORS, error_of
 from ..recipe.specs import SPECS
@@ -211,7 +211,7 @@ class Cell:
         return _fmt(statistics.fmean(values)) + (f" ± {_fmt(statistics.stdev(values))}" if len(values) > 1 else "")
 
     def cost(self) -> list[str]:
-        """Backbone and head parameters, head multiply-adds per example (recipe/runcost.py),
+        """Backbone and head parameters, head multiply-adds per example (recipe/cost.py),
         peak memory and seconds per epoch, from the first run (the mean over seeds for time)."""
         m = self.runs[0]
         heads = m.get("head_params")
@@ -403,7 +403,7 @@ def table_columns(rows: list[dict]) -> dict[str, str]:
 
 
 def _cost(cells: list[Cell], heading: str) -> str:
-    """Each finished cell's cost beside its error (recipe/runcost.py, metrics.json)."""
+    """Each finished cell's cost beside its error (recipe/cost.py, metrics.json)."""
     body = [[c.row["cell"], c.ours(), *c.cost()] for c in cells if c.n]
     headers = ["Cell", "Ours", "Backbone params", "Head params", "Head MACs / example", "Peak memory",
                "s / epoch"]

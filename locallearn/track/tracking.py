@@ -66,7 +66,7 @@ EPOCH_KEYS = ("epoch", "train_error", "test_error", "train_loss", "train_loss_sc
 SUMMARY_KEYS = {"test_error": "final_test_error", "train_error": "final_train_error",
                 "params_backprop": "params_backprop", "params_total": "params_total",
                 "wall_seconds": "wall_seconds", "peak_memory_bytes": "peak_memory_bytes",
-                # the three reported errors (runs/selection.py) and the heads' cost (recipe/runcost.py)
+                # the three reported errors (runs/selection.py) and the heads' cost (recipe/cost.py)
                 "best_test_error": "best_test_error", "best_test_epoch": "best_test_epoch",
                 "val_selected_test_error": "val_selected_test_error", "val_selected_epoch": "val_selected_epoch",
                 "head_params": "head_params", "head_macs": "head_macs",

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..host import kernels, precision
+from ..host import precision
 from ..layers.localnet import Block, LocalNet, forward_layers
 from ..nets.models import build_model
 from .epochs import epoch_batches
@@ -39,7 +39,7 @@ def initial_model(cfg, spec) -> LocalNet:
 def place(cfg, model: nn.Module, device: torch.device) -> nn.Module:
     """`model` (a network, or a pipeline stage's layers) on `device`, with the kernel
     flags (--channels-last, --cudnn-benchmark) applied: the one way a model reaches its device."""
-    return kernels.configure(cfg, model.to(device))
+    return precision.configure(cfg, model.to(device))
 
 
 def make_model(cfg, spec, device: torch.device) -> LocalNet:

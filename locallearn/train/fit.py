@@ -22,7 +22,7 @@ from ..host.environment import describe, git_revision, peak_memory_bytes
 from ..errors import CheckpointError, DivergenceError
 from ..faults import fault
 from ..report.figures import draw_run_curve
-from ..recipe.runcost import head_cost
+from ..recipe.cost import head_cost
 from ..runs.selection import reported_errors
 from ..track.tracking import complete_run, open_run, run_tags
 
