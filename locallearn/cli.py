@@ -85,7 +85,7 @@ def cmd_data(argv: list[str]) -> int:
     from .data.datafetch import prepare
     from .recipe.specs import SPECS
     from .layout import resolve_data_dir
-    from .recipe.helpformat import HelpFormatter
+    from .recipe.config import HelpFormatter
     p = argparse.ArgumentParser(
         prog="locallearn data", formatter_class=HelpFormatter,
         description="prepare: make datasets ready in the data dir (import from --source, or download, "
@@ -115,7 +115,7 @@ def tracking_init(argv: list[str]) -> int:
     jobs start, so they never race to create either."""
     from .track import mlstore
     from .atomic import atomic_write_json
-    from .recipe.helpformat import HelpFormatter
+    from .recipe.config import HelpFormatter
     p = argparse.ArgumentParser(prog="locallearn tracking init", formatter_class=HelpFormatter,
                                 description="Create the MLflow store and experiment once, before "
                                             "parallel jobs start, so they never race to create either.")
@@ -137,7 +137,7 @@ def tracking_init(argv: list[str]) -> int:
 def tracking_sync(argv: list[str]) -> int:
     """`locallearn tracking sync RESULTS`: mirror a preset's finished runs into MLflow."""
     from .credentials import take_credentials
-    from .recipe.helpformat import HelpFormatter
+    from .recipe.config import HelpFormatter
     from .layout import default_store, runs_dir
     p = argparse.ArgumentParser(prog="locallearn tracking sync", formatter_class=HelpFormatter,
                                 description="Mirror every finished run folder of a preset (runs/*/seed*/"
@@ -189,7 +189,7 @@ REPORT_STEPS = ("curve", "layers", "scatter", "field", "tables", "readme", "all"
 
 def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The flags of every reporting step: which rows, seeds, tolerances, where."""
-    from .recipe.helpformat import HelpFormatter
+    from .recipe.config import HelpFormatter
     d = TABLES_DEFAULTS
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     p.add_argument("--results", default=d["results"],
@@ -240,7 +240,7 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
     splice_readme), or all of them and the MLflow mirror (`tables` rule, `locallearn tables`)."""
     from pathlib import Path
 
-    from .report import readme, report
+    from .report import report
     from .recipe.cells import read_cells
     from .report.tables import intro
     if not Path(a.cells).is_file():
@@ -257,7 +257,7 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
     seeds, tol = a.seeds or [1], tolerances(a.tolerance)
     text = intro(seeds, a.tolerance_source, epochs=a.epochs, max_train_examples=a.max_train_examples,
                  max_test_examples=a.max_test_examples)
-    template = readme.template(a.readme_title, a.readme_body) if a.readme_title else None
+    template = report.template(a.readme_title, a.readme_body) if a.readme_title else None
     if step in ("curve", "layers"):
         row = next((r for r in rows if r["cell"] == cell), None)
         if row is None:
@@ -275,7 +275,7 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
     elif step == "readme":
         if not a.readme:
             raise ConfigError("report readme: --readme FILE is needed")
-        changed = readme.splice_file(a.readme, (Path(a.results) / "tables" / "tables.md").read_text(), template)
+        changed = report.splice_file(a.readme, (Path(a.results) / "tables" / "tables.md").read_text(), template)
         print(f"{a.readme}: {'updated' if changed else 'unchanged'}")
     else:
         out = report.refresh(rows, a.results, seeds=seeds, tolerance=tol, intro=text, readme_path=a.readme,

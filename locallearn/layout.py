@@ -1,5 +1,5 @@
 """Where things live, said once: the data folder, a preset's run folders and its MLflow
-store. Torch-free: the workflow (workflow/scripts/plan.py) reads it to schedule, the
+store. Torch-free: the workflow (locallearn/workflow/plan.py) reads it to schedule, the
 package to train, report and mirror.
 
     <results>/<preset>/runs/<cell>/seed<k>/   one run (its files: runs/runstate.py)

@@ -3,7 +3,7 @@ and where (no traceback), and no metrics.json that a later step could take as a 
 
 Runs go through the CLI entry point in this process (`locallearn.cli.main`, what
 `python -m locallearn` calls) on a tiny fake MNIST, so the whole file takes seconds.
-cells.tsv and workflow-config errors are raised by the workflow plan (workflow/scripts/plan.py, before any
+cells.tsv and workflow-config errors are raised by the workflow plan (locallearn/workflow/plan.py, before any
 job); tests/test_workflow.py covers them case by case, here one of each stands in.
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import sys
 
 import pytest
 import torch
@@ -23,9 +22,7 @@ from locallearn.recipe import cells
 from locallearn.cli import main
 from locallearn.recipe.config import parse_train_args
 from locallearn.errors import ConfigError
-
-sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-import plan  # noqa: E402
+from locallearn.workflow import plan
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
@@ -44,14 +43,12 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import CELLS_TSV, REPO
+from conftest import CELLS_TSV
 from fake_data import write_fake
 from locallearn.cli import main
 from locallearn.recipe.config import build_parser, config_hash, parse_train_args
 from locallearn.errors import LocallearnError
-
-sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-import plan  # noqa: E402
+from locallearn.workflow import plan
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -8,16 +8,13 @@ from __future__ import annotations
 import importlib
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from locallearn.report import readme, report, tables
-
-sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-import plan  # noqa: E402
+from locallearn.report import report, tables
+from locallearn.workflow import plan
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "workflow" / "profiles" / "slurm" / "README.md"]
 # Paths the docs name that a run makes (never in git): a named path under one of these is
@@ -31,8 +28,8 @@ FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 def _text(page: Path) -> str:
     """The page without its generated tables block (checked by the splice test)."""
     text = page.read_text()
-    if readme.BEGIN in text:
-        text = text[:text.index(readme.BEGIN)] + text[text.index(readme.END):]
+    if report.BEGIN in text:
+        text = text[:text.index(report.BEGIN)] + text[text.index(report.END):]
     return text
 
 
@@ -111,4 +108,4 @@ def test_regenerated_tables_splice_in_unchanged(tmp_path):
     out = report.compile_tables(rows, tmp_path / "results" / "full", seeds=config["seeds"],
                                 tolerance=config["tolerance"], readme_path=tmp_path / "README.md",
                                 intro=tables.intro(config["seeds"], "`workflow/config/config.yaml`"))
-    assert readme.splice_text(text, out["tables"]) == text
+    assert report.splice_text(text, out["tables"]) == text

@@ -1,4 +1,4 @@
-"""--channels-last and --cudnn-benchmark (host/kernels.py): what they set, that they leave
+"""--channels-last and --cudnn-benchmark (host/precision.py): what they set, that they leave
 the config hash alone, and that a channels-last step computes the same update as the
 default layout to within float32 rounding (CPU; the GPU speed is not claimed here)."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from locallearn.recipe.config import config_hash, parse_train_args
 from locallearn.recipe.specs import SPECS
 from locallearn.train.engines import FusedEngine
 from locallearn.train.placement import make_model
-from locallearn.host.kernels import configure
+from locallearn.host.precision import configure
 
 VGG = ["--model", "vgg8b", "--dataset", "CIFAR10", "--feat-mult", "0.0625", "--dim-in-decoder", "256",
        "--num-hidden", "32", "--dropout", "0.1", "--device", "cpu"]
@@ -58,7 +58,7 @@ def test_channels_last_same_update_within_rounding():
 
 
 def test_configure_converts_4d_conv_weights_and_leaves_2d_ones():
-    """kernels.configure with --channels-last: a conv's 4-D weight becomes channels-last;
+    """precision.configure with --channels-last: a conv's 4-D weight becomes channels-last;
     a 2-D (linear) weight, beside a conv or in a network without one, is left as it was
     (same layout, same values) and does not make it raise; without the flag nothing moves."""
     saved = torch.backends.cudnn.benchmark

@@ -18,8 +18,7 @@ COMMITTED = REPO / "results" / "full" / "runs" / "fmnist-mlp-pred" / "seed1" / "
 
 def committed_args() -> list[str]:
     """The flags the workflow gives the committed fmnist-mlp-pred seed 1 run."""
-    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-    import plan
+    from locallearn.workflow import plan
     full = plan.make_presets(plan.load_config(), plan.load_cells(plan.cells_path(plan.load_config())))["full"]
     row = next(r for r in full.rows if r["cell"] == "fmnist-mlp-pred")
     return full.args(row) + ["--seed", "1"]

@@ -350,8 +350,7 @@ def test_quick_target_on_slurm_with_mlflow_server(slurm_cluster, mlflow_server, 
     assert proc.returncode == 0, proc.stderr[-8000:]
     assert not (marks / "race-lost").exists(), "the victim finished before the crash wrapper could kill it"
 
-    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-    import plan
+    from locallearn.workflow import plan
     cfg = plan.load_config(overrides={"quick": {"epochs": 2, "max_train_examples": 2000,
                                                    "max_test_examples": 500}})
     quick = plan.make_presets(cfg, plan.load_cells(plan.cells_path(cfg)))["quick"]

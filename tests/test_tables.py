@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CELLS_TSV, REPO
-from locallearn.report import figures, readme, tables
+from locallearn.report import figures, report, tables
 from locallearn.recipe.cells import read_cells
 from locallearn.cli import main
 
@@ -189,36 +189,36 @@ Text after.
 
 
 def test_splice_replaces_only_between_markers():
-    out = readme.splice_text(README, "NEW\nBLOCK\n")
-    before, after = README.split(readme.BEGIN)[0], README.split(readme.END)[1]
-    assert out == before + readme.BEGIN + "\nNEW\nBLOCK\n" + readme.END + after
-    assert readme.splice_text(out, "NEW\nBLOCK\n") == out          # idempotent
+    out = report.splice_text(README, "NEW\nBLOCK\n")
+    before, after = README.split(report.BEGIN)[0], README.split(report.END)[1]
+    assert out == before + report.BEGIN + "\nNEW\nBLOCK\n" + report.END + after
+    assert report.splice_text(out, "NEW\nBLOCK\n") == out          # idempotent
 
 
 def test_splice_file_writes_only_on_change(tmp_path):
     p = tmp_path / "README.md"
     p.write_text(README)
-    assert readme.splice_file(p, "A") is True
+    assert report.splice_file(p, "A") is True
     first = p.read_text()
     os.utime(p, (1_000_000_000, 1_000_000_000))
-    assert readme.splice_file(p, "A") is False                  # same content: not written
+    assert report.splice_file(p, "A") is False                  # same content: not written
     assert p.stat().st_mtime == 1_000_000_000 and p.read_text() == first
-    assert readme.splice_file(p, "B") is True
+    assert report.splice_file(p, "B") is True
     assert p.read_text() == first.replace("\nA\n", "\nB\n")
 
 
 def test_splice_errors_and_template(tmp_path):
-    with pytest.raises(readme.ReadmeError, match="expected one"):
-        readme.splice_text("no markers here", "x")
-    with pytest.raises(readme.ReadmeError, match="expected one"):
-        readme.splice_text(README + readme.BEGIN, "x")
-    with pytest.raises(readme.ReadmeError, match="comes before"):
-        readme.splice_text(f"{readme.END}\n{readme.BEGIN}\n", "x")
-    with pytest.raises(readme.ReadmeError, match="no such file"):
-        readme.splice_file(tmp_path / "missing.md", "x")
+    with pytest.raises(report.ReadmeError, match="expected one"):
+        report.splice_text("no markers here", "x")
+    with pytest.raises(report.ReadmeError, match="expected one"):
+        report.splice_text(README + report.BEGIN, "x")
+    with pytest.raises(report.ReadmeError, match="comes before"):
+        report.splice_text(f"{report.END}\n{report.BEGIN}\n", "x")
+    with pytest.raises(report.ReadmeError, match="no such file"):
+        report.splice_file(tmp_path / "missing.md", "x")
     p = tmp_path / "quick" / "README.md"
-    assert readme.splice_file(p, "T", readme.template("Quick", "Body.")) is True
-    assert p.read_text() == f"# Quick\n\nBody.\n\n{readme.BEGIN}\nT\n{readme.END}\n"
+    assert report.splice_file(p, "T", report.template("Quick", "Body.")) is True
+    assert p.read_text() == f"# Quick\n\nBody.\n\n{report.BEGIN}\nT\n{report.END}\n"
 
 
 def test_figures_write_pngs(tmp_path, rows):
@@ -271,7 +271,7 @@ def test_cli_tables_refresh(tmp_path, capsys):
     readme_path.write_text(README)
     assert tables_cli("--results", str(results), "--readme", str(readme_path), "--seeds", "1", "2", "3") == 0
     text = readme_path.read_text()
-    assert text.startswith(README.split(readme.BEGIN)[0]) and text.endswith(README.split(readme.END)[1])
+    assert text.startswith(README.split(report.BEGIN)[0]) and text.endswith(README.split(report.END)[1])
     assert "not run (0.75)" in text                          # the whole grid, MNIST not run
     assert "8.40 ± 0.05 (8.37)" in text
     assert "(results/full/figures/curves/fmnist-mlp-backprop.png)" in text     # relative to the README

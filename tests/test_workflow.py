@@ -1,4 +1,4 @@
-"""The Snakemake harness: config and cells.tsv validation (workflow/scripts/plan.py),
+"""The Snakemake harness: config and cells.tsv validation (locallearn/workflow/plan.py),
 the DAG (`snakemake -n`: one training job per cell x seed), `snakemake --lint`, bad
 configs failing before any job, and the quick preset end to end on the real
 Fashion-MNIST with MLflow (slow; needs the trainer)."""
@@ -18,9 +18,8 @@ import pytest
 
 from conftest import CELLS_TSV as CELLS, REPO, child_env, needs_fmnist, snakemake
 
-sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-import plan  # noqa: E402
-from locallearn.recipe.config import config_hash  # noqa: E402
+from locallearn.recipe.config import config_hash
+from locallearn.workflow import plan
 
 
 # --------------------------------------------------------------------------- plan (fast)

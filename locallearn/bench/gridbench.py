@@ -114,7 +114,7 @@ def cli_grid_bench(argv: list[str]) -> int:
     from ..atomic import atomic_write_text
     from ..recipe.cells import read_cells
 
-    from ..recipe.helpformat import HelpFormatter
+    from ..recipe.config import HelpFormatter
     p = argparse.ArgumentParser(prog="locallearn bench --grid", formatter_class=HelpFormatter,
                                 description="Time every distinct network x loss of cells.tsv; write the grid cost "
                                             "(seconds per epoch, hours per cell and in all).")
@@ -130,8 +130,8 @@ def cli_grid_bench(argv: list[str]) -> int:
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply feat_mult and num_hidden (a quick test of the command; such a table "
                         "is never used for runtimes)")
-    p.add_argument("--channels-last", action="store_true", help="as locallearn train (host/kernels.py)")
-    p.add_argument("--cudnn-benchmark", action="store_true", help="as locallearn train (host/kernels.py)")
+    p.add_argument("--channels-last", action="store_true", help="as locallearn train (host/precision.py)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="as locallearn train (host/precision.py)")
     p.add_argument("--results", default="results", help="writes <results>/grid-cost/<device>-<precision>.json")
     p.add_argument("--out", default=None, help="write the table here instead")
     args = p.parse_args(argv)

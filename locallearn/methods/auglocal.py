@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..recipe.headplans import AUGLOCAL_VGG_HIDDEN, auglocal_blocks, auglocal_depth, auglocal_layers
-from ..layers.resblocks import BasicBlock
+from ..layers.localnet import BasicBlock
 from .site import Site, interpolate
 
 

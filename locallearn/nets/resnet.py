@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..recipe.archspec import ResidualLayer, resnet_sites
 from ..layers.localnet import Block, LocalNet
 from ..methods import METHODS
-from ..layers.resblocks import BasicBlock, he_init
+from ..layers.localnet import BasicBlock, he_init
 
 
 class LocalModule(Block):

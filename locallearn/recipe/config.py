@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import inspect
 import json
 import math
+import textwrap
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..credentials import redact_uri, take_credentials
-from .helpformat import HelpFormatter
 from .specs import MODEL_NAMES, RESNET_BLOCKS, SPECS
 
 MODELS_HELP = "mlp, vgg6a, vgg6b, vgg8, vgg8a, vgg8b, vgg11, vgg11b, vgg13, vgg16, vgg19, resnet32, resnet110"
@@ -24,6 +25,44 @@ DEFAULT_OUT = "runs/last"
 
 
 from ..errors import ConfigError  # noqa: E402  (re-exported: flag errors are config errors)
+
+
+# How every `locallearn ... --help` reads: each option shows its default (as it would
+# be typed), so `locallearn train --help` says what a bare `locallearn train` does; a
+# description's paragraphs are reflowed to the terminal and its indented lines (lists)
+# kept as written.
+class HelpFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """The help, plus "(default: X)" unless it already speaks of its default or there
+        is none to show (None, an off switch, an empty value, a positional)."""
+        text = action.help or ""
+        d = action.default
+        nothing = (d is None or d is False or d is argparse.SUPPRESS
+                   or (isinstance(d, (str, list, tuple)) and not d))
+        if "default" in text or nothing or not action.option_strings:
+            return text
+        shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Runs of unindented lines are paragraphs, reflowed to the width; indented lines
+        (lists, examples) and blank lines are kept as written."""
+        out, para = [], []
+
+        def flush() -> None:
+            # a line ending in "-" broke a hyphenated word ("multiply-" / "adds"): no space
+            joined = "".join(w if i == 0 or para[i - 1].endswith("-") else " " + w for i, w in enumerate(para))
+            out.extend(textwrap.wrap(joined, width, initial_indent=indent, subsequent_indent=indent))
+            para.clear()
+
+        for line in inspect.cleandoc(text).splitlines():
+            if line.strip() and not line[0].isspace():
+                para.append(line.strip())
+                continue
+            flush()
+            out.append(indent + line if line.strip() else "")
+        flush()
+        return "\n".join(out)
 
 
 def _add_reference_flags(p: argparse.ArgumentParser) -> None:
@@ -117,8 +156,8 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
     a("--pipeline-balance", default="flops", choices=["flops", "time"], help="stage split from")
     a("--no-cuda-graph", action="store_true",
       help="on CUDA, run every fused step eagerly instead of replaying it as one CUDA graph")
-    a("--channels-last", action="store_true", help="conv weights and activations in NHWC order (host/kernels.py)")
-    a("--cudnn-benchmark", action="store_true", help="let cuDNN autotune its convolution algorithms (host/kernels.py)")
+    a("--channels-last", action="store_true", help="conv weights and activations in NHWC order (host/precision.py)")
+    a("--cudnn-benchmark", action="store_true", help="let cuDNN autotune its convolution algorithms (host/precision.py)")
 
 
 def _add_method_flags(p: argparse.ArgumentParser) -> None:

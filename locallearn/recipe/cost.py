@@ -10,7 +10,7 @@ and AugLocal, recipe/headplans.py), and forward + backward of both as one traini
 them. The backbone (what evaluation runs: NetworkCost.backbone_macs, backbone_params)
 and the local heads (head_macs, head_params) are counted apart. Users of these numbers:
 
-- the workflow's cost model and `runtime` resource (workflow/scripts/plan.py),
+- the workflow's cost model and `runtime` resource (locallearn/workflow/plan.py),
 - the pipeline's stage split (stagesplit.layer_costs) and its stage-count check,
 - the bench's GFLOP/s (bench/bench.py),
 - a run's metrics.json (backbone_params, backbone_macs, head_params, head_macs).
@@ -31,6 +31,7 @@ those reading the module's (detached) input skip the input gradient, the others 
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -123,7 +124,7 @@ class Tally:
 
     def residual(self, layer: ResidualLayer, input_grad: bool) -> None:
         """The ResNets' stem (conv 3x3 + BN) or a BasicBlock (two 3x3 conv + BN, the
-        1x1 conv + BN projection shortcut where the shape changes), layers/resblocks.py."""
+        1x1 conv + BN projection shortcut where the shape changes), layers/localnet.py."""
         self.conv(layer.c_in, layer.c_out, 3, layer.side, input_grad)
         self.norm(layer.c_out)
         if layer.kind == "stem":
@@ -392,3 +393,41 @@ def stage_count_error(cfg, stages: int) -> str | None:
     if stages > blocks:
         return f"--pipeline-stages {stages}: the network has only {blocks} hidden blocks to split"
     return None
+
+
+# --------------------------------------------------------------------------- a run's cost
+# A run's cost beside its error (docs/peers.md): the parameters and multiply-adds of
+# its auxiliary heads apart from the backbone's, as metrics.json records them.
+# Parameters are counted on the built model (backbone: what backprop would train,
+# `params_backprop`; heads: the rest). Multiply-adds per example come from the
+# architecture model above, forward only (a test example for the backbone; the heads'
+# forward for a training example), and are left out (None) for a network this module
+# has no model of yet. A record older than those keys (the committed Fashion-MNIST runs)
+# is counted again from its recorded config by `recorded_head_macs`, the trainer's
+# defaults under it: the recipe fills in its own flags, so the tables read records and
+# build no parser.
+
+
+def head_cost(cfg, params_backprop: int, params_total: int) -> dict:
+    """head_params, backbone_params, head_macs and backbone_macs of one run (macs:
+    None where recipe/cost.py has no model of the network)."""
+    out = {"backbone_params": params_backprop, "head_params": params_total - params_backprop,
+           "backbone_macs": None, "head_macs": None}
+    try:
+        cost = network_cost(cfg)
+    except ConfigError:
+        return out   # no cost model of this network (yet)
+    out["backbone_macs"] = cost.eval_macs
+    out["head_macs"] = sum(layer.heads for layer in cost.layers)
+    return out
+
+
+def recorded_head_macs(config: dict) -> float | None:
+    """The heads' multiply-adds of a recorded config (metrics.json's `config`, the
+    trainer's defaults under it) for a record without `head_macs`, or None where
+    recipe/cost.py cannot count it: a cost column never stops the tables."""
+    from .config import build_parser
+    try:
+        return head_cost(argparse.Namespace(**{**vars(build_parser().parse_args([])), **config}), 0, 0)["head_macs"]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None

@@ -1,6 +1,6 @@
 """The grid's measured cost, as data (no torch import): the table `locallearn bench
 --grid` writes (bench/gridbench.py times the steps) and the workflow's `runtime` resource reads
-(workflow/scripts/plan.py), instead of the FLOP model (recipe/cost.py) where it exists.
+(locallearn/workflow/plan.py), instead of the FLOP model (recipe/cost.py) where it exists.
 
 A table is one JSON file per kind of device and precision,
 `<results_dir>/grid-cost/<cuda|cpu>-<precision>.json`:

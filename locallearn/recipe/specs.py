@@ -10,7 +10,7 @@ class DatasetSpec:
     """Everything about one dataset, in one row (docs/method.md, Data). Every other place that
     needs a dataset derives it from SPECS: the readers and file layouts (data/datasets.py),
     the augmentation (data/batches.py), the table captions (report/tables.py), the workflow schemas'
-    dataset enums (workflow/scripts/plan.py), the flags' choices (recipe/config.py)."""
+    dataset enums (locallearn/workflow/plan.py), the flags' choices (recipe/config.py)."""
     name: str                     # as on the command line and in cells.tsv
     title: str                    # the caption of its results table (the paper's README)
     num_classes: int

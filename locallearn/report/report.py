@@ -1,7 +1,8 @@
 """A preset's report, made from the runs that exist in <results>/runs: the tables
 (report/tables.py) written to <results>/tables, the figures (report/figures.py) drawn into
 <results>/figures (curves/, layers/, scatter.png), the tables spliced into a README
-(report/readme.py).
+between its two markers (`splice_file`: everything outside them stays as it was, and
+the file is written only when its text changes).
 
 The workflow's reporting rules call one step each (curve, scatter, compile, splice);
 its `tables` target and `locallearn tables` call `refresh`, which does them all, with
@@ -14,7 +15,9 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from . import figures, readme, tables
+from . import figures, tables
+from ..atomic import write_if_changed
+from ..errors import LocallearnError
 from ..layout import runs_dir
 
 
@@ -94,5 +97,47 @@ def refresh(rows: list[dict], results: str | Path, *, seeds: list[int] | None,
     out = compile_tables(rows, results, seeds=seeds, tolerance=tolerance, intro=intro,
                          readme_path=readme_path, figures_drawn=draw)
     if readme_path:
-        readme.splice_file(readme_path, out["tables"], readme_template)
+        splice_file(readme_path, out["tables"], readme_template)
     return out
+
+
+# --------------------------------------------------------------------------- the README splice
+
+BEGIN = "<!-- locallearn:tables:begin -->"
+END = "<!-- locallearn:tables:end -->"
+
+
+class ReadmeError(LocallearnError):
+    """A README without exactly one pair of markers, in order."""
+
+
+def splice_text(text: str, block: str, where: str = "README") -> str:
+    """`text` with everything between the markers replaced by `block`."""
+    nb, ne = text.count(BEGIN), text.count(END)
+    if nb != 1 or ne != 1:
+        raise ReadmeError(f"{where}: expected one {BEGIN} and one {END} marker, "
+                          f"found {nb} and {ne}")
+    i, j = text.index(BEGIN) + len(BEGIN), text.index(END)
+    if j < i:
+        raise ReadmeError(f"{where}: {END} comes before {BEGIN}")
+    return text[:i] + "\n" + block.strip("\n") + "\n" + text[j:]
+
+
+def splice_file(path: str | Path, block: str, template: str | None = None) -> bool:
+    """Put `block` between the markers of `path`; write only if that changes the file.
+    A missing file is created from `template` (which must hold the markers) if given.
+    True if the file was written."""
+    path = Path(path)
+    if path.is_file():
+        text = path.read_text()
+    elif template is not None:
+        text = template
+    else:
+        raise ReadmeError(f"{path}: no such file (expected a README with the markers "
+                          f"{BEGIN} and {END})")
+    return write_if_changed(path, splice_text(text, block, str(path)))
+
+
+def template(title: str, body: str = "") -> str:
+    """A README made only to hold tables (the quick preset's)."""
+    return f"# {title}\n\n{body.strip()}\n\n{BEGIN}\n{END}\n".replace("\n\n\n", "\n\n")

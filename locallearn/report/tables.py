@@ -11,7 +11,7 @@ number. A published number measured on other data than ours (cells.tsv
 the authors' own number on our data (`current_data_error`) is shown beside it and is
 the one the verdict compares with.
 
-Compiling only: the README splice is in report/readme.py, the figures in report/figures.py, and
+Compiling only: the README splice is in report/report.py, the figures in report/figures.py, and
 report/report.py puts the three together for the workflow and `locallearn tables`. The rows,
 paths and tolerances come in as arguments. Importing this module does not import torch.
 """
@@ -28,7 +28,7 @@ from ..atomic import write_if_changed
 from ..recipe.cells import (column, compared_error, compares_best_epoch, current_data_error, published_data, published_error)
 from ..errors import LocallearnError
 from ..layout import cell_seed, seed_of
-from ..recipe.runcost import recorded_head_macs
+from ..recipe.cost import recorded_head_macs
 from ..runs.runstate import METRICS
 from ..runs.selection import ERRORS, error_of
 from ..recipe.specs import SPECS
@@ -210,7 +210,7 @@ class Cell:
         return _fmt(statistics.fmean(values)) + (f" ± {_fmt(statistics.stdev(values))}" if len(values) > 1 else "")
 
     def cost(self) -> list[str]:
-        """Backbone and head parameters, head multiply-adds per example (recipe/runcost.py),
+        """Backbone and head parameters, head multiply-adds per example (recipe/cost.py),
         peak memory and seconds per epoch, from the first run (the mean over seeds for time)."""
         m = self.runs[0]
         heads = m.get("head_params")
@@ -221,7 +221,7 @@ class Cell:
         memory = m.get("peak_memory_bytes")
         macs = m.get("head_macs")
         if "head_macs" not in m and isinstance(m.get("config"), dict):   # recorded before the key existed
-            macs = recorded_head_macs(m["config"])   # counted by the recipe (recipe/runcost.py)
+            macs = recorded_head_macs(m["config"])   # counted by the recipe (recipe/cost.py)
         return [_count(m.get("backbone_params", m.get("params_backprop"))), _count(heads), _count(macs),
                 f"{memory / 2**20:.0f} MiB" if isinstance(memory, (int, float)) and memory else "-",
                 f"{statistics.fmean(epochs):.1f}" if epochs else "-"]
@@ -388,7 +388,7 @@ def table_columns(rows: list[dict]) -> dict[str, str]:
 
 
 def _cost(cells: list[Cell], heading: str) -> str:
-    """Each finished cell's cost beside its error (recipe/runcost.py, metrics.json)."""
+    """Each finished cell's cost beside its error (recipe/cost.py, metrics.json)."""
     body = [[c.row["cell"], c.ours(), *c.cost()] for c in cells if c.n]
     headers = ["Cell", "Ours", "Backbone params", "Head params", "Head MACs / example", "Peak memory",
                "s / epoch"]

@@ -1,7 +1,7 @@
 """A run folder's fate, decided in one place: `run_state(out, cfg)`.
 
 `locallearn train --out DIR` calls it before it touches DIR, and the workflow calls
-the same function to decide which runs become jobs (workflow/scripts/plan.py); nothing
+the same function to decide which runs become jobs (locallearn/workflow/plan.py); nothing
 else decides. Torch-free: the workflow imports it while it builds its DAG.
 
 A folder is in one of four states:

@@ -27,6 +27,7 @@ added their metrics.json (`git log --diff-filter=A`) and start `wall_seconds` be
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import subprocess
@@ -66,7 +67,7 @@ EPOCH_KEYS = ("epoch", "train_error", "test_error", "train_loss", "train_loss_sc
 SUMMARY_KEYS = {"test_error": "final_test_error", "train_error": "final_train_error",
                 "params_backprop": "params_backprop", "params_total": "params_total",
                 "wall_seconds": "wall_seconds", "peak_memory_bytes": "peak_memory_bytes",
-                # the three reported errors (runs/selection.py) and the heads' cost (recipe/runcost.py)
+                # the three reported errors (runs/selection.py) and the heads' cost (recipe/cost.py)
                 "best_test_error": "best_test_error", "best_test_epoch": "best_test_epoch",
                 "val_selected_test_error": "val_selected_test_error", "val_selected_epoch": "val_selected_epoch",
                 "head_params": "head_params", "head_macs": "head_macs",
@@ -372,7 +373,7 @@ def _system_metrics_on(flag: bool | None) -> bool:
 def _has_pynvml() -> bool:
     """Whether nvidia-ml-py (the `gpu` extra), which MLflow's GPU sampler needs, imports."""
     try:
-        import pynvml  # noqa: F401
+        importlib.import_module("pynvml")
     except ImportError:
         return False
     return True

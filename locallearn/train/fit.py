@@ -23,7 +23,7 @@ from .epochs import evaluate, no_progress, train_epoch
 from ..host.environment import describe, git_revision, peak_memory_bytes
 from ..errors import CheckpointError, DivergenceError
 from ..faults import fault
-from ..recipe.runcost import head_cost
+from ..recipe.cost import head_cost
 from ..runs.selection import reported_errors
 from ..track.tracking import complete_run, open_run, run_tags
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..host import kernels
+from ..host import precision
 from ..layers.localnet import LocalNet
 from ..nets.models import build_model
 
@@ -22,7 +22,7 @@ def initial_model(cfg, spec) -> LocalNet:
 def place(cfg, model: nn.Module, device: torch.device) -> nn.Module:
     """`model` (a network, or a pipeline stage's layers) on `device`, with the kernel
     flags (--channels-last, --cudnn-benchmark) applied: the one way a model reaches its device."""
-    return kernels.configure(cfg, model.to(device))
+    return precision.configure(cfg, model.to(device))
 
 
 def make_model(cfg, spec, device: torch.device) -> LocalNet:

@@ -1,5 +1,5 @@
 # Config and grid, validated before any job is scheduled; helpers for the rules.
-# The logic lives in workflow/scripts/plan.py (plain Python, unit-tested).
+# The logic lives in locallearn/workflow/plan.py (plain Python, torch-free, unit-tested).
 #
 # Which runs are trained is decided by the trainer's own function (locallearn.runs.runstate,
 # through plan.Preset.state), not by Snakemake's rerun triggers: a run folder with a
@@ -15,8 +15,8 @@ import time
 
 from snakemake.exceptions import WorkflowError
 
-sys.path[:0] = [str(Path(workflow.basedir)), str(Path(workflow.basedir) / "workflow" / "scripts")]
-import plan  # noqa: E402
+# Snakemake puts the Snakefile's folder (this checkout) first on sys.path: its package.
+from locallearn.workflow import plan
 
 try:
     _checked = plan.validate_config(config)

@@ -1,11 +1,12 @@
 """The workflow's plan in plain Python (no Snakemake objects), so the rules stay thin
-and tests can call it directly:
+and tests can call it directly (`python -m locallearn.workflow.plan` prints the README's
+estimate table):
 
 - `load_config` / `validate_config`: the config (after --config/--configfile merges)
   checked against workflow/schemas/config.schema.json, with errors naming the key;
 - `load_cells`: cells.tsv typed and checked row by row against
   workflow/schemas/cells.schema.json, with errors naming the row and the column;
-- `Preset`: what one preset (full, quick) trains, with which budget, where it writes,
+- `Preset`: what one preset (full, quick, peers, peers-quick) trains, with which budget, where it writes,
   and which of its runs still need training (the trainer's locallearn.runs.runstate: a
   finished metrics.json of the run's current recipe is final; never scheduled again);
 - `runtime_minutes`: a cell's `runtime` resource, from the measured grid cost
@@ -21,25 +22,22 @@ import fnmatch
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script, no pip install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # torch-free modules of the package: the DAG imports no torch
-from locallearn.recipe import gridcost
-from locallearn import layout  # noqa: E402
-from locallearn.recipe.cells import column, moved_to, recipe_args  # noqa: E402
-from locallearn.recipe.config import build_parser, check_all  # noqa: E402
-from locallearn.recipe.cost import network_cost, stage_count_error  # noqa: E402
-from locallearn.errors import ConfigError, LocallearnError  # noqa: E402
-from locallearn.runs.runstate import FINISHED, METRICS, run_state  # noqa: E402
+from .. import layout
+from ..errors import ConfigError, LocallearnError
+from ..recipe import gridcost
+from ..recipe.cells import column, moved_to, read_cells, recipe_args
+from ..recipe.config import build_parser, check_all
+from ..recipe.cost import network_cost, stage_count_error
+from ..runs.runstate import FINISHED, METRICS, run_state
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]   # the checkout: locallearn/workflow/plan.py
 SCHEMAS = REPO / "workflow" / "schemas"
 DEFAULT_CONFIG = REPO / "workflow" / "config" / "config.yaml"
 PRESETS = ("full", "quick", "peers", "peers-quick")
@@ -169,8 +167,6 @@ def cells_path(config: dict, grid: str = "paper") -> Path:
 def load_cells(path: str | Path) -> list[dict]:
     """Rows of cells.tsv as str dicts (what locallearn.recipe.cells gives), after checking every
     row against the schema. PlanError names the file, line, cell and column."""
-    from locallearn.recipe.cells import read_cells
-
     path = Path(path)
     if not path.is_file():
         raise PlanError(f"cells table not found: {path}")
@@ -339,6 +335,31 @@ class Preset:
     moved: tuple[str, str] | None = None   # (dataset, cell prefix): rows moved onto a dataset (peers-quick)
     _states: dict = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def from_config(cls, name: str, config: dict, rows: list[dict], table_rows: list[dict] | None = None,
+                    moved: tuple[str, str] | None = None) -> Preset:
+        """Preset `name` of PRESETS from its config section (PRESET_SECTIONS). A full
+        recipe (full, peers) runs with the top-level seeds, the `train` section's device,
+        precision and extra_args, and names its own README; a budget (quick, peers-quick)
+        takes all of those from its section, and writes its README in its results folder."""
+        section, grid, budget = PRESET_SECTIONS[name]
+        own = config[section] if section else config
+        res = results_root(config)
+        runs_on = own if budget else config["train"]
+        return cls(
+            name=name, rows=rows, table_rows=rows if table_rows is None else table_rows,
+            seeds=own["seeds"] if budget else config["seeds"], results=f"{res}/{name}",
+            epochs=own["epochs"] if budget else None,
+            max_train_examples=own["max_train_examples"] if budget else 0,
+            max_test_examples=own["max_test_examples"] if budget else 0,
+            device=runs_on["device"], threads=runs_on["threads"], gpu=runs_on["gpu"],
+            precision=runs_on.get("precision", "fp32"),
+            experiment=own["experiment"] if section else config["mlflow"]["experiment"],
+            readme=f"{res}/{name}/README.md" if budget else own["readme"],
+            extra_args=[] if budget else config["train"]["extra_args"],
+            cells=str(cells_path(config, grid)), val_examples=own.get("val_examples", 0),
+            batch_size=own.get("batch_size", 0), moved=moved)
+
     def run_dir(self, cell: str, seed) -> str:
         return str(layout.run_dir(self.results, cell, seed))
 
@@ -368,8 +389,6 @@ class Preset:
     def args(self, row: dict) -> list[str]:
         """The flags that decide a run's numbers: the row's recipe, the preset's budget
         and precision, and (full preset) train.extra_args. The seed comes on top."""
-        from locallearn.recipe.cells import recipe_args
-
         return with_flags(recipe_args(row), self.budget_args() + self.precision_args()) + list(self.extra_args)
 
     def state(self, row: dict, seed) -> str:
@@ -398,6 +417,11 @@ class Preset:
         return [self.metrics(r["cell"], s) for r in (rows or self.rows) for s in self.seeds
                 if self.state(r, s) != FINISHED]
 
+
+# name -> (its config section, None: the top level; its grid, cells_path's `grid`;
+# whether it is a budget: its section's seeds, epochs, examples, device and precision).
+PRESET_SECTIONS = {"full": (None, "paper", False), "quick": ("quick", "paper", True),
+                   "peers": ("peers", "peers", False), "peers-quick": ("peers_quick", "peers", True)}
 
 # The config keys that add flags to a preset's jobs (Preset.args), for messages.
 JOB_KEYS = {"full": "seeds, train.precision, train.extra_args",
@@ -446,33 +470,19 @@ def make_presets(config: dict, rows: list[dict], peer_rows: list[dict] | None = 
     """The presets of both grids: full and quick (the paper's, `rows`), peers and
     peers-quick (`peer_rows`, read from config peers.cells when not given). A preset
     that cannot run is kept as its error, raised only when that preset is used."""
-    res = results_root(config)
-    train, quick = config["train"], config["quick"]
-    full = Preset(
-        name="full", rows=select_cells(rows, config["select"], "select"), table_rows=rows,
-        seeds=config["seeds"], results=f"{res}/full", epochs=None, max_train_examples=0,
-        max_test_examples=0, device=train["device"], threads=train["threads"], gpu=train["gpu"],
-        precision=train.get("precision", "fp32"),
-        experiment=config["mlflow"]["experiment"], readme=config["readme"], extra_args=train["extra_args"],
-        cells=str(cells_path(config)))
+    full = Preset.from_config("full", config, select_cells(rows, config["select"], "select"), table_rows=rows)
     full.check_jobs()
     presets, errors = {"full": full}, {}
     _peer_presets(config, peer_rows, presets, errors)
     try:
-        qrows = select_cells(rows, quick["select"], "quick.select")
+        qrows = select_cells(rows, config["quick"]["select"], "quick.select")
     except PlanError as e:
         errors["quick"] = PlanError(
             f"the `quick` target trains the cells of config quick.select (by default the "
             f"Fashion-MNIST mlp row), but {e} ({cells_path(config)}); set quick.select to rows of "
             "this grid, e.g. --config 'quick={select: {datasets: [MNIST], networks: [mlp]}}'")
         return Presets(presets, errors)
-    presets["quick"] = Preset(
-        name="quick", rows=qrows, table_rows=qrows, seeds=quick["seeds"], results=f"{res}/quick",
-        epochs=quick["epochs"], max_train_examples=quick["max_train_examples"],
-        max_test_examples=quick["max_test_examples"], device=quick["device"],
-        threads=quick["threads"], gpu=quick["gpu"], precision=quick.get("precision", "fp32"),
-        experiment=quick["experiment"],
-        readme=f"{res}/quick/README.md", cells=str(cells_path(config)))
+    presets["quick"] = Preset.from_config("quick", config, qrows)
     try:
         presets["quick"].check_jobs()
     except PlanError as e:
@@ -486,16 +496,11 @@ def _peer_presets(config: dict, peer_rows: list[dict] | None, presets: dict, err
     onto peers_quick.dataset at a tiny budget) into `presets`, or their errors."""
     if "peers" not in config:   # a job script started by a Snakemake that loaded an older config
         return
-    res, train, peers, pq = results_root(config), config["train"], config["peers"], config["peers_quick"]
+    peers, pq = config["peers"], config["peers_quick"]
     try:
         peer_rows = load_cells(cells_path(config, "peers")) if peer_rows is None else peer_rows
-        presets["peers"] = Preset(
-            name="peers", rows=select_cells(peer_rows, peers["select"], "peers.select"), table_rows=peer_rows,
-            seeds=config["seeds"], results=f"{res}/peers", epochs=None, max_train_examples=0,
-            max_test_examples=0, device=train["device"], threads=train["threads"], gpu=train["gpu"],
-            precision=train.get("precision", "fp32"), experiment=peers["experiment"], readme=peers["readme"],
-            extra_args=train["extra_args"], cells=str(cells_path(config, "peers")),
-            val_examples=peers["val_examples"])
+        presets["peers"] = Preset.from_config(
+            "peers", config, select_cells(peer_rows, peers["select"], "peers.select"), table_rows=peer_rows)
         presets["peers"].check_jobs()
     except PlanError as e:
         errors["peers"] = errors["peers-quick"] = e
@@ -503,14 +508,8 @@ def _peer_presets(config: dict, peer_rows: list[dict] | None, presets: dict, err
     try:
         moved = [moved_to(r, pq["dataset"], pq["cell_prefix"])
                  for r in select_cells(peer_rows, pq["select"], "peers_quick.select")]
-        presets["peers-quick"] = Preset(
-            name="peers-quick", rows=moved, table_rows=moved, seeds=pq["seeds"], results=f"{res}/peers-quick",
-            epochs=pq["epochs"], max_train_examples=pq["max_train_examples"],
-            max_test_examples=pq["max_test_examples"], device=pq["device"], threads=pq["threads"],
-            gpu=pq["gpu"], precision=pq.get("precision", "fp32"), experiment=pq["experiment"],
-            readme=f"{res}/peers-quick/README.md", cells=str(cells_path(config, "peers")),
-            val_examples=pq["val_examples"], batch_size=pq["batch_size"],
-            moved=(pq["dataset"], pq["cell_prefix"]))
+        presets["peers-quick"] = Preset.from_config("peers-quick", config, moved,
+                                                    moved=(pq["dataset"], pq["cell_prefix"]))
         presets["peers-quick"].check_jobs()
     except PlanError as e:
         errors["peers-quick"] = e
@@ -591,7 +590,7 @@ def hours_by_dataset(rows: list[dict], est: dict, seeds: int = 1) -> dict[str, f
     return out
 
 
-if __name__ == "__main__":  # python workflow/scripts/plan.py: the README's estimate table
+if __name__ == "__main__":  # python -m locallearn.workflow.plan: the README's estimate table
     cfg = load_config()
     rows = load_cells(cells_path(cfg))
     table = hours_by_dataset(rows, cfg["estimate"])
