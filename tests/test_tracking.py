@@ -298,7 +298,7 @@ def die(conn, cursor, statement, *args):
 
 uri = sys.argv[2]
 if sys.argv[1] == "locallearn":
-    from locallearn import mlstore
+    from locallearn.track import mlstore
     mlstore.client(uri)
 else:
     from mlflow import MlflowClient
