@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..faults import fault
+from ..host import precision
 from ..data.sampler import classes_per_batch_at
 
 
@@ -75,7 +76,7 @@ def evaluate(cfg, engine, test, autocast) -> dict:
         out, logits = engine.infer(x, autocast)
         engine.pass_on(out, y)
         if logits is not None:
-            ce_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            ce_sum += F.cross_entropy(precision.loss_input(logits), y, reduction="sum").item()
             wrong += (logits.argmax(1) != y).sum().item()
     engine.end_phase()
     return {"wrong": wrong, "ce_sum": ce_sum}
