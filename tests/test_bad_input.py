@@ -1,7 +1,7 @@
 """Bad input, one test each: a non-zero exit, one line on stderr that names what is wrong
 and where (no traceback), and no metrics.json that a later step could take as a result.
 
-Runs go through the CLI entry point in this process (`locallearn.cli.main`, what
+Runs go through the CLI entry point in this process (`locallearn.cli.main.main`, what
 `python -m locallearn` calls) on a tiny fake MNIST, so the whole file takes seconds.
 cells.tsv and workflow-config errors are raised by the workflow plan (locallearn/workflow/plan.py, before any
 job); tests/test_workflow.py covers them case by case, here one of each stands in.
@@ -19,7 +19,7 @@ import torch
 from conftest import CELLS_TSV, REPO
 from fake_data import write_fake
 from locallearn.recipe import cells
-from locallearn.cli import main
+from locallearn.cli.main import main
 from locallearn.recipe.config import parse_train_args
 from locallearn.errors import ConfigError
 from locallearn.workflow import plan

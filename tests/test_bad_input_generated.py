@@ -20,7 +20,7 @@ Profiles (HYPOTHESIS_PROFILE, docs/bad-input.md):
           (10-15 minutes on 2 cores).
 
 Trainings are tiny (mlp, 64 examples, one or two epochs on fake data in the real
-formats, tests/fake_data.py), run in this process through `locallearn.cli.main`.
+formats, tests/fake_data.py), run in this process through `locallearn.cli.main.main`.
 Values a user could give but this machine cannot afford (a million epochs, a 2**31-wide
 layer) are not generated: they are valid, only slow or too big.
 """
@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 
 from conftest import CELLS_TSV
 from fake_data import write_fake
-from locallearn.cli import main
+from locallearn.cli.main import main
 from locallearn.recipe.config import build_parser, config_hash, parse_train_args
 from locallearn.errors import LocallearnError
 from locallearn.workflow import plan

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from fake_data import write_fake
-from locallearn.cli import main
+from locallearn.cli.main import main
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "checkpoint" / "mnist-mlp-predsim"
 

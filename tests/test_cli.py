@@ -14,7 +14,7 @@ import pytest
 
 from fake_data import write_fake
 from locallearn import __version__
-from locallearn.cli import COMMANDS, main
+from locallearn.cli.main import COMMANDS, main
 
 # Every parser a user can ask for --help, and a phrase of its own description.
 HELPS = {

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from locallearn.recipe.config import parse_train_args
-from locallearn.recipe.cost import network_cost, stage_count_error
+from locallearn.recipe.archspec import hidden_blocks
+from locallearn.recipe.config import stage_count_error
+from locallearn.recipe.cost import network_cost
 from locallearn.data.datasets import SPECS
 from locallearn.layers.localnet import Block
 from locallearn.nets.models import build_model
@@ -173,3 +175,13 @@ def test_stage_count_error():
     assert "must be >= 1" in stage_count_error(cfg, 0)
     cfg.backprop = True
     assert stage_count_error(cfg, 2).startswith("--backprop cannot be combined with --pipeline-stages 2")
+
+
+@pytest.mark.parametrize("argv, by_hand", [
+    (["--model", "mlp", "--num-layers", "3"], 3),
+    (["--model", "vgg8b", "--num-layers", "1"], 7),   # 6 convs (128 256 256 512 512 512) + 1 linear
+    (["--model", "resnet32", "--method", "dgl", "--local-modules", "16"], 15),   # K - 1 modules before the output
+])
+def test_hidden_blocks_by_hand_and_as_the_cost_model_counts_them(argv, by_hand):
+    cfg = parse_train_args(argv + ["--dataset", "CIFAR10"])
+    assert hidden_blocks(cfg) == by_hand == network_cost(cfg).blocks

@@ -7,9 +7,9 @@ import torch
 
 from conftest import CELLS_TSV
 from fake_data import write_fake
-from locallearn.train import train as train_mod
+from locallearn.train import trainer as train_mod
 from locallearn.recipe.cells import read_cells, recipe_args
-from locallearn.cli import describe
+from locallearn.nets.models import describe
 from locallearn.recipe.config import parse_train_args
 from locallearn.data.batches import load_splits
 from locallearn.data.datasets import SPECS

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from locallearn.report import report, tables
+from locallearn.report import steps as report, tables
 from locallearn.workflow import plan
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "workflow" / "profiles" / "slurm" / "README.md"]

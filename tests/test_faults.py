@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 from conftest import REPO, child_env, needs_fmnist
-from locallearn.train import train as train_mod
+from locallearn.train import trainer as train_mod
 from locallearn.recipe.config import parse_train_args
 
 TIMING = {"epoch_seconds", "images_per_second"}

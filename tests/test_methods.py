@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from conftest import REPO, batches
 from locallearn.host import precision
-from locallearn.cli import describe
+from locallearn.nets.models import describe
 from locallearn.recipe.config import ConfigError, config_hash, parse_train_args
 from locallearn.train.engines import ENGINES
 from locallearn.train.placement import make_model
@@ -221,7 +221,7 @@ def test_other_engines_equal_fused_on_a_resnet(engine, method):
 def test_config_knows_every_registered_method():
     """config.py checks --method against its torch-free METHOD_NAMES: equal to the registry."""
     from locallearn.recipe.config import METHOD_NAMES
-    from locallearn.methods import METHODS
+    from locallearn.methods.registry import METHODS
     assert set(METHODS) == set(METHOD_NAMES)
 
 

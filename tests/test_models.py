@@ -9,7 +9,7 @@ import pytest
 
 from conftest import CELLS_TSV, REPO
 from locallearn.recipe.cells import published_params_millions, read_cells, recipe_args
-from locallearn.cli import describe
+from locallearn.nets.models import describe
 from locallearn.recipe.config import parse_train_args
 from locallearn.nets.models import MODELS, VGG_CONFIGS
 

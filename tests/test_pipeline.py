@@ -11,7 +11,7 @@ import torch
 
 from conftest import child_env, free_port
 from fake_data import write_fake
-from locallearn.train import train as train_mod
+from locallearn.train import trainer as train_mod
 from locallearn.recipe.config import parse_train_args
 from locallearn.report.figures import draw_run_curve
 from locallearn.errors import ConfigError, OutputError

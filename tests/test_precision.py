@@ -12,10 +12,10 @@ import torch
 
 from conftest import REPO, needs_fmnist
 from locallearn.host import precision
-from locallearn.train import train as train_mod
+from locallearn.train import trainer as train_mod
 from locallearn.recipe.cells import read_cells, recipe_args
 from locallearn.recipe.config import config_hash, parse_train_args
-from locallearn.track.tracking import mlflow_tags
+from locallearn.track.records import mlflow_tags
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from conftest import needs_fmnist
-from locallearn.train import train as train_mod
+from locallearn.train import trainer as train_mod
 from locallearn.recipe.config import config_hash, parse_train_args
 from locallearn.data.batches import held_out
 from locallearn.runs.selection import ERRORS, error_of, reported_errors

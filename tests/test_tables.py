@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import CELLS_TSV, REPO
-from locallearn.report import figures, report, tables
+from locallearn.report import figures, steps as report, tables
 from locallearn.recipe.cells import read_cells
-from locallearn.cli import main
+from locallearn.cli.main import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOL = {"default": 0.5, "FashionMNIST": 0.3, "CIFAR100": 1.0}

@@ -1,4 +1,4 @@
-"""locallearn.track.tracking against real MLflow stores: a SQLite file and a `mlflow server`.
+"""locallearn.track (live logging, the mirror, what a run carries) against real MLflow stores: a SQLite file and a `mlflow server`.
 
 No torch (but for environment.describe): histories are synthetic, shaped like
 metrics.json's, except where the committed runs (results/full/runs) are mirrored."""
@@ -16,12 +16,12 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, free_port, mlflow_server_in
-from locallearn.track import tracking
+from locallearn.track import live, mirror, records
 from locallearn.errors import ConfigError, TrackingError
 from locallearn.track import mlstore
-from locallearn.cli import tracking_init as cli_init
+from locallearn.cli.tracking import tracking_init as cli_init
 from locallearn.track.mlstore import ensure_experiment, resolve_uri
-from locallearn.track.tracking import RunTracker
+from locallearn.track.live import RunTracker
 from locallearn.report.figures import draw_missing_curves
 
 EXPERIMENT = "test-exp"
@@ -116,9 +116,9 @@ def test_open_log_finish(tmp_path, monkeypatch):
     assert run.data.metrics["params_backprop"] == 1234
     assert run.data.params["lr_decay_milestones"] == "50 100 150"
     assert run.data.params["backprop"] == "False"
-    assert len(run.data.params["long"]) == tracking.MAX_PARAM_LENGTH
+    assert len(run.data.params["long"]) == records.MAX_PARAM_LENGTH
     assert run.data.tags["cell"] == "cell-a"
-    assert run.data.tags[tracking.TAG_OUT_DIR] == str(out.resolve())
+    assert run.data.tags[records.TAG_OUT_DIR] == str(out.resolve())
     client = MlflowClient(uri)
     assert_steps(client, run_id, 5)
     # artifacts: proxied (no absolute path in the database), kept beside it
@@ -174,7 +174,7 @@ def test_failed_run_is_marked(tmp_path):
     tracker.fail("loss is NaN at epoch 3 (run)\nsecond line")
     run = MlflowClient(uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED"
-    assert run.data.tags[tracking.TAG_ERROR] == "loss is NaN at epoch 3 (run)"
+    assert run.data.tags[records.TAG_ERROR] == "loss is NaN at epoch 3 (run)"
 
 
 def broken_store(*args, **kwargs):
@@ -268,7 +268,7 @@ def run_jobs(uri: str, tmp_path: Path, n: int, epochs: int) -> None:
     import n times on a 2-core CI machine."""
     jobs = [(str(tmp_path / f"run{i}"), uri, f"cell-{i}", epochs) for i in range(n)]
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["mlflow", "locallearn.track.tracking"])
+    ctx.set_forkserver_preload(["mlflow", "locallearn.track.live"])
     with ctx.Pool(n) as pool:
         run_ids = pool.map(_job, jobs)
     assert len(set(run_ids)) == n
@@ -405,8 +405,8 @@ def test_params_are_the_recipe_and_tags_explain_the_run(tmp_path):
     write_metrics(tmp_path / "run", doc)
     tracker.complete()
     again = MlflowClient(uri).get_run(tracker.run_id).data.tags
-    assert {k: v for k, v in again.items() if k != tracking.TAG_OUT_DIR} == \
-        {k: v for k, v in t.items() if k != tracking.TAG_OUT_DIR}
+    assert {k: v for k, v in again.items() if k != records.TAG_OUT_DIR} == \
+        {k: v for k, v in t.items() if k != records.TAG_OUT_DIR}
 
 
 def test_tags_of_a_metrics_json_without_environment():
@@ -415,10 +415,10 @@ def test_tags_of_a_metrics_json_without_environment():
     doc = {"config": {"device": "auto", "threads": 2, "precision": "fp32"},
            "versions": {"python": "3.11.7", "torch": "2.14.1", "locallearn": "0.1.0"},
            "git_revision": "abc", "run_name": "r", "tags": {"cell": "c", "git_revision": "abc"}}
-    tags = tracking.mlflow_tags(doc)
+    tags = records.mlflow_tags(doc)
     assert "env.device" not in tags and tags["env.threads"] == "2" and tags["env.torch"] == "2.14.1"
     assert tags["mlflow.source.git.commit"] == "abc" and tags["cell"] == "c"
-    assert tracking.mlflow_tags({**doc, "device": "cuda:0"})["env.device"] == "cuda:0"
+    assert records.mlflow_tags({**doc, "device": "cuda:0"})["env.device"] == "cuda:0"
 
 
 def test_system_metrics_when_switched_on(tmp_path, monkeypatch, caplog):
@@ -464,7 +464,7 @@ def test_gpu_metrics_without_nvidia_ml_py(monkeypatch, caplog, device, pynvml, s
 
     monkeypatch.setattr(system_metrics_monitor, "SystemMetricsMonitor", Monitor)
     monkeypatch.setitem(sys.modules, "pynvml", types.ModuleType("pynvml") if pynvml else None)
-    assert isinstance(tracking._start_system_metrics("sqlite:///unused.db", "r1", device), Monitor)
+    assert isinstance(live._start_system_metrics("sqlite:///unused.db", "r1", device), Monitor)
     assert [r.getMessage() for r in caplog.records] == ([NO_NVML] if said else [])
 
 
@@ -492,7 +492,7 @@ def test_sync_mirrors_the_committed_runs_idempotently(tmp_path):
     """`locallearn tracking sync results/full` on a copy of the committed runs: one
     FINISHED run per cell x seed with the whole history, the recipe, the tags and both
     artifacts; a second sync changes nothing at all."""
-    from locallearn.cli import main
+    from locallearn.cli.main import main
     shutil.copytree(COMMITTED, tmp_path / "full" / "runs")
     folders = sorted(p.parent for p in (tmp_path / "full" / "runs").glob("*/seed*/metrics.json"))
     assert len(folders) >= 4
@@ -520,7 +520,7 @@ def test_sync_mirrors_the_committed_runs_idempotently(tmp_path):
         stored = tmp_path / "full" / "mlartifacts" / "locallearn" / rid / "artifacts"
         assert (stored / "metrics.json").read_bytes() == (folder / "metrics.json").read_bytes()
         assert (stored / "curve.png").read_bytes()[:4] == b"\x89PNG"
-    done = tracking.sync_results(tmp_path / "full", uri, "locallearn")
+    done = mirror.sync_results(tmp_path / "full", uri, "locallearn")
     assert set(done.values()) == {"unchanged"}
     assert store_dump(uri) == first
 
@@ -538,13 +538,13 @@ def test_sync_continues_a_run_logged_live(tmp_path):
            "config": {"lr": 5e-4, "seed": 1, "threads": 1, "precision": "fp32"},
            "tags": {"cell": "cell-a", "config_hash": "ab12cd34ef56"}}
     (out / "metrics.json").write_text(json.dumps(doc))
-    assert tracking.sync_results(tmp_path / "full", uri, "locallearn") == {str(out.resolve()): "updated"}
+    assert mirror.sync_results(tmp_path / "full", uri, "locallearn") == {str(out.resolve()): "updated"}
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("locallearn").experiment_id])
     assert run.info.run_id == tracker.run_id and run.info.status == "FINISHED"
     assert_steps(client, run.info.run_id, 6)
     (out / "mlflow_run.json").unlink()
-    assert tracking.sync_results(tmp_path / "full", uri, "locallearn") == {str(out.resolve()): "unchanged"}
+    assert mirror.sync_results(tmp_path / "full", uri, "locallearn") == {str(out.resolve()): "unchanged"}
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
@@ -554,7 +554,7 @@ def test_a_synced_store_works_after_the_folder_moves(tmp_path):
     src = tmp_path / "clone" / "results" / "full"
     shutil.copytree(COMMITTED, src / "runs")
     draw_missing_curves(src)   # as `locallearn tracking sync` does: the mirror draws nothing
-    assert tracking.sync_results(src, f"sqlite:///{src / 'mlflow.db'}", "locallearn")
+    assert mirror.sync_results(src, f"sqlite:///{src / 'mlflow.db'}", "locallearn")
     moved = tmp_path / "elsewhere" / "clone"
     moved.parent.mkdir()
     shutil.move(tmp_path / "clone", moved)
@@ -589,7 +589,7 @@ def test_synced_runs_carry_the_trainings_times(tmp_path):
     (later / "metrics.json").write_text(json.dumps({
         **metrics_doc(make_history(4)), "seed": 1, "run_name": "cell-new-s1", "config": {"lr": 5e-4},
         "started_at": "2026-01-02T03:04:05+00:00", "finished_at": "2026-01-02T05:04:05+00:00"}))
-    tracking.sync_results(full, uri, "locallearn")
+    mirror.sync_results(full, uri, "locallearn")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("locallearn")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"

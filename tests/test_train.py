@@ -12,10 +12,10 @@ import torch
 
 from conftest import needs_fmnist
 from locallearn.train import fit as fit_mod
-from locallearn.train import train as train_mod
+from locallearn.train import trainer as train_mod
 from locallearn.recipe.config import parse_train_args
 from locallearn.train.fit import lr_at
-from locallearn.host.host import lease_devices
+from locallearn.host.machine import lease_devices
 from locallearn.runs.rundir import RunFolder
 
 TIMING = {"epoch_seconds", "images_per_second"}

@@ -651,7 +651,7 @@ def test_a_grid_without_the_quick_rows(tmp_path):
 def test_locallearn_tables_writes_what_the_tables_target_writes(tmp_path):
     """`locallearn tables --results results/full --readme README.md`, from the
     repository root, makes the same README, tables and figures as `snakemake --cores 1
-    tables`, byte for byte: both call locallearn.report.report.refresh with the same arguments
+    tables`, byte for byte: both call locallearn.report.steps.refresh with the same arguments
     (the target then also mirrors the runs into MLflow)."""
     made = {}
     for how in ("snakemake", "cli"):

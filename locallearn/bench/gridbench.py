@@ -6,7 +6,7 @@ writes seconds per epoch and device hours per cell and in all to
 <results>/grid-cost/<cuda|cpu>-<precision>.json (recipe/gridcost.py, the data; the workflow's
 `runtime` resource reads it) and prints the README table.
 
-Where bench/bench.py compares training paths of one recipe, this measures one path (the
+Where bench/paths.py compares training paths of one recipe, this measures one path (the
 fused engine, as the workflow trains) over the whole grid.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def grid_bench(rows: list[dict], *, steps: int, prec: str, device_flags: list[st
     with the first of its rows' recipe."""
     from ..recipe.cells import recipe_args
     from ..recipe.specs import SPECS
-    from ..host.host import resolve_device
+    from ..host.machine import resolve_device
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -118,7 +118,7 @@ def cli_grid_bench(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="locallearn bench --grid", formatter_class=HelpFormatter,
                                 description="Time every distinct network x loss of cells.tsv; write the grid cost "
                                             "(seconds per epoch, hours per cell and in all).")
-    # the workflow's grid, from the working directory (the repository root), as cli.py's
+    # the workflow's grid, from the working directory (the repository root), as cli/report.py's
     # defaults for `locallearn tables`: the package itself never reads workflow/
     p.add_argument("--cells", default="workflow/config/cells.tsv", help="the grid")
     p.add_argument("--steps", type=int, default=30, help="timed training steps per network (as many warm up)")

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..recipe.archspec import MaxPool, block_sites, vgg_flat, vgg_layers
 from ..layers.local_losses import LocalHead
 from ..layers.localnet import Block, LocalNet
-from ..methods import METHODS
+from ..methods.registry import METHODS
 from .resnet import build_resnet
 from ..recipe.specs import RESNET_BLOCKS, SPECS, VGG_CONFIGS
 
@@ -123,3 +123,15 @@ def describe_layers(model: LocalNet) -> list[dict]:
             row.update(pool_kernel=None, decoder_in=b.layer.out_features)
         rows.append(row)
     return rows
+
+
+def describe(cfg) -> dict:
+    """The network `cfg` builds, as `locallearn describe` prints it: input shape, classes,
+    parameter counts and each layer (describe_layers), without data or training."""
+    spec = SPECS[cfg.dataset]
+    model = build_model(cfg, spec.channels, spec.size, spec.num_classes)
+    backprop, total = model.count_params()
+    return {"model": cfg.model, "dataset": cfg.dataset,
+            "input_shape": [spec.channels, spec.size, spec.size], "num_classes": spec.num_classes,
+            "params_backprop": backprop, "params_total": total, "params_heads": total - backprop,
+            "layers": describe_layers(model)}

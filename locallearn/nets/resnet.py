@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..recipe.archspec import ResidualLayer, resnet_sites
 from ..layers.localnet import Block, LocalNet
-from ..methods import METHODS
+from ..methods.registry import METHODS
 from ..layers.localnet import BasicBlock, he_init
 
 

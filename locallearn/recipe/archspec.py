@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .specs import RESNET_BLOCKS, VGG_CONFIGS
+from .specs import RESNET_BLOCKS, SPECS, VGG_CONFIGS
 
 
 def conv_side(side: int, kernel: int, stride: int, padding: int) -> int:
@@ -233,6 +233,16 @@ def block_sites(cfg, spec) -> list[Site]:
                  widths=tuple(widths), image_channels=spec.channels, image_size=spec.size,
                  num_classes=spec.num_classes, image_mean=spec.mean, image_std=spec.std,
                  kinds=tuple(kinds), pools=tuple(pools)) for i in range(len(widths))]
+
+
+def hidden_blocks(cfg) -> int:
+    """The hidden blocks of the network `cfg` builds: the units local losses train and a
+    pipeline splits (a ResNet's local modules before the output module; the mlp's and a
+    VGG's blocks)."""
+    spec = SPECS[cfg.dataset]
+    if cfg.model in RESNET_BLOCKS:
+        return len(resnet_sites(cfg, cfg.model, spec)[1])
+    return len(block_sites(cfg, spec))
 
 
 # ----------------------------------------------------------------- decoder pooling

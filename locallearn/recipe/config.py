@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..credentials import redact_uri, take_credentials
+from .archspec import hidden_blocks
 from .specs import MODEL_NAMES, RESNET_BLOCKS, SPECS
 
 MODELS_HELP = "mlp, vgg6a, vgg6b, vgg8, vgg8a, vgg8b, vgg11, vgg11b, vgg13, vgg16, vgg19, resnet32, resnet110"
@@ -223,7 +224,7 @@ def build_parser(prog: str = "locallearn train", description: str = TRAIN_DESCRI
     return p
 
 
-# The methods registry's names (methods/__init__.py, which imports torch; tests/test_methods.py
+# The methods registry's names (methods/registry.py, which imports torch; tests/test_methods.py
 # keeps the two equal).
 METHOD_NAMES = ("paper", "dgl", "infopro", "auglocal")
 
@@ -363,6 +364,25 @@ def check(args: argparse.Namespace) -> None:
         bad("mlflow_uri", "has '@' but no scheme://user:password@host form; expected e.g. http://host:port, "
             "with credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the URI is not "
             "repeated here: it may hold a password)")
+
+
+def stage_count_error(cfg, stages: int) -> str | None:
+    """Why the recipe cannot run as `stages` pipeline stages, or None. The one home of
+    this check: the trainer (stagesplit.check_config) and the workflow
+    (plan.pipeline_stages) both ask it."""
+    if stages < 1:
+        return f"--pipeline-stages: must be >= 1, got {stages}"
+    if stages == 1:
+        return None
+    if cfg.backprop or cfg.no_detach:
+        flag = "--backprop" if cfg.backprop else "--no-detach"
+        return (f"{flag} cannot be combined with --pipeline-stages {stages}: only local training with "
+                "detached block inputs is pipelined exactly (gradients would have to flow back "
+                "across stages); drop --pipeline-stages or the flag")
+    blocks = hidden_blocks(cfg)
+    if stages > blocks:
+        return f"--pipeline-stages {stages}: the network has only {blocks} hidden blocks to split"
+    return None
 
 
 def parse_train_args(argv: list[str]) -> argparse.Namespace:

@@ -12,7 +12,7 @@ and the local heads (head_macs, head_params) are counted apart. Users of these n
 
 - the workflow's cost model and `runtime` resource (locallearn/workflow/plan.py),
 - the pipeline's stage split (stagesplit.layer_costs) and its stage-count check,
-- the bench's GFLOP/s (bench/bench.py),
+- the bench's GFLOP/s (bench/paths.py),
 - a run's metrics.json (backbone_params, backbone_macs, head_params, head_macs).
 
 What is counted is what torch's FlopCounterMode counts: matrix products and
@@ -373,26 +373,6 @@ def network_cost(cfg) -> NetworkCost:
     if cfg.model not in COSTS:
         raise ConfigError(f"--model: no cost model for {cfg.model!r} (known: {', '.join(sorted(COSTS))})")
     return COSTS[cfg.model](cfg, SPECS[cfg.dataset])
-
-
-# ------------------------------------------------------------------- pipeline stages
-def stage_count_error(cfg, stages: int) -> str | None:
-    """Why the recipe cannot run as `stages` pipeline stages, or None. The one home of
-    this check: the trainer (stagesplit.check_config) and the workflow
-    (plan.pipeline_stages) both ask it."""
-    if stages < 1:
-        return f"--pipeline-stages: must be >= 1, got {stages}"
-    if stages == 1:
-        return None
-    if cfg.backprop or cfg.no_detach:
-        flag = "--backprop" if cfg.backprop else "--no-detach"
-        return (f"{flag} cannot be combined with --pipeline-stages {stages}: only local training with "
-                "detached block inputs is pipelined exactly (gradients would have to flow back "
-                "across stages); drop --pipeline-stages or the flag")
-    blocks = network_cost(cfg).blocks
-    if stages > blocks:
-        return f"--pipeline-stages {stages}: the network has only {blocks} hidden blocks to split"
-    return None
 
 
 # --------------------------------------------------------------------------- a run's cost

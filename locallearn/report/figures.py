@@ -95,7 +95,7 @@ def draw_run_curve(path: str | Path, metrics: dict) -> Path:
 def draw_missing_curve(folder: str | Path) -> Path | None:
     """A finished run folder's curve.png where it lacks one (a committed run, or a run
     copied without it), drawn as the trainer draws it; None where it has one. Drawn
-    before the MLflow mirror, which uploads what exists (track/tracking.py)."""
+    before the MLflow mirror, which uploads what exists (track/mirror.py)."""
     folder = Path(folder).resolve()
     curve = folder / CURVE
     if curve.is_file():

@@ -11,8 +11,8 @@ number. A published number measured on other data than ours (cells.tsv
 the authors' own number on our data (`current_data_error`) is shown beside it and is
 the one the verdict compares with.
 
-Compiling only: the README splice is in report/report.py, the figures in report/figures.py, and
-report/report.py puts the three together for the workflow and `locallearn tables`. The rows,
+Compiling only: the README splice is in report/steps.py, the figures in report/figures.py, and
+report/steps.py puts the three together for the workflow and `locallearn tables`. The rows,
 paths and tolerances come in as arguments. Importing this module does not import torch.
 """
 from __future__ import annotations

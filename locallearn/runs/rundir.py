@@ -2,7 +2,7 @@
 A sequential run and every stage of a pipelined one go through this one object, so
 they write the same files the same way (pipeline stage k keeps checkpoint.stage{k}.pt
 instead of checkpoint.pt). The folder's file names are runs/runstate.py's; drawing its curve
-is report/figures.py's, mirroring it to MLflow track/tracking.py's.
+is report/figures.py's, mirroring it to MLflow track/mirror.py's.
 
 Checkpoints are written atomically (atomic.py) and rotated, the newest two kept, so a
 file torn by a crash falls back to the previous one; a full disk leaves the previous

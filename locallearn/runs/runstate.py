@@ -24,7 +24,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import time
+from datetime import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,39 @@ def recorded_run_name(folder: Path, metrics: dict) -> str:
     """A finished run's name: metrics.json's `run_name`, else <cell>-s<seed> (runs
     finished before the name was recorded)."""
     return metrics.get("run_name") or f"{Path(folder).parent.name}-s{metrics.get('seed', Path(folder).name)}"
+
+
+def run_times(metrics: dict, path: Path) -> tuple[int | None, int | None]:
+    """(start, end) of a finished run in ms since the epoch: metrics.json's `started_at`
+    and `finished_at`; for a metrics.json older than those fields, the end is the time
+    of the git commit that added the file and the start `wall_seconds` before it.
+    (None, None) where neither is known (MLflow then uses the time of the sync)."""
+    end = _iso_ms(metrics.get("finished_at")) or _added_in_git_ms(path)
+    if end is None:
+        return None, None
+    start = _iso_ms(metrics.get("started_at"))
+    if start is None and is_number(metrics.get("wall_seconds")):
+        start = end - int(round(float(metrics["wall_seconds"]) * 1000))
+    return (start if start is not None else end), end
+
+
+def _iso_ms(text) -> int | None:
+    try:
+        return int(datetime.fromisoformat(str(text)).timestamp() * 1000) if text else None
+    except ValueError:
+        return None
+
+
+def _added_in_git_ms(path: Path) -> int | None:
+    """The committer time of the commit that added `path` (the newest such), or None
+    outside a git checkout or for a file not committed."""
+    try:
+        out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%cI", "--", path.name],
+                             cwd=path.parent, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split() if out.returncode == 0 else []
+    return _iso_ms(lines[0]) if lines else None
 
 
 def _read_json(path: Path) -> dict | None:

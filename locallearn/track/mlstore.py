@@ -1,6 +1,6 @@
 """The MLflow store: reaching it, creating it and its experiments, calling it, where it
-keeps artifacts, and how to browse it. Run logging (what a run carries, live or
-mirrored from its folder) is track/tracking.py.
+keeps artifacts, and how to browse it. What a run carries is track/records.py;
+logging it live, track/live.py; mirroring a finished folder, track/mirror.py.
 
 Shaped by how the grid uses a store:
 - Many jobs share one store. With SQLite, concurrent writers get "database is locked"

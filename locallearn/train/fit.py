@@ -1,5 +1,5 @@
-"""The run loop: schedule, epochs, divergence, history, progress, for a whole network
-and for every stage of a pipeline alike (the engine's hooks say where they differ).
+"""The run loop: the first line, schedule, epochs, divergence, history, progress, for a
+whole network and for every stage of a pipeline alike (the engine's hooks say where they differ).
 
 Per epoch: set the lr, train, evaluate, turn every stage's sums into one history
 entry (on the reporting process), stop every process on a NaN, checkpoint, log to
@@ -15,19 +15,55 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from pathlib import Path
+
 import torch
 
+from .. import __version__
 from ..host import precision
 from .engines import output_scale
 from .epochs import evaluate, no_progress, train_epoch
 from ..host.environment import describe, git_revision, peak_memory_bytes
 from ..errors import CheckpointError, DivergenceError
 from ..faults import fault
+from ..layout import resolve_data_dir
 from ..recipe.cost import head_cost
 from ..runs.selection import reported_errors
-from ..track.tracking import complete_run, open_run, run_tags
+from ..track.live import complete_run, open_run, run_tags
 
 
+# ------------------------------------------------------------------ the first line
+# Printed before the first epoch, so that a log (a terminal, a Snakemake job log, a SLURM
+# job log) shows at its top whether the run got the GPU, the precision, the network and
+# the data it was meant to get.
+
+def _device_words(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        n = torch.get_num_threads()
+        return f"cpu ({n} thread{'s' if n != 1 else ''})"
+    return str(device)
+
+
+def startup_line(cfg, device: torch.device, model, train, test) -> str:
+    """e.g. `locallearn 0.1.0: mlp on FashionMNIST, predsim | device cpu (2 threads), fp32 |
+    params 2,913,290 (network 2,913,290; local heads 0) | data /d: train 60,000, test 10,000 | out /r`.
+
+    `model` is the built network (count_params), `train`/`test` the loaded splits (their
+    example counts, after --max-train-examples / --max-test-examples)."""
+    backprop, total = model.count_params()
+    loss = "global backprop" if cfg.backprop or not model.blocks else cfg.loss_sup + (" (bio)" if cfg.bio else "")
+    if getattr(cfg, "method", "paper") != "paper" and model.blocks:
+        loss = f"{cfg.method}, {len(model.blocks) + 1} local modules"
+    return (f"locallearn {__version__}: {cfg.model} on {cfg.dataset}, {loss}"
+            f" | device {_device_words(device)}, {cfg.precision}"
+            f" | params {total:,} (network {backprop:,}; local heads {total - backprop:,})"
+            f" | data {resolve_data_dir(cfg.data_dir)}: train {train.n:,}, test {test.n:,}"
+            f" | out {Path(cfg.out).absolute()}")
+
+
+# ------------------------------------------------------------------ the schedule
 WARMUP_EPOCHS, WARMUP_START = 10, 0.01   # AugLocal's train.py, adjust_learning_rate
 
 

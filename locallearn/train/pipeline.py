@@ -20,7 +20,7 @@ computed (overlap both ways). A header with b = 0 ends a phase (epoch or evaluat
 b = -1 ends the run.
 
 Launch: torchrun is the one launcher. `locallearn train --pipeline-stages S` (the run
-folder's owner, train/train.py) starts `torchrun --nproc-per-node S -m locallearn train ...`
+folder's owner, train/trainer.py) starts `torchrun --nproc-per-node S -m locallearn train ...`
 on this machine and watches it (`launch`); under torchrun (WORLD_SIZE set, also when a
 user starts it by hand on several machines) every process is one stage (`run_stage`).
 
@@ -43,11 +43,10 @@ from .engines import FusedEngine
 from .placement import initial_model, place
 from .epochs import epoch_batches
 from ..errors import CheckpointError, PipelineError
-from .fit import fit
-from ..host.host import prepare
+from .fit import fit, startup_line
+from ..host.machine import prepare
 from ..runs.rundir import RunFolder
 from .stagesplit import describe_split, layer_costs, layer_times, split_layers
-from .startup import startup_line
 
 TIMEOUT_ENV = "LOCALLEARN_PIPELINE_TIMEOUT"  # seconds a stage waits for a peer (default 60)
 END, STOP = 0, -1

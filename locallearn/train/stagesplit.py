@@ -10,7 +10,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..recipe.cost import network_cost, stage_count_error
+from ..recipe.config import stage_count_error
+from ..recipe.cost import network_cost
 from ..errors import ConfigError
 from ..layers.localnet import Block, LocalNet
 
@@ -18,7 +19,7 @@ from ..layers.localnet import Block, LocalNet
 # ======================================================================== configuration
 def check_config(cfg) -> None:
     s = cfg.pipeline_stages
-    problem = stage_count_error(cfg, s)  # stage count, backprop, no-detach: recipe/cost.py
+    problem = stage_count_error(cfg, s)  # stage count, backprop, no-detach: recipe/config.py
     if problem:
         raise ConfigError(problem)
     if s == 1:

@@ -34,7 +34,8 @@ from ..errors import ConfigError, LocallearnError
 from ..recipe import gridcost
 from ..recipe.cells import column, moved_to, read_cells, recipe_args
 from ..recipe.config import build_parser, check_all
-from ..recipe.cost import network_cost, stage_count_error
+from ..recipe.config import stage_count_error
+from ..recipe.cost import network_cost
 from ..runs.runstate import FINISHED, METRICS, run_state
 
 REPO = Path(__file__).resolve().parents[2]   # the checkout: locallearn/workflow/plan.py
@@ -291,7 +292,7 @@ def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
             raise PlanError(f"config key 'pipeline_stages.{pattern}': {matched[0]['cell']} is a backprop "
                                "cell; only local losses (detached blocks) can be pipelined")
         for r in local:
-            problem = stage_count_error(recipe(r), s)  # the trainer's own check (recipe/cost.py)
+            problem = stage_count_error(recipe(r), s)  # the trainer's own check (recipe/config.py)
             if problem:
                 raise PlanError(f"config key 'pipeline_stages.{pattern}': {r['cell']}: {problem}")
             if stages[r["cell"]] == 1:

@@ -74,7 +74,7 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
     from ..train.engines import ENGINES
     from ..train.placement import make_model
     from ..train.epochs import evaluate, train_epoch
-    from ..host.host import prepare
+    from ..host.machine import prepare
 
     device = prepare(cfg, cfg.threads)
     if synthetic:  # right shapes, random pixels: for speed on machines without the data
@@ -128,7 +128,7 @@ def _pipeline_path(cfg, stages: int, flops_per_epoch: float) -> dict:
     epoch's training seconds (the slowest stage) and every stage's waits."""
     import tempfile
 
-    from ..train.train import run
+    from ..train.trainer import run
     c = copy.copy(cfg)
     c.pipeline_stages, c.stage_devices, c.mlflow_uri = stages, None, ""
     c.threads = max(1, (cfg.threads or os.cpu_count() or 1) // stages)

@@ -51,7 +51,7 @@ def own_and_train(cfg, argv: list[str], draw_curve=None) -> dict:
     state = runstate.run_state(folder.out, cfg)
     if state.what == runstate.FINISHED:
         from ..track import mlstore
-        from ..track.tracking import mirror_finished
+        from ..track.mirror import mirror_finished
         done = folder.finished_metrics()
         print(f"{folder.out}: already finished (test error {done['test_error']:.2f}%)")
         if draw_curve is not None and not folder.curve.is_file() and mlstore.resolve_uri(cfg.mlflow_uri):
@@ -69,9 +69,9 @@ def own_and_train(cfg, argv: list[str], draw_curve=None) -> dict:
             runstate.write_start_record(folder.out, cfg, argv)
         fault("kill-after-start-record", 0)
         if cfg.pipeline_stages != 1:
-            from ..host.host import lease_devices
+            from ..host.machine import lease_devices
             from .stagelaunch import launch
-            lease = lease_devices(cfg, cfg.pipeline_stages)  # noqa: F841  (held until the run ends)
+            lease_devices(cfg, cfg.pipeline_stages)   # its open lock files hold the cards until the process ends
             return launch(cfg, folder)
         return train_here(cfg, folder, draw_curve)
 
@@ -113,9 +113,9 @@ def train_here(cfg, folder: RunFolder, draw_curve=None) -> dict:
     from .engines import ENGINES
     from .placement import make_model
     from .fit import fit
-    from ..host.host import lease_devices, prepare
-    from .startup import startup_line
-    lease = lease_devices(cfg, 1)  # noqa: F841  (held, with its lock file, for the life of the run)
+    from ..host.machine import lease_devices, prepare
+    from .fit import startup_line
+    lease_devices(cfg, 1)   # its open lock file holds the card until the process ends
     device = prepare(cfg, cfg.threads)
     train, test, spec = load_splits(cfg, device)
     engine = ENGINES[cfg.engine](cfg, make_model(cfg, spec, device), device)

@@ -1,0 +1,146 @@
+"""`locallearn <command>`: train, describe, bench, data prepare, tracking, tables, report.
+
+Errors a user can fix (LocallearnError) print as one line and exit non-zero; pass
+--debug for the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from .. import __version__
+from ..errors import ConfigError, LocallearnError
+from .report import cmd_report, cmd_tables
+from .tracking import cmd_tracking
+
+USAGE = f"""usage: locallearn <command> [flags]      (locallearn <command> --help: its flags)
+
+locallearn {__version__}: training neural networks with local error signals.
+
+commands:
+  train      train one run (the reference's train.py flags, plus --out, --data-dir, ...)
+  describe   print a run's network as JSON (parameter counts, decoder pooling) without training
+  bench      time epochs of a recipe: fused engine vs the reference engine with a PIL DataLoader;
+             bench --grid: time every distinct network x loss of cells.tsv (the grid's cost)
+  data       data prepare DATASET... [--data-dir D] [--download] [--source DIR]
+  tracking   tracking init --uri URI --experiment NAME (create the MLflow experiment once);
+             tracking sync RESULTS (mirror a preset's finished runs into its MLflow store)
+  tables     tables, figures, README and MLflow mirror from the metrics.json files that exist
+             (= `snakemake --cores 1 tables`)
+  report     report curve|layers|scatter|tables|readme|all: one step of that (the workflow's rules)
+
+  --version  print the version and exit
+"""
+
+DESCRIBE = """Print the network a `locallearn train` command with these flags would build, as
+JSON (input shape, classes, parameter counts, each layer and its decoder pooling),
+without loading data or training."""
+
+
+def cmd_train(argv: list[str]) -> int:
+    from ..recipe.config import parse_train_args
+    from ..report.figures import draw_run_curve
+    from ..train.trainer import run, set_aside_only
+    cfg = parse_train_args(argv)
+    if cfg.set_aside_to:
+        set_aside_only(cfg, argv)
+    else:
+        run(cfg, argv, draw_curve=draw_run_curve)   # the trainer draws no figure of its own
+    return 0
+
+
+def cmd_describe(argv: list[str]) -> int:
+    from ..nets.models import describe
+    from ..recipe.config import build_parser, validate
+    cfg = validate(build_parser("locallearn describe", DESCRIBE).parse_args(argv))
+    print(json.dumps(describe(cfg), indent=1))
+    return 0
+
+
+def cmd_data(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from ..data.datafetch import prepare
+    from ..recipe.specs import SPECS
+    from ..layout import resolve_data_dir
+    from ..recipe.config import HelpFormatter
+    p = argparse.ArgumentParser(
+        prog="locallearn data", formatter_class=HelpFormatter,
+        description="prepare: make datasets ready in the data dir (import from --source, or download, "
+                    "then verify checksums), before parallel jobs read them.")
+    p.add_argument("action", choices=["prepare"])
+    p.add_argument("datasets", nargs="+", help=", ".join(SPECS))
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
+    p.add_argument("--download", action="store_true", help="fetch from the internet when missing")
+    p.add_argument("--source", default=None, help="folder holding the original archive files")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="when all are ready, write what was prepared where to FILE (JSON; the workflow's mark)")
+    a = p.parse_args(argv)
+    data_dir = resolve_data_dir(a.data_dir)
+    for name in a.datasets:
+        if name not in SPECS:
+            raise ConfigError(f"data prepare: unknown dataset {name!r} (known: {', '.join(SPECS)})")
+        prepare(name, data_dir, download=a.download, source=Path(a.source) if a.source else None)
+        print(f"{name}: ready in {data_dir}")
+    if a.record:
+        from ..atomic import atomic_write_json
+        atomic_write_json(a.record, {"datasets": a.datasets, "data_dir": str(data_dir)})
+    return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    """`bench` compares training paths of one recipe (bench/paths.py); `bench --grid` measures
+    the grid's cost (bench/gridbench.py), with flags of its own."""
+    which = argparse.ArgumentParser(add_help=False)
+    which.add_argument("--grid", action="store_true")
+    known, rest = which.parse_known_args(argv)
+    if known.grid:
+        from ..bench.gridbench import cli_grid_bench
+        return cli_grid_bench(rest)
+    from ..bench.paths import cli_bench
+    return cli_bench(rest)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM's time limit or preemption, snakemake's Ctrl-C, `kill`): unwound like
+    Ctrl-C, so the trainer marks its MLflow run FAILED and the last checkpoint stays."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated("terminated by SIGTERM")
+
+
+COMMANDS = {"train": cmd_train, "describe": cmd_describe, "bench": cmd_bench, "data": cmd_data,
+            "tracking": cmd_tracking, "tables": cmd_tables, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        print(f"locallearn {__version__}")
+        return 0
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    debug = "--debug" in argv
+    try:
+        old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        old_handler = None
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except LocallearnError as e:
+        if debug:
+            raise
+        print(f"locallearn: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"locallearn: {how}; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
