@@ -119,7 +119,6 @@ def _log_finished_run(client, uri: str, run, metrics: dict, artifacts) -> int:
     return writes
 
 
-
 def mirror_finished(cfg, out_dir: Path) -> None:
     """A run found finished (not trained again): its MLflow run brought up to date."""
     uri = mlstore.resolve_uri(cfg.mlflow_uri)

@@ -52,7 +52,6 @@ MAX_PARAM_LENGTH = 6000   # MLflow 3 rejects longer param values
 MAX_TAG_LENGTH = 8000     # ... and longer tag values
 
 
-
 # --- what a run carries --------------------------------------------------------------
 
 def run_params(config: dict) -> dict[str, str]:
