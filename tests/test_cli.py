@@ -132,8 +132,84 @@ def test_top_level_help_lists_every_command_and_version(capsys):
     assert code == 0 and "--version" in out
     for name in COMMANDS:
         assert re.search(rf"^  {name} ", out, re.M), name
-    code, _, err = run_main(["no-such-command"], capsys)
-    assert code == 2 and err.startswith("usage: locallearn")
+    code, out, err = run_main([], capsys)          # a bare `locallearn`: the same help, exit 2
+    assert code == 2 and out.startswith("usage: locallearn COMMAND") and err == ""
+
+
+def test_an_unknown_command_is_one_line_naming_the_commands(capsys):
+    code, out, err = run_main(["trian", "--model", "mlp"], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("locallearn: error: unknown command 'trian' (did you mean train?)")
+    assert err.rstrip().endswith("commands: " + ", ".join(COMMANDS))
+    code, out, err = run_main(["--debug", "train"], capsys)   # a flag before the command
+    assert code == 2 and out == "" and err.count("\n") == 1 and "the command comes first" in err
+
+
+def test_top_help_lists_every_report_step_from_its_one_list(capsys):
+    """`report field` included: the top help, `report --help` and an unknown step's line all
+    read REPORT_STEPS."""
+    from locallearn.cli.report import REPORT_STEPS
+    _, out, _ = run_main(["--help"], capsys)
+    assert f"report {'|'.join(REPORT_STEPS)}:" in " ".join(out.split()) and "field" in REPORT_STEPS
+    code, out, err = run_main(["report", "--help"], capsys)
+    assert code == 0 and err == "" and out.startswith("usage: locallearn report STEP ")
+    for step in REPORT_STEPS:
+        assert re.search(rf"^  {step} ", out, re.M), step
+    code, out, err = run_main(["report", "feild"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "unknown step 'feild' (did you mean field?)" in err and ", ".join(REPORT_STEPS) in err
+
+
+def train_help_sections(out: str) -> dict[str, list[str]]:
+    """A help's sections (the heading's words -> the flags listed under it), in order."""
+    sections, title = {}, None
+    for line in out.splitlines():
+        if re.match(r"^\S.*:$", line):
+            title = line[:-1]
+            sections[title] = []
+        elif title and (m := re.match(r"^  (--?[\w-]+)", line)):
+            sections[title].append(m.group(1))
+    return sections
+
+
+def test_train_help_groups_usage_choices_and_examples(capsys):
+    from locallearn.recipe.config import CHOICES, FLAG_GROUPS, build_parser
+    from locallearn.recipe.specs import MODEL_NAMES
+    code, out, err = run_main(["train", "--help"], capsys)
+    assert code == 0 and err == ""
+    usage = out.split("\n\n")[0]
+    assert "\n" not in usage and len(usage) <= 80, usage       # one short usage line, not every flag
+    sections = train_help_sections(out.split("\nExamples")[0])
+    assert list(sections) == ["options", *FLAG_GROUPS]
+    assert list(FLAG_GROUPS) == ["what is trained", "local losses", "method", "optimisation", "data",
+                                 "running", "tracking"]
+    assert sections["options"] == ["-h"]                         # every flag in a group
+    flags = [a.option_strings[0] for a in build_parser()._actions if a.option_strings and a.dest != "help"]
+    assert sorted(f for title in FLAG_GROUPS for f in sections[title]) == sorted(flags)
+    for flag, title in {"--model": "what is trained", "--loss-sup": "local losses", "--method": "method",
+                        "--lr": "optimisation", "--cutout": "data", "--data-dir": "data", "--seed": "running",
+                        "--engine": "running", "--mlflow-uri": "tracking"}.items():
+        assert flag in sections[title], (flag, title)
+    blocks = option_blocks(out)
+    for dest, names in {**CHOICES, "model": MODEL_NAMES}.items():   # fixed choices, shown
+        flag = "--" + dest.replace("_", "-")
+        assert blocks[flag].startswith(f"  {flag} {{{','.join(names)}}}"), blocks[flag]
+    assert "examples" in out.lower() and "--resume" in out.split("Examples")[1]
+
+
+def test_train_help_examples_run_the_recipes_they_name():
+    """The examples parse, and are the paper's recipe (its hash as before the flags were
+    grouped) and a quick CPU run."""
+    import shlex
+
+    from locallearn.recipe.config import TRAIN_EXAMPLES, config_hash, parse_train_args
+    commands = [shlex.split(c.replace("\\\n", " "))
+                for c in re.findall(r"^  (locallearn train (?:.*\\\n)*.*)$", TRAIN_EXAMPLES, re.M)]
+    assert [c[:2] for c in commands] == [["locallearn", "train"]] * 3
+    paper, quick = (parse_train_args(c[2:]) for c in commands[:2])
+    assert (paper.model, paper.dataset, paper.lr_decay_milestones) == ("mlp", "FashionMNIST", [100, 150, 175, 188])
+    assert config_hash(paper) == "148313c58772" and config_hash(quick) == "447382185841"
+    assert quick.device == "cpu" and quick.epochs <= 2 and "--resume" in commands[2]
 
 
 def test_train_prints_a_start_up_line(tmp_path):

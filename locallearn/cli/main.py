@@ -12,27 +12,9 @@ import sys
 
 from .. import __version__
 from ..errors import ConfigError, LocallearnError
-from .report import cmd_report, cmd_tables
-from .tracking import cmd_tracking
-
-USAGE = f"""usage: locallearn <command> [flags]      (locallearn <command> --help: its flags)
-
-locallearn {__version__}: training neural networks with local error signals.
-
-commands:
-  train      train one run (the reference's train.py flags, plus --out, --data-dir, ...)
-  describe   print a run's network as JSON (parameter counts, decoder pooling) without training
-  bench      time epochs of a recipe: fused engine vs the reference engine with a PIL DataLoader;
-             bench --grid: time every distinct network x loss of cells.tsv (the grid's cost)
-  data       data prepare DATASET... [--data-dir D] [--download] [--source DIR]
-  tracking   tracking init --uri URI --experiment NAME (create the MLflow experiment once);
-             tracking sync RESULTS (mirror a preset's finished runs into its MLflow store)
-  tables     tables, figures, README and MLflow mirror from the metrics.json files that exist
-             (= `snakemake --cores 1 tables`)
-  report     report curve|layers|scatter|tables|readme|all: one step of that (the workflow's rules)
-
-  --version  print the version and exit
-"""
+from .dispatch import pick, word_parser
+from .report import REPORT_STEPS, cmd_report, cmd_tables
+from .tracking import TRACKING_ACTIONS, cmd_tracking
 
 DESCRIBE = """Print the network a `locallearn train` command with these flags would build, as
 JSON (input shape, classes, parameter counts, each layer and its decoder pooling),
@@ -112,25 +94,54 @@ def _on_sigterm(signum, frame):
     raise Terminated("terminated by SIGTERM")
 
 
-COMMANDS = {"train": cmd_train, "describe": cmd_describe, "bench": cmd_bench, "data": cmd_data,
-            "tracking": cmd_tracking, "tables": cmd_tables, "report": cmd_report}
+# Every command: what runs it, and its line in `locallearn --help`.
+COMMANDS = {
+    "train": (cmd_train, "train one run (the reference's train.py flags, plus --out, --data-dir, ...)"),
+    "describe": (cmd_describe, "print a run's network as JSON (parameter counts, decoder pooling) without "
+                               "training"),
+    "bench": (cmd_bench, "time epochs of a recipe: fused engine vs the reference engine with a PIL "
+                         "DataLoader; bench --grid: time every distinct network x loss of cells.tsv (the "
+                         "grid's cost)"),
+    "data": (cmd_data, "data prepare DATASET... [--data-dir D] [--download] [--source DIR]"),
+    "tracking": (cmd_tracking, f"tracking {'|'.join(TRACKING_ACTIONS)}: the MLflow store the runs log to, "
+                               "and the mirror of a preset's finished runs into it"),
+    "tables": (cmd_tables, "tables, figures, README and MLflow mirror from the metrics.json files that exist "
+                           "(= `snakemake --cores 1 tables`)"),
+    "report": (cmd_report, f"report {'|'.join(REPORT_STEPS)}: one step of the tables (the workflow's "
+                           "reporting rules)"),
+}
+
+
+def top_parser():
+    p = word_parser("locallearn", f"locallearn {__version__}: training neural networks with local error signals.",
+                    {name: text for name, (_, text) in COMMANDS.items()}, "command",
+                    epilog="locallearn COMMAND --help: its flags. An error a user can fix prints as one line; "
+                           "--debug shows its traceback.")
+    p.add_argument("--version", action="version", version=f"locallearn {__version__}",
+                   help="print the version and exit")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--version"]:
-        print(f"locallearn {__version__}")
-        return 0
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    top = top_parser()
+    if not argv:
+        top.print_help()
+        return 2
+    try:
+        command = pick(top, argv)
+    except SystemExit as e:   # --help, --version
+        return e.code
+    except LocallearnError as e:
+        print(f"locallearn: error: {e}", file=sys.stderr)
+        return e.exit_code
     debug = "--debug" in argv
     try:
         old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: leave signals alone
         old_handler = None
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        return COMMANDS[command][0](argv[1:])
     except LocallearnError as e:
         if debug:
             raise

@@ -12,7 +12,16 @@ from .tracking import mirror_results
 TABLES_DEFAULTS = {"results": "results/full", "cells": "workflow/config/cells.tsv",
                    "workflow_config": "workflow/config/config.yaml"}
 TOLERANCE_SOURCE = "`workflow/config/config.yaml`"
-REPORT_STEPS = ("curve", "layers", "scatter", "field", "tables", "readme", "all")
+# Every step of `locallearn report` (the workflow's reporting rules), and its line in the help.
+REPORT_STEPS = {
+    "curve": "figures/curves/CELL.png: every finished seed of one cell",
+    "layers": "figures/layers/CELL.png: the layers of the cell's first finished seed",
+    "scatter": "figures/scatter.png: ours against published, every cell that has run",
+    "field": "figures/field.png: error against cost, every finished cell (and those of --field-also)",
+    "tables": "tables/: the tables of the grid's cells",
+    "readme": "splice tables/tables.md into --readme",
+    "all": "all of them, and the MLflow mirror (= locallearn tables, with these flags)",
+}
 
 
 def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -117,11 +126,11 @@ def report_step(step: str, a: argparse.Namespace, cell: str | None = None) -> No
 def cmd_report(argv: list[str]) -> int:
     """`locallearn report STEP`: one step of a preset's report from the metrics.json
     files that exist (what the workflow's reporting rules run)."""
-    if not argv or argv[0] not in REPORT_STEPS:
-        if argv[:1] in (["-h"], ["--help"]):
-            print(f"usage: locallearn report {{{','.join(REPORT_STEPS)}}} [flags]   (locallearn report STEP --help)")
-            return 0
-        raise ConfigError(f"usage: locallearn report {{{','.join(REPORT_STEPS)}}} [flags]")
+    from .dispatch import pick, word_parser
+    steps = word_parser("locallearn report", cmd_report.__doc__, REPORT_STEPS, "step",
+                        epilog="locallearn report STEP --help: its flags (the same for every step; curve "
+                               "and layers take a CELL).")
+    pick(steps, argv)
     step = argv[0]
     p = report_parser(f"locallearn report {step}", cmd_report.__doc__)
     if step in ("curve", "layers"):

@@ -7,18 +7,6 @@ import sys
 
 from ..errors import ConfigError
 
-TRACKING_USAGE = """usage: locallearn tracking ACTION [flags]
-
-The MLflow store the runs log to.
-
-actions:
-  init   create the store and the experiment once, before parallel jobs start
-         (locallearn tracking init --help)
-  sync   mirror a preset's finished run folders into its store, idempotently
-         (locallearn tracking sync --help)
-"""
-
-
 def tracking_init(argv: list[str]) -> int:
     """`locallearn tracking init`: create the store and the experiment once, before the
     jobs start, so they never race to create either."""
@@ -78,14 +66,20 @@ def sync_and_print(results: str, uri: str, experiment: str) -> None:
     print(mlstore.browse_hint(uri, experiment))
 
 
+# Every action of `locallearn tracking`: what runs it, and its line in the help.
+TRACKING_ACTIONS = {
+    "init": (tracking_init, "create the MLflow store and experiment once, before parallel jobs start"),
+    "sync": (tracking_sync, "mirror a preset's finished run folders into its store, idempotently"),
+}
+
+
 def cmd_tracking(argv: list[str]) -> int:
-    actions = {"init": tracking_init, "sync": tracking_sync}
-    if argv[:1] and argv[0] in actions:
-        return actions[argv[0]](argv[1:])
-    if argv[:1] in (["-h"], ["--help"]):
-        print(TRACKING_USAGE)
-        return 0
-    raise ConfigError("usage: locallearn tracking init|sync ... (see locallearn tracking --help)")
+    from .dispatch import pick, word_parser
+    p = word_parser("locallearn tracking", "The MLflow store the runs log to.",
+                    {a: text for a, (_, text) in TRACKING_ACTIONS.items()}, "action",
+                    epilog="locallearn tracking ACTION --help: its flags.")
+    action = pick(p, argv)
+    return TRACKING_ACTIONS[action][0](argv[1:])
 
 
 def mirror_results(results: str, uri: str | None, experiment: str) -> None:

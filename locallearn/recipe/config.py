@@ -65,23 +65,31 @@ class HelpFormatter(argparse.HelpFormatter):
         flush()
         return "\n".join(out)
 
+    def _format_action(self, action: argparse.Action) -> str:
+        """Subcommands (`locallearn COMMAND`) are listed one a line under their heading,
+        without a line of their own for the word's placeholder."""
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(self._format_action(sub) for sub in action._get_subactions())
+        return super()._format_action(action)
+
 
 def _add_reference_flags(p: argparse.ArgumentParser) -> None:
-    """The authors' train.py flags, verbatim, so every published recipe runs unchanged."""
-    a = p.add_argument
-    # What is trained
-    a("--model", default="vgg8b", help=f"network: {MODELS_HELP}")
-    a("--dataset", default="CIFAR10", help=", ".join(DATASETS))
+    """The authors' train.py flags, verbatim, so every published recipe runs unchanged;
+    each into its group of build_parser's (the order of the calls is the order of parsing)."""
+    g = p.flag_groups
+    a = g["what is trained"].add_argument
+    a("--model", default="vgg8b", help="the network (docs/flags.md)")
+    a("--dataset", default="CIFAR10", help="the dataset")
     a("--num-layers", type=int, default=1, help="linear blocks of the MLP (head); the mlp needs >= 1 "
       "(refused: the reference silently builds one for 0)")
     a("--num-hidden", type=int, default=1024, help="width of every linear block")
     a("--feat-mult", type=float, default=1, help="VGG channel multiplier (1, 2, 3 in the paper)")
-    a("--nonlin", default="relu", help="relu | leakyrelu (slope 0.01)")
+    a("--nonlin", default="relu", help="the nonlinearity (leakyrelu: slope 0.01)")
     a("--dropout", type=float, default=0.0, help="dropout after every hidden block")
     a("--no-batch-norm", action="store_true", help="drop BatchNorm from every block")
-    # The local losses
-    a("--loss-sup", default="predsim", help="pred | sim | predsim: the local supervised loss")
-    a("--loss-unsup", default="none", help="none | sim | recon: optional unsupervised local loss")
+    a = g["local losses"].add_argument
+    a("--loss-sup", default="predsim", help="the local supervised loss")
+    a("--loss-unsup", default="none", help="an optional unsupervised local loss")
     a("--alpha", type=float, default=0.0, help="weight of the unsupervised term")
     a("--beta", type=float, default=0.99, help="weight of sim in predsim (pred gets 1-beta)")
     a("--dim-in-decoder", type=int, default=4096, help="bound on the pred decoder's input size")
@@ -91,8 +99,8 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     a("--no-detach", action="store_true", help="keep the graph between blocks (global loss reaches all)")
     a("--bio", action="store_true", help="fixed random label projection + feedback alignment")
     a("--target-proj-size", type=int, default=128, help="size of the bio label projection")
-    # Optimisation
-    a("--optim", default="adam", help="adam | amsgrad | sgd")
+    a = g["optimisation"].add_argument
+    a("--optim", default="adam", help="the optimizer")
     a("--lr", type=float, default=5e-4, help="initial learning rate, the same for every parameter")
     a("--momentum", type=float, default=0.0, help="SGD momentum")
     a("--weight-decay", type=float, default=0.0, help="coupled L2, as torch.optim's weight_decay")
@@ -101,64 +109,68 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     a("--lr-decay-milestones", type=int, nargs="+", default=[200, 300, 350, 375],
       help="epochs after which lr is multiplied by --lr-decay-fact")
     a("--lr-decay-fact", type=float, default=0.25, help="lr factor at each milestone")
-    # Data
+    a = g["data"].add_argument
     a("--cutout", action="store_true", help="cutout regularisation on training images")
     a("--n_holes", type=int, default=1, help="cutout squares per image")
     a("--length", type=int, default=16, help="cutout square side (px); > 0 with --cutout")
     a("--classes-per-batch", type=int, default=0, help="sampler: n examples then >=10 classes per batch")
     a("--classes-per-batch-until-epoch", type=int, default=0,
       help="sampler on while epoch <= this (0: the whole run, as the reference)")
-    # Running
+    a = g["running"].add_argument
     a("--seed", type=int, default=1, help="seeds every random number of the run")
     a("--no-cuda", action="store_true", help="train on the CPU even where CUDA is present")
     a("--progress-bar", action="store_true", help="show a progress bar (also on by itself on a terminal)")
     a("--no-print-stats", action="store_true", help="print no per-epoch statistics line (the reference's flag)")
-    a("--resume", default="", help="checkpoint file to resume from (default: the one in --out); "
+    a("--resume", default="", metavar="FILE", help="checkpoint file to resume from (default: the one in --out); "
       "refused if it is of another recipe (the reference takes the recipe from it)")
-    a("--save-dir", default="", help="an alias of --out: the run writes into this folder itself, not "
+    a("--save-dir", default="", metavar="DIR", help="an alias of --out: the run writes into this folder itself, not "
       "into the reference's <dataset>/<model>/<config> subfolders (docs/flags.md)")
     a("--pre-act", action="store_true", help="accepted and without effect, as in the reference: it "
       "applies it only to its ResNets (none here); mlp and VGG blocks stay layer -> BN -> nonlin")
 
 
 def _add_project_flags(p: argparse.ArgumentParser) -> None:
-    """Additive flags: where a run reads and writes, and how it is executed."""
-    a = p.add_argument
-    a("--out", default=None, help=f"output folder, owned by this run: start.json, train.log, checkpoints, metrics.json, "
-      f"curve.png (default: --save-dir, else {DEFAULT_OUT})")
-    a("--job-log", default=None, metavar="FILE",
-      help="also copy this attempt's output to FILE (overwritten; the workflow's per-job log)")
-    a("--set-aside-to", default=None, metavar="DIR",
-      help="only move a run of another recipe out of --out, whole, to DIR (with replaced.json), then stop "
-           "(the workflow's set_aside rule; a plain train run sets such a run aside by itself)")
-    a("--data-dir", default=None, help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
-    a("--download", action="store_true", help="allow downloading missing datasets")
-    a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    a("--engine", default="fused", help="fused (one backward, one step) | reference (per-block optimizers) "
-      "| modulewise (a backward per local loss, one step: the peers' scheme)")
-    a("--precision", default="fp32",
-      help="fp32 (TF32 off: float32 as the paper) | tf32 (CUDA matmuls and convolutions in TF32) "
-           "| bf16 (autocast for forward and local losses); host/precision.py")
-    a("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's choice)")
-    a("--max-train-examples", type=int, default=0, help="use only the first N training examples (0: all)")
-    a("--max-test-examples", type=int, default=0, help="use only the first N test examples (0: all)")
-    a("--eval-batch-size", type=int, default=1000, help="batch size for the test pass (the reference "
-      "uses --batch-size; BN is in eval mode, so only rounding differs)")
-    a("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none: off)")
-    a("--mlflow-experiment", default="locallearn", help="MLflow experiment name")
-    a("--mlflow-system-metrics", action="store_true",
-      help="sample CPU, memory, disk (and GPU) use into the run's system/* metrics "
-           "(also on with $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true)")
-    a("--run-name", default=None, help="MLflow run name (default: the --out folder name)")
-    a("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
-    a("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    a("--pipeline-stages", type=int, default=1, help="split the blocks into S pipelined processes (exact; train/pipeline.py)")
-    a("--stage-devices", nargs="+", default=None, help="one device per pipeline stage (default: automatic)")
-    a("--pipeline-balance", default="flops", choices=["flops", "time"], help="stage split from")
-    a("--no-cuda-graph", action="store_true",
-      help="on CUDA, run every fused step eagerly instead of replaying it as one CUDA graph")
-    a("--channels-last", action="store_true", help="conv weights and activations in NHWC order (host/precision.py)")
-    a("--cudnn-benchmark", action="store_true", help="let cuDNN autotune its convolution algorithms (host/precision.py)")
+    """Additive flags: where a run reads and writes, and how it is executed; each into
+    its group of build_parser's (the order of the calls is the order of parsing)."""
+    g = p.flag_groups
+    run, data, track = (g[t].add_argument for t in ("running", "data", "tracking"))
+    run("--out", default=None, metavar="DIR", help=f"output folder, owned by this run: start.json, train.log, checkpoints, "
+        f"metrics.json, curve.png (default: --save-dir, else {DEFAULT_OUT})")
+    run("--job-log", default=None, metavar="FILE",
+        help="also copy this attempt's output to FILE (overwritten; the workflow's per-job log)")
+    run("--set-aside-to", default=None, metavar="DIR",
+        help="only move a run of another recipe out of --out, whole, to DIR (with replaced.json), then stop "
+             "(the workflow's set_aside rule; a plain train run sets such a run aside by itself)")
+    data("--data-dir", default=None, metavar="DIR", help="dataset folder (default: $LOCALLEARN_DATA or ./data)")
+    data("--download", action="store_true", help="allow downloading missing datasets")
+    run("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N")
+    run("--engine", default="fused", help="fused (one backward, one step) | reference (per-block optimizers) "
+        "| modulewise (a backward per local loss, one step: the peers' scheme)")
+    run("--precision", default="fp32",
+        help="fp32 (TF32 off: float32 as the paper) | tf32 (CUDA matmuls and convolutions in TF32) "
+             "| bf16 (autocast for forward and local losses); host/precision.py")
+    run("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's choice)")
+    data("--max-train-examples", type=int, default=0, help="use only the first N training examples (0: all)")
+    data("--max-test-examples", type=int, default=0, help="use only the first N test examples (0: all)")
+    run("--eval-batch-size", type=int, default=1000, help="batch size for the test pass (the reference "
+        "uses --batch-size; BN is in eval mode, so only rounding differs)")
+    track("--mlflow-uri", default=None, metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none: off)")
+    track("--mlflow-experiment", default="locallearn", metavar="NAME", help="MLflow experiment name")
+    track("--mlflow-system-metrics", action="store_true",
+          help="sample CPU, memory, disk (and GPU) use into the run's system/* metrics "
+               "(also on with $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true)")
+    track("--run-name", default=None, metavar="NAME", help="MLflow run name (default: the --out folder name)")
+    track("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
+    run("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    run("--pipeline-stages", type=int, default=1,
+        help="split the blocks into S pipelined processes (exact; train/pipeline.py)")
+    run("--stage-devices", nargs="+", default=None, metavar="DEVICE", help="one device per pipeline stage (default: automatic)")
+    run("--pipeline-balance", default="flops", choices=["flops", "time"], help="stage split from")
+    run("--no-cuda-graph", action="store_true",
+        help="on CUDA, run every fused step eagerly instead of replaying it as one CUDA graph")
+    run("--channels-last", action="store_true", help="conv weights and activations in NHWC order (host/precision.py)")
+    run("--cudnn-benchmark", action="store_true",
+        help="let cuDNN autotune its convolution algorithms (host/precision.py)")
 
 
 def _add_method_flags(p: argparse.ArgumentParser) -> None:
@@ -215,12 +227,66 @@ last), a checkpoint each epoch. Rerunning the same command resumes from the last
 checkpoint; a finished run is recognised and not trained again. The defaults are the
 reference's (vgg8b on CIFAR-10, predsim, 400 epochs): name the recipe's flags."""
 
+TRAIN_EXAMPLES = """Examples. The paper's Fashion-MNIST mlp with predsim, as the workflow's grid
+(workflow/config/cells.tsv) runs it:
 
-def build_parser(prog: str = "locallearn train", description: str = TRAIN_DESCRIPTION) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description=description, formatter_class=HelpFormatter)
+  locallearn train --model mlp --dataset FashionMNIST --num-layers 3 \\
+      --num-hidden 1024 --nonlin leakyrelu --dropout 0.025 --epochs 200 \\
+      --lr-decay-milestones 100 150 175 188 --out runs/fmnist-mlp-predsim
+
+A quick run on the CPU (--download fetches MNIST into the data dir once; --mlflow-uri ""
+logs nowhere):
+
+  locallearn train --model mlp --dataset MNIST --num-hidden 256 --epochs 2 \\
+      --max-train-examples 5000 --device cpu --download --mlflow-uri "" \\
+      --out runs/quick
+
+Resuming: run the same command again; it continues from the last checkpoint in --out, and
+a finished run is not trained again. --resume continues a checkpoint of the same recipe
+from another folder:
+
+  locallearn train ... --resume runs/quick/checkpoint.pt --out runs/quick-more"""
+
+# The train parser's argument groups, in the order --help shows them: a title and what
+# its flags decide. The method group's flags are _add_method_flags'.
+FLAG_GROUPS = {
+    "what is trained": "the network and the dataset",
+    "local losses": "the local heads' losses (the paper's), or plain backprop",
+    "method": "other local-learning methods and their recipe (docs/methods.md); every default "
+              "leaves the paper's runs as they were",
+    "optimisation": "optimizer and learning-rate schedule",
+    "data": "where the data is, how much of it, and how it is augmented and sampled",
+    "running": "where the run writes and how it executes (--seed, --engine and --precision are "
+               "part of the recipe; the others are not)",
+    "tracking": "the MLflow run (docs/mlflow.md)",
+}
+
+
+def build_parser(prog: str = "locallearn train", description: str = TRAIN_DESCRIPTION,
+                 epilog: str | None = None) -> argparse.ArgumentParser:
+    """The train flags (also describe's and bench's), in FLAG_GROUPS; `epilog` after them
+    (default: the examples, for `locallearn train` only). The groups only arrange the help:
+    every flag's dest, default and type, and the order they are added in, are those of one
+    flat parser, so the config hash does not depend on them."""
+    if epilog is None and prog == "locallearn train":
+        epilog = TRAIN_EXAMPLES
+    p = _Parser(prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter,
+                usage="%(prog)s [--model NET] [--dataset DATA] ... [flag ...]")
+    p.flag_groups = {title: p.add_argument_group(title, text) for title, text in FLAG_GROUPS.items()}
     _add_reference_flags(p)
     _add_project_flags(p)
-    _add_method_flags(p)
+    _add_method_flags(p.flag_groups["method"])
+    # Flags with fixed choices show them as their value, {a,b,...}; they are checked in
+    # check() (a clearer error than argparse's choices=), not by the parser.
+    # Numbers show as N (an integer) or X (a real).
+    fixed = {**CHOICES, "model": MODEL_NAMES}
+    for action in p._actions:
+        if action.metavar is not None or action.choices is not None or not action.option_strings:
+            continue
+        if action.dest in fixed:
+            action.metavar = "{" + ",".join(fixed[action.dest]) + "}"
+        elif action.type in (int, float):
+            action.metavar = "N" if action.type is int else "X"
     return p
 
 
