@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from locallearn.recipe.config import parse_train_args
+from locallearn.methods import registry
 from locallearn.recipe.archspec import hidden_blocks
 from locallearn.recipe.config import stage_count_error
 from locallearn.recipe.cost import network_cost
@@ -184,4 +185,4 @@ def test_stage_count_error():
 ])
 def test_hidden_blocks_by_hand_and_as_the_cost_model_counts_them(argv, by_hand):
     cfg = parse_train_args(argv + ["--dataset", "CIFAR10"])
-    assert hidden_blocks(cfg) == by_hand == network_cost(cfg).blocks
+    assert hidden_blocks(cfg, registry.get(cfg.method).module_count) == by_hand == network_cost(cfg).blocks

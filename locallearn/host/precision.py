@@ -30,7 +30,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+from ..recipe.config import CHOICES
+
+PRECISIONS = CHOICES["precision"]   # --precision's choices, the one list of them
 
 
 def apply(precision: str) -> dict:
