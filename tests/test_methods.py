@@ -9,14 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, batches
+from conftest import REPO, batches, trainable
 from locallearn.host import precision
 from locallearn.nets.models import describe
 from locallearn.recipe.config import ConfigError, config_hash, parse_train_args
 from locallearn.train.engines import ENGINES
 from locallearn.train.placement import make_model
 from locallearn.train.fit import lr_at
-from locallearn.layers.localnet import Block
 from locallearn.methods import auglocal, infopro, registry
 from locallearn.recipe.specs import SPECS
 
@@ -147,17 +146,6 @@ def test_undefined_split_is_one_line():
     cfg = parse_train_args(["--model", "resnet32", "--local-modules", "14", "--dataset", "CIFAR10"])
     with pytest.raises(ConfigError, match="--local-modules: resnet32 is split into 1, 2, .*16"):
         describe(cfg)
-
-
-def trainable(model):
-    """Parameter name -> who may train it: a local module's index, or 'output'."""
-    owner = {}
-    for i, m in enumerate(model.layers):
-        for n, _ in m.named_parameters():
-            owner[f"layers.{i}.{n}"] = m.index if isinstance(m, Block) else None
-    for n, _ in model.output.named_parameters():
-        owner[f"output.{n}"] = "output"
-    return owner
 
 
 @pytest.mark.parametrize("name", list(METHOD_FLAGS))

@@ -26,6 +26,7 @@ from .epochs import evaluate, no_progress, train_epoch
 from ..host.environment import describe, git_revision, peak_memory_bytes
 from ..errors import CheckpointError, DivergenceError
 from ..faults import fault
+from ..methods import registry
 from ..layout import resolve_data_dir
 from ..recipe.cost import head_cost
 from ..runs.selection import reported_errors
@@ -226,6 +227,8 @@ def fit(cfg, folder, engine, train, test, draw_curve=None) -> dict | None:
         }
         if train is not None and train.validation_record is not None:
             metrics["val_split"] = train.validation_record
+        if registry.source_of(cfg.method):   # a plugin's method: its package and version
+            metrics["method_source"] = registry.source_of(cfg.method)
         try:
             if draw_curve is not None:
                 draw_curve(folder.curve, metrics)
