@@ -245,3 +245,17 @@ def test_wings_init_files_hold_only_a_docstring():
     for w in (*WINGS, "cli"):
         body = ast.parse((PKG / w / "__init__.py").read_text()).body
         assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), w
+
+
+def test_a_flag_is_read_from_the_config_not_defaulted_again():
+    """The parsed config holds every flag (recipe/config.py): nothing outside the recipe
+    reads one with a default of its own, and one rule says what a number is."""
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(REPO)
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"getattr\((cfg|args|self\.cfg),\s*\"\w+\",", line) and path.parent.name != "recipe":
+                found.append(f"{rel}:{i} reads a flag with its own default")
+            if re.search(r"isinstance\([^)]*\(int, float\)\)", line) and rel.as_posix() != "locallearn/runs/runstate.py":
+                found.append(f"{rel}:{i} has its own number rule (runs/runstate.py is_number)")
+    assert found == []

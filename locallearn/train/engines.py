@@ -32,7 +32,7 @@ def make_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
     params = list(params)
     if cfg.optim == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=getattr(cfg, "nesterov", False))
+                               nesterov=cfg.nesterov)
     # fused Adam: one kernel over all parameters; the optimizer's memory traffic is a
     # fifth of an MLP epoch on CPU, and foreach Adam is ~35% slower there (issue 2).
     # capturable on CUDA (step counts on the device), so that a step can be replayed as a
@@ -51,8 +51,8 @@ def output_scale(cfg) -> float:
     predsim (and only there); its gradient to the output layer is scaled with it.
     Not under other methods' heads, nor --no-output-scale (AugLocal's PredSim), nor
     with no local module (--local-modules 1)."""
-    paper_predsim = (cfg.loss_sup == "predsim" and getattr(cfg, "method", "paper") == "paper"
-                     and not getattr(cfg, "no_output_scale", False) and getattr(cfg, "local_modules", 0) != 1)
+    paper_predsim = (cfg.loss_sup == "predsim" and cfg.method == "paper"
+                     and not cfg.no_output_scale and cfg.local_modules != 1)
     return 1 - cfg.beta if paper_predsim and not cfg.backprop else 1.0
 
 
@@ -182,8 +182,8 @@ class FusedEngine(Engine):
         super().__init__(cfg, model, device, start, stop)
         if self.named_parameters:
             self.optimizers["all"] = make_optimizer(cfg, [p for _, p in self.named_parameters], device)
-        self.graphs = (self.whole and device.type == "cuda" and not getattr(cfg, "no_cuda_graph", False)
-                       and precision.graphable(getattr(cfg, "precision", "fp32")))
+        self.graphs = (self.whole and device.type == "cuda" and not cfg.no_cuda_graph
+                       and precision.graphable(cfg.precision))
         self._graph, self._warm = None, 0
 
     def set_lr(self, lr: float) -> bool:
