@@ -113,3 +113,69 @@ def _mlflow_credentials_stay_in_their_test():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+# ------------------------------------------------------------------ networks measured by torch
+
+def trainable(model):
+    """Parameter name -> who may train it: a local module's index, or 'output'."""
+    from locallearn.layers.localnet import Block
+    owner = {}
+    for i, m in enumerate(model.layers):
+        for n, _ in m.named_parameters():
+            owner[f"layers.{i}.{n}"] = m.index if isinstance(m, Block) else None
+    for n, _ in model.output.named_parameters():
+        owner[f"output.{n}"] = "output"
+    return owner
+
+
+COUNT_BATCH = 8
+
+
+def counted(flags):
+    """A recipe's network measured by torch's FlopCounterMode on a batch of COUNT_BATCH:
+    (cfg, training MACs per example, evaluation MACs per example, each layer's output
+    shape, (backbone, head) parameters, the heads' forward MACs per example)."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from locallearn.layers.localnet import Block
+    from locallearn.nets.models import build_model
+    from locallearn.recipe.specs import SPECS
+    from locallearn.train.engines import FusedEngine
+    cfg = parse_train_args(flags + ["--batch-size", str(COUNT_BATCH), "--device", "cpu"])
+    spec = SPECS[cfg.dataset]
+    torch.manual_seed(0)
+    model = build_model(cfg, spec.channels, spec.size, spec.num_classes)
+    engine = FusedEngine(cfg, model, torch.device("cpu"))
+    x = torch.randn(COUNT_BATCH, spec.channels, spec.size, spec.size)
+    y = torch.arange(COUNT_BATCH) % spec.num_classes
+    no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    with FlopCounterMode(display=False) as fc:
+        engine.step(x, y, F.one_hot(y, spec.num_classes).float(), no_autocast)
+    train = fc.get_total_flops() / 2 / COUNT_BATCH
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x, local=False)
+    shapes, h = [], x
+    with torch.no_grad():
+        for layer in model.layers:
+            h = layer(h)[1] if isinstance(layer, Block) else layer(h)
+            shapes.append(tuple(h.shape[1:]))
+    backbone, total = model.count_params()
+    heads_fwd = head_forward_macs(model, x)
+    return cfg, train, fc.get_total_flops() / 2 / COUNT_BATCH, shapes, (backbone, total - backbone), heads_fwd
+
+
+def head_forward_macs(model, x) -> float:
+    """The local heads' forward MACs per example, counted by torch: a training forward
+    (heads included) less an evaluation forward (no heads), both in train mode."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+    y = torch.arange(x.shape[0]) % model.num_classes
+    counts = []
+    for local in (True, False):
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(x, y, F.one_hot(y, model.num_classes).float(), local=local)
+        counts.append(fc.get_total_flops() / 2 / x.shape[0])
+    return counts[0] - counts[1]

@@ -16,18 +16,15 @@ import subprocess
 import sys
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import counted
 from locallearn.recipe.config import parse_train_args
+from locallearn.methods import registry
 from locallearn.recipe.archspec import hidden_blocks
 from locallearn.recipe.config import stage_count_error
 from locallearn.recipe.cost import network_cost
 from locallearn.data.datasets import SPECS
-from locallearn.layers.localnet import Block
 from locallearn.nets.models import build_model
-from locallearn.train.engines import FusedEngine
 
 TOLERANCE = 1e-9  # relative: the two agree exactly on every case below (float sums aside)
 
@@ -82,46 +79,6 @@ CASES = {
     "resnet110-auglocal-d3": ["--model", "resnet110", "--dataset", "CIFAR10", "--method", "auglocal",
                               "--aux-depth", "3", "--pyramid-coeff", "0.5"],
 }
-BATCH = 8
-
-
-def counted(flags):
-    cfg = parse_train_args(flags + ["--batch-size", str(BATCH), "--device", "cpu"])
-    spec = SPECS[cfg.dataset]
-    torch.manual_seed(0)
-    model = build_model(cfg, spec.channels, spec.size, spec.num_classes)
-    engine = FusedEngine(cfg, model, torch.device("cpu"))
-    x = torch.randn(BATCH, spec.channels, spec.size, spec.size)
-    y = torch.arange(BATCH) % spec.num_classes
-    no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
-    with FlopCounterMode(display=False) as fc:
-        engine.step(x, y, F.one_hot(y, spec.num_classes).float(), no_autocast)
-    train = fc.get_total_flops() / 2 / BATCH
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(x, local=False)
-    shapes, h = [], x
-    with torch.no_grad():
-        for layer in model.layers:
-            h = layer(h)[1] if isinstance(layer, Block) else layer(h)
-            shapes.append(tuple(h.shape[1:]))
-    backbone, total = model.count_params()
-    heads_fwd = head_forward_macs(model, x)
-    return cfg, train, fc.get_total_flops() / 2 / BATCH, shapes, (backbone, total - backbone), heads_fwd
-
-
-def head_forward_macs(model, x) -> float:
-    """The local heads' forward MACs per example, counted by torch: a training forward
-    (heads included) less an evaluation forward (no heads), both in train mode."""
-    y = torch.arange(x.shape[0]) % model.num_classes
-    counts = []
-    for local in (True, False):
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model(x, y, F.one_hot(y, model.num_classes).float(), local=local)
-        counts.append(fc.get_total_flops() / 2 / x.shape[0])
-    return counts[0] - counts[1]
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_cost_model_matches_flop_counter(case):
     cfg, train, evaluate, shapes, (backbone, heads), heads_fwd = counted(CASES[case])
@@ -184,4 +141,4 @@ def test_stage_count_error():
 ])
 def test_hidden_blocks_by_hand_and_as_the_cost_model_counts_them(argv, by_hand):
     cfg = parse_train_args(argv + ["--dataset", "CIFAR10"])
-    assert hidden_blocks(cfg) == by_hand == network_cost(cfg).blocks
+    assert hidden_blocks(cfg, registry.get(cfg.method).module_count) == by_hand == network_cost(cfg).blocks

@@ -36,7 +36,10 @@ def _is_module(name: str) -> bool:
 def imports_of(path: Path, module: str | None) -> list[tuple[str, str | None, int]]:
     """(imported module, imported name or None, line) of every import in the file;
     `from X import Y` names module X.Y when that is a module, else name Y of X."""
-    tree = ast.parse(path.read_text())
+    return _imports_in(ast.parse(path.read_text()), path, module)
+
+
+def _imports_in(tree: ast.AST, path: Path, module: str | None) -> list[tuple[str, str | None, int]]:
     is_pkg = path.name == "__init__.py"
     found = []
     for node in ast.walk(tree):
@@ -111,15 +114,20 @@ def workflow_may_not(t, n):
     uses the foundation."""
     if wing(t) is None:
         return top(t) in ("torch", "torchvision", "mlflow", "matplotlib")
-    return not (wing(t) in ("recipe", "foundation", "workflow") or t == "locallearn.runs.runstate")
+    return not (wing(t) in ("recipe", "foundation", "workflow") or t in ("locallearn.runs.runstate", REGISTRY))
 
+
+# The one list of method names, torch-free (a method imports torch only where it builds its
+# head): the recipe's flags and cost model and the workflow's grid read it.
+REGISTRY = "locallearn.methods.registry"
 
 RULES = {
-    "recipe imports neither torch nor mlflow nor any wing":
+    "recipe imports neither torch nor mlflow nor any wing but the method registry":
         ({"recipe"}, lambda t, n: top(t) in ("torch", "torchvision", "mlflow", "matplotlib")
-         or wing(t) not in (None, "foundation", "recipe")),
+         or (wing(t) not in (None, "foundation", "recipe") and t != REGISTRY)),
     # "workflow": the package's workflow/ wing (the plan) and the Snakefile, rules and scripts
-    "the workflow imports only recipe/, the run state and the foundation": ({"workflow"}, workflow_may_not),
+    "the workflow imports only recipe/, the method registry, the run state and the foundation":
+        ({"workflow"}, workflow_may_not),
     "no module of the package imports the workflow's plan":
         ((set(WINGS) - {"workflow"}) | {"foundation", "cli"}, lambda t, n: wing(t) == "workflow"),
     "data imports none of train, nets, report, runs": ({"data"}, into("train", "nets", "report", "runs")),
@@ -152,6 +160,31 @@ PENDING: dict[str, set[str]] = {}
 def test_forbidden_arrows(rule):
     sources, forbidden = RULES[rule]
     assert set(arrows(sources, forbidden)) == PENDING.get(rule, set())
+
+
+def test_methods_import_torch_only_where_a_head_is_built():
+    """A method file's module-level imports (what importing it runs) hold no torch and no
+    wing that imports torch; its head builder imports them."""
+    found = []
+    for path in sorted((PKG / "methods").glob("*.py")):
+        module = _module_name(path)
+        top_level = ast.Module(body=[n for n in ast.parse(path.read_text()).body
+                                     if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+        for t, n, line in _imports_in(top_level, path, module):
+            if top(t) in ("torch", "torchvision") or wing(t) not in (None, "foundation", "recipe", "methods"):
+                found.append(f"{module}:{line} -> {t}")
+    assert found == []
+
+
+def test_the_recipe_and_the_registry_import_no_torch_when_run():
+    """What the workflow imports while it builds its DAG, imported for real: no torch, no mlflow."""
+    import subprocess
+    import sys
+    code = ("import sys, locallearn.methods.registry as r, locallearn.recipe.config, locallearn.recipe.cost, "
+            "locallearn.workflow.plan, locallearn.workflow.schemas; r.registry(); "
+            "print(sorted(m for m in ('torch', 'mlflow', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
 def test_pending_names_only_rules():
@@ -212,3 +245,17 @@ def test_wings_init_files_hold_only_a_docstring():
     for w in (*WINGS, "cli"):
         body = ast.parse((PKG / w / "__init__.py").read_text()).body
         assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), w
+
+
+def test_a_flag_is_read_from_the_config_not_defaulted_again():
+    """The parsed config holds every flag (recipe/config.py): nothing outside the recipe
+    reads one with a default of its own, and one rule says what a number is."""
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(REPO)
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"getattr\((cfg|args|self\.cfg),\s*\"\w+\",", line) and path.parent.name != "recipe":
+                found.append(f"{rel}:{i} reads a flag with its own default")
+            if re.search(r"isinstance\([^)]*\(int, float\)\)", line) and rel.as_posix() != "locallearn/runs/runstate.py":
+                found.append(f"{rel}:{i} has its own number rule (runs/runstate.py is_number)")
+    assert found == []

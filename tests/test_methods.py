@@ -9,15 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, batches
+from conftest import REPO, batches, trainable
 from locallearn.host import precision
 from locallearn.nets.models import describe
 from locallearn.recipe.config import ConfigError, config_hash, parse_train_args
 from locallearn.train.engines import ENGINES
 from locallearn.train.placement import make_model
 from locallearn.train.fit import lr_at
-from locallearn.layers.localnet import Block
-from locallearn.recipe import headplans
+from locallearn.methods import auglocal, infopro, registry
 from locallearn.recipe.specs import SPECS
 
 FMNIST = ["--dataset", "FashionMNIST", "--optim", "sgd", "--momentum", "0.9", "--nesterov", "--lr", "0.05"]
@@ -66,9 +65,9 @@ def test_their_counts_on_cifar10():
 
 def test_auglocal_layers_and_depths_by_hand():
     # ResNet-32: 16 layers. The head after layer 0 with d = 3 samples 15/3 apart.
-    assert headplans.sampled_layers(0, 16, 3) == [5, 10, 15]
-    assert headplans.sampled_layers(13, 16, 3) == [14, 15]        # fewer left than d: all of them
-    assert headplans.sampled_layers(2, 16, 2) == [8, 16 - 1]       # round(2 + 13/2) = round(8.5) = 8 (to even)
+    assert auglocal.sampled_layers(0, 16, 3) == [5, 10, 15]
+    assert auglocal.sampled_layers(13, 16, 3) == [14, 15]        # fewer left than d: all of them
+    assert auglocal.sampled_layers(2, 16, 2) == [8, 16 - 1]       # round(2 + 13/2) = round(8.5) = 8 (to even)
     cfg = parse_train_args(["--model", "resnet32", "--method", "auglocal", "--aux-depth", "3",
                             "--pyramid-coeff", "0.5", "--dataset", "CIFAR10"])
     depths = [b.head.depth for b in make_model(cfg, SPECS["CIFAR10"], torch.device("cpu")).blocks]
@@ -111,13 +110,13 @@ def test_heads_on_the_paper_networks_by_hand():
     sites = block_sites(cfg, SPECS["CIFAR10"])
     assert [s.channels for s in sites] == [128, 256, 256, 512, 512, 512, 1024] and sites[0].modules == 8
     assert [s.pools for s in sites][0] == (0, 0, 1, 0, 1, 1, 0)
-    assert headplans.auglocal_layers(sites[0], 2) == [(1, 128, 256), (2, 256, 512)]
-    assert headplans.auglocal_layers(sites[5], 2) == []                   # the last conv: nothing after it
-    assert headplans.auglocal_layers(sites[6], 2) == []
-    assert [headplans.infopro_classifier_conv(s) for s in sites[:6]] == [(256, 2)] + [(512, 2)] * 2 + [(512, 1)] * 3
+    assert auglocal.layer_plan(sites[0], 2) == [(1, 128, 256), (2, 256, 512)]
+    assert auglocal.layer_plan(sites[5], 2) == []                   # the last conv: nothing after it
+    assert auglocal.layer_plan(sites[6], 2) == []
+    assert [infopro.classifier_conv(s) for s in sites[:6]] == [(256, 2)] + [(512, 2)] * 2 + [(512, 1)] * 3
     res = parse_train_args(["--model", "resnet32", "--dataset", "CIFAR10", "--method", "infopro"])
-    convs = {s.site.channels: headplans.infopro_classifier_conv(s.site)
-             for s in resnet_sites(res, "resnet32", SPECS["CIFAR10"])[1]}
+    convs = {s.site.channels: infopro.classifier_conv(s.site)
+             for s in resnet_sites(res, "resnet32", SPECS["CIFAR10"], None)[1]}
     assert convs == {16: (32, 2), 32: (64, 2), 64: (64, 1)}
 
 
@@ -147,17 +146,6 @@ def test_undefined_split_is_one_line():
     cfg = parse_train_args(["--model", "resnet32", "--local-modules", "14", "--dataset", "CIFAR10"])
     with pytest.raises(ConfigError, match="--local-modules: resnet32 is split into 1, 2, .*16"):
         describe(cfg)
-
-
-def trainable(model):
-    """Parameter name -> who may train it: a local module's index, or 'output'."""
-    owner = {}
-    for i, m in enumerate(model.layers):
-        for n, _ in m.named_parameters():
-            owner[f"layers.{i}.{n}"] = m.index if isinstance(m, Block) else None
-    for n, _ in model.output.named_parameters():
-        owner[f"output.{n}"] = "output"
-    return owner
 
 
 @pytest.mark.parametrize("name", list(METHOD_FLAGS))
@@ -218,11 +206,13 @@ def test_other_engines_equal_fused_on_a_resnet(engine, method):
         torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_config_knows_every_registered_method():
-    """config.py checks --method against its torch-free METHOD_NAMES: equal to the registry."""
-    from locallearn.recipe.config import METHOD_NAMES
-    from locallearn.methods.registry import METHODS
-    assert set(METHODS) == set(METHOD_NAMES)
+def test_method_flag_offers_every_registered_method():
+    """--method's check and help read the registry: every name is accepted and listed."""
+    from locallearn.recipe.config import build_parser
+    help_text = build_parser().format_help()
+    for name in registry.names():
+        assert parse_train_args(["--method", name, "--model", "resnet32"]).method == name
+        assert f"{name}:" in help_text
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

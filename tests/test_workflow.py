@@ -165,10 +165,22 @@ def test_precision_setting_reaches_the_flags():
 
 
 def test_schema_enums_match_the_package():
-    from locallearn.recipe.cells import COLUMNS, LOSSES
+    from locallearn.recipe.cells import COLUMNS, losses
     schema = json.loads((REPO / "workflow" / "schemas" / "cells.schema.json").read_text())
     assert tuple(schema["required"]) == COLUMNS
-    assert tuple(schema["properties"]["loss"]["enum"]) == LOSSES
+    assert tuple(schema["properties"]["loss"]["enum"]) == losses()   # no plugin installed here
+
+
+def test_generating_the_schemas_enums_again_changes_nothing(tmp_path):
+    """The committed lists are the registries' (python -m locallearn.workflow.schemas); a
+    registry changed without regenerating, or a list edited by hand, fails here."""
+    from locallearn.workflow import schemas
+    for name in schemas.FILES:
+        text = (REPO / "workflow" / "schemas" / name).read_text()
+        assert schemas.regenerate(text) == text, f"{name}: run python -m locallearn.workflow.schemas"
+    # and the command puts a stale list right
+    stale = (REPO / "workflow" / "schemas" / "cells.schema.json").read_text().replace('"auglocal"]', '"other"]')
+    assert schemas.regenerate(stale) == (REPO / "workflow" / "schemas" / "cells.schema.json").read_text()
 
 
 def enums(node) -> dict[str, list]:
@@ -189,7 +201,8 @@ def enums(node) -> dict[str, list]:
 
 
 def test_schemas_stand_alone_and_list_what_the_package_knows():
-    """The schemas are read as they stand (nothing filled in at load time), and each list
+    """The schemas are read as they stand (nothing filled in at load time where no plugin
+    method is installed), and each list
     they hold equals the package's: datasets = locallearn.recipe.specs.SPECS, models = the model
     registry, precisions = the --precision choices. A dataset or model added on one side
     only fails here."""

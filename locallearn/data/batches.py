@@ -172,7 +172,7 @@ def load_splits(cfg, device: torch.device):
         xte, yte = xte[:cfg.max_test_examples], yte[:cfg.max_test_examples]
     aug = Augment(crop_padding=spec.crop_padding, hflip=spec.hflip,
                   cutout_length=cfg.length if cfg.cutout else 0, n_holes=cfg.n_holes)
-    n_val = getattr(cfg, "val_examples", 0)
+    n_val = cfg.val_examples
     if not n_val:
         return DeviceSplit(xtr, ytr, spec, device, aug), DeviceSplit(xte, yte, spec, device), spec
     from ..errors import ConfigError

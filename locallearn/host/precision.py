@@ -30,7 +30,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+from ..recipe.config import CHOICES
+
+PRECISIONS = CHOICES["precision"]   # --precision's choices, the one list of them
 
 
 def apply(precision: str) -> dict:
@@ -77,7 +79,7 @@ def graphable(precision: str) -> bool:
 
 def configure(cfg, model: nn.Module) -> nn.Module:
     """Apply the flags to torch and to `model` (already on its device); returns it."""
-    torch.backends.cudnn.benchmark = bool(getattr(cfg, "cudnn_benchmark", False))
-    if getattr(cfg, "channels_last", False) and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
+    if cfg.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
     return model

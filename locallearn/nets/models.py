@@ -14,14 +14,19 @@ import torch.nn as nn
 from ..recipe.archspec import MaxPool, block_sites, vgg_flat, vgg_layers
 from ..layers.local_losses import LocalHead
 from ..layers.localnet import Block, LocalNet
-from ..methods.registry import METHODS
+from ..methods import registry
 from .resnet import build_resnet
-from ..recipe.specs import RESNET_BLOCKS, SPECS, VGG_CONFIGS
+from ..recipe.specs import MODEL_NAMES, RESNET_BLOCKS, SPECS, VGG_CONFIGS
 
 MODELS: dict[str, Callable] = {}
 
 
 def register(name: str):
+    """Register a network builder as `--model name`; the name must be one of the
+    architecture tables' (recipe/specs.py MODEL_NAMES, what --model and the grid accept)."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"model {name!r} is not in recipe/specs.py's MODEL_NAMES")
+
     def add(fn):
         MODELS[name] = fn
         return fn
@@ -38,10 +43,9 @@ def _head(cfg, index: int, paper_head: Callable[[], nn.Module]) -> nn.Module | N
     the block's archspec.block_sites Site."""
     if not _local(cfg):
         return None
-    method = getattr(cfg, "method", "paper")
-    if method == "paper":
+    if cfg.method == "paper":
         return paper_head()
-    return METHODS[method].build_head(cfg, block_sites(cfg, SPECS[cfg.dataset])[index])
+    return registry.get(cfg.method).build_head(cfg, block_sites(cfg, SPECS[cfg.dataset])[index])
 
 
 def _linear_blocks(cfg, n_in: int, num_classes: int, start: int) -> tuple[list[Block], int]:

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..recipe.archspec import ResidualLayer, resnet_sites
 from ..layers.localnet import Block, LocalNet
-from ..methods.registry import METHODS
+from ..methods import registry
 from ..layers.localnet import BasicBlock, he_init
 
 
@@ -48,9 +48,9 @@ def residual_layer(layer: ResidualLayer) -> nn.Module:
 
 
 def build_resnet(arch: str, cfg, spec) -> LocalNet:
-    plan, spans = resnet_sites(cfg, arch, spec)
+    method = registry.get(cfg.method)
+    plan, spans = resnet_sites(cfg, arch, spec, method.module_count)
     layers = [residual_layer(l) for l in plan]
-    method = METHODS[cfg.method]
     modules = [LocalModule(layers[s.start:s.stop], method.build_head(cfg, s.site), s.site.module, s.site.channels)
                for s in spans]
     start = spans[-1].stop if spans else 0

@@ -113,23 +113,18 @@ def resnet_layers(arch: str, channels: int, size: int) -> list[ResidualLayer]:
     return layers
 
 
-def module_count_of_method(cfg, k: int) -> int | None:
-    """The local modules a method builds for --local-modules k where it differs from k
-    (None otherwise): AugLocal's train.py builds local_module_num - aux_net_depth."""
-    return k - cfg.aux_depth if getattr(cfg, "method", "paper") == "auglocal" else None
-
-
-def local_modules(cfg, arch: str) -> int:
+def local_modules(cfg, arch: str, module_count) -> int:
     """K, the local modules built: --local-modules (0: the network's default), 1 under
-    --backprop, less the auxiliary depth for AugLocal (methods/auglocal.py)."""
+    --backprop, or what the method's `module_count(cfg, K)` rule makes of it (the
+    method's Method.module_count, None for most: AugLocal builds K - d)."""
     if cfg.backprop:
         return 1
     k = cfg.local_modules or DEFAULT_K[arch]
-    changed = module_count_of_method(cfg, k)
+    changed = module_count(cfg, k) if module_count else None
     if changed is not None:
         if not 1 <= changed <= 1 + 3 * RESNET_BLOCKS[arch]:
-            raise ConfigError(f"--local-modules: {k} less --aux-depth {cfg.aux_depth} leaves {changed} "
-                              "local modules")
+            raise ConfigError(f"--local-modules: {k} under --method {cfg.method} leaves {changed} local modules "
+                              f"(a ResNet {arch} has 1 to {1 + 3 * RESNET_BLOCKS[arch]})")
         return changed
     if k not in DEFINED_K[arch]:
         raise ConfigError(f"--local-modules: {arch} is split into {', '.join(map(str, DEFINED_K[arch]))} modules "
@@ -179,6 +174,12 @@ class Site:
         return self.module / (self.modules - 2) if self.modules > 2 else 0.0
 
 
+def interpolate(first: float, last: float, site: Site) -> float:
+    """A weight that moves linearly from `first` at the first local head to `last` at
+    the last one (InfoPro's lambda schedule over modules; AugLocal's ixx/ixy)."""
+    return first * (1 - site.ratio) + last * site.ratio
+
+
 @dataclass(frozen=True)
 class ModuleSpan:
     """A local module of a ResNet: layers [start, stop) and the site of its head."""
@@ -187,12 +188,12 @@ class ModuleSpan:
     site: Site
 
 
-def resnet_sites(cfg, arch: str, spec) -> tuple[list[ResidualLayer], list[ModuleSpan]]:
+def resnet_sites(cfg, arch: str, spec, module_count) -> tuple[list[ResidualLayer], list[ModuleSpan]]:
     """The layers and the K - 1 local modules: a head after layers 0 .. K-2 (AugLocal's
     networks/configs.py: every K it defines puts them there); the layers after the last
-    head belong to the output module."""
+    head belong to the output module. module_count: the method's rule (local_modules)."""
     layers = resnet_layers(arch, spec.channels, spec.size)
-    k = local_modules(cfg, arch)
+    k = local_modules(cfg, arch, module_count)
     widths = tuple(l.c_out for l in layers)
     spans = []
     for last in range(k - 1):
@@ -235,13 +236,13 @@ def block_sites(cfg, spec) -> list[Site]:
                  kinds=tuple(kinds), pools=tuple(pools)) for i in range(len(widths))]
 
 
-def hidden_blocks(cfg) -> int:
+def hidden_blocks(cfg, module_count) -> int:
     """The hidden blocks of the network `cfg` builds: the units local losses train and a
     pipeline splits (a ResNet's local modules before the output module; the mlp's and a
-    VGG's blocks)."""
+    VGG's blocks). module_count: the method's rule (local_modules)."""
     spec = SPECS[cfg.dataset]
     if cfg.model in RESNET_BLOCKS:
-        return len(resnet_sites(cfg, cfg.model, spec)[1])
+        return len(resnet_sites(cfg, cfg.model, spec, module_count)[1])
     return len(block_sites(cfg, spec))
 
 

@@ -11,6 +11,8 @@ import csv
 import shlex
 from pathlib import Path
 
+from ..methods import registry
+
 COLUMNS = (
     "cell", "dataset", "network", "model", "feat_mult", "num_layers", "num_hidden", "loss",
     "bio", "nonlin", "dropout", "lr", "epochs", "milestones", "dim_in_decoder", "beta",
@@ -30,10 +32,14 @@ COLUMNS = (
 OPTIONAL_COLUMNS = ("published_data", "current_data_error", "column", "extra_flags", "published_epoch",
                     "published_source", "assumption")
 # The `loss` column: global backprop, the paper's local losses, or another method's
-# heads (--method, docs/methods.md).
+# heads (--method; the method registry's names, plugins included: docs/methods.md).
 PAPER_LOSSES = ("backprop", "pred", "sim", "predsim")
-METHODS = ("dgl", "infopro", "auglocal")
-LOSSES = PAPER_LOSSES + METHODS
+
+
+def losses() -> tuple[str, ...]:
+    """Every value the `loss` column takes: the paper's, then every registered method but
+    the paper's own (whose losses are the paper's)."""
+    return PAPER_LOSSES + tuple(n for n in registry.names() if n != "paper")
 
 
 def read_cells(path: str | Path) -> list[dict]:
@@ -55,10 +61,10 @@ def recipe_args(row: dict) -> list[str]:
     ]
     if row["loss"] == "backprop":
         args.append("--backprop")
-    elif row["loss"] in METHODS:
-        args += ["--method", row["loss"]]
-    else:
+    elif row["loss"] in PAPER_LOSSES:
         args += ["--loss-sup", row["loss"]]
+    else:
+        args += ["--method", row["loss"]]
     if str(row["bio"]) == "1":
         args.append("--bio")
     if str(row["cutout"]) == "1":

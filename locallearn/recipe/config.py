@@ -16,11 +16,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..credentials import redact_uri, take_credentials
+from ..methods import registry
 from .archspec import hidden_blocks
 from .specs import MODEL_NAMES, RESNET_BLOCKS, SPECS
 
-MODELS_HELP = "mlp, vgg6a, vgg6b, vgg8, vgg8a, vgg8b, vgg11, vgg11b, vgg13, vgg16, vgg19, resnet32, resnet110"
-METHODS_HELP = "paper | dgl | infopro | auglocal (docs/methods.md)"
+MODELS_HELP = ", ".join(MODEL_NAMES)   # the architecture tables' names (recipe/specs.py), in order
 DATASETS = tuple(SPECS)
 DEFAULT_OUT = "runs/last"
 
@@ -176,20 +176,16 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
 def _add_method_flags(p: argparse.ArgumentParser) -> None:
     """Other local-learning methods and their recipe (docs/methods.md): the flags of
     AugLocal's train.py (ChenxiangMA/AugLocal, commit 98c90d6), under this project's
-    spelling. Every default leaves the paper's runs as they were."""
+    spelling, then each registered method's own flags (methods/registry.py: a method
+    brings them in its one file). Every default leaves the paper's runs as they were."""
     a = p.add_argument
-    a("--method", default="paper", help=f"the local heads: {METHODS_HELP}; every network takes every method, "
-      "but infopro needs conv blocks only (not the mlp; a VGG with --num-layers 0)")
+    methods = "; ".join(f"{m.name}: {m.summary}" for m in registry.registry().methods.values())
+    a("--method", default="paper", help=f"the local heads ({methods}; docs/methods.md); every network takes "
+      "every method, but infopro needs conv blocks only (not the mlp; a VGG with --num-layers 0)")
     a("--local-modules", type=int, default=0, help="K, the gradient-isolated modules of a ResNet "
       "(0: one per layer, 16 for resnet32, 55 for resnet110; 1: end-to-end)")
-    a("--aux-depth", type=int, default=1, help="auglocal: layers in an auxiliary network (d)")
-    a("--pyramid-coeff", type=float, default=0.0, help="auglocal: pyramidal depth coefficient (0: every "
-      "auxiliary network d deep; their run.sh: 0.5)")
-    a("--ixx-1", type=float, default=0.0, help="weight of the reconstruction loss at the first local head "
-      "(infopro; predsim's sim weight in their code)")
     a("--ixy-1", type=float, default=1.0, help="weight of the cross-entropy at the first local head "
       "(dgl, infopro, auglocal)")
-    a("--ixx-2", type=float, default=0.0, help="... at the last local head; linear in between")
     a("--ixy-2", type=float, default=1.0, help="... at the last local head; linear in between")
     a("--nesterov", action="store_true", help="SGD with Nesterov momentum (--optim sgd)")
     a("--lr-schedule", default="milestones", help="milestones (--lr-decay-milestones, the paper) | "
@@ -199,6 +195,11 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
       "0: none, the whole training set trains")
     a("--no-output-scale", action="store_true", help="predsim: the output loss unscaled (AugLocal's PredSim) "
       "instead of times 1 - beta (the paper's reference)")
+    for _, flag in registry.method_flags():
+        if flag.type is bool:
+            a(flag.name, action="store_true", help=flag.help)
+        else:
+            a(flag.name, type=flag.type, default=flag.default, help=flag.help)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -290,17 +291,13 @@ def build_parser(prog: str = "locallearn train", description: str = TRAIN_DESCRI
     return p
 
 
-# The methods registry's names (methods/registry.py, which imports torch; tests/test_methods.py
-# keeps the two equal).
-METHOD_NAMES = ("paper", "dgl", "infopro", "auglocal")
-
 CHOICES = {
     "nonlin": ("relu", "leakyrelu"),
     "loss_sup": ("pred", "sim", "predsim"),
     "loss_unsup": ("none", "sim", "recon"),
     "optim": ("adam", "amsgrad", "sgd"),
-    "engine": ("fused", "reference", "modulewise"),
-    "precision": ("fp32", "tf32", "bf16"),  # precision.PRECISIONS (that module imports torch)
+    "engine": ("fused", "reference", "modulewise"),   # the engines' names: train/engines.py registers each by one
+    "precision": ("fp32", "tf32", "bf16"),  # host/precision.py's PRECISIONS is this list
     "lr_schedule": ("milestones", "cosine-warmup"),
     "dataset": DATASETS,
 }
@@ -331,28 +328,30 @@ def check_all(args: argparse.Namespace) -> None:
     if args.model not in MODEL_NAMES:
         raise ConfigError(f"--model: unknown model {args.model!r} (known: {', '.join(sorted(MODEL_NAMES))})")
     check(args)
-    check_method(args, METHOD_NAMES, RESNET_BLOCKS)
+    check_method(args, RESNET_BLOCKS)
 
 
-def check_method(args: argparse.Namespace, methods, depths) -> None:
-    """The method and the network fit together (`methods`: the method names, `depths`: the ResNets')."""
+def check_method(args: argparse.Namespace, depths) -> None:
+    """The method and the network fit together (`depths`: the ResNets'); each method's own
+    check and its flags' checks (methods/registry.py)."""
     def bad(flag: str, msg: str) -> None:
         raise ConfigError(f"{flag_name(flag)}: {msg}")
-    if args.method not in methods:
-        bad("method", f"unknown method {args.method!r} (known: {', '.join(methods)})")
-    if args.method == "infopro" and args.model not in depths and (args.model == "mlp" or args.num_layers > 0):
-        bad("method", f"infopro's decoder upsamples a feature map to the image, and {args.model}'s linear blocks "
-                      "have none" + ("" if args.model == "mlp" else "; add --num-layers 0"))
+    method = registry.get(args.method)   # ConfigError naming --method for an unknown or broken one
+    for _, flag in registry.method_flags():
+        problem = flag.check(getattr(args, flag.dest)) if flag.check else None
+        if problem:
+            bad(flag.dest, problem)
+    problem = method.check(args) if method.check else None
+    if problem:
+        raise ConfigError(problem)
     if args.method != "paper" and args.bio:
         bad("bio", f"the paper's bio heads only; {args.method}'s heads have their own")
     if args.local_modules and args.model not in depths:
         bad("local-modules", f"{args.model} has a head on every block; only the ResNets are split into K modules")
     if args.local_modules < 0:
         bad("local-modules", f"must be >= 0, got {args.local_modules}")
-    if args.aux_depth < 1:
-        bad("aux-depth", f"must be >= 1, got {args.aux_depth}")
-    if args.method == "infopro" and args.pipeline_stages > 1:
-        bad("method", "infopro's heads reconstruct the input image, which only the first pipeline stage has")
+    if method.needs_image and args.pipeline_stages > 1:
+        bad("method", f"{args.method}'s heads read the input image, which only the first pipeline stage has")
     if args.model in depths and (args.bio or args.no_detach):
         bad("bio" if args.bio else "no-detach", f"not implemented for {args.model}")
     if args.nesterov and (args.optim != "sgd" or args.momentum <= 0):
@@ -445,7 +444,7 @@ def stage_count_error(cfg, stages: int) -> str | None:
         return (f"{flag} cannot be combined with --pipeline-stages {stages}: only local training with "
                 "detached block inputs is pipelined exactly (gradients would have to flow back "
                 "across stages); drop --pipeline-stages or the flag")
-    blocks = hidden_blocks(cfg)
+    blocks = hidden_blocks(cfg, registry.get(cfg.method).module_count)
     if stages > blocks:
         return f"--pipeline-stages {stages}: the network has only {blocks} hidden blocks to split"
     return None

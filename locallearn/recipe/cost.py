@@ -6,7 +6,7 @@ each architecture) and says, per layer, its output shape, its multiply-adds (MAC
 example and its parameters: the layer's own forward, its local heads' forward (the
 paper's pred decoder after the average pooling, sim's extra conv/linear, the similarity
 matrices, the bio label projection, the unsupervised terms; the heads of DGL, InfoPro
-and AugLocal, recipe/headplans.py), and forward + backward of both as one training step runs
+and AugLocal and of plugins: each Method's head_cost, methods/), and forward + backward of both as one training step runs
 them. The backbone (what evaluation runs: NetworkCost.backbone_macs, backbone_params)
 and the local heads (head_macs, head_params) are counted apart. Users of these numbers:
 
@@ -36,12 +36,11 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from . import headplans
-from .archspec import (ConvLayer, ResidualLayer, Site, block_sites, conv_side, decoder_pooling, resnet_sites,
-                       vgg_flat, vgg_layers)
-from .specs import RESNET_BLOCKS
+from .archspec import ConvLayer, Site, block_sites, decoder_pooling, resnet_sites, vgg_flat, vgg_layers
 from ..errors import ConfigError
-from .specs import SPECS, VGG_CONFIGS
+from ..methods import registry
+from .specs import RESNET_BLOCKS, SPECS, VGG_CONFIGS
+from .tally import Tally
 
 
 @dataclass(frozen=True)
@@ -94,46 +93,6 @@ class NetworkCost:
     def eval_macs(self) -> float:
         """MACs of one test example (eval: forward, no heads)."""
         return sum(l.forward for l in self.layers) + self.output.forward
-
-
-# ---------------------------------------------------------------------------- tally
-@dataclass
-class Tally:
-    """MACs (forward; forward + backward) and parameters of a run of layers, added up
-    layer by layer. input_grad: whether the layer's input requires a gradient (its
-    backward then computes one: 2x forward, else 1x, the weight gradient alone)."""
-    forward: float = 0.0
-    train: float = 0.0
-    params: int = 0
-
-    def op(self, macs: float, weights: int, input_grad: bool) -> None:
-        self.forward += macs
-        self.train += macs * (2 + input_grad)
-        self.params += weights
-
-    def conv(self, c_in: int, c_out: int, k: int, side: int, input_grad: bool, bias: bool = False) -> None:
-        """A k x k convolution with a side x side output."""
-        self.op(side * side * c_in * c_out * k * k, c_in * c_out * k * k + (c_out if bias else 0), input_grad)
-
-    def linear(self, n_in: int, n_out: int, input_grad: bool, bias: bool = True) -> None:
-        self.op(n_in * n_out, n_in * n_out + (n_out if bias else 0), input_grad)
-
-    def norm(self, channels: int) -> None:
-        """A BatchNorm's weight and bias (its running statistics are buffers)."""
-        self.params += 2 * channels
-
-    def residual(self, layer: ResidualLayer, input_grad: bool) -> None:
-        """The ResNets' stem (conv 3x3 + BN) or a BasicBlock (two 3x3 conv + BN, the
-        1x1 conv + BN projection shortcut where the shape changes), layers/localnet.py."""
-        self.conv(layer.c_in, layer.c_out, 3, layer.side, input_grad)
-        self.norm(layer.c_out)
-        if layer.kind == "stem":
-            return
-        self.conv(layer.c_out, layer.c_out, 3, layer.side, True)
-        self.norm(layer.c_out)
-        if layer.projection:
-            self.conv(layer.c_in, layer.c_out, 1, layer.side, input_grad)
-            self.norm(layer.c_out)
 
 
 # ------------------------------------------------------------- the paper's local heads
@@ -194,79 +153,11 @@ def _heads(cfg, in_shape, out_shape, layer_macs: float, first: bool, classes: in
 
 
 # --------------------------------------------------------------- the methods' heads
-def _dgl_head(cfg, site: Site) -> Tally:
-    t, c = Tally(), site.channels
-    f = c                                   # a linear block: the MLP part alone
-    if site.side is not None:
-        pooled, mlp_side = headplans.dgl_sides(site.side)
-        for _ in range(3):
-            t.conv(c, c, 1, pooled, True)
-            t.norm(c)
-        f = c * mlp_side * mlp_side
-    for _ in range(2):
-        t.linear(f, f, True, bias=False)
-        t.norm(f)
-    t.linear(f, site.num_classes, True)
-    return t
-
-
-def _infopro_head(cfg, site: Site) -> Tally:
-    t, c = Tally(), site.channels
-    refusal = headplans.infopro_refusal(site)
-    if refusal:
-        raise ConfigError(refusal)
-    r, size = headplans.INFOPRO_RECON_WIDTH, site.image_size
-    t.conv(c, r, 3, size, True, bias=True)            # on h upsampled to the image's size
-    t.norm(r)
-    t.conv(r, site.image_channels, 3, size, True, bias=True)
-    width, stride = headplans.infopro_classifier_conv(site)
-    t.conv(c, width, 3, conv_side(site.side, 3, stride, 1), True)
-    t.norm(width)
-    t.linear(width, headplans.INFOPRO_HIDDEN, True)
-    t.linear(headplans.INFOPRO_HIDDEN, site.num_classes, True)
-    return t
-
-
-def _auglocal_head(cfg, site: Site) -> Tally:
-    t = Tally()
-    depth = headplans.auglocal_depth(cfg, site)
-    if site.kinds:                      # the mlp and the VGGs: copies of blocks of the head's kind
-        side, width = site.side, site.channels
-        for pools, c_in, c_out in headplans.auglocal_layers(site, depth):
-            if side is None:
-                t.linear(c_in, c_out, True)
-            else:
-                side //= 2 ** pools
-                t.conv(c_in, c_out, 3, side, True, bias=True)
-            t.norm(c_out)
-            width = c_out
-        if side is not None:            # their VGG classifier: average to n features, 2 x (linear + BN), linear
-            width = n = headplans.AUGLOCAL_VGG_HIDDEN
-            for _ in range(2):
-                t.linear(n, n, True)
-                t.norm(n)
-        t.linear(width, site.num_classes, True)
-        return t
-    blocks = headplans.auglocal_blocks(site, depth)
-    side_in = site.side
-    for (c_in, c_out, stride), side in zip(blocks, headplans.auglocal_sides(site, blocks)):
-        t.residual(ResidualLayer("basic", c_in, c_out, stride, side_in, side), True)
-        side_in = side
-    width = blocks[-1][1] if blocks else site.channels
-    if depth <= 1:
-        t.norm(width)
-    t.linear(width, site.num_classes, True)
-    return t
-
-
-METHOD_HEADS: dict[str, Callable] = {"dgl": _dgl_head, "infopro": _infopro_head, "auglocal": _auglocal_head}
-
-
 def _method_head(cfg, site: Site, in_shape: tuple[int, ...]) -> Tally:
     """The head --method puts at `site` (the module's input of in_shape)."""
-    method = getattr(cfg, "method", "paper")
-    if method in METHOD_HEADS:
-        return METHOD_HEADS[method](cfg, site)
+    head_cost = registry.get(cfg.method).head_cost
+    if head_cost is not None:
+        return head_cost(cfg, site)
     out_shape = (site.channels, site.side, site.side) if site.side is not None else (site.channels,)
     fwd, train, params = _heads(cfg, in_shape, out_shape, 0.0, site.layer == 0, site.num_classes)
     return Tally(fwd, train, params)
@@ -279,8 +170,9 @@ def _block(cfg, kind, in_shape, out_shape, macs, index, classes, first: bool, pa
     conv, and the first linear block of the mlp and of a VGG's head (nets/models.py).
     params: the layer's weights and bias (its BatchNorm's are added here)."""
     input_grad = index > 0 and (cfg.backprop or cfg.no_detach)
-    if getattr(cfg, "method", "paper") != "paper" and not cfg.backprop:
-        head = METHOD_HEADS[cfg.method](cfg, block_sites(cfg, SPECS[cfg.dataset])[index])
+    head_cost = registry.get(cfg.method).head_cost
+    if head_cost is not None and not cfg.backprop:
+        head = head_cost(cfg, block_sites(cfg, SPECS[cfg.dataset])[index])
         head_fwd, head_train, head_params = head.forward, head.train, head.params
     else:
         head_fwd, head_train, head_params = _heads(cfg, in_shape, out_shape, macs, first, classes, kernel)
@@ -339,7 +231,7 @@ def resnet_cost(arch: str, cfg, spec) -> NetworkCost:
     residual layers with its method's head; the output module: the remaining layers,
     global average pooling, the classifier. A module's first layer reads a detached
     input (no input gradient); so does the image."""
-    plan, spans = resnet_sites(cfg, arch, spec)
+    plan, spans = resnet_sites(cfg, arch, spec, registry.get(cfg.method).module_count)
     layers = []
     for span in spans:
         body = Tally()

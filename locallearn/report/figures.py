@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
 from ..atomic import atomic_write
-from ..runs.runstate import CURVE, METRICS, recorded_run_name
+from ..runs.runstate import CURVE, METRICS, is_number, recorded_run_name
 
 _LOG_TICKS = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -42,7 +42,7 @@ def _plain_log_ticks(axis) -> None:
 
 
 def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [(h["epoch"], h[key]) for h in history if isinstance(h.get(key), (int, float))]
+    pts = [(h["epoch"], h[key]) for h in history if is_number(h.get(key))]
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
@@ -156,7 +156,7 @@ def layers_figure(run: dict, row: dict) -> Figure:
     other = ax.twinx() if signal == "loss" and layers else None
     for i, k in enumerate(layers):
         pts = [(h["epoch"], e.get(signal)) for h in history for e in h.get("local") or ()
-               if e["layer"] == k and isinstance(e.get(signal), (int, float))]
+               if e["layer"] == k and is_number(e.get(signal))]
         if not pts:
             continue
         target = other if other is not None else ax

@@ -29,7 +29,7 @@ from ..recipe.cells import (column, compared_error, compares_best_epoch, current
 from ..errors import LocallearnError
 from ..layout import cell_seed, seed_of
 from ..recipe.cost import recorded_head_macs
-from ..runs.runstate import METRICS
+from ..runs.runstate import METRICS, is_number
 from ..runs.selection import ERRORS, error_of
 from ..recipe.specs import SPECS
 
@@ -100,7 +100,7 @@ def _read_metrics(path: Path) -> dict:
             m = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise TablesError(f"{path}: cannot read metrics.json ({e})") from None
-    if not isinstance(m, dict) or not isinstance(m.get("test_error"), (int, float)):
+    if not isinstance(m, dict) or not is_number(m.get("test_error")):
         raise TablesError(f"{path}: no numeric 'test_error'")
     return m
 
@@ -217,13 +217,13 @@ class Cell:
         if heads is None and isinstance(m.get("params_total"), int) and isinstance(m.get("params_backprop"), int):
             heads = m["params_total"] - m["params_backprop"]   # the same count, before metrics.json held it
         epochs = [e["epoch_seconds"] for r in self.runs for e in (r.get("history") or [])
-                  if isinstance(e.get("epoch_seconds"), (int, float))]
+                  if is_number(e.get("epoch_seconds"))]
         memory = m.get("peak_memory_bytes")
         macs = m.get("head_macs")
         if "head_macs" not in m and isinstance(m.get("config"), dict):   # recorded before the key existed
             macs = recorded_head_macs(m["config"])   # counted by the recipe (recipe/cost.py)
         return [_count(m.get("backbone_params", m.get("params_backprop"))), _count(heads), _count(macs),
-                f"{memory / 2**20:.0f} MiB" if isinstance(memory, (int, float)) and memory else "-",
+                f"{memory / 2**20:.0f} MiB" if is_number(memory) and memory else "-",
                 f"{statistics.fmean(epochs):.1f}" if epochs else "-"]
 
     def wall_time(self) -> str:
@@ -253,7 +253,7 @@ def _millions(n: int) -> str:
 
 def _count(n) -> str:
     """A parameter or multiply-add count: '466,906', '12.3M', '1.2G'; '-' where unknown."""
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
+    if not is_number(n):
         return "-"
     if n >= 1e9:
         return f"{n / 1e9:.2f}G"
@@ -270,7 +270,7 @@ def _params_entry(cells: list[Cell]) -> str:
 
 
 def _tolerance(tolerance: Mapping[str, float] | float, dataset: str) -> float:
-    if isinstance(tolerance, (int, float)):
+    if is_number(tolerance):
         return float(tolerance)
     return float(tolerance.get(dataset, tolerance["default"]))
 
@@ -432,12 +432,12 @@ def field_points(rows: list[dict], runs: Mapping[str, list[dict]]) -> list[dict]
         c = Cell(r, list(runs.get(r["cell"], [])), 1)
         if not c.n:
             continue
-        memory = [m["peak_memory_bytes"] / 2**20 for m in c.runs if isinstance(m.get("peak_memory_bytes"), (int, float))]
+        memory = [m["peak_memory_bytes"] / 2**20 for m in c.runs if is_number(m.get("peak_memory_bytes"))]
         macs = [m.get("backbone_macs"), m.get("head_macs")] if (m := c.runs[0]) else [None, None]
         points.append({"cell": r["cell"], "method": table_columns([r])[column(r)], "network": r["network"],
                        "dataset": r["dataset"], "error": c.mean, "error_name": ERROR_HEADINGS[c.key].lower(),
                        "memory_mib": statistics.fmean(memory) if memory else None,
-                       "macs": sum(macs) if all(isinstance(x, (int, float)) for x in macs) else None,
+                       "macs": sum(macs) if all(is_number(x) for x in macs) else None,
                        "budget": c.budget})
     return points
 

@@ -58,7 +58,10 @@ def config_diff(old: dict, new: dict) -> str:
 
 
 def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether a value read from a record (metrics.json, a history entry) is a number:
+    an int or float, not a bool, not NaN. The one such rule: selection, tables, figures
+    and the MLflow mirror all ask it."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def finished_problem(done: dict) -> str | None:

@@ -13,16 +13,14 @@ Importing this module does not import torch.
 """
 from __future__ import annotations
 
+from .runstate import is_number
+
 # The three errors a table may show: metrics.json key -> what the tables call it.
 ERRORS = {
     "test_error": "last epoch",
     "best_test_error": "best test epoch (as the papers report)",
     "val_selected_test_error": "validation-selected epoch",
 }
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def reported_errors(history: list[dict]) -> dict:
@@ -32,7 +30,7 @@ def reported_errors(history: list[dict]) -> dict:
         return {}
     best = min(history, key=lambda e: (e["test_error"], e["epoch"]))
     out = {"best_test_error": best["test_error"], "best_test_epoch": best["epoch"]}
-    validated = [e for e in history if _number(e.get("val_error"))]
+    validated = [e for e in history if is_number(e.get("val_error"))]
     if validated:
         chosen = min(validated, key=lambda e: (e["val_error"], e["epoch"]))
         out.update(val_selected_test_error=chosen["test_error"], val_selected_epoch=chosen["epoch"],
@@ -44,9 +42,9 @@ def error_of(metrics: dict, key: str) -> float | None:
     """One of ERRORS from a metrics.json; a run recorded before these keys existed
     gets its best test epoch from its history (it has no validation split)."""
     value = metrics.get(key)
-    if _number(value):
+    if is_number(value):
         return float(value)
     if key != "test_error" and isinstance(metrics.get("history"), list):
         value = reported_errors(metrics["history"]).get(key)
-        return float(value) if _number(value) else None
+        return float(value) if is_number(value) else None
     return None

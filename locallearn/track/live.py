@@ -22,6 +22,7 @@ from . import mlstore
 from ..credentials import take_credentials
 from ..faults import fault
 from ..host.environment import git_revision
+from ..methods import registry
 from ..recipe.config import config_hash
 from ..errors import TrackingError
 from .mirror import kept_if_store_fails, mirror
@@ -161,8 +162,11 @@ def run_tags(cfg) -> dict[str, str]:
     """The tags a run of `cfg` carries (its --tag flags, and what identifies the run)."""
     tags = dict(t.split("=", 1) for t in cfg.tag)
     tags.update(dataset=cfg.dataset, model=cfg.model, seed=str(cfg.seed), config_hash=config_hash(cfg),
-                loss="backprop" if cfg.backprop else cfg.loss_sup,
+                loss="backprop" if cfg.backprop else cfg.loss_sup if cfg.method == "paper" else cfg.method,
                 git_revision=git_revision() or "unknown")
+    source = registry.source_of(cfg.method)   # a plugin's method: which package, which version
+    if source:
+        tags.update(method_distribution=source["distribution"], method_version=str(source["version"]))
     return tags
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..host import precision
+from ..recipe.config import CHOICES
 from ..layers.localnet import Block, LocalNet, forward_layers
 from .epochs import epoch_batches
 
@@ -31,7 +32,7 @@ def make_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
     params = list(params)
     if cfg.optim == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=getattr(cfg, "nesterov", False))
+                               nesterov=cfg.nesterov)
     # fused Adam: one kernel over all parameters; the optimizer's memory traffic is a
     # fifth of an MLP epoch on CPU, and foreach Adam is ~35% slower there (issue 2).
     # capturable on CUDA (step counts on the device), so that a step can be replayed as a
@@ -50,12 +51,29 @@ def output_scale(cfg) -> float:
     predsim (and only there); its gradient to the output layer is scaled with it.
     Not under other methods' heads, nor --no-output-scale (AugLocal's PredSim), nor
     with no local module (--local-modules 1)."""
-    paper_predsim = (cfg.loss_sup == "predsim" and getattr(cfg, "method", "paper") == "paper"
-                     and not getattr(cfg, "no_output_scale", False) and getattr(cfg, "local_modules", 0) != 1)
+    paper_predsim = (cfg.loss_sup == "predsim" and cfg.method == "paper"
+                     and not cfg.no_output_scale and cfg.local_modules != 1)
     return 1 - cfg.beta if paper_predsim and not cfg.backprop else 1.0
 
 
 # ============================================================================== engines
+# The engines by name. The names are --engine's choices (recipe/config.py's CHOICES, the
+# one list, torch-free); each class below takes one of them.
+ENGINE_NAMES = CHOICES["engine"]
+ENGINES: dict[str, type] = {}
+
+
+def register(name: str):
+    """Register an engine class as `--engine name`; the name must be one --engine offers."""
+    if name not in ENGINE_NAMES:
+        raise ValueError(f"engine {name!r} is not one of --engine's choices ({', '.join(ENGINE_NAMES)})")
+
+    def add(cls):
+        ENGINES[name] = cls
+        return cls
+    return add
+
+
 class Engine:
     """What every engine shares: the layers it trains (the whole network, or a
     pipeline stage's slice [start, stop) with the output layer on the last stage),
@@ -146,6 +164,7 @@ class Engine:
         return {}
 
 
+@register("fused")
 class FusedEngine(Engine):
     """All losses summed, one backward, one step.
 
@@ -163,8 +182,8 @@ class FusedEngine(Engine):
         super().__init__(cfg, model, device, start, stop)
         if self.named_parameters:
             self.optimizers["all"] = make_optimizer(cfg, [p for _, p in self.named_parameters], device)
-        self.graphs = (self.whole and device.type == "cuda" and not getattr(cfg, "no_cuda_graph", False)
-                       and precision.graphable(getattr(cfg, "precision", "fp32")))
+        self.graphs = (self.whole and device.type == "cuda" and not cfg.no_cuda_graph
+                       and precision.graphable(cfg.precision))
         self._graph, self._warm = None, 0
 
     def set_lr(self, lr: float) -> bool:
@@ -247,6 +266,7 @@ def forward_local_backward(model, x, y, y_onehot, after_local, retain_graph: boo
     return logits, F.cross_entropy(precision.loss_input(logits), y), local_losses, stats
 
 
+@register("reference")
 class ReferenceEngine(Engine):
     """The reference scheme (the authors' scheme, reimplemented): each block's optimizer
     steps inside the forward pass."""
@@ -286,6 +306,7 @@ class ReferenceEngine(Engine):
         return logits, ce, local_losses, stats
 
 
+@register("modulewise")
 class ModulewiseEngine(Engine):
     """The local-learning peers' scheme (AugLocal's networks/resnet.py forward and
     train.py step, commit 98c90d6; reimplemented, not their code): each module's local
@@ -309,4 +330,6 @@ class ModulewiseEngine(Engine):
         return logits, ce, local_losses, stats
 
 
-ENGINES = {"fused": FusedEngine, "reference": ReferenceEngine, "modulewise": ModulewiseEngine}
+_unregistered = set(ENGINE_NAMES) - set(ENGINES)
+if _unregistered:   # a name --engine offers that no class here takes
+    raise ImportError(f"train/engines.py: no engine registered for {', '.join(sorted(_unregistered))}")

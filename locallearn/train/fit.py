@@ -26,6 +26,7 @@ from .epochs import evaluate, no_progress, train_epoch
 from ..host.environment import describe, git_revision, peak_memory_bytes
 from ..errors import CheckpointError, DivergenceError
 from ..faults import fault
+from ..methods import registry
 from ..layout import resolve_data_dir
 from ..recipe.cost import head_cost
 from ..runs.selection import reported_errors
@@ -54,7 +55,7 @@ def startup_line(cfg, device: torch.device, model, train, test) -> str:
     example counts, after --max-train-examples / --max-test-examples)."""
     backprop, total = model.count_params()
     loss = "global backprop" if cfg.backprop or not model.blocks else cfg.loss_sup + (" (bio)" if cfg.bio else "")
-    if getattr(cfg, "method", "paper") != "paper" and model.blocks:
+    if cfg.method != "paper" and model.blocks:
         loss = f"{cfg.method}, {len(model.blocks) + 1} local modules"
     return (f"locallearn {__version__}: {cfg.model} on {cfg.dataset}, {loss}"
             f" | device {_device_words(device)}, {cfg.precision}"
@@ -74,7 +75,7 @@ def lr_at(cfg, epoch: int) -> float:
     cosine-warmup (AugLocal's train.py with --cos_lr, commit 98c90d6): cos(e) =
     lr/2 * (1 + cos(pi * e / epochs)); epochs 1..10 blend from 0.01 into it,
     cos(e) * (e - 1)/10 + 0.01 * (11 - e)/10; then cos(e)."""
-    if getattr(cfg, "lr_schedule", "milestones") == "cosine-warmup":
+    if cfg.lr_schedule == "cosine-warmup":
         cosine = 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
         if epoch <= WARMUP_EPOCHS:
             return (cosine * (epoch - 1) / WARMUP_EPOCHS
@@ -106,7 +107,7 @@ def history_entry(cfg, epoch: int, lr: float, parts: list, n_test: int) -> dict:
     local_err = (torch.cat([s["local_wrong"] for s in stats]) * 100 / seen).tolist()
     layers = [i for s in stats for i in s["layers"]]
     # a local classifier's error: the paper's pred decoder, every other method's heads
-    has_error = (cfg.loss_sup in ("pred", "predsim") or getattr(cfg, "method", "paper") != "paper") and not cfg.bio
+    has_error = (cfg.loss_sup in ("pred", "predsim") or cfg.method != "paper") and not cfg.bio
     ev = parts[-1][1]
     seconds = max(p[2]["seconds"] for p in parts)
     entry = {"epoch": epoch, "lr": lr, "train_error": last["wrong"].item() * 100 / seen, "train_loss": ce_mean,
@@ -226,6 +227,8 @@ def fit(cfg, folder, engine, train, test, draw_curve=None) -> dict | None:
         }
         if train is not None and train.validation_record is not None:
             metrics["val_split"] = train.validation_record
+        if registry.source_of(cfg.method):   # a plugin's method: its package and version
+            metrics["method_source"] = registry.source_of(cfg.method)
         try:
             if draw_curve is not None:
                 draw_curve(folder.curve, metrics)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from ..recipe.config import build_parser, check_all
 from ..recipe.config import stage_count_error
 from ..recipe.cost import network_cost
 from ..runs.runstate import FINISHED, METRICS, run_state
+from .schemas import with_plugins
 
 REPO = Path(__file__).resolve().parents[2]   # the checkout: locallearn/workflow/plan.py
 SCHEMAS = REPO / "workflow" / "schemas"
@@ -51,11 +54,26 @@ class PlanError(ValueError):
 # --------------------------------------------------------------------------- schemas
 
 def _schema(name: str) -> dict:
-    """A schema file as it stands: every list it names (datasets, models, precisions) is
-    written in it, so Snakemake's validate() or any JSON Schema tool reads the same
-    rules (tests/test_workflow.py keeps those lists equal to the package's)."""
+    """A schema file as the plan checks against it: as it stands, every list it names
+    (datasets, models, losses, precisions) written in it by `python -m
+    locallearn.workflow.schemas`, so Snakemake's validate() or any JSON Schema tool reads
+    the same rules; cells.schema.json's `loss` list with installed plugin methods added."""
     with open(SCHEMAS / name) as f:
-        return json.load(f)
+        schema = json.load(f)
+    return with_plugins(schema) if name == "cells.schema.json" else schema
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_file(name: str) -> str:
+    """The file Snakemake's validate() reads for `name`: the committed one, or where
+    installed plugins add names to it, a copy with them (written once per process)."""
+    schema = _schema(name)
+    with open(SCHEMAS / name) as f:
+        if json.load(f) == schema:
+            return str(SCHEMAS / name)
+    folder = Path(tempfile.mkdtemp(prefix="locallearn-schemas-"))
+    (folder / name).write_text(json.dumps(schema))
+    return str(folder / name)
 
 
 def _schema_error(data: dict, name: str) -> jsonschema.ValidationError | None:
@@ -67,7 +85,7 @@ def _schema_error(data: dict, name: str) -> jsonschema.ValidationError | None:
     from snakemake.utils import validate
 
     try:
-        validate(data, str(SCHEMAS / name), set_default=False)
+        validate(data, _schema_file(name), set_default=False)
     except WorkflowError as e:
         if isinstance(e.__context__, jsonschema.ValidationError):
             return e.__context__
