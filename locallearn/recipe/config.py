@@ -20,7 +20,6 @@ from ..methods import registry
 from .archspec import hidden_blocks
 from .specs import MODEL_NAMES, RESNET_BLOCKS, SPECS
 
-MODELS_HELP = ", ".join(MODEL_NAMES)   # the architecture tables' names (recipe/specs.py), in order
 DATASETS = tuple(SPECS)
 DEFAULT_OUT = "runs/last"
 
@@ -280,7 +279,7 @@ def build_parser(prog: str = "locallearn train", description: str = TRAIN_DESCRI
     # Flags with fixed choices show them as their value, {a,b,...}; they are checked in
     # check() (a clearer error than argparse's choices=), not by the parser.
     # Numbers show as N (an integer) or X (a real).
-    fixed = {**CHOICES, "model": MODEL_NAMES}
+    fixed = {**CHOICES, "model": MODEL_NAMES, "method": registry.names()}
     for action in p._actions:
         if action.metavar is not None or action.choices is not None or not action.option_strings:
             continue
