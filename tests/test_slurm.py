@@ -147,7 +147,7 @@ def _snakemake(workdir: Path, args: list[str], env: dict | None = None, timeout:
 
 def _job_env() -> dict:
     # the jobs must get their GPU from SLURM, not from a stray setting of ours
-    return child_env(drop=("CUDA_VISIBLE_DEVICES",))
+    return child_env(drop=("CUDA_VISIBLE_DEVICES",), slurm=True)
 
 
 def _slurm_log_ids(workdir: Path) -> dict[str, list[str]]:
