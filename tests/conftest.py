@@ -29,6 +29,28 @@ needs_fmnist = pytest.mark.skipif(not (FMNIST_DEBIAN / "train-images-idx3-ubyte.
                                   reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
 
 
+# ------------------------------------------------------------------ parallel workers
+
+WORKERS = int(os.environ.get("LOCALLEARN_TEST_WORKERS", "2"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """`python -m pytest -q tests` runs on WORKERS (2) pytest-xdist workers where
+    pytest-xdist is installed (the dev extra): most of the suite's time is child processes
+    (snakemake, training) that use one core, and the machine has two. Each worker's torch
+    uses one thread (above). `-n N` (`-n 0`: one process) or LOCALLEARN_TEST_WORKERS
+    choose otherwise; --pdb and --collect-only run in one process. The tests of one
+    xdist_group (the SLURM cluster's) share a worker (--dist loadgroup)."""
+    opt = config.option
+    if not hasattr(opt, "numprocesses") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return   # no pytest-xdist, or this is a worker
+    if opt.numprocesses is None and WORKERS > 1 and not opt.usepdb and not opt.collectonly:
+        opt.numprocesses = WORKERS
+    if opt.numprocesses and opt.dist == "no":
+        opt.dist = "loadgroup"
+
+
 # ------------------------------------------------------------------ child processes
 
 # A user's own tracking store and data folder must not leak into a test's jobs.
