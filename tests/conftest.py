@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 CELLS_TSV = REPO / "workflow" / "config" / "cells.tsv"   # the workflow's grid
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 MLFLOW_SERVER_SH = REPO / ".ci" / "mlflow-server.sh"
+NO_SLURM = REPO / "tests" / "fixtures" / "no-slurm"   # an `scontrol` that fails at once
 
 # Tests share 2 cores with nothing else; one thread keeps them from oversubscribing
 # when pytest runs a subprocess beside them.
@@ -28,17 +29,46 @@ needs_fmnist = pytest.mark.skipif(not (FMNIST_DEBIAN / "train-images-idx3-ubyte.
                                   reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
 
 
+# ------------------------------------------------------------------ parallel workers
+
+WORKERS = int(os.environ.get("LOCALLEARN_TEST_WORKERS", "2"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """`python -m pytest -q tests` runs on WORKERS (2) pytest-xdist workers where
+    pytest-xdist is installed (the dev extra): most of the suite's time is child processes
+    (snakemake, training) that use one core, and the machine has two. Each worker's torch
+    uses one thread (above). `-n N` (`-n 0`: one process) or LOCALLEARN_TEST_WORKERS
+    choose otherwise; --pdb and --collect-only run in one process. The tests of one
+    xdist_group (the SLURM cluster's) share a worker (--dist loadgroup)."""
+    opt = config.option
+    if not hasattr(opt, "numprocesses") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return   # no pytest-xdist, or this is a worker
+    if opt.numprocesses is None and WORKERS > 1 and not opt.usepdb and not opt.collectonly:
+        opt.numprocesses = WORKERS
+    if opt.numprocesses and opt.dist == "no":
+        opt.dist = "loadgroup"
+
+
 # ------------------------------------------------------------------ child processes
 
 # A user's own tracking store and data folder must not leak into a test's jobs.
 USER_SETTINGS = ("MLFLOW_TRACKING_URI", "LOCALLEARN_DATA")
 
 
-def child_env(root: Path = REPO, drop: tuple[str, ...] = USER_SETTINGS, **extra: str) -> dict:
+def child_env(root: Path = REPO, drop: tuple[str, ...] = USER_SETTINGS, slurm: bool = False,
+              **extra: str) -> dict:
     """This process's environment for a child (locallearn, Snakemake, torchrun): `root`'s
-    package first on PYTHONPATH, the variables in `drop` removed, `extra` set."""
+    package first on PYTHONPATH, the variables in `drop` removed, `extra` set.
+    Without `slurm` (only the SLURM tests ask for it), tests/fixtures/no-slurm comes first
+    on PATH: every `snakemake` imports the SLURM plugin, which asks `scontrol` for the
+    cluster's config and, where SLURM is installed but its controller is down, waits ~9 s
+    for the answer; the no-slurm `scontrol` fails at once, as on a machine without SLURM."""
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    if not slurm:
+        env["PATH"] = os.pathsep.join(p for p in (str(NO_SLURM), env.get("PATH")) if p)
     return {**env, **extra}
 
 

@@ -214,7 +214,7 @@ def test_bit_flipped_file_is_corrupt(data_dir):
 
 
 @pytest.mark.parametrize("name,rel,content", [
-    ("KuzushijiMNIST", "KMNIST/raw/train-labels-idx1-ubyte.gz", gzip.compress(b"\0\0\x08\x01\0\0\0\x09" + bytes(3))),
+    ("KuzushijiMNIST", "KMNIST/raw/train-labels-idx1-ubyte.gz", gzip.compress(b"\0\0\x08\x01\0\0\0\x09" + bytes(3), mtime=0)),   # mtime: the same id in every worker
     ("FashionMNIST", "FashionMNIST/raw/train-images-idx3-ubyte.gz", b"not gzip at all"),
     ("STL10", "stl10_binary/train_X.bin", bytes(1000)),
     ("CIFAR100", "cifar-100-python/train", b"not a pickle"),

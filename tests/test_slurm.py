@@ -35,6 +35,10 @@ from conftest import REPO, child_env, needs_fmnist
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 STATE = Path(os.environ.get("LOCALLEARN_SLURM_STATE", "/tmp/locallearn-slurm"))
 
+# One cluster per machine: with parallel workers (tests/conftest.py) every test of this
+# module runs on the same worker, so the cluster is brought up and down once, by one.
+pytestmark = pytest.mark.xdist_group("slurm")
+
 # The values a site changes in the profile (see docs/cluster.md),
 # set for the test cluster, and status polling fast enough for seconds-long jobs.
 SITE_ARGS = [
@@ -147,7 +151,7 @@ def _snakemake(workdir: Path, args: list[str], env: dict | None = None, timeout:
 
 def _job_env() -> dict:
     # the jobs must get their GPU from SLURM, not from a stray setting of ours
-    return child_env(drop=("CUDA_VISIBLE_DEVICES",))
+    return child_env(drop=("CUDA_VISIBLE_DEVICES",), slurm=True)
 
 
 def _slurm_log_ids(workdir: Path) -> dict[str, list[str]]:

@@ -533,27 +533,44 @@ def committed_clone(dest: Path) -> None:
     shutil.copy(REPO / "README.md", dest / "README.md")
 
 
-def test_committed_results_regenerate_the_readme_byte_for_byte(tmp_path):
+def made_files(root: Path) -> dict[str, bytes]:
+    """What the tables target and `locallearn tables` write: the README, the tables, the figures."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in
+            [root / "README.md", *sorted((root / "results" / "full" / "tables").rglob("*.md")),
+             *sorted((root / "results" / "full" / "figures").rglob("*.png"))]}
+
+
+@pytest.fixture(scope="module")
+def committed_tables(tmp_path_factory):
+    """A fresh clone's results (committed_clone) after one `snakemake --cores 1 tables`,
+    shared by the tests that read what that first run made: (its folder, the finished
+    process, made_files as the run left them). Only
+    test_tables_target_makes_the_committed_runs_browsable runs the target there again."""
+    root = tmp_path_factory.mktemp("committed-tables")
+    committed_clone(root)
+    (root / "workflow").symlink_to(REPO / "workflow")      # the CLI's defaults, as in a checkout
+    r = snakemake(root, "--cores", "1", "tables")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root, r, made_files(root)
+
+
+def test_committed_results_regenerate_the_readme_byte_for_byte(committed_tables):
     """The README's tables, and results/full/tables/*.md, are exactly what `snakemake
     tables` makes of the committed metrics.json files (results/full/runs), and nothing else."""
-    committed_clone(tmp_path)
-    r = snakemake(tmp_path, "--cores", "1", "tables")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text()
+    _, _, made = committed_tables
+    assert made["README.md"] == (REPO / "README.md").read_bytes()
     tables_dir = Path("results") / "full" / "tables"
     for md in sorted((REPO / tables_dir).glob("*.md")):    # and the committed table files
-        assert (tmp_path / tables_dir / md.name).read_text() == md.read_text(), md.name
+        assert made[(tables_dir / md.name).as_posix()].decode() == md.read_text(), md.name
 
 
-def test_tables_target_makes_the_committed_runs_browsable(tmp_path):
+def test_tables_target_makes_the_committed_runs_browsable(committed_tables):
     """A fresh clone holds only the runs' metrics.json: `snakemake --cores 1 tables`
     mirrors each into results/full's MLflow store (one FINISHED run per cell x seed, the
     whole history); running it again changes nothing."""
     from mlflow import MlflowClient
-    committed_clone(tmp_path)
+    tmp_path, r, _ = committed_tables
     committed = sorted((tmp_path / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
-    r = snakemake(tmp_path, "--cores", "1", "tables")
-    assert r.returncode == 0, r.stderr[-3000:]
     full = tmp_path / "results" / "full"
     assert f"browse: mlflow ui --backend-store-uri sqlite:///{full / 'mlflow.db'}" in r.stdout
     client = MlflowClient(f"sqlite:///{full / 'mlflow.db'}")
@@ -661,29 +678,19 @@ def test_a_grid_without_the_quick_rows(tmp_path):
     assert r.returncode == 0 and job_counts(r.stdout)["train"] == 4
 
 
-def test_locallearn_tables_writes_what_the_tables_target_writes(tmp_path):
+def test_locallearn_tables_writes_what_the_tables_target_writes(committed_tables, tmp_path):
     """`locallearn tables --results results/full --readme README.md`, from the
     repository root, makes the same README, tables and figures as `snakemake --cores 1
     tables`, byte for byte: both call locallearn.report.steps.refresh with the same arguments
-    (the target then also mirrors the runs into MLflow)."""
-    made = {}
-    for how in ("snakemake", "cli"):
-        root = tmp_path / how
-        for m in sorted((REPO / "results" / "full" / "runs").glob("*/seed*/metrics.json")):
-            dest = root / m.relative_to(REPO)
-            dest.parent.mkdir(parents=True)
-            shutil.copy(m, dest)
-        shutil.copy(REPO / "README.md", root / "README.md")
-        (root / "workflow").symlink_to(REPO / "workflow")      # the CLI's defaults, as in a checkout
-        if how == "snakemake":
-            r = snakemake(root, "--cores", "1", "tables")
-        else:
-            r = subprocess.run([sys.executable, "-m", "locallearn", "tables", "--results", "results/full",
-                                "--readme", "README.md"], cwd=root, env=child_env(), capture_output=True, text=True)
-        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-        made[how] = {p.relative_to(root).as_posix(): p.read_bytes() for p in
-                     [root / "README.md", *sorted((root / "results" / "full" / "tables").rglob("*.md")),
-                      *sorted((root / "results" / "full" / "figures").rglob("*.png"))]}
+    (the target then also mirrors the runs into MLflow). The target's side: committed_tables."""
+    made = {"snakemake": committed_tables[2]}
+    root = tmp_path / "cli"
+    committed_clone(root)
+    (root / "workflow").symlink_to(REPO / "workflow")      # the CLI's defaults, as in a checkout
+    r = subprocess.run([sys.executable, "-m", "locallearn", "tables", "--results", "results/full",
+                        "--readme", "README.md"], cwd=root, env=child_env(), capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    made["cli"] = made_files(root)
     assert sorted(made["cli"]) == sorted(made["snakemake"])
     for name, data in made["snakemake"].items():
         assert made["cli"][name] == data, name

@@ -327,7 +327,16 @@ def pipeline_stages(config: dict, rows: list[dict]) -> dict[str, int]:
 def train_config(args: list[str]):
     """`locallearn train <args>` parsed as the trainer parses it, before its checks (which
     flags_problem runs, naming the cell): what run_state compares with a folder's records."""
-    return build_parser().parse_args(args)
+    # One parser for every call: building it is most of the time a grid's plan takes
+    # (~400 recipes parsed per Snakemake command). The copy keeps the parser's default
+    # lists out of the caller's hands.
+    global _TRAIN_PARSER
+    if _TRAIN_PARSER is None:
+        _TRAIN_PARSER = build_parser()
+    return copy.deepcopy(_TRAIN_PARSER.parse_args(args))
+
+
+_TRAIN_PARSER = None
 
 
 @dataclass
