@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,6 +50,23 @@ def pytest_cmdline_main(config):
         opt.numprocesses = WORKERS
     if opt.numprocesses and opt.dist == "no":
         opt.dist = "loadgroup"
+
+
+# ------------------------------------------------------------------ the suite's budget
+
+BUDGET_S = {"full": 20 * 60, "fast": 5 * 60}   # docs/testing.md: the whole suite; -m "not slow"
+_started = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The suite's wall time against its budget (docs/testing.md), one line at the end:
+    20 minutes for the whole suite, 5 for the fast tier (-m "not slow")."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    tier = "fast" if config.getoption("markexpr", "").replace(" ", "") == "notslow" else "full"
+    took = time.monotonic() - _started
+    terminalreporter.write_line(f"locallearn tests ({tier} tier): {took:.0f} s of the {BUDGET_S[tier]} s budget "
+                                f"({took / BUDGET_S[tier]:.0%}; docs/testing.md)")
 
 
 # ------------------------------------------------------------------ child processes
