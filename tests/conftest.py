@@ -33,6 +33,7 @@ needs_fmnist = pytest.mark.skipif(not (FMNIST_DEBIAN / "train-images-idx3-ubyte.
 # ------------------------------------------------------------------ parallel workers
 
 WORKERS = int(os.environ.get("LOCALLEARN_TEST_WORKERS", "2"))
+ONE_WORKER_MODULES = ("tests/test_slurm.py",)   # a machine has one SLURM cluster
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -41,15 +42,34 @@ def pytest_cmdline_main(config):
     pytest-xdist is installed (the dev extra): most of the suite's time is child processes
     (snakemake, training) that use one core, and the machine has two. Each worker's torch
     uses one thread (above). `-n N` (`-n 0`: one process) or LOCALLEARN_TEST_WORKERS
-    choose otherwise; --pdb and --collect-only run in one process. The tests of one
-    xdist_group (the SLURM cluster's) share a worker (--dist loadgroup)."""
+    choose otherwise; --pdb and --collect-only run in one process. The SLURM tests share
+    one worker (below)."""
     opt = config.option
-    if not hasattr(opt, "numprocesses") or os.environ.get("PYTEST_XDIST_WORKER"):
-        return   # no pytest-xdist, or this is a worker
+    if not hasattr(opt, "numprocesses"):
+        return   # no pytest-xdist
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return   # a worker
     if opt.numprocesses is None and WORKERS > 1 and not opt.usepdb and not opt.collectonly:
         opt.numprocesses = WORKERS
     if opt.numprocesses and opt.dist == "no":
         opt.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under --dist loadgroup, the tests of ONE_WORKER_MODULES run on one worker, one
+    after another, and every other test wherever a worker is free. (xdist's own
+    loadgroup marks a group by editing `item._nodeid`, which pytest 9 no longer reads,
+    so its xdist_group marks group nothing.)"""
+    if config.option.dist != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerForTheCluster(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+    return OneWorkerForTheCluster(config, log)
 
 
 # ------------------------------------------------------------------ the suite's budget
@@ -227,3 +247,4 @@ def head_forward_macs(model, x) -> float:
             model(x, y, F.one_hot(y, model.num_classes).float(), local=local)
         counts.append(fc.get_total_flops() / 2 / x.shape[0])
     return counts[0] - counts[1]
+

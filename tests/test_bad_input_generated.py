@@ -639,6 +639,7 @@ def tracking_uris(draw) -> tuple[str, str]:
 
 @cases(20)
 @given(uri=tracking_uris())
+@pytest.mark.slow
 def test_generated_tracking_uris(data, uri):
     from locallearn.track import mlstore
     from unittest import mock

@@ -43,6 +43,7 @@ def rows(out: str) -> dict[str, dict]:
                    "err": float(m[5])} for m in ROW.findall(out)}
 
 
+@pytest.mark.slow
 def test_bench_prints_every_path(data_dir):
     out = bench(data_dir, "--threads", "2")
     got = rows(out)
@@ -54,6 +55,7 @@ def test_bench_prints_every_path(data_dir):
     assert "512 images/epoch, device cpu, threads 2, precision fp32, best of 1 epoch(s)" in out
 
 
+@pytest.mark.slow
 def test_bench_pipeline_against_one_process(data_dir):
     # One thread for the single process too: float32 reductions split over 2 threads
     # are summed in another order, and the two runs would drift apart by rounding.

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^(\S+) +([\d.]+) +(\d+) +([\d.]+) +([\d.]+)x +([\d.]+)$", re.M)
 RECIPE = ["--model", "resnet32", "--method", "dgl", "--local-modules", "4", "--dataset", "CIFAR10", "--synthetic",
@@ -18,6 +20,7 @@ RECIPE = ["--model", "resnet32", "--method", "dgl", "--local-modules", "4", "--d
           "--nesterov", "--lr", "0.05", "--device", "cpu", "--threads", "1"]
 
 
+@pytest.mark.slow
 def test_bench_times_modulewise_against_fused():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-m", "locallearn", "bench", *RECIPE, "--paths", "modulewise", "fused"],

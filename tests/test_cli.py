@@ -212,6 +212,7 @@ def test_train_help_examples_run_the_recipes_they_name():
     assert quick.device == "cpu" and quick.epochs <= 2 and "--resume" in commands[2]
 
 
+@pytest.mark.slow
 def test_train_prints_a_start_up_line(tmp_path):
     """A tiny real run: the first line says version, network, device, precision,
     parameter counts, data folder with split sizes, and output folder, before epoch 1."""

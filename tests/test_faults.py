@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, child_env, needs_fmnist
 from locallearn.train import trainer as train_mod
 from locallearn.recipe.config import parse_train_args
@@ -69,6 +71,7 @@ KILLS = [
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_kill_anywhere_then_rerun_is_exact(tmp_path):
     import mlflow.tracking
     import torch
@@ -131,6 +134,7 @@ def test_kill_anywhere_then_rerun_is_exact(tmp_path):
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_killed_at_random_moments_then_rerun_is_exact(tmp_path):
     """SIGKILL at seeded random moments (start-up, data, epochs, checkpoints, MLflow,
     metrics.json), a rerun of the same command after each. In rounds: each round is one

@@ -23,8 +23,9 @@ COMMITTED = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist
 FMNIST_MLP = "select={datasets: [FashionMNIST], models: [mlp]}"
 HAS_SLURM_PLUGIN = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
-                                reason="needs git and a git checkout of the repository")
+pytestmark = [pytest.mark.slow,   # every test clones the repository and runs the workflow
+              pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
+                                 reason="needs git and a git checkout of the repository")]
 
 
 def git_clone(dest: Path) -> Path:

@@ -21,6 +21,7 @@ SELECT = ["mnist-mlp-pred", "fmnist-mlp-pred", "stl10-vgg8b-predsim", "stl10-vgg
           "cifar100-vgg8b-sim"]
 
 
+@pytest.mark.slow
 def test_grid_times_each_distinct_network_once(tmp_path, capsys):
     assert cli_grid_bench(["--cells", str(CELLS), "--select", *SELECT, "--scale", "0.05", "--steps", "2", "--device", "cpu",
                      "--results", str(tmp_path)]) == 0

@@ -116,6 +116,7 @@ def test_float32_path_tracks_float64():
     assert float((d32 - d64).norm() / d64.norm()) <= 1e-2
 
 
+@pytest.mark.slow
 def test_golden_cases_hold_on_other_cpu_kernels():
     """The comparison does not depend on the CPU's kernels: two cases again with ATen's
     kernels forced to their portable build (ATEN_CPU_CAPABILITY=default), oneDNN held to

@@ -65,6 +65,7 @@ def _runs(uri: str, experiment: str) -> list[dict]:
     return r.json().get("runs", [])
 
 
+@pytest.mark.slow
 def test_unauthenticated_requests_are_refused(server):
     _, uri = server
     search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"

@@ -82,6 +82,7 @@ def seed_readme_commands() -> list[list[str]]:
     return [b + v for b in base for v in variants]
 
 
+@pytest.mark.slow
 def test_seed_readme_recipes_all_parse():
     cmds = seed_readme_commands()
     assert len(cmds) == 5 * 6

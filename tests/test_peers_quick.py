@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import needs_fmnist
 from test_workflow import job_counts, snakemake
 
@@ -16,6 +18,7 @@ CELLS = ["fmnist-resnet32-k1-bp", "fmnist-resnet32-k16-dgl", "fmnist-resnet32-k1
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_peers_quick_end_to_end(tmp_path):
     r = snakemake(tmp_path, "--cores", "2", "peers_quick", timeout=900)
     assert r.returncode == 0, r.stderr[-5000:]

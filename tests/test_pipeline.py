@@ -96,6 +96,7 @@ def strip(history):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_pipeline_equals_sequential(tmp_path, case):
     flags, stages, n = CASES[case]
     seq = train_mod.run(cfg_for(tmp_path, flags, "seq", n))
@@ -140,6 +141,7 @@ def test_balance_minimises_slowest_stage():
         check_config(parse_train_args(VGG + ["--pipeline-stages", "8"]))
 
 
+@pytest.mark.slow
 def test_resume_of_killed_pipeline_equals_uninterrupted_sequential(tmp_path, monkeypatch):
     flags, n = MLP + ["--loss-sup", "predsim"], 200
     seq = train_mod.run(cfg_for(tmp_path, flags, "seq", n, "--epochs", "2"))
@@ -160,6 +162,7 @@ def test_resume_of_killed_pipeline_equals_uninterrupted_sequential(tmp_path, mon
     assert_same_as_sequential(tmp_path / "seq", tmp_path / "pipe", 2)
 
 
+@pytest.mark.slow
 def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch, capfd):
     """The same run folder and loop: the start-up line, curve.png, the same MLflow
     artifacts, and a full disk in one stage reported as a sequential run reports it (not
@@ -209,6 +212,7 @@ def test_layer_times_leave_the_model_untouched():
     assert len(split_layers(model, times, 3)) == 3
 
 
+@pytest.mark.slow
 def test_two_torchrun_nodes_make_one_pipeline(tmp_path):
     """The several-machines launch of the README, on one machine: two torchrun "nodes"
     (one stage each) meet through the c10d rendezvous and make the sequential run's

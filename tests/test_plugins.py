@@ -99,6 +99,7 @@ def run(env, *args, cwd=REPO, timeout=300):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_the_bad_entry_points_are_one_line_each_and_the_others_work(plugin):
     _, _, env = plugin
     r = run(env, "-m", "locallearn", "describe", "--method", "dgl", "--model", "resnet32", "--dataset", "CIFAR10")
@@ -115,6 +116,7 @@ def test_the_bad_entry_points_are_one_line_each_and_the_others_work(plugin):
         "locallearn: error: --method broken: plugin 'broken' (distribution llplug-probe 0.3")
 
 
+@pytest.mark.slow
 def test_a_plugin_method_trains_is_described_and_records_its_package(plugin, tmp_path):
     _, _, env = plugin
     out = tmp_path / "run"
@@ -159,6 +161,7 @@ def test_a_plugin_method_fills_a_grid_row_and_the_tables(plugin, tmp_path):
     assert "probe" in readme and "not run" not in readme, readme
 
 
+@pytest.mark.slow
 def test_a_plugin_method_passes_every_check_the_built_in_ones_pass(plugin):
     """tests/test_method_contract.py, run where the plugin is installed: its tests are
     parametrized by the registry's names, so the plugin's are there without a line written."""

@@ -110,6 +110,7 @@ def test_train_config_never_holds_a_uri_password(monkeypatch):
     assert os.environ[PASSWORD_VAR] == "secret"
 
 
+@pytest.mark.slow
 def test_documented_tracking_server_config_is_accepted(tmp_path):
     """The form the slurm profile and .ci/mlflow-server.sh tell users is accepted by
     the config schema (the old `mlflow_uri=` was not)."""

@@ -36,8 +36,9 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 STATE = Path(os.environ.get("LOCALLEARN_SLURM_STATE", "/tmp/locallearn-slurm"))
 
 # One cluster per machine: with parallel workers (tests/conftest.py) every test of this
-# module runs on the same worker, so the cluster is brought up and down once, by one.
-pytestmark = pytest.mark.xdist_group("slurm")
+# module runs on the same worker (ONE_WORKER_MODULES), so the cluster is brought up and
+# down once, by one.
+pytestmark = pytest.mark.slow
 
 # The values a site changes in the profile (see docs/cluster.md),
 # set for the test cluster, and status polling fast enough for seconds-long jobs.

@@ -264,6 +264,7 @@ def tables_cli(*args: str) -> int:
                  "--workflow-config", str(REPO / "workflow" / "config" / "config.yaml"), *args])
 
 
+@pytest.mark.slow
 def test_cli_tables_refresh(tmp_path, capsys):
     results = tmp_path / "results" / "full"
     shutil.copytree(FIXTURES / "runs", results / "runs")

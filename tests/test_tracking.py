@@ -244,6 +244,7 @@ def test_cli_init(tmp_path, capsys, monkeypatch):
         cli_init(["--experiment", EXPERIMENT])
 
 
+@pytest.mark.slow
 def test_unreachable_server_fails_fast(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
@@ -280,6 +281,7 @@ def run_jobs(uri: str, tmp_path: Path, n: int, epochs: int) -> None:
         assert_steps(client, run.info.run_id, epochs)
 
 
+@pytest.mark.slow
 def test_concurrent_sqlite(tmp_path):
     run_jobs(sqlite_uri(tmp_path), tmp_path, n=8, epochs=20)
 
@@ -312,6 +314,7 @@ def killed_mid_migration(how: str, uri: str) -> None:
     assert r.returncode == -9, (r.returncode, r.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_a_store_killed_while_being_created_is_created_again(tmp_path):
     """The store appears whole or not at all: a kill mid-migration leaves no database
     (only the side file), and the next run creates it and logs."""
@@ -368,6 +371,7 @@ def mlflow_ui(tmp_path: Path, backend: str, artifacts: Path):
         log.close()
 
 
+@pytest.mark.slow
 def test_concurrent_server(tmp_path):
     with mlflow_server_in(tmp_path / "server") as uri:
         run_jobs(uri, tmp_path, n=4, epochs=10)
@@ -421,6 +425,7 @@ def test_tags_of_a_metrics_json_without_environment():
     assert records.mlflow_tags({**doc, "device": "cuda:0"})["env.device"] == "cuda:0"
 
 
+@pytest.mark.slow
 def test_system_metrics_when_switched_on(tmp_path, monkeypatch, caplog):
     """MLflow's psutil sampler logs system/* metrics while the run is open (CPU here; the
     run says it is on CUDA without nvidia-ml-py, and gets the one line that says so)."""
@@ -488,6 +493,7 @@ def store_dump(uri: str) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_sync_mirrors_the_committed_runs_idempotently(tmp_path):
     """`locallearn tracking sync results/full` on a copy of the committed runs: one
     FINISHED run per cell x seed with the whole history, the recipe, the tags and both
@@ -548,6 +554,7 @@ def test_sync_continues_a_run_logged_live(tmp_path):
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+@pytest.mark.slow
 def test_a_synced_store_works_after_the_folder_moves(tmp_path):
     """Sync, move the whole preset folder, serve it with `mlflow ui`: runs, metrics and
     artifacts all there (no absolute path was stored)."""
@@ -572,6 +579,7 @@ def test_a_synced_store_works_after_the_folder_moves(tmp_path):
         assert len(client.get_metric_history(run.info.run_id, "test_error")) == 200
 
 
+@pytest.mark.slow
 def test_synced_runs_carry_the_trainings_times(tmp_path):
     """A synced run starts and ends when its training did: from metrics.json's
     started_at and finished_at, or, for the committed runs that predate those fields,

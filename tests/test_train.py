@@ -47,6 +47,7 @@ def test_lr_schedule():
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_real_run_learns_and_resume_is_exact(tmp_path, monkeypatch):
     full = train_mod.run(recipe(tmp_path, "full"))
     assert full["epochs"] == 3 and len(full["history"]) == 3
@@ -96,6 +97,7 @@ def test_real_run_learns_and_resume_is_exact(tmp_path, monkeypatch):
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_cli_one_line_error_and_bf16(tmp_path):
     r = subprocess.run([sys.executable, "-m", "locallearn", "train", "--model", "resnet99"],
                        capture_output=True, text=True)
@@ -128,6 +130,7 @@ def test_run_leases_a_gpu_unless_a_scheduler_chose(tmp_path, monkeypatch):
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_live_run_explains_itself_in_mlflow(tmp_path, monkeypatch):
     """A run logged live carries the environment it ran in (resolved device, CPU model,
     threads, precision) as env.* tags and in metrics.json, the same record a later

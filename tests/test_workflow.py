@@ -287,6 +287,7 @@ def job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
 
 
+@pytest.mark.slow
 def test_dry_run_schedules_one_train_job_per_cell_and_seed(tmp_path):
     r = snakemake(tmp_path, "-n")
     assert r.returncode == 0, r.stderr + r.stdout
@@ -448,6 +449,7 @@ def test_pipeline_stages_config():
         plan.load_config(overrides={"pipeline_stages": {"fmnist-mlp-pred": 0}})
 
 
+@pytest.mark.slow
 def test_dry_run_asks_pipelined_cells_for_s_gpus_and_threads(tmp_path):
     r = snakemake(tmp_path, "-n", "--cores", "16", "--config", "select={cells: [cifar10-vgg11b-x3-pred]}",
                   "pipeline_stages={cifar10-vgg11b-x3-*: 4}", "train={threads: 3, gpu: 1}")
@@ -465,6 +467,7 @@ def test_budget_flags_replace_the_recipe_values():
     assert plan.with_flags(args, []) == args
 
 
+@pytest.mark.slow
 def test_tables_target_compiles_existing_runs_without_training(tmp_path):
     shutil.copytree(REPO / "tests" / "fixtures" / "runs", tmp_path / "results" / "full" / "runs")
     readme = tmp_path / "README.md"
@@ -481,6 +484,7 @@ def test_tables_target_compiles_existing_runs_without_training(tmp_path):
     assert not (tmp_path / "results" / "full" / "runs" / "mnist-mlp-backprop").exists()
 
 
+@pytest.mark.slow
 def test_report_holds_tables_scatter_every_curve_and_runtimes(tmp_path):
     """`snakemake --report report.html` after a run: the tables, the scatter and every
     cell's learning curve and per-layer figure (categorised by dataset), with each job's
@@ -554,6 +558,7 @@ def committed_tables(tmp_path_factory):
     return root, r, made_files(root)
 
 
+@pytest.mark.slow
 def test_committed_results_regenerate_the_readme_byte_for_byte(committed_tables):
     """The README's tables, and results/full/tables/*.md, are exactly what `snakemake
     tables` makes of the committed metrics.json files (results/full/runs), and nothing else."""
@@ -564,6 +569,7 @@ def test_committed_results_regenerate_the_readme_byte_for_byte(committed_tables)
         assert made[(tables_dir / md.name).as_posix()].decode() == md.read_text(), md.name
 
 
+@pytest.mark.slow
 def test_tables_target_makes_the_committed_runs_browsable(committed_tables):
     """A fresh clone holds only the runs' metrics.json: `snakemake --cores 1 tables`
     mirrors each into results/full's MLflow store (one FINISHED run per cell x seed, the
@@ -633,6 +639,7 @@ def _committed_run(dest: Path, cell: str = "fmnist-mlp-pred") -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_finished_runs_are_never_jobs_and_a_changed_recipe_is_set_aside_first(tmp_path):
     run = _committed_run(tmp_path)
     os.utime(run / "metrics.json", (1, 1))                  # older than every script and input
@@ -656,6 +663,7 @@ def test_finished_runs_are_never_jobs_and_a_changed_recipe_is_set_aside_first(tm
                                                      / "seed1.replaced").exists()
 
 
+@pytest.mark.slow
 def test_a_grid_without_the_quick_rows(tmp_path):
     """A custom grid (config cells) without Fashion-MNIST: `all` and `tables` work; only
     `quick`, which trains the Fashion-MNIST mlp rows by default, says what it needs."""
@@ -678,6 +686,7 @@ def test_a_grid_without_the_quick_rows(tmp_path):
     assert r.returncode == 0 and job_counts(r.stdout)["train"] == 4
 
 
+@pytest.mark.slow
 def test_locallearn_tables_writes_what_the_tables_target_writes(committed_tables, tmp_path):
     """`locallearn tables --results results/full --readme README.md`, from the
     repository root, makes the same README, tables and figures as `snakemake --cores 1
@@ -697,6 +706,7 @@ def test_locallearn_tables_writes_what_the_tables_target_writes(committed_tables
     assert made["cli"]["README.md"] == (REPO / "README.md").read_bytes()
 
 
+@pytest.mark.slow
 def test_peers_target_outside_all(tmp_path):
     """The field's grid (issue 26): `snakemake -n peers` lists its 42 cells x seeds,
     each job's recipe with its held-out split; `all` does not include them."""
