@@ -231,6 +231,21 @@ def test_file_that_cannot_be_parsed(name, rel, content, data_dir):
     assert "cannot read" in str(excinfo.value) or "hold images" in str(excinfo.value)
 
 
+
+@pytest.mark.parametrize("header", [
+    b"\0\0\x08\x03" + (9).to_bytes(4, "big") + (1).to_bytes(4, "big") * 2,   # 3-D images, 9 x 1 x 1
+    b"\0\0\x0d\x01" + (9).to_bytes(4, "big"),                                  # 1-D float32 (type 0x0D)
+], ids=["images-header", "float-header"])
+def test_an_idx_file_of_another_kind_is_named(header, data_dir):
+    """A labels file whose IDX header says another shape or type is refused for what it
+    is, even where its length happens to fit 9 uint8 labels."""
+    write_fake("MNIST", data_dir)
+    rel = "MNIST/raw/train-labels-idx1-ubyte.gz"
+    (data_dir / rel).write_bytes(gzip.compress(header + bytes(17 - len(header)), mtime=0))
+    datasets.accept_custom_files(data_dir, [rel])
+    with pytest.raises(DatasetError, match="not an IDX file of 1-D uint8 data"):
+        load_split("MNIST", data_dir, True)
+
 def test_labels_out_of_range(data_dir):
     write_fake("STL10", data_dir)
     (data_dir / "stl10_binary/test_y.bin").write_bytes(bytes([11]) * 20)

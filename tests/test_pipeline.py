@@ -120,6 +120,19 @@ def test_refuses_backprop_and_no_detach(tmp_path):
             train_mod.run(parse_train_args(MLP + extra + ["--out", str(tmp_path / "x")]))
 
 
+
+def test_a_stage_refuses_a_torchrun_of_another_size(monkeypatch):
+    """Under torchrun, each stage process first checks that torchrun started
+    --pipeline-stages processes, and says how to start it right (before any data or
+    peer is touched). A unit test, so that the fast tier reaches the launch module."""
+    from locallearn.train.stagelaunch import run_stage
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    cfg = parse_train_args(MLP + ["--loss-sup", "predsim", "--pipeline-stages", "2"])
+    with pytest.raises(ConfigError, match=r"--pipeline-stages 2 but torchrun started 3 processes "
+                                          r"\(use --nproc-per-node 2 on one node, or nodes x nproc = 2\)"):
+        run_stage(cfg)
+
 def test_balance_minimises_slowest_stage():
     assert balance([1, 1, 1, 1], 2) == [(0, 2), (2, 4)]
     assert balance([8, 1, 1, 1, 1], 2) == [(0, 1), (1, 5)]

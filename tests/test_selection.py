@@ -75,3 +75,16 @@ def test_run_records_three_errors_in_metrics_and_mlflow(tmp_path):
                 "head_params"):
         assert run.data.metrics[key] == on_disk[key]
     assert len(client.get_metric_history(run.info.run_id, "val_error")) == 3
+
+
+def test_a_number_is_an_int_or_float_not_a_bool_nor_nan():
+    """The one rule of what a recorded number is (runs/runstate.is_number), by hand: a NaN
+    validation error (a held-out pass that diverged) never selects an epoch, and a NaN
+    recorded error counts as no error."""
+    from locallearn.runs.runstate import is_number
+    values = (0, 3, 2.5, float("inf"), True, False, float("nan"), "3", None, [1])
+    assert [is_number(v) for v in values] == [True, True, True, True, False, False, False, False, False, False]
+    history = [{"epoch": 1, "test_error": 20.0, "val_error": float("nan")},
+               {"epoch": 2, "test_error": 15.0, "val_error": 14.0}]
+    assert reported_errors(history)["val_selected_epoch"] == 2
+    assert error_of({"test_error": float("nan")}, "test_error") is None

@@ -639,7 +639,6 @@ def _committed_run(dest: Path, cell: str = "fmnist-mlp-pred") -> Path:
     return run
 
 
-@pytest.mark.slow
 def test_finished_runs_are_never_jobs_and_a_changed_recipe_is_set_aside_first(tmp_path):
     run = _committed_run(tmp_path)
     os.utime(run / "metrics.json", (1, 1))                  # older than every script and input
