@@ -68,6 +68,9 @@ start)
         allowed="$allowed,$name:$port,$(hostname):$port"
         [[ $host != 0.0.0.0 ]] && allowed="$allowed,$host:$port"
     fi
+    # MLflow's server jobs (its GenAI job runner: five huey consumer processes, ~20 s of
+    # CPU at each start) serve nothing locallearn logs; off unless the caller turns them on.
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
     setsid mlflow server "${auth[@]}" \
         --backend-store-uri "sqlite:///$dir/mlflow.db" \
         --artifacts-destination "$dir/artifacts" --serve-artifacts \

@@ -33,7 +33,9 @@ needs_fmnist = pytest.mark.skipif(not (FMNIST_DEBIAN / "train-images-idx3-ubyte.
 # ------------------------------------------------------------------ parallel workers
 
 WORKERS = int(os.environ.get("LOCALLEARN_TEST_WORKERS", "2"))
-ONE_WORKER_MODULES = ("tests/test_slurm.py",)   # a machine has one SLURM cluster
+# Modules whose tests run on one worker, one after another: a machine has one SLURM
+# cluster; the authenticated server of test_mlflow_auth.py is started once, not per worker.
+ONE_WORKER_MODULES = ("tests/test_slurm.py", "tests/test_mlflow_auth.py")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -57,20 +59,28 @@ def pytest_cmdline_main(config):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """Under --dist loadgroup, the tests of ONE_WORKER_MODULES run on one worker, one
-    after another, and every other test wherever a worker is free. (xdist's own
-    loadgroup marks a group by editing `item._nodeid`, which pytest 9 no longer reads,
+    """Under --dist loadgroup, the tests of each of ONE_WORKER_MODULES run on one worker,
+    one after another (such a unit is handed out first), and every other test wherever a
+    worker is free. (xdist's own loadgroup marks a group by editing `item._nodeid`, which pytest 9 no longer reads,
     so its xdist_group marks group nothing.)"""
     if config.option.dist != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class OneWorkerForTheCluster(LoadScopeScheduling):
+    class OneWorkerModules(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
             return module if module in ONE_WORKER_MODULES else nodeid
-    return OneWorkerForTheCluster(config, log)
+    return OneWorkerModules(config, log)
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """On the workers, the slow tests first (in file order; the rest after, in file order):
+    the longest tests start early and the short ones fill the end, so the two workers
+    finish together. A run in one process keeps the file order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 # ------------------------------------------------------------------ the suite's budget
 

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import child_env, needs_fmnist, snakemake, snakemake_cmd
 
-BUDGET = "quick={epochs: 3, max_train_examples: 1500, max_test_examples: 500}"
+BUDGET = "quick={epochs: 2, max_train_examples: 1000, max_test_examples: 500}"   # 2 epochs: a checkpoint before the end
 CELLS = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist-mlp-predsim"]
 
 
