@@ -61,8 +61,8 @@ def pytest_cmdline_main(config):
 def pytest_xdist_make_scheduler(config, log):
     """Under --dist loadgroup, the tests of each of ONE_WORKER_MODULES run on one worker,
     one after another (such a unit is handed out first), and every other test wherever a
-    worker is free. (xdist's own loadgroup marks a group by editing `item._nodeid`, which pytest 9 no longer reads,
-    so its xdist_group marks group nothing.)"""
+    worker is free. (xdist's own loadgroup marks a group by editing `item._nodeid`,
+    which pytest 9 no longer reads, so its xdist_group marks group nothing.)"""
     if config.option.dist != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
