@@ -74,13 +74,13 @@ def pytest_xdist_make_scheduler(config, log):
     return OneWorkerModules(config, log)
 
 
-
 def pytest_collection_modifyitems(config, items):
     """On the workers, the slow tests first (in file order; the rest after, in file order):
     the longest tests start early and the short ones fill the end, so the two workers
     finish together. A run in one process keeps the file order."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 # ------------------------------------------------------------------ the suite's budget
 
