@@ -1,8 +1,9 @@
-"""`snakemake peers_quick` (issue 26) on the real Fashion-MNIST: every method of the
-field's grid (the ResNet-32 rows of workflow/config/peers.tsv: BP, DGL, PredSim,
-InfoPro, AugLocal d=1/3/5) at its tiny budget (config peers_quick: 1 epoch, 512
-training examples of which 128 held out, 256 test examples), with its own tables;
-the three errors and the heads' cost in every metrics.json, MLflow and the tables."""
+"""`snakemake peers_quick` (issues 26, 34) on the real Fashion-MNIST: every method of the
+field's grid (the ResNet-32 CIFAR-10 rows of workflow/config/peers.tsv: BP, DGL, PredSim,
+InfoPro, AugLocal d=1/2/3/5, trained whole, and BP's holdout row) at its tiny budget
+(config peers_quick: 1 epoch, 512 training examples, of which the holdout row holds 48
+out, 256 test examples), with its own tables; the errors and the heads' cost in every
+metrics.json, MLflow and the tables, each row under its protocol."""
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ import pytest
 from conftest import needs_fmnist
 from test_workflow import job_counts, snakemake
 
-CELLS = ["fmnist-resnet32-k1-bp", "fmnist-resnet32-k16-dgl", "fmnist-resnet32-k16-predsim",
-         "fmnist-resnet32-k16-infopro", "fmnist-resnet32-k16-auglocal-d1", "fmnist-resnet32-k16-auglocal-d3",
-         "fmnist-resnet32-k16-auglocal-d5"]
+CELLS = ["fmnist-resnet32-k1-bp", "fmnist-resnet32-k1-bp-holdout", "fmnist-resnet32-k16-dgl",
+         "fmnist-resnet32-k16-predsim", "fmnist-resnet32-k16-infopro", "fmnist-resnet32-k16-auglocal-d1",
+         "fmnist-resnet32-k16-auglocal-d2", "fmnist-resnet32-k16-auglocal-d3", "fmnist-resnet32-k16-auglocal-d5"]
 
 
 @needs_fmnist
@@ -26,14 +27,19 @@ def test_peers_quick_end_to_end(tmp_path):
     out = tmp_path / "results" / "peers-quick"
     metrics = {c: json.loads((out / "runs" / c / "seed1" / "metrics.json").read_text()) for c in CELLS}
     for c, m in metrics.items():
-        assert m["epochs"] == 1 and m["config"]["dataset"] == "FashionMNIST" and m["config"]["val_examples"] == 128
-        assert m["val_split"]["examples"] == 128 and m["val_split"]["of"] == 512
-        assert m["best_test_error"] == m["test_error"] == m["val_selected_test_error"]   # one epoch: all three
-        assert (m["head_params"] == 0) == (c == "fmnist-resnet32-k1-bp")
+        held = c.endswith("-holdout")
+        assert m["epochs"] == 1 and m["config"]["dataset"] == "FashionMNIST"
+        assert m["config"]["val_examples"] == (48 if held else 0)
+        assert (m.get("val_split") or {}).get("examples") == (48 if held else None)
+        assert m["best_test_error"] == m["test_error"]                       # one epoch
+        assert (m["val_selected_test_error"] == m["test_error"]) if held else m.get("val_selected_test_error") is None
+        assert m["config"]["crop_fill"] == "reflect" and m["config"].get("pixel_mean") is None   # CIFAR-10's crop only
+        assert (m["head_params"] == 0) == c.startswith("fmnist-resnet32-k1-bp")
     summary = (out / "tables" / "summary.md").read_text()
-    assert summary.count("budget run (not compared)") == len(CELLS) and "Validation-selected" in summary
+    assert summary.count("budget run (not compared)") == len(CELLS)
+    assert summary.count("holdout (validation-selected)") == 1 and summary.count("whole (best test epoch)") == 8
     readme = (out / "README.md").read_text()
-    assert "AugLocal d=3" in readme and "### Cost" in readme and "[1/400 ep, 512 train ex, 256 test ex]" in readme
+    assert "AugLocal d=2" in readme and "### Cost" in readme and "[1/400 ep, 512 train ex, 256 test ex]" in readme
     assert (out / "figures" / "field.png").read_bytes()[:4] == b"\x89PNG"   # error against cost
     assert not (tmp_path / "docs").exists() and not (tmp_path / "results" / "full").exists()
 

@@ -372,3 +372,33 @@ def test_field_points_one_per_finished_cell_with_its_compared_error_and_cost():
     assert points == [{"cell": "a-bp", "method": "BP", "network": "ResNet-32 (K=16)", "dataset": "CIFAR10",
                        "error": 12.0, "error_name": "best test epoch", "memory_mib": 512.0, "macs": 1024,
                        "budget": None}]
+
+
+def test_each_protocol_has_its_row_its_error_and_its_verdict():
+    """A grid with a `protocol` column (issue 34): the whole row's entry and verdict use the
+    best test epoch; the holdout row's the epoch its held-out part selects, shown beside
+    the published number and never compared with it."""
+    base = {"dataset": "CIFAR10", "network": "ResNet-32 (K=16)", "loss": "dgl", "column": "DGL",
+            "published_epoch": "best", "published_error": "14.00", "epochs": "3",
+            "extra_flags": "--local-modules 16"}
+    rows = [dict(base, cell="c-dgl", protocol="whole"), dict(base, cell="c-dgl-holdout", protocol="holdout")]
+    history = [{"epoch": 1, "test_error": 30.0, "val_error": 29.0}, {"epoch": 2, "test_error": 14.4, "val_error": 21.0},
+               {"epoch": 3, "test_error": 16.0, "val_error": 20.0}]
+    whole = {"test_error": 16.0, "history": [{k: v for k, v in h.items() if k != "val_error"} for h in history]}
+    holdout = {"test_error": 16.0, "history": history}
+    out = tables.compile_tables(rows, {"c-dgl": [whole], "c-dgl-holdout": [holdout]}, tolerance=0.5)
+    table = out["CIFAR10"]
+    assert "| Network          | Protocol                      | #Params   | DGL           |" in table
+    assert "| ResNet-32 (K=16) | whole (best test epoch)       | -         | 14.40 (14.00) |" in table
+    assert "| ResNet-32 (K=16) | holdout (validation-selected) | -         | 16.00 (14.00) |" in table
+    assert "Results on CIFAR10 (training split, augmentation and normalisation as each row's flags" in table
+    summary = out["summary"]
+    assert "| c-dgl         | whole (best test epoch)       | 1       | 14.00       | 14.40  | +0.40   " \
+           "| within tolerance (±0.5)    |" in summary
+    assert "| c-dgl-holdout | holdout (validation-selected) | 1       | 14.00       | 16.00  | +2.00   " \
+           "| holdout run (not compared) |" in summary
+    assert "2 cells: 2 finished (1 within tolerance, 0 outside, 0 budget runs, 1 holdout runs, " in summary
+    assert tables.NOTE_PROTOCOLS in out["tables"]
+    # the paper's grid, without the column, keeps its tables as they were
+    plain = tables.compile_tables([dict(base, cell="c-dgl", extra_flags="")], {"c-dgl": [whole]})
+    assert "Protocol" not in plain["tables"] and "holdout runs" not in plain["summary"]

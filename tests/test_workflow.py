@@ -104,7 +104,8 @@ def _set(i, col, value):
     (_set(4, "milestones", "50,75"), "column 'milestones': '50,75' does not match"),
     (_set(5, "cell", "mnist-mlp-backprop"), "cell name 'mnist-mlp-backprop' already used on line 2"),
     (_set(6, "network", "mlp"), "both fill the table slot dataset=MNIST network='mlp' column=sim"),
-    (lambda h, r: ([c for c in h if c != "beta"], r), "missing column(s) 'beta'"),
+    (lambda h, r: ([c for c in h if c != "epochs"], r), "missing column(s) 'epochs'"),
+    (lambda h, r: ([c for c in h if c != "dropout"], r), "missing column(s) 'dropout'"),   # the paper's format
     (lambda h, r: (h + ["notes"], r), "unknown column(s) 'notes'"),
 ])
 def test_bad_cells_row_names_row_and_column(tmp_path, edit, message):
@@ -707,15 +708,17 @@ def test_locallearn_tables_writes_what_the_tables_target_writes(committed_tables
 
 @pytest.mark.slow
 def test_peers_target_outside_all(tmp_path):
-    """The field's grid (issue 26): `snakemake -n peers` lists its 42 cells x seeds,
-    each job's recipe with its held-out split; `all` does not include them."""
+    """The field's grid (issues 26, 34): `snakemake -n peers` lists its 90 cells x seeds,
+    each job's command only its recipe (the data as AugLocal's train.py reads it, a
+    hold-out only on the holdout rows); `all` does not include them."""
     r = snakemake(tmp_path, "-n", "-p", "peers", "--config", "seeds=[1,2]")
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout)
-    assert counts["train"] == 84 and counts["prepare_data"] == 3 and counts["field"] == 1
-    assert "results/peers/runs/stl10-resnet110-k55-auglocal-d5/seed2/metrics.json" in r.stdout
-    assert "--method infopro" in r.stdout and "--val-examples 5000" in r.stdout
+    assert counts["train"] == 180 and counts["prepare_data"] == 3 and counts["field"] == 1
+    assert "results/peers/runs/stl10-resnet110-k55-auglocal-d5-holdout/seed2/metrics.json" in r.stdout
+    assert "--method infopro" in r.stdout and "--val-examples 7325" in r.stdout and "--svhn-split train" in r.stdout
+    assert "--feat-mult" not in r.stdout and "--num-hidden" not in r.stdout
     rows = plan.load_cells(REPO / "workflow" / "config" / "peers.tsv")
-    assert len(rows) == 42 and all(r["published_source"] for r in rows)
+    assert len(rows) == 90 and all(r["published_source"] for r in rows)
     r = snakemake(tmp_path, "-n")
     assert "results/peers" not in r.stdout and job_counts(r.stdout)["train"] == 86

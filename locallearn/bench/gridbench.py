@@ -73,7 +73,7 @@ def grid_bench(rows: list[dict], *, steps: int, prec: str, device_flags: list[st
     """The grid-cost table (recipe/gridcost.py) of `rows`: each distinct step_key timed once,
     with the first of its rows' recipe."""
     from ..recipe.cells import recipe_args
-    from ..recipe.specs import SPECS
+    from ..recipe.specs import run_spec
     from ..host.machine import resolve_device
 
     groups: dict[tuple, list[dict]] = {}
@@ -89,12 +89,13 @@ def grid_bench(rows: list[dict], *, steps: int, prec: str, device_flags: list[st
             cfg.feat_mult *= scale
             cfg.num_hidden = max(1, round(cfg.num_hidden * scale))
         device, batch = device or resolve_device(cfg), cfg.batch_size
-        spec = SPECS[cfg.dataset]
+        spec = run_spec(cfg)
         timing = time_recipe(cfg, spec, device, steps)
         for r in groups[key]:
             entry = {"timed_as": first["cell"], **timing}
-            entry["seconds_per_epoch"] = gridcost.epoch_seconds(entry, SPECS[r["dataset"]].train_size,
-                                                                SPECS[r["dataset"]].test_size, cfg.batch_size)
+            own = run_spec(validate(build_parser().parse_args(recipe_args(r))))   # its split sizes
+            entry["seconds_per_epoch"] = gridcost.epoch_seconds(entry, own.train_size, own.test_size,
+                                                                cfg.batch_size)
             entry["epochs"] = int(r["epochs"])
             entry["hours"] = entry["epochs"] * entry["seconds_per_epoch"] / 3600
             cells[r["cell"]] = entry

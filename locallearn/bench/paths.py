@@ -50,7 +50,8 @@ def _pil_loader(cfg, spec, images, labels):
 
     tf = []
     if spec.crop_padding:
-        tf.append(T.RandomCrop(spec.size, padding=spec.crop_padding))
+        tf.append(T.RandomCrop(spec.size, padding=spec.crop_padding,
+                               padding_mode="reflect" if spec.crop_fill == "reflect" else "constant"))
     if spec.hflip:
         tf.append(T.RandomHorizontalFlip())
     tf += [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
@@ -70,7 +71,7 @@ def _pil_loader(cfg, spec, images, labels):
 
 def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
     from ..data.batches import DeviceSplit, load_splits
-    from ..recipe.specs import SPECS
+    from ..recipe.specs import run_spec
     from ..train.engines import ENGINES
     from ..train.placement import make_model
     from ..train.epochs import evaluate, train_epoch
@@ -78,7 +79,7 @@ def bench(cfg, paths, synthetic: bool = False) -> list[dict]:
 
     device = prepare(cfg, cfg.threads)
     if synthetic:  # right shapes, random pixels: for speed on machines without the data
-        spec = SPECS[cfg.dataset]
+        spec = run_spec(cfg)
         n = cfg.max_train_examples or spec.train_size
         g = torch.Generator().manual_seed(0)
         imgs = torch.randint(0, 256, (n, spec.channels, spec.size, spec.size), dtype=torch.uint8, generator=g)

@@ -25,10 +25,23 @@ ORDER_STREAM, SAMPLER_STREAM, AUGMENT_STREAM = 1, 2, 3
 
 
 # ----------------------------------------------------------------- augmentations
-def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """RandomCrop(size, padding): pad with zeros, then a uniform offset per image."""
+def reflect_pad(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """Reflection padding (F.pad's mode='reflect', the edge pixel not repeated) of a
+    uint8 batch, by indexing: F.pad reflects floating-point tensors only. A float copy
+    would give the same bytes: ToTensor then ToPILImage returns every uint8 value as it
+    was (tests/test_augment.py)."""
+    h, w = x.shape[-2:]
+
+    def index(n: int) -> torch.Tensor:
+        i = torch.arange(-padding, n + padding, device=x.device).abs()
+        return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+    return x[..., index(h)[:, None], index(w)[None, :]]
+
+
+def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator, fill: str = "zeros") -> torch.Tensor:
+    """RandomCrop(size, padding): pad (zeros, or by reflection), then a uniform offset per image."""
     b, _, h, w = x.shape
-    xp = F.pad(x, (padding,) * 4)
+    xp = reflect_pad(x, padding) if fill == "reflect" else F.pad(x, (padding,) * 4)
     oy = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=gen)
     ox = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=gen)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # B x H x 1
@@ -67,6 +80,7 @@ def cutout(x: torch.Tensor, length: int, n_holes: int, gen: torch.Generator) -> 
 @dataclass
 class Augment:
     crop_padding: int = 0
+    crop_fill: str = "zeros"  # zeros | reflect
     hflip: bool = False
     cutout_length: int = 0  # 0 = no cutout
     n_holes: int = 1
@@ -125,7 +139,7 @@ class DeviceSplit:
                 break
             x, y = self._fetch(idx)
             if a.crop_padding:
-                x = random_crop(x, a.crop_padding, gen)
+                x = random_crop(x, a.crop_padding, gen, a.crop_fill)
             if a.hflip:
                 x = random_hflip(x, gen)
             x = normalize(x, self.mean, self.std)
@@ -151,15 +165,19 @@ def _fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
 def load_splits(cfg, device: torch.device):
     """(train, test, spec) for the run's dataset, with the recipe's augmentation."""
     from .datafetch import ready
-    from ..recipe.specs import SPECS
+    from ..recipe.specs import SPECS, run_spec
     from .datasets import load_split
     from ..errors import DatasetError
     from ..layout import resolve_data_dir
 
-    spec = SPECS[cfg.dataset]
+    spec = run_spec(cfg)
     data_dir = resolve_data_dir(cfg.data_dir)
+    # --svhn-split train: run_spec has dropped SVHN's extra file, which is then not read
+    left_out = tuple({SPECS[cfg.dataset].extra_train_file} - {spec.extra_train_file})
+
     def both_splits():   # every file is checksummed once, as it is read
-        return [load_split(cfg.dataset, data_dir, train) for train in (True, False)]
+        return [load_split(cfg.dataset, data_dir, train, without=left_out if train else ())
+                for train in (True, False)]
 
     try:
         (xtr, ytr), (xte, yte) = both_splits()
@@ -170,7 +188,7 @@ def load_splits(cfg, device: torch.device):
         xtr, ytr = xtr[:cfg.max_train_examples], ytr[:cfg.max_train_examples]
     if cfg.max_test_examples:
         xte, yte = xte[:cfg.max_test_examples], yte[:cfg.max_test_examples]
-    aug = Augment(crop_padding=spec.crop_padding, hflip=spec.hflip,
+    aug = Augment(crop_padding=spec.crop_padding, crop_fill=spec.crop_fill, hflip=spec.hflip,
                   cutout_length=cfg.length if cfg.cutout else 0, n_holes=cfg.n_holes)
     n_val = cfg.val_examples
     if not n_val:

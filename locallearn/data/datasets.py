@@ -297,14 +297,15 @@ def decode(name: str, data_dir: Path, files: list[DataFile]) -> tuple[torch.Tens
 
 # --------------------------------------------------------------------------- reading
 
-def load_split(name: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(name: str, data_dir: Path, train: bool, without: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as (uint8 images (N, C, H, W), int64 labels (N,)), verified on every load.
 
-    SVHN's train split is train + extra; STL10's is the 5,000 labelled images. A missing
-    or corrupt file raises DatasetError saying how to get it (putting files in place is
+    SVHN's train split is train + extra, or train alone with `without` ("extra_32x32.mat",
+    --svhn-split train); STL10's is the 5,000 labelled images. A missing or corrupt file
+    raises DatasetError saying how to get it (putting files in place is
     data/datafetch.py's: `locallearn data prepare`, or a run's datafetch.ready)."""
     data_dir = Path(data_dir)
-    files = layout_of(name).split_files(train)
+    files = [f for f in layout_of(name).split_files(train) if Path(f.rel).name not in without]
     problems = problems_in(data_dir, files)
     if problems:
         raise dataset_error(name, data_dir, files, problems)

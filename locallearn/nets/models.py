@@ -16,7 +16,7 @@ from ..layers.local_losses import LocalHead
 from ..layers.localnet import Block, LocalNet
 from ..methods import registry
 from .resnet import build_resnet
-from ..recipe.specs import MODEL_NAMES, RESNET_BLOCKS, SPECS, VGG_CONFIGS
+from ..recipe.specs import MODEL_NAMES, RESNET_BLOCKS, VGG_CONFIGS, run_spec
 
 MODELS: dict[str, Callable] = {}
 
@@ -45,7 +45,7 @@ def _head(cfg, index: int, paper_head: Callable[[], nn.Module]) -> nn.Module | N
         return None
     if cfg.method == "paper":
         return paper_head()
-    return registry.get(cfg.method).build_head(cfg, block_sites(cfg, SPECS[cfg.dataset])[index])
+    return registry.get(cfg.method).build_head(cfg, block_sites(cfg, run_spec(cfg))[index])
 
 
 def _linear_blocks(cfg, n_in: int, num_classes: int, start: int) -> tuple[list[Block], int]:
@@ -99,7 +99,7 @@ for _name in VGG_CONFIGS:
 
 
 for _name in RESNET_BLOCKS:
-    register(_name)(lambda cfg, channels, size, num_classes, _n=_name: build_resnet(_n, cfg, SPECS[cfg.dataset]))
+    register(_name)(lambda cfg, channels, size, num_classes, _n=_name: build_resnet(_n, cfg, run_spec(cfg)))
 
 
 def build_model(cfg, channels: int, size: int, num_classes: int) -> LocalNet:
@@ -132,7 +132,7 @@ def describe_layers(model: LocalNet) -> list[dict]:
 def describe(cfg) -> dict:
     """The network `cfg` builds, as `locallearn describe` prints it: input shape, classes,
     parameter counts and each layer (describe_layers), without data or training."""
-    spec = SPECS[cfg.dataset]
+    spec = run_spec(cfg)
     model = build_model(cfg, spec.channels, spec.size, spec.num_classes)
     backprop, total = model.count_params()
     return {"model": cfg.model, "dataset": cfg.dataset,

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .specs import RESNET_BLOCKS, SPECS, VGG_CONFIGS
+from .specs import RESNET_BLOCKS, VGG_CONFIGS, run_spec
 
 
 def conv_side(side: int, kernel: int, stride: int, padding: int) -> int:
@@ -240,7 +240,7 @@ def hidden_blocks(cfg, module_count) -> int:
     """The hidden blocks of the network `cfg` builds: the units local losses train and a
     pipeline splits (a ResNet's local modules before the output module; the mlp's and a
     VGG's blocks). module_count: the method's rule (local_modules)."""
-    spec = SPECS[cfg.dataset]
+    spec = run_spec(cfg)
     if cfg.model in RESNET_BLOCKS:
         return len(resnet_sites(cfg, cfg.model, spec, module_count)[1])
     return len(block_sites(cfg, spec))

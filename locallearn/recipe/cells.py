@@ -13,12 +13,14 @@ from pathlib import Path
 
 from ..methods import registry
 
-COLUMNS = (
-    "cell", "dataset", "network", "model", "feat_mult", "num_layers", "num_hidden", "loss",
-    "bio", "nonlin", "dropout", "lr", "epochs", "milestones", "dim_in_decoder", "beta",
-    "cutout", "length", "classes_per_batch", "classes_per_batch_until_epoch",
-    "published_error", "published_params",
-)
+# The columns every grid has (the schema's `required`). A grid in the paper's format
+# (no `extra_flags` column: its rows have nowhere else to state their recipe) has every
+# recipe column besides, PAPER_FORMAT_COLUMNS, so that a column left out is an error, not
+# a silent default; a field grid (with `extra_flags`) has only the columns its rows set.
+COLUMNS = ("cell", "dataset", "network", "model", "loss", "lr", "epochs", "published_error")
+PAPER_FORMAT_COLUMNS = ("feat_mult", "num_layers", "num_hidden", "bio", "nonlin", "dropout", "milestones",
+                        "dim_in_decoder", "beta", "cutout", "length", "classes_per_batch",
+                        "classes_per_batch_until_epoch", "published_params")
 # Optional: where a published number was measured on other data than ours
 # (`published_data`: which data, said in the tables' footnote) and the authors' own
 # number on the data we train on (`current_data_error`), which the verdict then uses.
@@ -29,8 +31,11 @@ COLUMNS = (
 # (`best`: the published number is a best-test-epoch number, and the verdict compares
 # ours at the best test epoch; empty: the last epoch), `published_source` (paper and
 # table of the published number) and `assumption` (what of the recipe no source gave).
+# `protocol` (whole: trained on the whole training set, as the papers trained; holdout:
+# a part held out, whose error selects the epoch; empty: whole) says how a row trains.
 OPTIONAL_COLUMNS = ("published_data", "current_data_error", "column", "extra_flags", "published_epoch",
-                    "published_source", "assumption")
+                    "published_source", "assumption", "protocol")
+PROTOCOLS = ("whole", "holdout")
 # The `loss` column: global backprop, the paper's local losses, or another method's
 # heads (--method; the method registry's names, plugins included: docs/methods.md).
 PAPER_LOSSES = ("backprop", "pred", "sim", "predsim")
@@ -49,27 +54,33 @@ def read_cells(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+# The recipe columns that are one flag each, in the order a command shows them. A grid
+# has the columns its rows set: an absent column, or an empty field, gives no flag (the
+# trainer's default). The paper's grid sets them all.
+FLAG_COLUMNS = (("model", "--model"), ("dataset", "--dataset"), ("feat_mult", "--feat-mult"),
+                ("num_layers", "--num-layers"), ("num_hidden", "--num-hidden"), ("nonlin", "--nonlin"),
+                ("dropout", "--dropout"), ("lr", "--lr"), ("epochs", "--epochs"),
+                ("milestones", "--lr-decay-milestones"), ("dim_in_decoder", "--dim-in-decoder"), ("beta", "--beta"))
+
+
 def recipe_args(row: dict) -> list[str]:
     """The `locallearn train` flags of one row: the authors' command for that cell."""
-    args = [
-        "--model", row["model"], "--dataset", row["dataset"],
-        "--feat-mult", row["feat_mult"], "--num-layers", row["num_layers"],
-        "--num-hidden", row["num_hidden"], "--nonlin", row["nonlin"],
-        "--dropout", row["dropout"], "--lr", row["lr"], "--epochs", row["epochs"],
-        "--lr-decay-milestones", *row["milestones"].split(),
-        "--dim-in-decoder", row["dim_in_decoder"], "--beta", row["beta"],
-    ]
+    args = []
+    for col, flag in FLAG_COLUMNS:
+        value = str(row.get(col) or "").strip()
+        if value:
+            args += [flag, *value.split()] if col == "milestones" else [flag, value]
     if row["loss"] == "backprop":
         args.append("--backprop")
     elif row["loss"] in PAPER_LOSSES:
         args += ["--loss-sup", row["loss"]]
     else:
         args += ["--method", row["loss"]]
-    if str(row["bio"]) == "1":
+    if str(row.get("bio")) == "1":
         args.append("--bio")
-    if str(row["cutout"]) == "1":
+    if str(row.get("cutout")) == "1":
         args += ["--cutout", "--length", row["length"]]
-    if int(row["classes_per_batch"] or 0) > 0:
+    if int(row.get("classes_per_batch") or 0) > 0:
         args += ["--classes-per-batch", row["classes_per_batch"],
                  "--classes-per-batch-until-epoch", row["classes_per_batch_until_epoch"]]
     return args + shlex.split(row.get("extra_flags") or "")
@@ -80,18 +91,40 @@ def column(row: dict) -> str:
     return (row.get("column") or "").strip() or row["loss"]
 
 
+def protocol(row: dict) -> str:
+    """How the row trains: `whole` (the default) or `holdout` (PROTOCOLS)."""
+    return (row.get("protocol") or "").strip() or "whole"
+
+
 def compares_best_epoch(row: dict) -> bool:
     """Whether the published number is a best-test-epoch one (`published_epoch` best)."""
     return (row.get("published_epoch") or "").strip() == "best"
 
 
+# Flags of a recipe that describe its own dataset's files and pixels: a recipe moved onto
+# another dataset leaves them out (the crop and flip flags move with it).
+DATASET_FLAGS = ("--svhn-split", "--pixel-mean", "--pixel-std")
+
+
+def without_flags(args: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`args` without each of `flags` and the values that follow it."""
+    out, skipping = [], False
+    for a in args:
+        if a.startswith("--"):
+            skipping = a in flags
+        if not skipping:
+            out.append(a)
+    return out
+
+
 def moved_to(row: dict, dataset: str, prefix: str) -> dict:
     """The row's recipe on another dataset, as a budget run of it (the peers-quick
-    preset): cell `<prefix>-<the rest of its name>` (`moved_from`: its own), no published
-    number to compare."""
+    preset): cell `<prefix>-<the rest of its name>` (`moved_from`: its own), without its
+    DATASET_FLAGS, no published number to compare."""
     rest = row["cell"].split("-", 1)[1] if "-" in row["cell"] else row["cell"]
+    extra = " ".join(without_flags(shlex.split(row.get("extra_flags") or ""), DATASET_FLAGS))
     return dict(row, dataset=dataset, cell=f"{prefix}-{rest}", moved_from=row["cell"], published_error="",
-                published_params="", current_data_error="", published_data="")
+                published_params="", current_data_error="", published_data="", extra_flags=extra)
 
 
 def published_params_millions(row: dict) -> float | None:

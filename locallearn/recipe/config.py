@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from ..credentials import redact_uri, take_credentials
 from ..methods import registry
 from .archspec import hidden_blocks
-from .specs import MODEL_NAMES, RESNET_BLOCKS, SPECS
+from .specs import CROP_FILLS, MODEL_NAMES, RESNET_BLOCKS, SPECS, SVHN_SPLITS
 
 DATASETS = tuple(SPECS)
 DEFAULT_OUT = "runs/last"
@@ -151,6 +151,22 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
     run("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's choice)")
     data("--max-train-examples", type=int, default=0, help="use only the first N training examples (0: all)")
     data("--max-test-examples", type=int, default=0, help="use only the first N test examples (0: all)")
+    # The data as another paper's code reads it (the field's grid, docs/peers.md). Unset,
+    # each leaves the dataset as the paper's recipe has it (recipe/specs.py: run_spec).
+    data("--svhn-split", default="train+extra", help="SVHN's training images: train+extra (604,388, the "
+         "paper's) | train (the 73,257 of the standard split, torchvision's split='train')")
+    data("--crop-padding", type=int, default=None, help="random-crop padding of training images in pixels "
+         "(default: the dataset's; 0: no crop)")
+    data("--crop-fill", default="zeros", help="how the crop pads: zeros (torchvision's RandomCrop) | reflect "
+         "(reflection padding, as AugLocal's and InfoPro's CIFAR-10)")
+    data("--hflip", default=None, help="random horizontal flips of training images: yes | no "
+         "(default: the dataset's)")
+    data("--pixel-mean", type=float, nargs="+", default=None, metavar="X", help="normalisation mean per "
+         "channel on the 0-255 pixel scale, e.g. 125.3 123.0 113.9 (default: the dataset's)")
+    data("--pixel-std", type=float, nargs="+", default=None, metavar="X", help="normalisation std per channel "
+         "on the 0-255 pixel scale (default: the dataset's)")
+    data("--num-classes", type=int, default=0, help="outputs of the classifier and the local heads (0: the "
+         "dataset's classes; more: as a code that builds STL-10's with 100)")
     run("--eval-batch-size", type=int, default=1000, help="batch size for the test pass (the reference "
         "uses --batch-size; BN is in eval mode, so only rounding differs)")
     track("--mlflow-uri", default=None, metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none: off)")
@@ -298,6 +314,8 @@ CHOICES = {
     "engine": ("fused", "reference", "modulewise"),   # the engines' names: train/engines.py registers each by one
     "precision": ("fp32", "tf32", "bf16"),  # host/precision.py's PRECISIONS is this list
     "lr_schedule": ("milestones", "cosine-warmup"),
+    "svhn_split": SVHN_SPLITS,
+    "crop_fill": CROP_FILLS,
     "dataset": DATASETS,
 }
 
@@ -411,6 +429,7 @@ def check(args: argparse.Namespace) -> None:
         bad("bio", "--bio trains local heads; it cannot be combined with --backprop")
     if args.no_detach and args.backprop:
         bad("no-detach", "--no-detach changes local training; it has no meaning with --backprop")
+    check_data(args)
     if args.cutout and args.length == 0:
         bad("length", "cutout needs a square side > 0")
     if args.save_dir and args.out is not None and Path(args.out) != Path(args.save_dir):
@@ -428,6 +447,32 @@ def check(args: argparse.Namespace) -> None:
         bad("mlflow_uri", "has '@' but no scheme://user:password@host form; expected e.g. http://host:port, "
             "with credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the URI is not "
             "repeated here: it may hold a password)")
+
+
+def check_data(args: argparse.Namespace) -> None:
+    """The data flags fit the dataset (recipe/specs.py: run_spec)."""
+    def bad(flag: str, msg: str) -> None:
+        raise ConfigError(f"{flag_name(flag)}: {msg}")
+    spec = SPECS[args.dataset]
+    if args.svhn_split != "train+extra" and args.dataset != "SVHN":
+        bad("svhn_split", f"only SVHN has a choice of training split, not {args.dataset}")
+    if args.crop_padding is not None and args.crop_padding < 0:
+        bad("crop_padding", f"must be >= 0, got {args.crop_padding}")
+    if args.hflip not in (None, "yes", "no"):
+        bad("hflip", f"unknown value {args.hflip!r} (known: yes, no)")
+    for key in ("pixel_mean", "pixel_std"):
+        values = getattr(args, key)
+        if values is None:
+            continue
+        if len(values) != spec.channels:
+            bad(key, f"{args.dataset} has {spec.channels} channel(s), got {len(values)} value(s)")
+        if not all(math.isfinite(v) for v in values) or (key == "pixel_std" and min(values) <= 0):
+            bad(key, f"must be finite{' and positive' if key == 'pixel_std' else ''}, got {values}")
+    if args.num_classes < 0:
+        bad("num_classes", f"must be >= 0, got {args.num_classes}")
+    if args.num_classes and args.num_classes < spec.num_classes:
+        bad("num_classes", f"{args.dataset} has {spec.num_classes} classes; the classifier needs at least "
+            f"that many outputs, got {args.num_classes}")
 
 
 def stage_count_error(cfg, stages: int) -> str | None:

@@ -39,7 +39,7 @@ from typing import Callable
 from .archspec import ConvLayer, Site, block_sites, decoder_pooling, resnet_sites, vgg_flat, vgg_layers
 from ..errors import ConfigError
 from ..methods import registry
-from .specs import RESNET_BLOCKS, SPECS, VGG_CONFIGS
+from .specs import RESNET_BLOCKS, VGG_CONFIGS, run_spec
 from .tally import Tally
 
 
@@ -172,7 +172,7 @@ def _block(cfg, kind, in_shape, out_shape, macs, index, classes, first: bool, pa
     input_grad = index > 0 and (cfg.backprop or cfg.no_detach)
     head_cost = registry.get(cfg.method).head_cost
     if head_cost is not None and not cfg.backprop:
-        head = head_cost(cfg, block_sites(cfg, SPECS[cfg.dataset])[index])
+        head = head_cost(cfg, block_sites(cfg, run_spec(cfg))[index])
         head_fwd, head_train, head_params = head.forward, head.train, head.params
     else:
         head_fwd, head_train, head_params = _heads(cfg, in_shape, out_shape, macs, first, classes, kernel)
@@ -264,7 +264,7 @@ def network_cost(cfg) -> NetworkCost:
     with its fields) builds on its dataset, at its batch size."""
     if cfg.model not in COSTS:
         raise ConfigError(f"--model: no cost model for {cfg.model!r} (known: {', '.join(sorted(COSTS))})")
-    return COSTS[cfg.model](cfg, SPECS[cfg.dataset])
+    return COSTS[cfg.model](cfg, run_spec(cfg))
 
 
 # --------------------------------------------------------------------------- a run's cost

@@ -19,14 +19,15 @@ import json
 import math
 from pathlib import Path
 
-from .specs import SPECS
+from .specs import SPECS, DatasetSpec
 
 TABLE_DIR = "grid-cost"
 # The columns of cells.tsv that decide a training step's work (with the dataset's
-# shape and class count): cells equal in these are timed once, with the first one's
+# shape and class count; `extra_flags`: a field grid's K, method depth and optimiser):
+# cells equal in these are timed once, with the first one's
 # recipe. Dropout, cutout and the class sampler change a step's time by little (masks,
 # one fill, an index permutation) and are left out.
-STEP_COLUMNS = ("model", "feat_mult", "num_layers", "num_hidden", "loss", "bio", "dim_in_decoder")
+STEP_COLUMNS = ("model", "feat_mult", "num_layers", "num_hidden", "loss", "bio", "dim_in_decoder", "extra_flags")
 
 
 def table_path(results_root: str | Path, device_kind: str, precision: str) -> Path:
@@ -37,27 +38,29 @@ def step_key(row: dict) -> tuple:
     """What decides the cost of one training step of a row: its network, loss and the
     input's shape (MNIST, Fashion-MNIST and Kuzushiji-MNIST share one)."""
     s = SPECS[row["dataset"]]
-    return (s.channels, s.size, s.num_classes) + tuple(str(row[c]) for c in STEP_COLUMNS)
+    return (s.channels, s.size, s.num_classes) + tuple(str(row.get(c, "")) for c in STEP_COLUMNS)
 
 
 def epoch_seconds(entry: dict, n_train: int, n_test: int, batch_size: int) -> float:
     return math.ceil(n_train / batch_size) * entry["seconds_per_step"] + n_test * entry["seconds_per_test_image"]
 
 
-def examples_seen(dataset: str, max_train: int = 0, max_test: int = 0) -> tuple[int, int]:
-    """The training and test examples of one epoch: the dataset's, cut to a budget's
+def examples_seen(spec: DatasetSpec, max_train: int = 0, max_test: int = 0) -> tuple[int, int]:
+    """The training and test examples of one epoch: the dataset's as the recipe reads it
+    (specs.run_spec: SVHN's standard split has fewer), cut to a budget's
     --max-train-examples / --max-test-examples where set (0: the whole split)."""
-    spec = SPECS[dataset]
     return (min(spec.train_size, max_train) if max_train else spec.train_size,
             min(spec.test_size, max_test) if max_test else spec.test_size)
 
 
-def cell_hours(table: dict, row: dict, epochs: int | None = None, max_train: int = 0, max_test: int = 0) -> float | None:
-    """Measured device hours of one run of `row` (None: the table lacks the cell)."""
+def cell_hours(table: dict, row: dict, epochs: int | None = None, max_train: int = 0, max_test: int = 0,
+               spec: DatasetSpec | None = None) -> float | None:
+    """Measured device hours of one run of `row` (None: the table lacks the cell); `spec`:
+    its dataset as its recipe reads it (default: the dataset's own)."""
     entry = table["cells"].get(row["cell"])
     if entry is None:
         return None
-    n_train, n_test = examples_seen(row["dataset"], max_train, max_test)
+    n_train, n_test = examples_seen(spec or SPECS[row["dataset"]], max_train, max_test)
     return (epochs or int(row["epochs"])) * epoch_seconds(entry, n_train, n_test, table["batch_size"]) / 3600
 
 

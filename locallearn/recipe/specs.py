@@ -2,7 +2,7 @@
 workflow can build its DAG and cost model from the same numbers the trainer uses."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class DatasetSpec:
     # Folders of original files that a machine may already have: imported (verified)
     # before anything asks for a download.
     offline_sources: tuple[str, ...] = ()
+    # A file of the training split that a recipe may leave out, and its images (SVHN's
+    # extra_32x32.mat: --svhn-split train trains on the 73,257 of the standard split).
+    extra_train_file: str = ""
+    extra_train_size: int = 0
+    crop_fill: str = "zeros"      # how the random crop pads: zeros | reflect (--crop-fill)
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -68,11 +73,41 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
                 "cifar", "CIFAR100"),
     DatasetSpec("SVHN", "SVHN with extra training data, but no augmentation",
                 10, 3, 32, (0.431, 0.430, 0.446), (0.197, 0.198, 0.199), 0, False, 604388, 26032,
-                "svhn", "SVHN"),
+                "svhn", "SVHN", extra_train_file="extra_32x32.mat", extra_train_size=531131),
     DatasetSpec("STL10", "STL-10 with no data augmentation",
                 10, 3, 96, (0.447, 0.440, 0.407), (0.260, 0.257, 0.271), 0, False, 5000, 8000,
                 "stl10", "STL10"),
 )}
+
+SVHN_SPLITS = ("train+extra", "train")   # --svhn-split: the paper's, torchvision's split='train'
+CROP_FILLS = ("zeros", "reflect")        # --crop-fill
+
+
+def run_spec(cfg) -> DatasetSpec:
+    """The dataset as one run's recipe reads it: its DatasetSpec with the data flags that
+    a recipe may set applied (--svhn-split, --crop-padding, --crop-fill, --hflip,
+    --pixel-mean, --pixel-std, --num-classes; docs/flags.md). Unset, they leave the
+    paper's dataset as it is. Everything a run builds or counts from its data (the
+    network's classifier, the batches, the cost model) reads this, never SPECS directly."""
+    spec = SPECS[cfg.dataset]
+    changes = {}
+    if getattr(cfg, "svhn_split", "train+extra") == "train":
+        changes.update(train_size=spec.train_size - spec.extra_train_size, extra_train_file="",
+                       extra_train_size=0, title=f"{spec.name}, standard split ({spec.train_size - spec.extra_train_size:,} training images)")
+    if getattr(cfg, "crop_padding", None) is not None:
+        changes["crop_padding"] = cfg.crop_padding
+    if getattr(cfg, "crop_fill", "zeros") != "zeros":
+        changes["crop_fill"] = cfg.crop_fill
+    if getattr(cfg, "hflip", None) is not None:
+        changes["hflip"] = cfg.hflip == "yes"
+    if getattr(cfg, "pixel_mean", None):
+        changes["mean"] = tuple(m / 255 for m in cfg.pixel_mean)
+    if getattr(cfg, "pixel_std", None):
+        changes["std"] = tuple(s / 255 for s in cfg.pixel_std)
+    if getattr(cfg, "num_classes", 0):
+        changes["num_classes"] = cfg.num_classes
+    return replace(spec, **changes) if changes else spec
+
 
 # 'M' = 2x2 max-pool, stride 2; integers are conv blocks (channels before feat_mult).
 VGG_CONFIGS = {

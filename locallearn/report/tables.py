@@ -25,7 +25,8 @@ from typing import Mapping
 from tabulate import tabulate
 
 from ..atomic import write_if_changed
-from ..recipe.cells import (column, compared_error, compares_best_epoch, current_data_error, published_data, published_error)
+from ..recipe.cells import (column, compared_error, compares_best_epoch, current_data_error, protocol, published_data,
+                             published_error)
 from ..errors import LocallearnError
 from ..layout import cell_seed, seed_of
 from ..recipe.cost import recorded_head_macs
@@ -138,8 +139,11 @@ class Cell:
         self.row = row
         self.runs = runs
         self.expected = expected_seeds
-        # the error the entry and the verdict use: the one the published number is (runs/selection.py)
-        self.key = "best_test_error" if compares_best_epoch(row) else "test_error"
+        # the error the entry and the verdict use: the one the published number is
+        # (runs/selection.py); a holdout row's is the validation-selected one
+        self.protocol = protocol(row)
+        self.key = ("val_selected_test_error" if self.protocol == "holdout" else
+                    "best_test_error" if compares_best_epoch(row) else "test_error")
         self.errors = [e for e in (error_of(m, self.key) for m in runs) if e is not None]
         self.paper = published_error(row)         # the paper's number, as printed
         self.published = compared_error(row)      # what the verdict compares with
@@ -196,6 +200,8 @@ class Cell:
             return "not yet run"
         if self.budget:
             return "budget run (not compared)"
+        if self.protocol == "holdout":   # the published numbers are the whole training set's
+            return "holdout run (not compared)"
         if self.published is None:
             return "no published number"
         inside = abs(self.delta()) <= tol + 1e-9
@@ -312,27 +318,27 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
     cells = [Cell(r, list(runs.get(r["cell"], [])), expected_seeds) for r in rows]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     columns = table_columns(rows)
+    protocols = any(r.get("protocol") for r in rows)   # a grid with a protocol column: one row each
     out: dict[str, str] = {}
     for ds in datasets:
         mine = [c for c in cells if c.row["dataset"] == ds]
-        networks = list(dict.fromkeys(c.row["network"] for c in mine))
         body = []
-        for net in networks:
-            by_column = {column(c.row): c for c in mine if c.row["network"] == net}
-            body.append([net, _params_entry(list(by_column.values()))]
+        for net, prot in dict.fromkeys((c.row["network"], c.protocol) for c in mine):
+            by_column = {column(c.row): c for c in mine if (c.row["network"], c.protocol) == (net, prot)}
+            body.append([net, *([PROTOCOL_HEADINGS[prot]] if protocols else []),
+                         _params_entry(list(by_column.values()))]
                         + [by_column[key].entry() if key in by_column else "-" for key in columns])
-        title = SPECS[ds].title if ds in SPECS else ds   # the paper's captions
         note = _footnote(mine)
-        out[ds] = (f"{heading} Results on {title}\n\n"
-                   + _markdown(["Network", "#Params", *columns.values()], body) + "\n"
-                   + (f"\n{note}\n" if note else ""))
+        out[ds] = (f"{heading} Results on {_title(ds, mine)}\n\n"
+                   + _markdown(["Network", *(["Protocol"] if protocols else []), "#Params", *columns.values()], body)
+                   + "\n" + (f"\n{note}\n" if note else ""))
 
     # the errors beside the compared one ("Ours"): the other two, the validation-selected
     # one only where a run has it (a grid without --val-examples, as the paper's)
     others = [k for k in ERRORS if all(k != c.key for c in cells)
               and (k != "val_selected_test_error" or any(error_of(m, k) is not None for c in cells for m in c.runs))]
     body = []
-    counts = {"within": 0, "outside": 0, "budget": 0, "no published": 0, "not yet run": 0}
+    counts = {"within": 0, "outside": 0, "budget": 0, "holdout": 0, "no published": 0, "not yet run": 0}
     for c in cells:
         tol = _tolerance(tolerance, c.row["dataset"])
         verdict = c.verdict(tol)
@@ -345,12 +351,13 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
         if figure_prefix is not None:
             name = f"[{name}]({figure_prefix}{name}.png)"
         delta = c.delta()
-        line = [name, str(c.n), c.published_text(), c.ours(), f"{delta:+.2f}" if delta is not None else "-",
-                verdict, *[c.error_text(key) for key in others], c.wall_time()]
+        line = [name, *([PROTOCOL_HEADINGS[c.protocol]] if protocols else []), str(c.n), c.published_text(),
+                c.ours(), f"{delta:+.2f}" if delta is not None else "-", verdict,
+                *[c.error_text(key) for key in others], c.wall_time()]
         if layers_prefix is not None:
             line.append(f"[layers]({layers_prefix}{c.row['cell']}.png)")
         body.append(line)
-    headers = ["Cell", "Seeds", "Published", "Ours", "Delta", "Verdict",
+    headers = ["Cell", *(["Protocol"] if protocols else []), "Seeds", "Published", "Ours", "Delta", "Verdict",
                *[ERROR_HEADINGS[key] for key in others], "Wall time per seed"]
     headers += ["Per layer"] if layers_prefix is not None else []
     finished = len(cells) - counts["not yet run"]
@@ -362,17 +369,37 @@ def compile_tables(rows: list[dict], runs: Mapping[str, list[dict]], *, expected
     summary = (f"{heading} Summary\n\n" + table
                + f"{len(cells)} cells: {finished} finished ({counts['within']} within tolerance, "
                f"{counts['outside']} outside, {counts['budget']} budget runs, "
+               + (f"{counts['holdout']} holdout runs, " if protocols else "") +
                f"{counts['no published']} without a published number){waiting}.\n")
     out["summary"] = summary
     out["pending"] = _pending(cells, heading)
     out["cost"] = _cost(cells, heading)
     note = NOTE_BEST if any(c.key == "best_test_error" for c in cells) else NOTE
-    parts = [p for p in (intro.strip(), note) if p]
+    parts = [p for p in (intro.strip(), note + (" " + NOTE_PROTOCOLS if protocols else "")) if p]
     if scatter and any(c.n for c in cells):
         parts.append(f"![ours vs published]({scatter})")
     parts += [out[ds] for ds in datasets] + [out["cost"], summary]
     out["tables"] = "\n\n".join(p.strip("\n") for p in parts) + "\n"
     return out
+
+
+PROTOCOL_HEADINGS = {"whole": "whole (best test epoch)", "holdout": "holdout (validation-selected)"}
+NOTE_PROTOCOLS = ("Protocol: `whole` rows train on the whole training set, as the papers did, and their "
+                  "entry is the best test epoch's error, which the verdict compares with the published "
+                  "number; `holdout` rows hold part of the training set out (config `peers.holdout`) and "
+                  "their entry is the error at the epoch the held-out part selects, shown beside the "
+                  "published number but not compared with it.")
+
+
+def _title(dataset: str, cells: list[Cell]) -> str:
+    """A dataset table's caption: the paper's, or, for a grid whose rows carry flags of
+    their own (extra_flags: the field's, whose data flags differ from the paper's), the
+    dataset's name and where its data is said."""
+    if dataset not in SPECS:
+        return dataset
+    if not any((c.row.get("extra_flags") or "").strip() for c in cells):
+        return SPECS[dataset].title
+    return f"{dataset} (training split, augmentation and normalisation as each row's flags set them)"
 
 
 ERROR_HEADINGS = {"test_error": "Last epoch", "best_test_error": "Best test epoch",

@@ -126,8 +126,8 @@ class StageEngine(FusedEngine):
     only the stage's own layers move to its device."""
 
     def __init__(self, cfg, rank: int, world: int, device: torch.device):
-        from ..recipe.specs import SPECS
-        spec = SPECS[cfg.dataset]
+        from ..recipe.specs import run_spec
+        spec = run_spec(cfg)
         model = initial_model(cfg, spec)   # the sequential run's initial weights
         costs, shapes, out_cost = layer_costs(cfg)
         costs[-1] += out_cost

@@ -34,10 +34,11 @@ import yaml
 from .. import layout
 from ..errors import ConfigError, LocallearnError
 from ..recipe import gridcost
-from ..recipe.cells import column, moved_to, read_cells, recipe_args
+from ..recipe.cells import PAPER_FORMAT_COLUMNS, column, moved_to, protocol, read_cells, recipe_args
 from ..recipe.config import build_parser, check_all
 from ..recipe.config import stage_count_error
 from ..recipe.cost import network_cost
+from ..recipe.specs import run_spec
 from ..runs.runstate import FINISHED, METRICS, run_state
 from .schemas import with_plugins
 
@@ -194,7 +195,8 @@ def load_cells(path: str | Path) -> list[dict]:
     props = schema["properties"]
     with open(path, newline="") as f:
         header = f.readline().rstrip("\r\n").split("\t")
-    missing = [c for c in schema["required"] if c not in header]
+    required = schema["required"] + ([] if "extra_flags" in header else list(PAPER_FORMAT_COLUMNS))
+    missing = [c for c in required if c not in header]
     if missing:
         raise PlanError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
                            f"(header: {' '.join(header)})")
@@ -223,10 +225,10 @@ def load_cells(path: str | Path) -> list[dict]:
         if row["cell"] in seen:
             raise PlanError(f"{where}: cell name {row['cell']!r} already used on line {seen[row['cell']]}")
         seen[row["cell"]] = line
-        slot = (row["dataset"], row["network"], column(row))
+        slot = (row["dataset"], row["network"], column(row), protocol(row))
         if slot in slots:
             raise PlanError(f"{where}: cells {slots[slot]!r} and {row['cell']!r} both fill the table "
-                               f"slot dataset={slot[0]} network={slot[1]!r} column={slot[2]}")
+                               f"slot dataset={slot[0]} network={slot[1]!r} column={slot[2]} protocol={slot[3]}")
         slots[slot] = row["cell"]
     return rows
 
@@ -358,7 +360,7 @@ class Preset:
     readme: str                 # file whose markers receive the tables
     extra_args: list[str] = field(default_factory=list)   # more recipe flags (train.extra_args)
     cells: str = ""             # the grid file its rows come from
-    val_examples: int = 0       # --val-examples of its jobs (the peers grids)
+    holdout: dict = field(default_factory=dict)   # dataset -> --val-examples of its `holdout` rows (peers grids)
     batch_size: int = 0         # a budget's --batch-size (peers-quick), 0: the recipe's
     moved: tuple[str, str] | None = None   # (dataset, cell prefix): rows moved onto a dataset (peers-quick)
     _states: dict = field(default_factory=dict, repr=False)
@@ -385,7 +387,7 @@ class Preset:
             experiment=own["experiment"] if section else config["mlflow"]["experiment"],
             readme=f"{res}/{name}/README.md" if budget else own["readme"],
             extra_args=[] if budget else config["train"]["extra_args"],
-            cells=str(cells_path(config, grid)), val_examples=own.get("val_examples", 0),
+            cells=str(cells_path(config, grid)), holdout=_holdout(own.get("holdout"), moved),
             batch_size=own.get("batch_size", 0), moved=moved)
 
     def run_dir(self, cell: str, seed) -> str:
@@ -405,8 +407,6 @@ class Preset:
             args += ["--max-test-examples", str(self.max_test_examples)]
         if self.batch_size:
             args += ["--batch-size", str(self.batch_size)]
-        if self.val_examples:
-            args += ["--val-examples", str(self.val_examples)]
         return args
 
     def precision_args(self) -> list[str]:
@@ -417,7 +417,9 @@ class Preset:
     def args(self, row: dict) -> list[str]:
         """The flags that decide a run's numbers: the row's recipe, the preset's budget
         and precision, and (full preset) train.extra_args. The seed comes on top."""
-        return with_flags(recipe_args(row), self.budget_args() + self.precision_args()) + list(self.extra_args)
+        held_out = ["--val-examples", str(self.holdout[row["dataset"]])] if protocol(row) == "holdout" else []
+        return (with_flags(recipe_args(row), self.budget_args() + held_out + self.precision_args())
+                + list(self.extra_args))
 
     def state(self, row: dict, seed) -> str:
         """The trainer's run_state of one run, looked at once per workflow invocation."""
@@ -432,12 +434,32 @@ class Preset:
 
     def check_jobs(self) -> None:
         """PlanError unless every job's flags (the row's recipe, this preset's budget
-        and precision, train.extra_args, the largest seed) pass the trainer's checks."""
+        and precision, train.extra_args, the largest seed) pass the trainer's checks,
+        and every holdout row's hold-out keeps to HOLDOUT_MAX_FRACTION."""
         for row in self.rows:
+            self.check_holdout(row)
             problem = flags_problem(self.args(row) + ["--seed", str(max(self.seeds))])
             if problem:
                 raise PlanError(f"the {self.name} preset's job for cell {row['cell']} would be refused: "
                                    f"{problem} (its flags come from cells.tsv and config keys {JOB_KEYS[self.name]})")
+
+    def check_holdout(self, row: dict) -> None:
+        """PlanError, in one line, unless a `holdout` row's hold-out is configured and at
+        most HOLDOUT_MAX_FRACTION of the training examples the row's job reads."""
+        if protocol(row) != "holdout":
+            return
+        key = HOLDOUT_KEYS[self.name] + ("" if self.moved else f".{row['dataset']}")
+        n = self.holdout.get(row["dataset"])
+        if not n:
+            raise PlanError(f"config key '{key}': cell {row['cell']} trains with a hold-out, but none is set "
+                            f"for {row['dataset']}")
+        spec = run_spec(recipe(row))
+        training = min(spec.train_size, self.max_train_examples) if self.max_train_examples else spec.train_size
+        allowed = int(HOLDOUT_MAX_FRACTION * training)
+        if n > allowed:
+            raise PlanError(f"config key '{key}': {n} held-out examples is more than "
+                            f"{HOLDOUT_MAX_FRACTION:.0%} of the {training:,} training examples of cell "
+                            f"{row['cell']} (at most {allowed:,})")
 
     def to_train(self, rows: list[dict] | None = None) -> list[str]:
         """metrics.json of the selected runs that are not finished: the only runs the
@@ -454,8 +476,23 @@ PRESET_SECTIONS = {"full": (None, "paper", False), "quick": ("quick", "paper", T
 # The config keys that add flags to a preset's jobs (Preset.args), for messages.
 JOB_KEYS = {"full": "seeds, train.precision, train.extra_args",
             "quick": "quick.seeds, quick.epochs, quick.max_train_examples, quick.max_test_examples, quick.precision",
-            "peers": "seeds, peers.val_examples, train.precision, train.extra_args",
+            "peers": "seeds, peers.holdout, train.precision, train.extra_args",
             "peers-quick": "peers_quick.*"}
+
+
+# The config key of each preset's hold-out, and the largest part of a training split that
+# a hold-out may take: the rest, at least 90 %, trains.
+HOLDOUT_KEYS = {"full": "holdout", "quick": "quick.holdout", "peers": "peers.holdout",
+                "peers-quick": "peers_quick.holdout"}
+HOLDOUT_MAX_FRACTION = 0.10
+
+
+def _holdout(value, moved: tuple[str, str] | None) -> dict:
+    """A preset's hold-out by dataset: config peers.holdout as it is; peers_quick.holdout
+    (one number) for the dataset its rows are moved onto."""
+    if value is None:
+        return {}
+    return {moved[0]: value} if moved else dict(value)
 
 
 class Presets(dict):
@@ -519,7 +556,7 @@ def make_presets(config: dict, rows: list[dict], peer_rows: list[dict] | None = 
 
 
 def _peer_presets(config: dict, peer_rows: list[dict] | None, presets: dict, errors: dict) -> None:
-    """peers (the field's grid, its full recipes plus peers.val_examples, the seeds
+    """peers (the field's grid, its full recipes plus peers.holdout for its holdout rows, the seeds
     and train settings of the full preset) and peers-quick (its selected rows moved
     onto peers_quick.dataset at a tiny budget) into `presets`, or their errors."""
     if "peers" not in config:   # a job script started by a Snakemake that loaded an older config
@@ -568,8 +605,9 @@ def data_dir(config: dict) -> str:
 def estimate_hours(row: dict, est: dict, epochs: int | None = None,
                    max_train: int = 0, max_test: int = 0) -> float:
     """FLOP-model device hours of one run of `row` (config key `estimate`)."""
-    n_train, n_test = gridcost.examples_seen(row["dataset"], max_train, max_test)
-    cost = network_cost(recipe(row))
+    cfg = recipe(row)
+    n_train, n_test = gridcost.examples_seen(run_spec(cfg), max_train, max_test)
+    cost = network_cost(cfg)
     flops = 2 * (cost.train_macs * n_train + cost.eval_macs * n_test)
     steps = math.ceil(n_train / 128)
     seconds_per_epoch = flops / (est["tflops"] * 1e12) + steps * est["step_overhead_ms"] / 1000
@@ -595,7 +633,7 @@ def runtime_minutes(row: dict, config: dict, preset: Preset) -> int:
     est = config["estimate"]
     budget = (preset.epochs, preset.max_train_examples, preset.max_test_examples)
     table = measured_table(config, preset)
-    hours = gridcost.cell_hours(table, row, *budget) if table else None
+    hours = gridcost.cell_hours(table, row, *budget, spec=run_spec(recipe(row))) if table else None
     if hours is None:
         try:
             hours = estimate_hours(row, est, *budget)
