@@ -5,6 +5,8 @@
 #   snakemake --cores 1 tables             # tables + figures from whatever runs exist; README
 #   snakemake --cores all peers            # the field's grid, AugLocal's table (docs/peers.md); not in `all`
 #   snakemake --cores all peers_quick      # every method of it on Fashion-MNIST, a tiny budget, on the CPU
+#   snakemake --cores all infopro          # InfoPro's Table 2, 5 seeds (docs/infopro.md); not in `all`
+#   snakemake --cores all infopro_quick    # greedy SL and InfoPro (Contrast) of it on Fashion-MNIST, on the CPU
 #
 # Config: workflow/config/config.yaml (checked against workflow/schemas/ before any job).
 # The grid: workflow/config/cells.tsv, one row per cell.
@@ -52,6 +54,20 @@ rule peers_quick:
     a tiny budget (config peers_quick), on the CPU in minutes."""
     input:
         lambda wildcards: targets("peers-quick"),
+
+
+rule infopro:
+    """InfoPro's Table 2 at K=16 (config infopro.cells): end-to-end, greedy SL, DGL and
+    InfoPro (Softmax, Contrast) against its mean ± std of 5 trials; tables into docs/infopro.md."""
+    input:
+        lambda wildcards: targets("infopro"),
+
+
+rule infopro_quick:
+    """Greedy SL and InfoPro (Contrast) of the infopro grid on real Fashion-MNIST at a
+    tiny budget (config infopro_quick), on the CPU."""
+    input:
+        lambda wildcards: targets("infopro-quick"),
 
 
 include: "workflow/rules/data.smk"

@@ -69,10 +69,11 @@ def init_value(key: str, t: torch.Tensor) -> torch.Tensor:
     return 1 + 0.1 * n if key.endswith("weight") else 0.1 * n
 
 
-def their_names(model, arch: str) -> dict[str, str]:
+def their_names(model, arch: str, heads_after: list[int] | None = None) -> dict[str, str]:
     """Our state-dict key -> theirs. Layers: their conv1/bn1 (the stem) and
     layer{stage}.{j}; heads: aux_classifier_{stage}_{j} (a classifier's `head`
-    Sequential) and decoder_{stage}_{j} (InfoPro's reconstruction, PredSim's sim conv)."""
+    Sequential) and decoder_{stage}_{j} (InfoPro's reconstruction, PredSim's sim conv),
+    module m's head after layer heads_after[m] (default: layer m, AugLocal's placement)."""
     per_stage = RESNET_BLOCKS[arch]
     units = [f"layers.{m}.layer.{j}." for m, mod in enumerate(model.layers) for j in range(len(mod.layer))]
     units += [f"output.{j}." for j in range(len(model.output) - 3)]   # less pool, flatten, linear
@@ -98,7 +99,8 @@ def their_names(model, arch: str) -> dict[str, str]:
                 s, j = place(unit)
                 names[key] = f"layer{s}.{j}.{rest}"
             continue
-        m = int(key.split(".")[1])          # layers.{m}.head.…: module m ends at layer m
+        m = int(key.split(".")[1])          # layers.{m}.head.…: module m's head
+        m = heads_after[m] if heads_after else m
         rest = key.split(".head.", 1)[1]
         part = next(p for p in head_parts if rest.startswith(p))
         names[key] = head_parts[part].format(*place(m)) + rest[len(part):]

@@ -122,3 +122,22 @@ def test_predsim_loss_of_a_linear_block_by_hand(beta):
     feats = H @ loss.sim_layer.weight.detach().double().numpy().T
     sim = ((_similarity_np(feats) - _similarity_np(np.eye(10)[Y])) ** 2).mean()
     assert got.item() == pytest.approx((1 - beta) * pred + beta * sim, rel=1e-5)
+
+
+def test_supcon_by_hand():
+    """InfoPro's contrastive loss (methods/infoprocontrast.supcon) on three unit vectors,
+    computed here from its definition in float64: anchors 0 and 1 share a label, 2 has no
+    positive (it counts 0); t = 0.5."""
+    import math
+
+    from locallearn.methods.infoprocontrast import supcon
+    z = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([3, 3, 7])
+    t = 0.5
+    dot = [[1.0, 0.6, 0.0], [0.6, 1.0, 0.8], [0.0, 0.8, 1.0]]
+
+    def term(i, p):   # -log(exp(z_i.z_p / t) / sum over a != i of exp(z_i.z_a / t))
+        return -(dot[i][p] / t - math.log(sum(math.exp(dot[i][a] / t) for a in range(3) if a != i)))
+    expected = (term(0, 1) + term(1, 0) + 0.0) / 3
+    assert float(supcon(z, y, t)) == pytest.approx(expected, rel=1e-12)
+    assert float(supcon(z, torch.tensor([1, 2, 3]), t)) == 0.0            # no positives anywhere

@@ -52,3 +52,24 @@ def test_peers_quick_end_to_end(tmp_path):
 
     r = snakemake(tmp_path, "--cores", "2", "peers_quick", timeout=300)   # finished runs stay final
     assert r.returncode == 0 and "train" not in job_counts(r.stdout + r.stderr)
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_infopro_quick_end_to_end_and_the_infopro_target(tmp_path):
+    """`snakemake infopro_quick` (issue 35): greedy SL and InfoPro (Contrast) trained at a
+    tiny budget, tables with their methods; `snakemake -n infopro` lists the 20 cells x 5
+    seeds, outside `all`."""
+    r = snakemake(tmp_path, "--cores", "2", "infopro_quick", timeout=600)
+    assert r.returncode == 0, r.stderr[-5000:]
+    out = tmp_path / "results" / "infopro-quick"
+    for cell, method in (("fmnist-resnet32-k16-greedysl-t2", "greedysl"),
+                         ("fmnist-resnet32-k16-infoprocontrast-t2", "infoprocontrast")):
+        m = json.loads((out / "runs" / cell / "seed1" / "metrics.json").read_text())
+        assert m["config"]["method"] == method and m["config"]["placement"] == "infopro" and m["head_params"] > 0
+    readme = (out / "README.md").read_text()
+    assert "Greedy SL" in readme and "InfoPro (Contrast)" in readme and "budget run (not compared)" in readme
+    r = snakemake(tmp_path, "-n", "infopro")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert job_counts(r.stdout)["train"] == 100
+    assert "results/infopro/runs/stl10-resnet110-k16-infoprocontrast-t2/seed5/metrics.json" in r.stdout

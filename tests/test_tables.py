@@ -402,3 +402,25 @@ def test_each_protocol_has_its_row_its_error_and_its_verdict():
     # the paper's grid, without the column, keeps its tables as they were
     plain = tables.compile_tables([dict(base, cell="c-dgl", extra_flags="")], {"c-dgl": [whole]})
     assert "Protocol" not in plain["tables"] and "holdout runs" not in plain["summary"]
+
+
+def test_a_published_mean_over_trials_widens_the_bound_by_both_spreads():
+    """InfoPro's Table 2 (issue 35): the verdict's bound is max(tolerance, 2 sqrt(s_pub^2 /
+    n_pub + s_ours^2 / n)), said with how many of our seeds ran; by hand below."""
+    row = {"cell": "c-ip", "dataset": "CIFAR10", "network": "ResNet-32 (K=16)", "loss": "infopro",
+           "column": "InfoPro (Softmax)", "published_epoch": "best", "published_error": "14.23",
+           "published_std": "0.42", "published_trials": "5", "epochs": "2"}
+
+    def run(best):
+        return {"test_error": best + 1, "history": [{"epoch": 1, "test_error": best}, {"epoch": 2, "test_error": best + 1}]}
+    # three seeds: mean 15.00, std 1.00; bound 2 sqrt(0.42^2/5 + 1/3) = 1.2143; delta +0.77: within
+    out = tables.compile_tables([row], {"c-ip": [run(14.0), run(15.0), run(16.0)]}, expected_seeds=5, tolerance=0.5)
+    assert "| 14.23 ± 0.42 | 15.00 ± 1.00 [3/5 seeds] | +0.77   | within tolerance (±1.21; 3 of 5 seeds) |" \
+        in out["summary"]
+    assert tables.verdict_bound(0.5, 0.42, 5, 1.0, 3) == pytest.approx(2 * (0.42 ** 2 / 5 + 1 / 3) ** 0.5)
+    # one seed: its spread is taken as the published one: 2 sqrt(0.42^2/5 + 0.42^2) = 0.9202; +1.27: outside
+    out = tables.compile_tables([row], {"c-ip": [run(15.5)]}, expected_seeds=5, tolerance=0.5)
+    assert "outside tolerance (±0.92; 1 of 5 seeds)" in out["summary"]
+    # the configured tolerance is the floor
+    assert "within tolerance (±2.00; 1 of 5 seeds)" in tables.compile_tables(
+        [row], {"c-ip": [run(15.5)]}, expected_seeds=5, tolerance=2.0)["summary"]

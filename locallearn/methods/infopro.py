@@ -107,14 +107,18 @@ def head_class():
                 self.register_buffer(name, torch.tensor(value, dtype=torch.float64).view(1, -1, 1, 1),
                                      persistent=False)
 
-        def forward(self, h, x, y, y_onehot, image=None):
+        def reconstruction_loss(self, h, image):
+            """Binary cross-entropy of the image decoded from h against the image restored to [0, 1]."""
             if image is None:
                 raise ConfigError("--method infopro: the head needs the network's input image")
             up = F.interpolate(h, size=[self.image_size, self.image_size], mode="bilinear", align_corners=True)
             # the restored image lies in [0, 1] for real data; the clamp (an identity there)
             # keeps synthetic inputs from stopping binary cross-entropy
             target = (image * self.std.to(image.dtype) + self.mean.to(image.dtype)).clamp(0, 1)
-            bce = F.binary_cross_entropy(self.reconstruction(up), target)
+            return F.binary_cross_entropy(self.reconstruction(up), target)
+
+        def forward(self, h, x, y, y_onehot, image=None):
+            bce = self.reconstruction_loss(h, image)
             logits = self.classifier(h)
             ce = F.cross_entropy(logits, y)
             return self.ixx * bce + self.ixy * ce, {"pred_logits": logits, "ce": ce.detach(), "recon": bce.detach()}

@@ -20,14 +20,15 @@ import sys
 from dataclasses import dataclass, replace
 from importlib import metadata
 
-from . import auglocal, dgl, infopro, paper
+from . import auglocal, dgl, greedysl, infopro, infoprocontrast, paper
 from ..errors import ConfigError
 from .method import Method
 
 ENTRY_POINT_GROUP = "locallearn.methods"
 
 
-BUILT_IN: tuple[Method, ...] = (paper.METHOD, dgl.METHOD, infopro.METHOD, auglocal.METHOD)
+BUILT_IN: tuple[Method, ...] = (paper.METHOD, dgl.METHOD, infopro.METHOD, auglocal.METHOD, greedysl.METHOD,
+                                 infoprocontrast.METHOD)
 
 
 @dataclass(frozen=True)

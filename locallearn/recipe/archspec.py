@@ -82,6 +82,31 @@ WIDTHS = (16, 32, 64)
 DEFINED_K = {"resnet32": (1, *range(2, 14), 16), "resnet110": (1, *range(47, 56))}
 DEFAULT_K = {"resnet32": 16, "resnet110": 55}
 
+# Where a ResNet's K - 1 local heads sit (--placement): `auglocal`, after layers 0 ..
+# K-2 (AugLocal's networks/configs.py, every K it defines); `infopro`, where InfoPro's
+# networks/configs.py puts them (blackfeather-wang/InfoPro-Pytorch, commit a38362a,
+# "Experiments on CIFAR-SVHN-STL10", dict InfoPro), as its [stage, block] pairs (stage 0:
+# the stem; global layer 1 + n (stage - 1) + block for n blocks per stage).
+PLACEMENTS = ("auglocal", "infopro")
+INFOPRO_CONFIGS = {
+    "resnet32": {2: [[2, 1]], 3: [[1, 4], [2, 4]], 4: [[1, 2], [2, 1], [3, 0]],
+                 8: [[1, 0], [1, 2], [1, 4], [2, 1], [2, 3], [3, 0], [3, 2]],
+                 16: [[0, 0], [1, 0], [1, 1], [1, 2], [1, 3], [1, 4], [2, 0], [2, 1], [2, 2], [2, 3], [2, 4],
+                      [3, 0], [3, 1], [3, 2], [3, 3]]},
+    "resnet110": {2: [[2, 8]], 3: [[1, 17], [2, 17]], 4: [[1, 11], [2, 7], [3, 3]],
+                  8: [[1, 4], [1, 11], [2, 0], [2, 7], [2, 14], [3, 3], [3, 10]],
+                  16: [[1, 1], [1, 4], [1, 7], [1, 10], [1, 13], [1, 16], [2, 1], [2, 4], [2, 7], [2, 11],
+                       [2, 15], [3, 1], [3, 5], [3, 9], [3, 13]]},
+}
+
+
+def head_layers(arch: str, k: int, placement: str = "auglocal") -> list[int]:
+    """The global layers (0: the stem) after which the K - 1 local heads of `arch` sit."""
+    if placement == "auglocal" or k == 1:
+        return list(range(k - 1))
+    n = RESNET_BLOCKS[arch]
+    return [0 if stage == 0 else 1 + n * (stage - 1) + block for stage, block in INFOPRO_CONFIGS[arch][k]]
+
 
 @dataclass(frozen=True)
 class ResidualLayer:
@@ -126,7 +151,12 @@ def local_modules(cfg, arch: str, module_count) -> int:
             raise ConfigError(f"--local-modules: {k} under --method {cfg.method} leaves {changed} local modules "
                               f"(a ResNet {arch} has 1 to {1 + 3 * RESNET_BLOCKS[arch]})")
         return changed
-    if k not in DEFINED_K[arch]:
+    placement = getattr(cfg, "placement", "auglocal")
+    if placement == "infopro" and k not in (1, *INFOPRO_CONFIGS[arch]):
+        raise ConfigError(f"--local-modules: under --placement infopro, {arch} is split into "
+                          f"{', '.join(map(str, (1, *INFOPRO_CONFIGS[arch])))} modules (those InfoPro's "
+                          f"networks/configs.py defines), not {k}")
+    if placement != "infopro" and k not in DEFINED_K[arch]:
         raise ConfigError(f"--local-modules: {arch} is split into {', '.join(map(str, DEFINED_K[arch]))} modules "
                           f"(those AugLocal's networks/configs.py defines), not {k}")
     return k
@@ -189,17 +219,17 @@ class ModuleSpan:
 
 
 def resnet_sites(cfg, arch: str, spec, module_count) -> tuple[list[ResidualLayer], list[ModuleSpan]]:
-    """The layers and the K - 1 local modules: a head after layers 0 .. K-2 (AugLocal's
-    networks/configs.py: every K it defines puts them there); the layers after the last
+    """The layers and the K - 1 local modules: a head after each of head_layers (by
+    --placement: AugLocal's layers 0 .. K-2, or InfoPro's); the layers after the last
     head belong to the output module. module_count: the method's rule (local_modules)."""
     layers = resnet_layers(arch, spec.channels, spec.size)
     k = local_modules(cfg, arch, module_count)
     widths = tuple(l.c_out for l in layers)
     spans = []
-    for last in range(k - 1):
+    for module, last in enumerate(head_layers(arch, k, getattr(cfg, "placement", "auglocal"))):
         start = spans[-1].stop if spans else 0
         site = Site(channels=layers[last].c_out, side=layers[last].side, in_channels=layers[start].c_in,
-                    module=last, modules=k, layer=last, widths=widths, image_channels=spec.channels,
+                    module=module, modules=k, layer=last, widths=widths, image_channels=spec.channels,
                     image_size=spec.size, num_classes=spec.num_classes, image_mean=spec.mean, image_std=spec.std)
         spans.append(ModuleSpan(start, last + 1, site))
     return layers, spans

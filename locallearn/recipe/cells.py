@@ -33,8 +33,9 @@ PAPER_FORMAT_COLUMNS = ("feat_mult", "num_layers", "num_hidden", "bio", "nonlin"
 # table of the published number) and `assumption` (what of the recipe no source gave).
 # `protocol` (whole: trained on the whole training set, as the papers trained; holdout:
 # a part held out, whose error selects the epoch; empty: whole) says how a row trains.
+# `published_std` and `published_trials`: the spread of a published mean over its trials.
 OPTIONAL_COLUMNS = ("published_data", "current_data_error", "column", "extra_flags", "published_epoch",
-                    "published_source", "assumption", "protocol")
+                    "published_source", "assumption", "protocol", "published_std", "published_trials")
 PROTOCOLS = ("whole", "holdout")
 # The `loss` column: global backprop, the paper's local losses, or another method's
 # heads (--method; the method registry's names, plugins included: docs/methods.md).
@@ -136,6 +137,13 @@ def published_params_millions(row: dict) -> float | None:
 def published_error(row: dict) -> float | None:
     text = (row.get("published_error") or "").strip()
     return float(text) if text else None
+
+
+def published_spread(row: dict) -> tuple[float, int] | None:
+    """(standard deviation, trials) of a published mean (`published_std`,
+    `published_trials`: InfoPro's Table 2 gives the mean ± std of 5), else None."""
+    std, trials = (row.get("published_std") or "").strip(), (row.get("published_trials") or "").strip()
+    return (float(std), int(trials)) if std and trials else None
 
 
 def published_data(row: dict) -> str | None:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ..credentials import redact_uri, take_credentials
 from ..methods import registry
-from .archspec import hidden_blocks
+from .archspec import PLACEMENTS, hidden_blocks
 from .specs import CROP_FILLS, MODEL_NAMES, RESNET_BLOCKS, SPECS, SVHN_SPLITS
 
 DATASETS = tuple(SPECS)
@@ -208,6 +208,8 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
     a("--val-examples", type=int, default=0, help="hold out N training examples as a validation split "
       "(the same for every seed: locallearn/data/batches.py); its error picks the validation-selected epoch; "
       "0: none, the whole training set trains")
+    a("--placement", default="auglocal", help="where a ResNet's local heads sit: auglocal (after layers 0 .. "
+      "K-2, AugLocal's networks/configs.py) | infopro (InfoPro's networks/configs.py, K = 2, 3, 4, 8, 16)")
     a("--no-output-scale", action="store_true", help="predsim: the output loss unscaled (AugLocal's PredSim) "
       "instead of times 1 - beta (the paper's reference)")
     for _, flag in registry.method_flags():
@@ -316,6 +318,7 @@ CHOICES = {
     "lr_schedule": ("milestones", "cosine-warmup"),
     "svhn_split": SVHN_SPLITS,
     "crop_fill": CROP_FILLS,
+    "placement": PLACEMENTS,
     "dataset": DATASETS,
 }
 
@@ -363,6 +366,10 @@ def check_method(args: argparse.Namespace, depths) -> None:
         raise ConfigError(problem)
     if args.method != "paper" and args.bio:
         bad("bio", f"the paper's bio heads only; {args.method}'s heads have their own")
+    if args.placement != "auglocal" and args.model not in depths:
+        bad("placement", f"{args.model} has a head on every block; only the ResNets' heads can be placed")
+    if args.placement != "auglocal" and method.module_count:
+        bad("placement", f"{args.method} sets its own module count (AugLocal's K - d), on AugLocal's placement only")
     if args.local_modules and args.model not in depths:
         bad("local-modules", f"{args.model} has a head on every block; only the ResNets are split into K modules")
     if args.local_modules < 0:

@@ -18,6 +18,7 @@ paths and tolerances come in as arguments. Importing this module does not import
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Mapping
@@ -26,7 +27,7 @@ from tabulate import tabulate
 
 from ..atomic import write_if_changed
 from ..recipe.cells import (column, compared_error, compares_best_epoch, current_data_error, protocol, published_data,
-                             published_error)
+                             published_error, published_spread)
 from ..errors import LocallearnError
 from ..layout import cell_seed, seed_of
 from ..recipe.cost import recorded_head_macs
@@ -132,6 +133,15 @@ def precision(metrics: dict) -> str | None:
     return None if name == "fp32" else name
 
 
+def verdict_bound(tol: float, s_pub: float, n_pub: int, s_ours: float | None, n: int) -> float:
+    """How far our mean over n seeds may lie from a published mean over n_pub trials:
+    max(tol, 2 sqrt(s_pub^2 / n_pub + s_ours^2 / n)), about two standard errors of the
+    difference of the two means. With one seed ours has no spread of its own: the
+    published one stands for it."""
+    s = s_pub if s_ours is None else s_ours
+    return max(tol, 2 * math.sqrt(s_pub ** 2 / n_pub + s ** 2 / n))
+
+
 class Cell:
     """One row of cells.tsv with its finished runs."""
 
@@ -178,11 +188,13 @@ class Cell:
         return text + (f" [{', '.join(notes)}]" if notes else "")
 
     def published_text(self) -> str:
-        """'8.37'; '0.99†' (measured on other data); '0.99† / 0.89 current' (and the
-        authors' own number on our data); 'n/a'."""
+        """'8.37'; '12.75 ± 0.11' (a mean over trials); '0.99†' (measured on other data);
+        '0.99† / 0.89 current' (and the authors' own number on our data); 'n/a'."""
         if self.paper is None:
             return "n/a"
-        text = _fmt(self.paper) + (OTHER_DATA if published_data(self.row) else "")
+        spread = published_spread(self.row)
+        text = _fmt(self.paper) + (f" ± {_fmt(spread[0])}" if spread else "")
+        text += OTHER_DATA if published_data(self.row) else ""
         current = current_data_error(self.row)
         return text + (f" / {_fmt(current)} current" if current is not None else "")
 
@@ -204,6 +216,12 @@ class Cell:
             return "holdout run (not compared)"
         if self.published is None:
             return "no published number"
+        spread = published_spread(self.row)
+        if spread:   # a published mean ± std of trials: the bound of verdict_bound, and our seeds
+            bound = verdict_bound(tol, spread[0], spread[1], self.std, self.n)
+            inside = abs(self.delta()) <= bound + 1e-9
+            return (f"{'within' if inside else 'outside'} tolerance (±{bound:.2f}; "
+                    f"{self.n} of {max(self.expected, self.n)} seeds)")
         inside = abs(self.delta()) <= tol + 1e-9
         return f"{'within' if inside else 'outside'} tolerance (±{tol:g})"
 

@@ -6,7 +6,8 @@ estimate table):
   checked against workflow/schemas/config.schema.json, with errors naming the key;
 - `load_cells`: cells.tsv typed and checked row by row against
   workflow/schemas/cells.schema.json, with errors naming the row and the column;
-- `Preset`: what one preset (full, quick, peers, peers-quick) trains, with which budget, where it writes,
+- `Preset`: what one preset (full, quick; the field's grids: peers, peers-quick, infopro,
+  infopro-quick) trains, with which budget, where it writes,
   and which of its runs still need training (the trainer's locallearn.runs.runstate: a
   finished metrics.json of the run's current recipe is final; never scheduled again);
 - `runtime_minutes`: a cell's `runtime` resource, from the measured grid cost
@@ -45,7 +46,7 @@ from .schemas import with_plugins
 REPO = Path(__file__).resolve().parents[2]   # the checkout: locallearn/workflow/plan.py
 SCHEMAS = REPO / "workflow" / "schemas"
 DEFAULT_CONFIG = REPO / "workflow" / "config" / "config.yaml"
-PRESETS = ("full", "quick", "peers", "peers-quick")
+PRESETS = ("full", "quick", "peers", "peers-quick", "infopro", "infopro-quick")
 
 
 class PlanError(ValueError):
@@ -178,9 +179,9 @@ def _merge(base: dict, over: dict) -> None:
 # --------------------------------------------------------------------------- cells
 
 def cells_path(config: dict, grid: str = "paper") -> Path:
-    """The paper's grid (config `cells`) or the peers grid (`peers.cells`); a relative
-    path is taken from the repository (the Snakefile's folder)."""
-    p = Path(config["cells"] if grid == "paper" else config["peers"]["cells"])
+    """The paper's grid (config `cells`) or a field grid (`peers.cells`, `infopro.cells`);
+    a relative path is taken from the repository (the Snakefile's folder)."""
+    p = Path(config["cells"] if grid == "paper" else config[grid]["cells"])
     return p if p.is_absolute() else REPO / p
 
 
@@ -378,7 +379,7 @@ class Preset:
         runs_on = own if budget else config["train"]
         return cls(
             name=name, rows=rows, table_rows=rows if table_rows is None else table_rows,
-            seeds=own["seeds"] if budget else config["seeds"], results=f"{res}/{name}",
+            seeds=own["seeds"] if budget or "seeds" in own else config["seeds"], results=f"{res}/{name}",
             epochs=own["epochs"] if budget else None,
             max_train_examples=own["max_train_examples"] if budget else 0,
             max_test_examples=own["max_test_examples"] if budget else 0,
@@ -471,19 +472,23 @@ class Preset:
 # name -> (its config section, None: the top level; its grid, cells_path's `grid`;
 # whether it is a budget: its section's seeds, epochs, examples, device and precision).
 PRESET_SECTIONS = {"full": (None, "paper", False), "quick": ("quick", "paper", True),
-                   "peers": ("peers", "peers", False), "peers-quick": ("peers_quick", "peers", True)}
+                   "peers": ("peers", "peers", False), "peers-quick": ("peers_quick", "peers", True),
+                   "infopro": ("infopro", "infopro", False), "infopro-quick": ("infopro_quick", "infopro", True)}
 
 # The config keys that add flags to a preset's jobs (Preset.args), for messages.
 JOB_KEYS = {"full": "seeds, train.precision, train.extra_args",
             "quick": "quick.seeds, quick.epochs, quick.max_train_examples, quick.max_test_examples, quick.precision",
             "peers": "seeds, peers.holdout, train.precision, train.extra_args",
-            "peers-quick": "peers_quick.*"}
+            "peers-quick": "peers_quick.*",
+            "infopro": "infopro.seeds, train.precision, train.extra_args",
+            "infopro-quick": "infopro_quick.*"}
 
 
 # The config key of each preset's hold-out, and the largest part of a training split that
 # a hold-out may take: the rest, at least 90 %, trains.
 HOLDOUT_KEYS = {"full": "holdout", "quick": "quick.holdout", "peers": "peers.holdout",
-                "peers-quick": "peers_quick.holdout"}
+                "peers-quick": "peers_quick.holdout", "infopro": "infopro.holdout",
+                "infopro-quick": "infopro_quick.holdout"}
 HOLDOUT_MAX_FRACTION = 0.10
 
 
@@ -532,13 +537,16 @@ def with_flags(args: list[str], flags: list[str]) -> list[str]:
 
 
 def make_presets(config: dict, rows: list[dict], peer_rows: list[dict] | None = None) -> Presets:
-    """The presets of both grids: full and quick (the paper's, `rows`), peers and
-    peers-quick (`peer_rows`, read from config peers.cells when not given). A preset
-    that cannot run is kept as its error, raised only when that preset is used."""
+    """The presets of every grid: full and quick (the paper's, `rows`), then each field
+    grid's (FIELD_GRIDS: peers and peers-quick from `peer_rows`, or config peers.cells when
+    not given; infopro and infopro-quick from config infopro.cells). A preset that cannot
+    run is kept as its error, raised only when that preset is used."""
     full = Preset.from_config("full", config, select_cells(rows, config["select"], "select"), table_rows=rows)
     full.check_jobs()
     presets, errors = {"full": full}, {}
-    _peer_presets(config, peer_rows, presets, errors)
+    for grid, quick in FIELD_GRIDS:
+        _field_presets(config, grid, quick, peer_rows if grid == "peers" else None, presets, errors)
+    _unique_names(rows, presets, errors)
     try:
         qrows = select_cells(rows, config["quick"]["select"], "quick.select")
     except PlanError as e:
@@ -555,29 +563,49 @@ def make_presets(config: dict, rows: list[dict], peer_rows: list[dict] | None = 
     return Presets(presets, errors)
 
 
-def _peer_presets(config: dict, peer_rows: list[dict] | None, presets: dict, errors: dict) -> None:
-    """peers (the field's grid, its full recipes plus peers.holdout for its holdout rows, the seeds
-    and train settings of the full preset) and peers-quick (its selected rows moved
-    onto peers_quick.dataset at a tiny budget) into `presets`, or their errors."""
-    if "peers" not in config:   # a job script started by a Snakemake that loaded an older config
-        return
-    peers, pq = config["peers"], config["peers_quick"]
-    try:
-        peer_rows = load_cells(cells_path(config, "peers")) if peer_rows is None else peer_rows
-        presets["peers"] = Preset.from_config(
-            "peers", config, select_cells(peer_rows, peers["select"], "peers.select"), table_rows=peer_rows)
-        presets["peers"].check_jobs()
-    except PlanError as e:
-        errors["peers"] = errors["peers-quick"] = e
+# The field's grids: (grid = its preset and config section, its quick preset).
+FIELD_GRIDS = (("peers", "peers-quick"), ("infopro", "infopro-quick"))
+
+
+def _field_presets(config: dict, grid: str, quick: str, grid_rows: list[dict] | None, presets: dict,
+                   errors: dict) -> None:
+    """A field grid's preset (its full recipes, plus its holdout rows' hold-out; the seeds
+    of its section or the top level, and the full preset's train settings) and its quick
+    preset (its selected rows moved onto <quick section>.dataset at a tiny budget) into
+    `presets`, or their errors."""
+    section = PRESET_SECTIONS[quick][0]
+    if grid not in config:   # a job script started by a Snakemake that loaded an older config
         return
     try:
-        moved = [moved_to(r, pq["dataset"], pq["cell_prefix"])
-                 for r in select_cells(peer_rows, pq["select"], "peers_quick.select")]
-        presets["peers-quick"] = Preset.from_config("peers-quick", config, moved,
-                                                    moved=(pq["dataset"], pq["cell_prefix"]))
-        presets["peers-quick"].check_jobs()
+        grid_rows = load_cells(cells_path(config, grid)) if grid_rows is None else grid_rows
+        presets[grid] = Preset.from_config(
+            grid, config, select_cells(grid_rows, config[grid]["select"], f"{grid}.select"), table_rows=grid_rows)
+        presets[grid].check_jobs()
     except PlanError as e:
-        errors["peers-quick"] = e
+        errors[grid] = errors[quick] = e
+        return
+    q = config[section]
+    try:
+        moved = [moved_to(r, q["dataset"], q["cell_prefix"])
+                 for r in select_cells(grid_rows, q["select"], f"{section}.select")]
+        presets[quick] = Preset.from_config(quick, config, moved, moved=(q["dataset"], q["cell_prefix"]))
+        presets[quick].check_jobs()
+    except PlanError as e:
+        errors[quick] = e
+
+
+def _unique_names(rows: list[dict], presets: dict, errors: dict) -> None:
+    """A cell names one recipe in every grid (the workflow finds a row by its name): a
+    field grid reusing a name of another grid is refused, in one line."""
+    owner = {r["cell"]: "the paper's grid" for r in rows}
+    for name, p in list(presets.items()):
+        if name in ("full", "quick"):
+            continue
+        for r in p.table_rows:
+            seen = owner.setdefault(r["cell"], name)
+            if seen != name and name not in errors:
+                errors[name] = PlanError(f"{p.cells}: cell {r['cell']!r} is already a cell of {seen}; "
+                                         "a cell's name must be unique across the grids")
 
 
 def tracking_uri(config: dict, preset: Preset) -> str:

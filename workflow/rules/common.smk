@@ -21,8 +21,8 @@ from locallearn.workflow import plan
 try:
     _checked = plan.validate_config(config)
     CELLS = plan.load_cells(plan.cells_path(_checked))
-    # the presets of both grids: full, quick (CELLS); peers, peers-quick (the peers grid).
-    # "quick" and the peers presets raise on use where their rows are missing or bad.
+    # the presets of every grid: full, quick (CELLS); peers, peers-quick, infopro, infopro-quick
+    # (the field's grids). "quick" and the field's presets raise on use where their rows are missing or bad.
     PRESETS = plan.make_presets(_checked, CELLS)
     STAGES = plan.pipeline_stages(_checked, CELLS)  # cell -> pipeline stages (1: one process)
 except plan.PlanError as e:
@@ -39,11 +39,11 @@ from locallearn.runs.runstate import REPLACE  # noqa: E402  (the trainer's own d
 LOCALLEARN = config["command"] or f"{shlex.quote(sys.executable)} -m locallearn"
 plan.put_checkout_first()
 
-# every row any preset may train or show (the peers grid's and peers-quick's moved rows too)
+# every row any preset may train or show (the field grids' and their quick presets' moved rows too)
 ROW = {r["cell"]: r for r in CELLS}
 for _p in PRESETS.values():   # dict's own values: the presets that can run
     ROW.update({r["cell"]: r for r in _p.table_rows})
-for _cell in ROW:   # config pipeline_stages is of the paper's grid: the peers' cells run in one process
+for _cell in ROW:   # config pipeline_stages is of the paper's grid: the field's cells run in one process
     STAGES.setdefault(_cell, 1)
 RES = plan.results_root(config)
 CONDA_ENV = "../../envs/environment.yaml"  # relative to workflow/rules/
@@ -107,9 +107,9 @@ def report_flags(name):
     p = preset(name)
     flags = ["--results", p.results, "--cells", p.cells, "--seeds", *p.seeds,
              "--tolerance", *[f"{k}={v}" for k, v in config["tolerance"].items()]]
-    if p.moved:   # peers-quick: the grid's rows moved onto another dataset
+    if p.moved:   # peers-quick, infopro-quick: the grid's rows moved onto another dataset
         flags += ["--on-dataset", *p.moved]
-    if name in ("quick", "peers-quick"):   # as the grid file names them (before a move)
+    if name in ("quick", "peers-quick", "infopro-quick"):   # as the grid file names them (before a move)
         flags += ["--only", *[r.get("moved_from", r["cell"]) for r in p.table_rows]]
     if p.epochs:
         flags += ["--epochs", p.epochs]
@@ -128,10 +128,11 @@ def readme_flags(name):
         flags += ["--readme-title", "locallearn: quick replication (budget run)", "--readme-body",
                   "Made by `snakemake --cores all quick`; regenerated on every run. The replication proper "
                   "is `snakemake --cores all` (tables in the top-level README.md)."]
-    elif name == "peers-quick":
-        flags += ["--readme-title", "locallearn: the field's methods, quick (budget run)", "--readme-body",
-                  "Made by `snakemake --cores all peers_quick`; regenerated on every run. The field's grid "
-                  "proper is `snakemake --cores all peers` (tables in docs/peers.md)."]
+    elif name in ("peers-quick", "infopro-quick"):
+        grid = name.split("-")[0]
+        flags += ["--readme-title", f"locallearn: the field's methods ({grid}), quick (budget run)", "--readme-body",
+                  f"Made by `snakemake --cores all {grid}_quick`; regenerated on every run. The grid "
+                  f"proper is `snakemake --cores all {grid}` (tables in docs/{grid}.md)."]
     return quoted(flags)
 
 
@@ -177,7 +178,7 @@ def preset_metrics(wildcards):
 REPORTING = any(a == "--report" or a.startswith("--report=") for a in sys.argv) and "--report-after-run" not in sys.argv
 
 
-FIELD_FIGURE = ("peers", "peers-quick")   # presets that draw error against cost (rule field)
+FIELD_FIGURE = ("peers", "peers-quick", "infopro", "infopro-quick")   # presets that draw error against cost (rule field)
 
 
 def targets(name):
