@@ -70,6 +70,17 @@ rule infopro_quick:
         lambda wildcards: targets("infopro-quick"),
 
 
+onsuccess:
+    # where the tables, README, report and MLflow runs are, and the verdicts (plan.end_of_run)
+    print(plan.end_of_run(config, PRESETS, plan.requested_presets(sys.argv[1:]), STARTED, ok=True))
+
+
+onerror:
+    # the runs that failed, each with its log, and how to resume them
+    print(plan.end_of_run(config, PRESETS, plan.requested_presets(sys.argv[1:]), STARTED, ok=False),
+          file=sys.stderr)
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/figures.smk"

@@ -205,11 +205,15 @@ def test_train_help_examples_run_the_recipes_they_name():
     from locallearn.recipe.config import TRAIN_EXAMPLES, config_hash, parse_train_args
     commands = [shlex.split(c.replace("\\\n", " "))
                 for c in re.findall(r"^  (locallearn train (?:.*\\\n)*.*)$", TRAIN_EXAMPLES, re.M)]
-    assert [c[:2] for c in commands] == [["locallearn", "train"]] * 3
+    assert [c[:2] for c in commands] == [["locallearn", "train"]] * 4
     paper, quick = (parse_train_args(c[2:]) for c in commands[:2])
     assert (paper.model, paper.dataset, paper.lr_decay_milestones) == ("mlp", "FashionMNIST", [100, 150, 175, 188])
     assert config_hash(paper) == "148313c58772" and config_hash(quick) == "447382185841"
-    assert quick.device == "cpu" and quick.epochs <= 2 and "--resume" in commands[2]
+    assert quick.device == "cpu" and quick.epochs <= 2 and "--resume" in commands[3]
+    from locallearn.cli.main import cell_argv   # one cell by name: the quick preset's run of that row
+    cell = parse_train_args(cell_argv(commands[2][2:]))
+    assert (cell.run_name, cell.seed, cell.epochs) == ("fmnist-mlp-predsim-s2", 2, 2)
+    assert cell.out.endswith("results/quick/runs/fmnist-mlp-predsim/seed2")
 
 
 @pytest.mark.slow
@@ -226,13 +230,14 @@ def test_train_prints_a_start_up_line(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("locallearn ")]
-    epochs = [i for i, line in enumerate(lines) if line.startswith("epoch 1/1 ")]
+    name = f"[{out.name}] "   # every line names the run (default: its folder's name)
+    starts = [i for i, line in enumerate(lines) if line.startswith(name + "locallearn ")]
+    epochs = [i for i, line in enumerate(lines) if line.startswith(name) and " epoch 1/1 " in line]
     assert len(starts) == 1 and epochs and starts[0] < epochs[0], r.stdout
     m = json.loads((out / "metrics.json").read_text())
     total, network = m["params_total"], m["params_backprop"]
     assert network < total  # predsim: the local heads count in the total only
-    assert lines[starts[0]] == (
+    assert lines[starts[0]] == name + (
         f"locallearn {__version__}: mlp on MNIST, predsim | device cpu (1 thread), bf16"
         f" | params {total:,} (network {network:,}; local heads {total - network:,})"
         f" | data {data}: train 30, test 20 | out {out}")

@@ -170,8 +170,8 @@ def test_dry_run_prints_every_training_command_to_paste(clone):
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     run = clone / "results" / "quick" / "runs" / "fmnist-mlp-sim" / "seed1"
     done = json.loads((run / "metrics.json").read_text())
-    assert done["epochs"] == 1 and (clone / "results" / "quick" / "logs" / "train" / "fmnist-mlp-sim"
-                                    / "seed1.log").read_text().startswith("# ")
+    job_log = (clone / "results" / "quick" / "logs" / "train" / "fmnist-mlp-sim" / "seed1.log").read_text()
+    assert done["epochs"] == 1 and "[fmnist-mlp-sim-s1] " in job_log and "\n# 20" not in "\n" + job_log
     r = snakemake(clone, "-n", "quick", "--config", budget)   # the workflow counts it as its own run
     assert r.returncode == 0 and not train_jobs(r.stdout), r.stdout[-3000:]
     shutil.rmtree(clone / "results" / "quick")

@@ -185,7 +185,7 @@ def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     seq = train_mod.run(cfg_for(tmp_path, flags, "seq", n, "--epochs", "2", "--mlflow-uri", uri,
                                 "--mlflow-experiment", "seq"), draw_curve=draw_run_curve)   # as `locallearn train`
-    seq_start = [ln for ln in capfd.readouterr().out.splitlines() if ln.startswith("locallearn ")]
+    seq_start = [ln for ln in capfd.readouterr().out.splitlines() if ln.startswith("[seq] locallearn ")]
     pipe_cfg = cfg_for(tmp_path, flags, "pipe", n, "--epochs", "2", "--pipeline-stages", "2", "--mlflow-uri", uri,
                        "--mlflow-experiment", "pipe")
     monkeypatch.setenv(FAULT_ENV, "enospc-checkpoint:2")  # in the last stage
@@ -197,9 +197,9 @@ def test_pipelined_run_writes_what_a_sequential_one_writes(tmp_path, monkeypatch
     monkeypatch.delenv(FAULT_ENV)
     capfd.readouterr()
     pipe = train_mod.run(pipe_cfg)
-    pipe_start = [ln for ln in capfd.readouterr().out.splitlines() if ln.startswith("locallearn ")]
+    pipe_start = [ln for ln in capfd.readouterr().out.splitlines() if ln.startswith("[pipe] locallearn ")]
     assert len(seq_start) == len(pipe_start) == 1   # one line, from the reporting stage, naming
-    assert pipe_start[0].replace("/pipe", "/seq") == seq_start[0]   # the whole network, as sequential
+    assert pipe_start[0].replace("[pipe]", "[seq]").replace("/pipe", "/seq") == seq_start[0]   # the whole network, as sequential
     assert strip(pipe["history"]) == strip(seq["history"])
     client = mlflow.tracking.MlflowClient(uri)
 

@@ -350,14 +350,20 @@ def test_quick_end_to_end_with_mlflow(tmp_path):
     for c, m in metrics.items():
         assert m["epochs"] == 1 and len(m["history"]) == 1 and 0 <= m["test_error"] <= 100
         assert (quick / "figures" / "curves" / f"{c}.png").read_bytes()[:4] == b"\x89PNG"
-        log = (quick / "logs" / "train" / c / "seed1.log").read_text()
+        log = (quick / "runs" / c / "seed1" / "train.log").read_text()   # the attempt's header: the command
         assert "--max-train-examples 512" in log and "--threads 1" in log and f"--run-name {c}-s1" in log
+        job = (quick / "logs" / "train" / c / "seed1.log").read_text()    # the job's lines, each named
+        assert job and all(ln.startswith(f"[{c}-s1] ") for ln in job.splitlines() if not ln.startswith("# "))
     assert (quick / "figures" / "scatter.png").is_file()
     summary = (quick / "tables" / "summary.md").read_text()
     assert summary.count("[1/200 ep, 512 train ex, 512 test ex]") == 4 and "budget run (not compared)" in summary
     readme = (quick / "README.md").read_text()
     assert "Quick preset: a budget run" in readme and "(figures/curves/fmnist-mlp-pred.png)" in readme
     assert not (tmp_path / "README.md").exists() and not (tmp_path / "results" / "full").exists()
+    # the end of the run: where everything is, and the verdicts (read from summary.csv)
+    assert "locallearn: quick preset done." in r.stdout + r.stderr
+    assert "verdicts: 0 within tolerance, 0 outside, 4 budget runs" in r.stdout + r.stderr
+    assert (quick / "tables" / "summary.csv").read_text().count("budget run (not compared)") == 4
 
     import mlflow
     uri = "sqlite:///" + str(quick / "mlflow.db")

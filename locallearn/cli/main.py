@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 
@@ -25,12 +26,49 @@ def cmd_train(argv: list[str]) -> int:
     from ..recipe.config import parse_train_args
     from ..report.figures import draw_run_curve
     from ..train.trainer import run, set_aside_only
+    argv = cell_argv(argv)
     cfg = parse_train_args(argv)
     if cfg.set_aside_to:
         set_aside_only(cfg, argv)
     else:
         run(cfg, argv, draw_curve=draw_run_curve)   # the trainer draws no figure of its own
     return 0
+
+
+def cell_argv(argv: list[str]) -> list[str]:
+    """`locallearn train --cell NAME [--seed K] [--preset NAME] [--configfile FILE] [flag ...]`:
+    the workflow's command for that run (its recipe, folder, MLflow store and run name:
+    plan.Preset.job_args, from the workflow's own config and presets), then any other
+    flags given (where and how it runs: --device, --threads ...). Without --cell, `argv`."""
+    if "--cell" not in argv and not any(a.startswith("--cell=") for a in argv):
+        return argv
+    from ..recipe.config import config_hash, parse_train_args
+    from ..workflow import plan
+    p = argparse.ArgumentParser(prog="locallearn train --cell", add_help=False)
+    p.add_argument("--cell", required=True)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--preset", default="full", choices=plan.PRESETS)
+    p.add_argument("--configfile", default=None)
+    known, rest = p.parse_known_args(argv)
+    try:
+        overrides = None
+        if known.configfile:
+            import yaml
+            with open(known.configfile) as f:
+                overrides = yaml.safe_load(f) or {}
+        config = plan.load_config(overrides=overrides)
+        rows = plan.load_cells(plan.cells_path(config))
+        preset = plan.make_presets(config, rows)[known.preset]
+        stages = plan.pipeline_stages(config, rows).get(known.cell, 1)
+        seed = preset.seeds[0] if known.seed is None else known.seed
+        job = preset.job_args(config, known.cell, seed, stages)
+    except (plan.PlanError, OSError) as e:
+        raise ConfigError(f"locallearn train --cell: {e}") from None
+    if rest and config_hash(parse_train_args(job + rest)) != config_hash(parse_train_args(job)):
+        raise ConfigError(f"locallearn train --cell {known.cell}: {' '.join(rest)} would change the cell's recipe "
+                          "(its config hash): give only flags of where and how it runs, or train without --cell")
+    print(f"locallearn train {shlex.join(job + rest)}", flush=True)
+    return job + rest
 
 
 def cmd_describe(argv: list[str]) -> int:

@@ -118,7 +118,9 @@ def _add_reference_flags(p: argparse.ArgumentParser) -> None:
     a = g["running"].add_argument
     a("--seed", type=int, default=1, help="seeds every random number of the run")
     a("--no-cuda", action="store_true", help="train on the CPU even where CUDA is present")
-    a("--progress-bar", action="store_true", help="show a progress bar (also on by itself on a terminal)")
+    a("--progress-bar", action=argparse.BooleanOptionalAction, default=None,
+      help="a progress bar on the terminal, never in train.log or a job log (default: on where stderr is a "
+           "terminal); the workflow's jobs run with --no-progress-bar")
     a("--no-print-stats", action="store_true", help="print no per-epoch statistics line (the reference's flag)")
     a("--resume", default="", metavar="FILE", help="checkpoint file to resume from (default: the one in --out); "
       "refused if it is of another recipe (the reference takes the recipe from it)")
@@ -149,6 +151,9 @@ def _add_project_flags(p: argparse.ArgumentParser) -> None:
         help="fp32 (TF32 off: float32 as the paper) | tf32 (CUDA matmuls and convolutions in TF32) "
              "| bf16 (autocast for forward and local losses); host/precision.py")
     run("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's choice)")
+    run("--heartbeat", type=float, default=60.0, metavar="SECONDS",
+        help="without a progress bar, a line every SECONDS inside an epoch: batch, images/s, the epoch's and "
+             "the run's ETA (0: none)")
     data("--max-train-examples", type=int, default=0, help="use only the first N training examples (0: all)")
     data("--max-test-examples", type=int, default=0, help="use only the first N test examples (0: all)")
     # The data as another paper's code reads it (the field's grid, docs/peers.md). Unset,
@@ -258,6 +263,11 @@ logs nowhere):
   locallearn train --model mlp --dataset MNIST --num-hidden 256 --epochs 2 \\
       --max-train-examples 5000 --device cpu --download --mlflow-uri "" \\
       --out runs/quick
+
+One cell of the workflow's grid, exactly as its train rule runs it (the same folder,
+config hash and MLflow run; --preset full by default, or quick, peers, infopro, ...):
+
+  locallearn train --cell fmnist-mlp-predsim --seed 2 --preset quick
 
 Resuming: run the same command again; it continues from the last checkpoint in --out, and
 a finished run is not trained again. --resume continues a checkpoint of the same recipe
@@ -414,6 +424,8 @@ def check(args: argparse.Namespace) -> None:
     for key in ("feat_mult", "dropout", "alpha", "beta", "lr", "momentum", "weight_decay", "lr_decay_fact"):
         if not math.isfinite(getattr(args, key)):
             bad(key, f"must be a finite number, got {getattr(args, key)}")
+    if not (math.isfinite(args.heartbeat) and args.heartbeat >= 0):
+        bad("heartbeat", f"must be a number of seconds >= 0, got {args.heartbeat}")
     for key in ("momentum", "weight_decay"):  # torch.optim refuses negative ones, with a traceback
         if getattr(args, key) < 0:
             bad(key, f"must be >= 0, got {getattr(args, key)}")
@@ -516,7 +528,9 @@ def argv_of(cfg: argparse.Namespace) -> list[str]:
         if value == action.default and type(value) is type(action.default):   # 1.0 is not 1 to the hash
             continue
         flag = max(action.option_strings, key=len)
-        if action.nargs == 0:                     # store_true
+        if isinstance(action, argparse.BooleanOptionalAction):   # --flag / --no-flag
+            out += [action.option_strings[0] if value else action.option_strings[1]]
+        elif action.nargs == 0:                     # store_true
             out += [flag] if value else []
         elif isinstance(value, list) and action.nargs is None:   # append: --tag K=V --tag ...
             for v in value:
@@ -533,7 +547,8 @@ def argv_of(cfg: argparse.Namespace) -> list[str]:
 # Everything else is the recipe: it decides every number, so it decides whether a
 # checkpoint may be continued.
 NON_RECIPE = {
-    "out", "set_aside_to", "job_log", "data_dir", "download", "device", "no_cuda", "progress_bar", "no_print_stats",
+    "out", "set_aside_to", "job_log", "data_dir", "download", "device", "no_cuda", "progress_bar", "heartbeat",
+    "no_print_stats",
     "resume", "save_dir", "threads", "mlflow_uri", "mlflow_experiment", "mlflow_system_metrics",
     "run_name", "tag",
     "debug", "eval_batch_size", "pipeline_stages", "stage_devices",

@@ -68,16 +68,22 @@ def draw_field(grids: list[tuple[list[dict], str | Path]], seeds: list[int] | No
 def compile_tables(rows: list[dict], results: str | Path, *, seeds: list[int] | None,
                    tolerance: Mapping[str, float] | float, intro: str,
                    readme_path: str | Path | None, figures_drawn: bool = True) -> dict[str, str]:
-    """Compile the tables of `rows` and write them to <results>/tables; links to the
-    figures (when drawn) are relative to the README that will receive them."""
+    """Compile the tables of `rows` and write them to <results>/tables (markdown, and the
+    summary as summary.csv and summary.tex); links to the figures (when drawn) are
+    relative to the README that will receive them."""
     link = figures_link(results, readme_path)
-    out = tables.compile_tables(rows, runs(rows, results, seeds), expected_seeds=len(seeds) if seeds else 1,
+    found = runs(rows, results, seeds)
+    out = tables.compile_tables(rows, found, expected_seeds=len(seeds) if seeds else 1,
                                 tolerance=tolerance, intro=intro,
                                 figure_prefix=f"{link}/curves/" if figures_drawn else None,
                                 layers_prefix=f"{link}/layers/" if figures_drawn else None,
                                 pending_link=f"{figures_link(results, readme_path, 'tables')}/pending.md",
                                 scatter=f"{link}/scatter.png" if figures_drawn else None)
     tables.write_tables(out, Path(results) / "tables")
+    # the same numbers as data: summary.csv (pandas reads it back), summary.tex (booktabs)
+    frame = tables.summary_frame(rows, found, expected_seeds=len(seeds) if seeds else 1, tolerance=tolerance)
+    write_if_changed(Path(results) / "tables" / "summary.csv", frame.to_csv(index=False))
+    write_if_changed(Path(results) / "tables" / "summary.tex", tables.summary_latex(frame))
     return out
 
 

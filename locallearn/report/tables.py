@@ -23,6 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Mapping
 
+import pandas as pd
 from tabulate import tabulate
 
 from ..atomic import write_if_changed
@@ -300,8 +301,11 @@ def _tolerance(tolerance: Mapping[str, float] | float, dataset: str) -> float:
 
 
 def _markdown(headers: list[str], body: list[list[str]]) -> str:
-    return tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True,
-                    colalign=("left",) * len(headers))
+    """A table as a pandas DataFrame, in markdown (DataFrame.to_markdown: tabulate's pipe
+    format, every cell as its text)."""
+    frame = pd.DataFrame(body, columns=headers) if body else pd.DataFrame(columns=headers)
+    return frame.to_markdown(index=False, tablefmt="pipe", disable_numparse=True,
+                             colalign=("left",) * len(headers))
 
 
 def _footnote(cells: list[Cell]) -> str | None:
@@ -485,6 +489,59 @@ def field_points(rows: list[dict], runs: Mapping[str, list[dict]]) -> list[dict]
                        "macs": sum(macs) if all(is_number(x) for x in macs) else None,
                        "budget": c.budget})
     return points
+
+
+# --------------------------------------------------------------------------- summary.csv, summary.tex
+
+SUMMARY_COLUMNS = ("cell", "dataset", "network", "column", "protocol", "seeds", "expected_seeds", "published",
+                   "published_std", "ours", "ours_std", "delta", "verdict", "last_epoch", "best_test_epoch",
+                   "validation_selected", "backbone_params", "head_params", "head_macs", "peak_memory_mib",
+                   "seconds_per_epoch", "budget", "precision")
+
+
+def summary_frame(rows: list[dict], runs: Mapping[str, list[dict]], *, expected_seeds: int = 1,
+                  tolerance: Mapping[str, float] | float = 0.5) -> pd.DataFrame:
+    """One row per cell, the numbers of the tables (not their text): the three errors
+    (means over seeds), seeds, published, delta, verdict, protocol, cost. Empty where a
+    cell has not run. Written as summary.csv, and as summary.tex."""
+    records = []
+    for r in rows:
+        c = Cell(r, list(runs.get(r["cell"], [])), expected_seeds)
+        spread = published_spread(r)
+        rec = {"cell": r["cell"], "dataset": r["dataset"], "network": r["network"], "column": column(r),
+               "protocol": c.protocol, "seeds": c.n, "expected_seeds": expected_seeds, "published": c.published,
+               "published_std": spread[0] if spread else None, "ours": c.mean, "ours_std": c.std,
+               "delta": c.delta(), "verdict": c.verdict(_tolerance(tolerance, r["dataset"])),
+               "budget": c.budget, "precision": c.precision}
+        for key, name in (("test_error", "last_epoch"), ("best_test_error", "best_test_epoch"),
+                          ("val_selected_test_error", "validation_selected")):
+            values = [e for e in (error_of(m, key) for m in c.runs) if e is not None]
+            rec[name] = statistics.fmean(values) if values else None
+        if c.n:
+            m = c.runs[0]
+            epochs = [e["epoch_seconds"] for run in c.runs for e in (run.get("history") or [])
+                      if is_number(e.get("epoch_seconds"))]
+            memory = m.get("peak_memory_bytes")
+            rec.update(backbone_params=m.get("backbone_params", m.get("params_backprop")),
+                       head_params=m.get("head_params"), head_macs=m.get("head_macs"),
+                       peak_memory_mib=memory / 2**20 if is_number(memory) and memory else None,
+                       seconds_per_epoch=statistics.fmean(epochs) if epochs else None)
+        records.append(rec)
+    return pd.DataFrame(records, columns=list(SUMMARY_COLUMNS))
+
+
+def summary_latex(frame: pd.DataFrame) -> str:
+    """The summary's finished cells as a LaTeX table (booktabs): cell, protocol, seeds,
+    published, ours ± std, delta, verdict."""
+    done = frame[frame["seeds"] > 0]
+
+    def num(x, fmt="{:.2f}"):
+        return "" if x is None or pd.isna(x) else fmt.format(x)
+    body = [[r.cell, r.protocol, r.seeds, num(r.published),
+             num(r.ours) + (f" ± {num(r.ours_std)}" if not pd.isna(r.ours_std) else ""), num(r.delta, "{:+.2f}"),
+             r.verdict] for r in done.itertuples()]
+    return tabulate(body, headers=["Cell", "Protocol", "Seeds", "Published", "Ours", "Delta", "Verdict"],
+                    tablefmt="latex_booktabs", disable_numparse=True) + "\n"
 
 
 # --------------------------------------------------------------------------- files

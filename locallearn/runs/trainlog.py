@@ -41,6 +41,31 @@ class _Tee:
         return getattr(self._stream, name)
 
 
+def terminal(stream):
+    """The stream under any copies (_Tee) of it: what the user's terminal, or the job's
+    own log, receives. A progress bar writes here, so its refreshes never reach a log."""
+    while isinstance(stream, _Tee):
+        stream = stream._stream
+    return stream
+
+
+def named(run_name: str, line: str) -> str:
+    """A line of the run's output, named: `[<run name>] line` (the workflow's run names
+    are <cell>-s<seed>), so that the lines of jobs side by side can be told apart; each
+    line of a text of several."""
+    return "\n".join(f"[{run_name}] {part}" for part in line.split("\n"))
+
+
+def duration(seconds: float) -> str:
+    """'42s', '7m05s', '3h12m'."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def header(argv: list[str]) -> str:
     return (f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {socket.gethostname()}: "
             f"{shlex.join(['locallearn', 'train', *argv])}\n")
@@ -49,7 +74,8 @@ def header(argv: list[str]) -> str:
 @contextlib.contextmanager
 def copy_output(path: str | Path | None, mode: str = "a", first: str = ""):
     """Copy stdout and stderr into `path` (opened with `mode`) until the end of the
-    block, which adds the closing line; `first` is printed first (on stdout too).
+    block, which adds the closing line; `first` is written first, to `path` only (the
+    attempt's header: the terminal and a job's log have the command already).
     path None: nothing is copied."""
     if path is None:
         yield
@@ -60,7 +86,8 @@ def copy_output(path: str | Path | None, mode: str = "a", first: str = ""):
         old = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
         if first:
-            sys.stdout.write(first)
+            log.write(first)
+            log.flush()
         outcome = "# finished\n"
         try:
             yield

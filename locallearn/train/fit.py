@@ -30,6 +30,7 @@ from ..methods import registry
 from ..layout import resolve_data_dir
 from ..recipe.cost import head_cost
 from ..runs.selection import reported_errors
+from ..runs.trainlog import duration, named, terminal
 from ..track.live import complete_run, open_run, run_tags
 
 
@@ -89,11 +90,43 @@ def utc_iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
-def progress_bar(cfg):
-    if cfg.progress_bar or sys.stderr.isatty():
+# ------------------------------------------------------------------ what a run prints
+# Every line names its run (runs/trainlog.named), so that the lines of jobs running side
+# by side can be told apart.
+
+
+def progress(cfg, run_name: str, epochs_after):
+    """How an epoch's batches are watched: a bar on the terminal (--progress-bar, by
+    default where stderr is one), written to the terminal itself and so never to
+    train.log or a job log; else a heartbeat line every --heartbeat seconds; else nothing.
+    `epochs_after(epoch)`: the epochs left after `epoch`, for the run's ETA."""
+    screen = terminal(sys.stderr)
+    if cfg.progress_bar or (cfg.progress_bar is None and screen.isatty()):
         from tqdm import tqdm
-        return lambda it, total, desc: tqdm(it, total=total, desc=desc, leave=False)
+        return lambda it, total, desc: tqdm(it, total=total, desc=named(run_name, desc), leave=False, file=screen)
+    if cfg.heartbeat > 0:
+        return lambda it, total, desc: heartbeat(it, total, desc, cfg, run_name, epochs_after)
     return no_progress
+
+
+def heartbeat(batches, total, desc, cfg, run_name, epochs_after):
+    """The batches, with a line every cfg.heartbeat seconds: the run, the epoch, batch k of
+    n, images/s, and the ETA of the epoch and of the run (its other epochs taken as long as
+    this one)."""
+    t0 = last = time.perf_counter()
+    seen = 0
+    for k, batch in enumerate(batches, 1):
+        yield batch
+        seen += len(batch[1])
+        now = time.perf_counter()
+        if now - last >= cfg.heartbeat and total:
+            last = now
+            per_batch = (now - t0) / k
+            epoch_left = per_batch * (total - k)
+            epoch = int(desc.split()[-1])
+            run_left = epoch_left + per_batch * total * epochs_after(epoch)
+            print(named(run_name, f"{desc}/{cfg.epochs}: batch {k}/{total}, {seen / (now - t0):.0f} img/s, "
+                                  f"epoch ETA {duration(epoch_left)}, run ETA {duration(run_left)}"), flush=True)
 
 
 def history_entry(cfg, epoch: int, lr: float, parts: list, n_test: int) -> dict:
@@ -135,13 +168,18 @@ def divergence(entry: dict, out, epoch: int, lr: float) -> str | None:
             f"{', '.join(f'{k} {v}' for k, v in losses.items())}; {kept}")
 
 
-def progress_line(cfg, epoch: int, e: dict) -> str:
-    line = (f"epoch {epoch}/{cfg.epochs} lr {e['lr']:.2e} train {e['train_error']:.2f}% "
-            f"test {e['test_error']:.2f}% loss {e['train_loss']:.4f} local {e['local_loss']:.4f} "
+def progress_line(cfg, epoch: int, e: dict, eta: float | None = None) -> str:
+    """An epoch's line: the time, the errors, the losses the run has (no local loss under
+    global backprop), its speed and, with `eta` (seconds), the run's ETA."""
+    local = f" local {e['local_loss']:.4f}" if e["local"] else ""
+    line = (f"{time.strftime('%H:%M:%S')} epoch {epoch}/{cfg.epochs} lr {e['lr']:.2e} "
+            f"train {e['train_error']:.2f}% test {e['test_error']:.2f}% loss {e['train_loss']:.4f}{local} "
             f"{e['epoch_seconds']:.1f}s {e['images_per_second']:.0f} img/s")
     if "stage_wait_seconds" in e:
         line += " (stage waits recv/send " + " ".join(
             f"s{k}:{w['recv']:.1f}/{w['send']:.1f}s" for k, w in enumerate(e["stage_wait_seconds"])) + ")"
+    if eta is not None and epoch < cfg.epochs:
+        line += f", run ETA {duration(eta)}"
     return line
 
 
@@ -165,7 +203,8 @@ def fit(cfg, folder, engine, train, test, draw_curve=None) -> dict | None:
         history, wall_before, start = state["history"] or [], state["wall_seconds"], state["epoch"] + 1
         started_at = state.get("started_at") or started_at - wall_before   # older checkpoints lack it
         if reports:
-            print(f"{folder.out}: resuming after epoch {state['epoch']} of {cfg.epochs}", flush=True)
+            print(named(folder.run_name, f"{folder.out}: resuming after epoch {state['epoch']} of {cfg.epochs}"),
+                  flush=True)
 
     env = describe(device, torch.get_num_threads(), cfg.precision)   # metrics.json and MLflow's env.* tags
     tracker = open_run(cfg, folder.out, folder.run_name, env) if reports else None
@@ -173,14 +212,14 @@ def fit(cfg, folder, engine, train, test, draw_curve=None) -> dict | None:
         tracker.log_history(history)
     precision_used = precision.apply(cfg.precision)  # this process's TF32 switches (every stage's)
     autocast = precision.autocast(cfg.precision, device)
-    progress = progress_bar(cfg) if reports else no_progress
+    watch = progress(cfg, folder.run_name, lambda epoch: cfg.epochs - epoch) if reports else no_progress
     t_start = time.perf_counter()
     try:
         for epoch in range(start, cfg.epochs + 1):
             lr = lr_at(cfg, epoch)
             engine.set_lr(lr)
             t0 = time.perf_counter()
-            sums = train_epoch(cfg, engine, train, epoch, autocast, progress)
+            sums = train_epoch(cfg, engine, train, epoch, autocast, watch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timing = {"seconds": time.perf_counter() - t0, **engine.waits()}  # this epoch's training only
@@ -206,8 +245,10 @@ def fit(cfg, folder, engine, train, test, draw_curve=None) -> dict | None:
             fault("kill-after-checkpoint", epoch)
             if reports:
                 tracker.log_history(history)  # after the checkpoint: a kill never loses a logged epoch
-                if not cfg.no_print_stats:
-                    print(progress_line(cfg, epoch, entry), flush=True)
+                if not cfg.no_print_stats:   # the ETA: this attempt's epochs so far, training and testing
+                    per_epoch = (time.perf_counter() - t_start) / (epoch - start + 1)
+                    print(named(folder.run_name, progress_line(cfg, epoch, entry, per_epoch * (cfg.epochs - epoch))),
+                          flush=True)
         engine.finish()
         memory = engine.gather(peak_memory_bytes(device))
         if not reports:

@@ -46,6 +46,7 @@ from ..errors import CheckpointError, PipelineError
 from .fit import fit, startup_line
 from ..host.machine import prepare
 from ..runs.rundir import RunFolder
+from ..runs.trainlog import named
 from .stagesplit import describe_split, layer_costs, layer_times, split_layers
 
 TIMEOUT_ENV = "LOCALLEARN_PIPELINE_TIMEOUT"  # seconds a stage waits for a peer (default 60)
@@ -248,14 +249,16 @@ def stage_main(cfg, rank: int, world: int, local_rank: int, init_method: str, dr
                             timeout=datetime.timedelta(seconds=peer_timeout()))
     try:
         engine = StageEngine(cfg, rank, world, device)
+        folder = RunFolder(cfg, stage=rank)
         if rank == 0:
-            print(engine.split_text, flush=True)
+            print(named(folder.run_name, engine.split_text), flush=True)
         train = test = None
         if rank == 0:  # stage 0 alone reads the data
             from ..data.batches import load_splits
             train, test, _ = load_splits(cfg, device)
-            print(startup_line(cfg, device, engine.model, train, test), flush=True)   # the whole network's counts
-        return fit(cfg, RunFolder(cfg, stage=rank), engine, train, test, draw_curve)
+        if rank == 0:   # the whole network's counts
+            print(named(folder.run_name, startup_line(cfg, device, engine.model, train, test)), flush=True)
+        return fit(cfg, folder, engine, train, test, draw_curve)
     finally:
         try:
             dist.destroy_process_group()

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..recipe.config import argv_of
 from ..errors import ConfigError, LocallearnError, PipelineError, error_class
 from ..runs.rundir import RunFolder
+from ..runs.trainlog import named
 from .pipeline import peer_timeout, stage_main
 from .stagesplit import check_config
 
@@ -63,7 +64,7 @@ def launch(cfg, folder: RunFolder) -> dict:
                "--redirects", "3", "--tee", "3", "--log-dir", str(logs),
                "-m", "locallearn", "train", *argv_of(cfg)]
         env = dict(os.environ, **{STAGE_ERRORS_ENV: str(errors)})
-        print(f"pipeline: {world} stage processes: {shlex.join(cmd)}", flush=True)
+        print(named(folder.run_name, f"pipeline: {world} stage processes: {shlex.join(cmd)}"), flush=True)
         launcher_lines = []
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, text=True, bufsize=1)

@@ -23,7 +23,7 @@ from ..credentials import redact_uri
 from ..errors import ForeignCheckpointError
 from ..faults import fault
 from ..runs.rundir import RunFolder
-from ..runs.trainlog import copy_output, train_log
+from ..runs.trainlog import copy_output, named, train_log
 
 
 def run(cfg, argv: list[str] | None = None, draw_curve=None) -> dict:
@@ -53,7 +53,7 @@ def own_and_train(cfg, argv: list[str], draw_curve=None) -> dict:
         from ..track import mlstore
         from ..track.mirror import mirror_finished
         done = folder.finished_metrics()
-        print(f"{folder.out}: already finished (test error {done['test_error']:.2f}%)")
+        print(named(folder.run_name, f"{folder.out}: already finished (test error {done['test_error']:.2f}%)"))
         if draw_curve is not None and not folder.curve.is_file() and mlstore.resolve_uri(cfg.mlflow_uri):
             # the mirror uploads what exists: a curve the folder lacks is drawn first
             draw_curve(folder.curve, {**done, "run_name": runstate.recorded_run_name(folder.out, done)})
@@ -119,5 +119,5 @@ def train_here(cfg, folder: RunFolder, draw_curve=None) -> dict:
     device = prepare(cfg, cfg.threads)
     train, test, spec = load_splits(cfg, device)
     engine = ENGINES[cfg.engine](cfg, make_model(cfg, spec, device), device)
-    print(startup_line(cfg, device, engine.model, train, test), flush=True)
+    print(named(folder.run_name, startup_line(cfg, device, engine.model, train, test)), flush=True)
     return fit(cfg, folder, engine, train, test, draw_curve)

@@ -422,6 +422,38 @@ class Preset:
         return (with_flags(recipe_args(row), self.budget_args() + held_out + self.precision_args())
                 + list(self.extra_args))
 
+    def run_flags(self, config: dict, row: dict, seed, threads: int, stages: int = 1) -> list[str]:
+        """Where and how one run of `row` trains, none of which changes its numbers: the
+        data dir, the MLflow store (credentials go to MLflow's variables), experiment, run
+        name <cell>-s<seed> and tags, the device, threads per process (a pipelined cell
+        runs `stages` processes), no progress bar. The workflow's train rule and `locallearn
+        train --cell` both use it."""
+        from ..credentials import take_credentials
+        flags = ["--data-dir", data_dir(config), "--mlflow-uri", take_credentials(tracking_uri(config, self)),
+                 "--mlflow-experiment", self.experiment, "--run-name", f"{row['cell']}-s{seed}"]
+        if config["mlflow"]["system_metrics"]:
+            flags.append("--mlflow-system-metrics")
+        tags = {"cell": row["cell"], "seed": seed, "preset": self.name, "dataset": row["dataset"],
+                "model": row["model"], "network": row["network"], "loss": row["loss"]}
+        for k, v in tags.items():
+            flags += ["--tag", f"{k}={v}"]
+        flags += ["--device", self.device, "--threads", str(max(1, threads // stages)), "--no-progress-bar"]
+        if stages > 1:
+            flags += ["--pipeline-stages", str(stages)]
+        return flags
+
+    def job_args(self, config: dict, cell: str, seed, stages: int = 1) -> list[str]:
+        """The whole `locallearn train` command line of one run, as the workflow's train
+        rule gives it (recipe, seed, folder, run flags; its --job-log aside): what
+        `locallearn train --cell` runs."""
+        row = next((r for r in self.table_rows if r["cell"] == cell), None)
+        if row is None:
+            known = ", ".join(r["cell"] for r in self.table_rows[:6])
+            raise PlanError(f"--cell {cell!r}: no cell of that name in the {self.name} preset's grid "
+                            f"({self.cells}: {known}, ...)")
+        return [*self.args(row), "--seed", str(seed), "--out", self.run_dir(cell, seed),
+                *self.run_flags(config, row, seed, self.threads * stages, stages)]
+
     def state(self, row: dict, seed) -> str:
         """The trainer's run_state of one run, looked at once per workflow invocation."""
         key = (row["cell"], int(seed))
@@ -624,6 +656,83 @@ def data_dir(config: dict) -> str:
     return layout.data_dir(config["data_dir"])
 
 
+# --------------------------------------------------------------------------- the end of a run
+# What Snakemake's onsuccess and onerror print (the Snakefile): read from the files the
+# run left (tables/summary.csv, run folders, job logs), importing no reporting code.
+
+# the Snakefile's targets that name a preset (its rule names); no target: `all`
+TARGET_PRESETS = {"all": "full", "tables": "full", "quick": "quick", "peers": "peers", "peers_quick": "peers-quick",
+                  "infopro": "infopro", "infopro_quick": "infopro-quick"}
+VERDICTS = ("within", "outside", "budget", "holdout", "no published", "not yet run")
+
+
+def requested_presets(argv: list[str]) -> list[str]:
+    """The presets the command line's targets ask for (`all` where it names none)."""
+    named = [TARGET_PRESETS[a] for a in argv if a in TARGET_PRESETS]
+    return list(dict.fromkeys(named)) or ["full"]
+
+
+def verdict_counts(summary_csv: Path) -> dict[str, int] | None:
+    """How many cells of a compiled summary.csv have each kind of verdict (VERDICTS)."""
+    import csv
+    try:
+        with open(summary_csv, newline="") as f:
+            verdicts = [row["verdict"] for row in csv.DictReader(f)]
+    except (OSError, KeyError, csv.Error):
+        return None
+    return {kind: sum(v.startswith(kind) for v in verdicts) for kind in VERDICTS}
+
+
+def end_of_run(config: dict, presets: Presets, names: list[str], started: float, ok: bool) -> str:
+    """onsuccess: where each preset's tables, README, report and MLflow runs are, and its
+    verdict counts. onerror: the runs that failed in this invocation (no metrics.json, a
+    job log written since `started`), each with its log, and how to resume them."""
+    lines = []
+    for name in names:
+        try:
+            p = presets[name]
+        except PlanError:
+            continue
+        res = Path(p.results)
+        if ok:
+            counts = verdict_counts(res / "tables" / "summary.csv")
+            uri = tracking_uri(config, p)
+            if uri.startswith("sqlite:///"):
+                ui = (f"mlflow ui --backend-store-uri {uri} --artifacts-destination {res / 'mlartifacts'}, "
+                      "then open http://127.0.0.1:5000")
+            else:
+                ui = f"open {layout_uri(uri)}"
+            target = next(t for t, n in TARGET_PRESETS.items() if n == name and t != "tables")
+            lines += [f"locallearn: {name} preset done.",
+                      f"  tables: {res / 'tables' / 'tables.md'} (numbers: summary.csv, LaTeX: summary.tex)",
+                      f"  README: {p.readme}",
+                      f"  report: snakemake --report {res / 'report.html'} {'' if target == 'all' else target}".rstrip(),
+                      f"  MLflow: {ui}"]
+            if counts is not None:
+                lines.append(f"  verdicts: {counts['within']} within tolerance, {counts['outside']} outside, "
+                             f"{counts['budget']} budget runs, {counts['holdout']} holdout runs, "
+                             f"{counts['no published']} without a published number, {counts['not yet run']} not yet run")
+            continue
+        failed = []
+        for r in p.rows:
+            for seed in p.seeds:
+                log = res / "logs" / "train" / r["cell"] / f"seed{seed}.log"
+                done = Path(p.metrics(r["cell"], seed)).is_file()
+                if not done and log.is_file() and log.stat().st_mtime >= started:
+                    failed.append(f"  {r['cell']} seed {seed}: {log}")
+        if failed:
+            lines += [f"locallearn: {len(failed)} run(s) of the {name} preset failed:", *failed,
+                      "  Each log's last lines say why. Rerunning the same command resumes them from their "
+                      "last checkpoint; finished runs are never trained again."]
+    return "\n".join(lines)
+
+
+def layout_uri(uri: str) -> str:
+    """A tracking server's address as it may be shown (credentials taken out)."""
+    from ..credentials import redact_uri
+    return redact_uri(uri)
+
+
 # --------------------------------------------------------------------------- estimates
 # Measured where someone measured (recipe/gridcost.py: `locallearn bench --grid` on the device),
 # else a cost model: multiply-adds of a training and a test example counted from the
@@ -651,10 +760,15 @@ def measured_table(config: dict, preset: Preset) -> dict | None:
     return gridcost.load_table(gridcost.table_path(results_root(config), kind, preset.precision))
 
 
-def runtime_minutes(row: dict, config: dict, preset: Preset) -> int:
+def runtime_minutes(row: dict, config: dict, preset: Preset, attempt: int = 1) -> int:
     """The `runtime` resource (minutes): config train.runtime_minutes[dataset], else the
     measured hours (or, unmeasured, the FLOP model's) x estimate.safety_factor + 10
-    minutes of start-up."""
+    minutes of start-up; times the attempt, so that a job killed at its time limit (an
+    estimate, never measured on that GPU) is retried with more."""
+    return attempt * _runtime_minutes(row, config, preset)
+
+
+def _runtime_minutes(row: dict, config: dict, preset: Preset) -> int:
     fixed = config["train"]["runtime_minutes"].get(row["dataset"])
     if fixed:
         return int(fixed)
@@ -672,9 +786,11 @@ def runtime_minutes(row: dict, config: dict, preset: Preset) -> int:
     return int(math.ceil(hours * 60 * est["safety_factor"])) + 10
 
 
-def mem_mb(row: dict, config: dict) -> int:
+def mem_mb(row: dict, config: dict, attempt: int = 1) -> int:
+    """The `mem_mb` resource: config train.mem_mb[dataset] (else its default), times the
+    attempt: a job retried (the SLURM profile's retries) gets more than the one that failed."""
     m = config["train"]["mem_mb"]
-    return int(m.get(row["dataset"], m["default"]))
+    return int(m.get(row["dataset"], m["default"])) * attempt
 
 
 def hours_by_dataset(rows: list[dict], est: dict, seeds: int = 1) -> dict[str, float]:

@@ -49,6 +49,7 @@ RES = plan.results_root(config)
 CONDA_ENV = "../../envs/environment.yaml"  # relative to workflow/rules/
 # Names the folder a replaced run is moved to (seed<k>.replaced-<STAMP>): this invocation.
 STAMP = time.strftime("%Y%m%d-%H%M%S")
+STARTED = time.time()   # the end-of-run text names the runs that failed since (Snakefile onerror)
 
 
 wildcard_constraints:
@@ -85,21 +86,10 @@ def mlflow_uri(p):
 
 
 def run_flags(wildcards, threads):
-    """Where and how a run trains, none of which changes its numbers: data, MLflow,
-    device, threads (per process: a pipelined cell runs S processes), pipeline stages."""
-    p, row, stages = preset(wildcards.preset), ROW[wildcards.cell], STAGES[wildcards.cell]
-    flags = ["--data-dir", plan.data_dir(config), "--mlflow-uri", mlflow_uri(p),
-             "--mlflow-experiment", p.experiment, "--run-name", f"{wildcards.cell}-s{wildcards.seed}"]
-    if config["mlflow"]["system_metrics"]:
-        flags.append("--mlflow-system-metrics")
-    tags = {"cell": wildcards.cell, "seed": wildcards.seed, "preset": p.name, "dataset": row["dataset"],
-            "model": row["model"], "network": row["network"], "loss": row["loss"]}
-    for k, v in tags.items():
-        flags += ["--tag", f"{k}={v}"]
-    flags += ["--device", p.device, "--threads", str(max(1, threads // stages))]
-    if stages > 1:
-        flags += ["--pipeline-stages", str(stages)]
-    return quoted(flags)
+    """Where and how a run trains, none of which changes its numbers (plan.Preset.run_flags):
+    data, MLflow, run name and tags, device, threads per process, pipeline stages."""
+    p, row = preset(wildcards.preset), ROW[wildcards.cell]
+    return quoted(p.run_flags(config, row, wildcards.seed, threads, STAGES[wildcards.cell]))
 
 
 def report_flags(name):

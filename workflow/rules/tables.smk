@@ -7,6 +7,8 @@ rule compile_tables:
         tables=report(f"{RES}/{{preset}}/tables/tables.md", caption="../report/tables.rst", category="Tables"),
         summary=report(f"{RES}/{{preset}}/tables/summary.md", caption="../report/summary.rst", category="Tables"),
         pending=report(f"{RES}/{{preset}}/tables/pending.md", caption="../report/pending.rst", category="Tables"),
+        csv=f"{RES}/{{preset}}/tables/summary.csv",   # one row per cell, the numbers (pandas)
+        latex=f"{RES}/{{preset}}/tables/summary.tex",
     log:
         f"{RES}/{{preset}}/logs/tables.log",
     params:

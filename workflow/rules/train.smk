@@ -44,8 +44,9 @@ rule train:
     threads: lambda wc: preset(wc.preset).threads * STAGES[wc.cell]
     resources:
         gpu=lambda wc: preset(wc.preset).gpu * STAGES[wc.cell],
-        mem_mb=lambda wc: plan.mem_mb(ROW[wc.cell], config),
-        runtime=lambda wc: plan.runtime_minutes(ROW[wc.cell], config, preset(wc.preset)),
+        # both grow with the attempt: a retried job (the SLURM profile retries) gets more
+        mem_mb=lambda wc, attempt: plan.mem_mb(ROW[wc.cell], config, attempt),
+        runtime=lambda wc, attempt: plan.runtime_minutes(ROW[wc.cell], config, preset(wc.preset), attempt),
     conda:
         CONDA_ENV
     shell:
