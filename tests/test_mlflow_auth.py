@@ -139,8 +139,9 @@ def test_snakemake_job_with_a_secret_uri_records_none(server, data, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     quick = tmp_path / "results" / "quick"
     assert json.loads((quick / "mlflow.init.json").read_text())["uri"] == uri
-    log = (quick / "logs" / "train" / "fmnist-mlp-pred" / "seed1.log").read_text()
+    log = (quick / "runs" / "fmnist-mlp-pred" / "seed1" / "train.log").read_text()   # the attempt's header
     assert f"--mlflow-uri {uri} " in log and "--run-name fmnist-mlp-pred-s1" in log   # the URI, redacted
+    assert f"MLflow: open {uri}" in r.stdout + r.stderr   # the end of the run names the server, redacted
     runs = _runs(uri, "locallearn-quick")
     assert [(run["info"]["run_name"], run["info"]["status"]) for run in runs] == [("fmnist-mlp-pred-s1", "FINISHED")]
     assert _leaks(tmp_path, folder, texts=(r.stdout, r.stderr)) == [], \

@@ -23,7 +23,8 @@ import statistics
 from pathlib import Path
 from typing import Mapping
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 from tabulate import tabulate
 
 from ..atomic import write_if_changed
@@ -35,6 +36,9 @@ from ..recipe.cost import recorded_head_macs
 from ..runs.runstate import METRICS, is_number
 from ..runs.selection import ERRORS, error_of
 from ..recipe.specs import SPECS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # cells.tsv `loss` -> column of the paper's tables
 LOSS_COLUMNS = {
@@ -303,6 +307,7 @@ def _tolerance(tolerance: Mapping[str, float] | float, dataset: str) -> float:
 def _markdown(headers: list[str], body: list[list[str]]) -> str:
     """A table as a pandas DataFrame, in markdown (DataFrame.to_markdown: tabulate's pipe
     format, every cell as its text)."""
+    import pandas as pd   # here, not at the top: the report's figure steps need none (~1 s per process)
     frame = pd.DataFrame(body, columns=headers) if body else pd.DataFrame(columns=headers)
     return frame.to_markdown(index=False, tablefmt="pipe", disable_numparse=True,
                              colalign=("left",) * len(headers))
@@ -504,6 +509,7 @@ def summary_frame(rows: list[dict], runs: Mapping[str, list[dict]], *, expected_
     """One row per cell, the numbers of the tables (not their text): the three errors
     (means over seeds), seeds, published, delta, verdict, protocol, cost. Empty where a
     cell has not run. Written as summary.csv, and as summary.tex."""
+    import pandas as pd
     records = []
     for r in rows:
         c = Cell(r, list(runs.get(r["cell"], [])), expected_seeds)
@@ -533,6 +539,7 @@ def summary_frame(rows: list[dict], runs: Mapping[str, list[dict]], *, expected_
 def summary_latex(frame: pd.DataFrame) -> str:
     """The summary's finished cells as a LaTeX table (booktabs): cell, protocol, seeds,
     published, ours ± std, delta, verdict."""
+    import pandas as pd
     done = frame[frame["seeds"] > 0]
 
     def num(x, fmt="{:.2f}"):
