@@ -29,6 +29,9 @@ METHOD_FLAGS = {
     "infopro": ["--model", "resnet32", "--method", "infopro", "--ixx-1", "5", "--ixy-1", "0.05",
                 "--ixx-2", "0.2", "--ixy-2", "0.5"],
     "auglocal": ["--model", "resnet32", "--method", "auglocal", "--aux-depth", "3", "--pyramid-coeff", "0.5"],
+    "greedysl": ["--model", "resnet32", "--method", "greedysl"],
+    "infoprocontrast": ["--model", "resnet32", "--method", "infoprocontrast", "--ixx-1", "5", "--ixy-1", "0.05",
+                        "--ixx-2", "0.2", "--ixy-2", "0.5"],
     "paper-vgg": ["--model", "vgg8b", "--feat-mult", "0.0625", "--num-hidden", "32"],
     "paper-mlp": ["--model", "mlp", "--num-hidden", "32", "--num-layers", "2"],
     # the methods' heads on the paper's networks (docs/methods.md)
@@ -187,7 +190,8 @@ def test_every_method_trains_on_fashion_mnist_shapes(name):
 
 
 @pytest.mark.parametrize("engine,method", [("reference", "dgl"), ("modulewise", "dgl"), ("modulewise", "infopro"),
-                                           ("modulewise", "paper-predsim")])
+                                           ("modulewise", "paper-predsim"), ("modulewise", "greedysl"),
+                                           ("modulewise", "infoprocontrast")])
 def test_other_engines_equal_fused_on_a_resnet(engine, method):
     """Per-module optimizers stepping inside the forward (reference), or a backward per
     local loss and one step (modulewise, the peers' scheme), give the fused step's
