@@ -9,12 +9,15 @@ import math
 import zlib
 
 import torch
+import torch.nn.functional as F
 
 from conftest import REPO
 from locallearn.recipe.config import parse_train_args
 from locallearn.data.datasets import SPECS
+from locallearn.host import precision
 from locallearn.nets.resnet import build_resnet
 from locallearn.recipe.specs import RESNET_BLOCKS
+from locallearn.train.engines import FusedEngine
 
 GOLDEN = REPO / "tests" / "golden" / "auglocal"
 
@@ -126,3 +129,43 @@ def inputs(golden: dict):
 def checksum(t: torch.Tensor) -> float:
     t = t.detach().double().flatten()
     return float((t * torch.cos(torch.arange(t.numel(), dtype=torch.float64))).sum())
+
+
+# float64 on the CPU. Their code run with ATEN_CPU_CAPABILITY default / avx2 / avx512 and
+# oneDNN limited to SSE4.1 spreads by at most 4.4e-12 relative (a decoder's bias update,
+# resnet110-infopro; README there): 1e-9 leaves a margin of 200, and a real mistake in a
+# rule moves these numbers by 1e-3 or more.
+RTOL = 1e-9
+
+
+def close(ours: float, theirs: float, scale: float, what: str) -> None:
+    assert abs(ours - theirs) <= RTOL * scale + 1e-12, f"{what}: ours {ours!r}, theirs {theirs!r}"
+
+
+def fused_steps(cfg, model, golden: dict, dtype: torch.dtype = torch.float64) -> list:
+    """Our fused engine's steps on the golden inputs, in `dtype`: (output loss, local
+    losses, each head's stats) per step."""
+    engine = FusedEngine(cfg, model, torch.device("cpu"))
+    autocast = precision.autocast("fp32", torch.device("cpu"))
+    steps = []
+    for x, y in inputs(golden):
+        _, ce, losses, stats = engine.step(x.to(dtype), y, F.one_hot(y, 10).to(dtype), autocast)
+        steps.append((float(ce.detach()), [float(v) for v in losses], stats))
+    return steps
+
+
+def assert_tensors_match(model, names: dict[str, str], init: dict, golden: dict) -> None:
+    """Every parameter's update, running statistic and batch count of ours against
+    theirs (norm and checksum), within RTOL."""
+    for key, t in model.state_dict().items():
+        ref = golden["tensors"][names[key]]
+        if key.endswith("num_batches_tracked"):
+            assert int(t) == ref["value"], key
+        elif key.endswith(("running_mean", "running_var")):
+            close(float(t.double().norm()), ref["norm"], ref["norm"], f"{key} norm")
+            close(checksum(t), ref["checksum"], ref["norm"] * math.sqrt(t.numel()), f"{key} checksum")
+        else:
+            d = t - init[key]
+            close(float(d.double().norm()), ref["delta_norm"], ref["delta_norm"], f"{key} update norm")
+            close(checksum(d), ref["delta_checksum"], ref["delta_norm"] * math.sqrt(t.numel()),
+                  f"{key} update checksum")

@@ -12,16 +12,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import REPO
-from methods_golden import build, checksum, inputs, start_from_golden_init, their_names
-from locallearn.host import precision
+from methods_golden import assert_tensors_match, build, close, fused_steps, start_from_golden_init, their_names
 from locallearn.recipe.config import parse_train_args
-from locallearn.train.engines import FusedEngine
 
 GOLDEN = REPO / "tests" / "golden" / "infopro"
-RTOL = 1e-9   # as tests/test_methods_golden.py: float64 on both sides
 CASES = {
     "resnet32-greedysl": ["--model", "resnet32", "--method", "greedysl"],
     "resnet32-softmax": ["--model", "resnet32", "--method", "infopro",
@@ -35,10 +31,6 @@ CASES = {
 }
 
 
-def close(ours: float, theirs: float, scale: float, what: str) -> None:
-    assert abs(ours - theirs) <= RTOL * scale + 1e-12, f"{what}: ours {ours!r}, theirs {theirs!r}"
-
-
 def run_case(case: str):
     golden = json.loads((GOLDEN / f"{case}.json").read_text())
     s = golden["setup"]
@@ -49,13 +41,7 @@ def run_case(case: str):
     names = their_names(model, cfg.model, golden["heads_after_layers"])
     start_from_golden_init(model, names)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    engine = FusedEngine(cfg, model, torch.device("cpu"))
-    autocast = precision.autocast("fp32", torch.device("cpu"))
-    steps = []
-    for x, y in inputs(golden):
-        _, ce, losses, stats = engine.step(x, y, F.one_hot(y, 10).to(torch.float64), autocast)
-        steps.append((float(ce.detach()), [float(v) for v in losses], stats))
-    return golden, model, names, init, steps
+    return golden, model, names, init, fused_steps(cfg, model, golden)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -76,18 +62,7 @@ def test_method_equals_infopros_code(case):
             close(ours, expected, abs(expected), f"module {i} loss")
             label = st.get("ce", st.get("contrast"))
             close(float(label), theirs["ixy"], abs(theirs["ixy"]), f"module {i} label loss")
-    for key, t in model.state_dict().items():
-        ref = golden["tensors"][names[key]]
-        if key.endswith("num_batches_tracked"):
-            assert int(t) == ref["value"], key
-        elif key.endswith(("running_mean", "running_var")):
-            close(float(t.double().norm()), ref["norm"], ref["norm"], f"{key} norm")
-            close(checksum(t), ref["checksum"], ref["norm"] * math.sqrt(t.numel()), f"{key} checksum")
-        else:
-            d = t - init[key]
-            close(float(d.double().norm()), ref["delta_norm"], ref["delta_norm"], f"{key} update norm")
-            close(checksum(d), ref["delta_checksum"], ref["delta_norm"] * math.sqrt(t.numel()),
-                  f"{key} update checksum")
+    assert_tensors_match(model, names, init, golden)
 
 
 def test_heads_sit_where_infopros_configs_put_them_and_count_the_same():

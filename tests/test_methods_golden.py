@@ -6,30 +6,16 @@ run in float64, so the comparison holds on any CPU: float32 results of either co
 between CPU kinds by up to ~1e-4 relative after two steps, float64 ones by ~1e-12."""
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import REPO
-from methods_golden import CASES, build, cfg_for, checksum, inputs, load, start_from_golden_init, their_names
-from locallearn.host import precision
-from locallearn.train.engines import FusedEngine
-
-# float64 on the CPU. Their code run with ATEN_CPU_CAPABILITY default / avx2 / avx512 and
-# oneDNN limited to SSE4.1 spreads by at most 4.4e-12 relative (a decoder's bias update,
-# resnet110-infopro; README there): 1e-9 leaves a margin of 200, and a real mistake in a
-# rule moves these numbers by 1e-3 or more.
-RTOL = 1e-9
-
-
-def close(ours: float, theirs: float, scale: float, what: str) -> None:
-    assert abs(ours - theirs) <= RTOL * scale + 1e-12, f"{what}: ours {ours!r}, theirs {theirs!r}"
-
+from methods_golden import (CASES, assert_tensors_match, build, cfg_for, close, fused_steps, load,
+                            start_from_golden_init, their_names)
 
 def run_case(case: str, dtype: torch.dtype = torch.float64):
     """Two steps of our fused engine on the case, in `dtype` (float64 for the golden
@@ -41,14 +27,7 @@ def run_case(case: str, dtype: torch.dtype = torch.float64):
     assert sorted(names.values()) == sorted(golden["tensors"]), "not the same tensors as their network"
     start_from_golden_init(model, names)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    engine = FusedEngine(cfg, model, torch.device("cpu"))
-    autocast = precision.autocast("fp32", torch.device("cpu"))
-    steps = []
-    for x, y in inputs(golden):
-        _, ce, losses, stats = engine.step(x.to(dtype), y, F.one_hot(y, 10).to(dtype), autocast)
-        ce = ce.detach()
-        steps.append((float(ce), [float(v) for v in losses], stats))
-    return golden, model, names, init, steps
+    return golden, model, names, init, fused_steps(cfg, model, golden, dtype)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -69,18 +48,7 @@ def test_method_equals_their_code(case):
                 close(float(st["ce"]), theirs["ixy"], theirs["ixy"], f"module {i} cross-entropy")
             if "recon" in st:
                 close(float(st["recon"]), theirs["ixx"], theirs["ixx"], f"module {i} reconstruction")
-    for key, t in model.state_dict().items():
-        ref = golden["tensors"][names[key]]
-        if key.endswith("num_batches_tracked"):
-            assert int(t) == ref["value"], key
-        elif key.endswith(("running_mean", "running_var")):
-            close(float(t.double().norm()), ref["norm"], ref["norm"], f"{key} norm")
-            close(checksum(t), ref["checksum"], ref["norm"] * math.sqrt(t.numel()), f"{key} checksum")
-        else:
-            d = t - init[key]
-            close(float(d.double().norm()), ref["delta_norm"], ref["delta_norm"], f"{key} update norm")
-            close(checksum(d), ref["delta_checksum"], ref["delta_norm"] * math.sqrt(t.numel()),
-                  f"{key} update checksum")
+    assert_tensors_match(model, names, init, golden)
 
 
 def test_same_counts_and_head_places_as_their_code():
