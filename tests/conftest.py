@@ -4,6 +4,7 @@ flag namespaces for small networks and synthetic batches."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -155,11 +156,62 @@ def mlflow_server_in(folder: Path, env: dict | None = None):
                        capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture(scope="module")
+class MlflowServer(str):
+    """A running server's URI (a str), with the folder that holds its store and artifacts."""
+    folder: Path
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """One unauthenticated server per test module; its URI."""
-    with mlflow_server_in(tmp_path_factory.mktemp("mlflow-server")) as uri:
-        yield uri
+    """One unauthenticated server for the session (per xdist worker): its URI, a
+    MlflowServer. Tests that share it keep to experiments of their own."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server_in(folder) as uri:
+        server = MlflowServer(uri)
+        server.folder = folder
+        yield server
+
+
+# ------------------------------------------------------------------ a finished grid
+
+# The quick preset's four Fashion-MNIST cells at the budget the end-to-end tests share:
+# 2 epochs, so a run leaves a checkpoint before its end (tests/test_faults_dag.py kills one).
+QUICK_BUDGET = "quick={epochs: 2, max_train_examples: 1000, max_test_examples: 500}"
+QUICK_CELLS = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist-mlp-predsim"]
+
+
+@contextmanager
+def session_lock(path: Path):
+    """An exclusive lock on `path` held by one process of the test session at a time."""
+    import fcntl
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def finished_quick(tmp_path_factory):
+    """A working folder after `snakemake --cores 2 quick --config QUICK_BUDGET` on the real
+    Fashion-MNIST, and that command's output: (folder, stdout + stderr). Made once per test
+    session, whatever the number of xdist workers: the first worker to ask makes it in the
+    session's shared temporary folder under a lock, and the others wait for it and read
+    it. Tests only read it; one that changes a grid copies the folder first (a quick
+    folder moves whole: its MLflow store keeps no absolute path)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent   # pytest-of-<user>/pytest-N/, common to the workers
+    root, output = shared / "finished-quick", shared / "finished-quick.out"
+    with session_lock(shared / "finished-quick.lock"):
+        if not output.is_file():
+            shutil.rmtree(root, ignore_errors=True)   # a worker's failed attempt
+            root.mkdir()
+            r = snakemake(root, "--cores", "2", "quick", "--config", QUICK_BUDGET, timeout=600)
+            assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+            output.write_text(r.stdout + r.stderr)
+    return root, output.read_text()
 
 
 # ------------------------------------------------------------------ small recipes

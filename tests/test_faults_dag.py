@@ -14,10 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import child_env, needs_fmnist, snakemake, snakemake_cmd
-
-BUDGET = "quick={epochs: 2, max_train_examples: 1000, max_test_examples: 500}"   # 2 epochs: a checkpoint before the end
-CELLS = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist-mlp-predsim"]
+from conftest import QUICK_BUDGET as BUDGET, QUICK_CELLS as CELLS, child_env, needs_fmnist, snakemake, snakemake_cmd
 
 
 def _run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -42,11 +39,10 @@ def _tables(workdir: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 @needs_fmnist
-def test_killed_grid_resumes_to_identical_tables(tmp_path):
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    clean.mkdir()
+def test_killed_grid_resumes_to_identical_tables(finished_quick, tmp_path):
+    clean, _ = finished_quick   # the same grid and budget, never interrupted
+    killed = tmp_path / "killed"
     killed.mkdir()
-    _run(clean, "--cores", "1", "quick", "--config", BUDGET)
 
     # One job at a time; kill snakemake and its job once a cell has finished and
     # another has checkpointed (mid-run), as a dying machine would.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, free_port, mlflow_server_in
+from conftest import REPO, free_port
 from locallearn.track import live, mirror, records
 from locallearn.errors import ConfigError, TrackingError
 from locallearn.track import mlstore
@@ -372,12 +372,14 @@ def mlflow_ui(tmp_path: Path, backend: str, artifacts: Path):
 
 
 @pytest.mark.slow
-def test_concurrent_server(tmp_path):
-    with mlflow_server_in(tmp_path / "server") as uri:
-        run_jobs(uri, tmp_path, n=4, epochs=10)
-        run_id = runs(uri)[0].info.run_id
-        assert {a.path for a in MlflowClient(uri).list_artifacts(run_id)} == {"metrics.json", "curve.png"}
-    assert list((tmp_path / "server" / "artifacts").rglob("metrics.json"))   # served: uploaded to the server
+def test_concurrent_server(mlflow_server, tmp_path):
+    """Four jobs at once against the session's server (their experiment new to it)."""
+    uri = mlflow_server
+    run_jobs(uri, tmp_path, n=4, epochs=10)
+    run_id = runs(uri)[0].info.run_id
+    assert {a.path for a in MlflowClient(uri).list_artifacts(run_id)} == {"metrics.json", "curve.png"}
+    served = (mlflow_server.folder / "artifacts").rglob("metrics.json")   # uploaded to the server's folder
+    assert [p for p in served if run_id in p.parts]
 
 
 # --------------------------------------------------------------------------- what a run carries

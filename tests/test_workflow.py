@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CELLS_TSV as CELLS, REPO, child_env, needs_fmnist, snakemake
+from conftest import CELLS_TSV as CELLS, QUICK_BUDGET, QUICK_CELLS, REPO, child_env, needs_fmnist, snakemake
 
 from locallearn.recipe.config import config_hash
 from locallearn.workflow import plan
@@ -337,32 +337,33 @@ def test_bad_cells_row_fails_before_any_job(tmp_path):
 
 @pytest.mark.slow
 @needs_fmnist
-def test_quick_end_to_end_with_mlflow(tmp_path):
-    """`snakemake quick` on the real Fashion-MNIST (1 epoch, 512/512 examples): tables,
-    figures, one FINISHED MLflow run per cell holding metrics.json's test error; a
-    second run trains nothing and adds no MLflow run."""
-    budget = "quick={epochs: 1, max_train_examples: 512, max_test_examples: 512}"
-    r = snakemake(tmp_path, "--cores", "2", "quick", "--config", budget, timeout=600)
-    assert r.returncode == 0, r.stderr[-5000:]
+def test_quick_end_to_end_with_mlflow(finished_quick, tmp_path):
+    """`snakemake --cores 2 quick` on the real Fashion-MNIST (2 epochs, 1000/500 examples;
+    the session's finished_quick, in a copy of its folder): tables, figures, one FINISHED
+    MLflow run per cell holding metrics.json's test error; a second run trains nothing and
+    adds no MLflow run; a changed budget trains every cell again, the old runs kept."""
+    made, output = finished_quick
+    shutil.copytree(made, tmp_path, symlinks=True, dirs_exist_ok=True)
+    budget = QUICK_BUDGET
     quick = tmp_path / "results" / "quick"
-    cells = ["fmnist-mlp-backprop", "fmnist-mlp-pred", "fmnist-mlp-sim", "fmnist-mlp-predsim"]
+    cells = QUICK_CELLS
     metrics = {c: json.loads((quick / "runs" / c / "seed1" / "metrics.json").read_text()) for c in cells}
     for c, m in metrics.items():
-        assert m["epochs"] == 1 and len(m["history"]) == 1 and 0 <= m["test_error"] <= 100
+        assert m["epochs"] == 2 and len(m["history"]) == 2 and 0 <= m["test_error"] <= 100
         assert (quick / "figures" / "curves" / f"{c}.png").read_bytes()[:4] == b"\x89PNG"
         log = (quick / "runs" / c / "seed1" / "train.log").read_text()   # the attempt's header: the command
-        assert "--max-train-examples 512" in log and "--threads 1" in log and f"--run-name {c}-s1" in log
+        assert "--max-train-examples 1000" in log and "--threads 1" in log and f"--run-name {c}-s1" in log
         job = (quick / "logs" / "train" / c / "seed1.log").read_text()    # the job's lines, each named
         assert job and all(ln.startswith(f"[{c}-s1] ") for ln in job.splitlines() if not ln.startswith("# "))
     assert (quick / "figures" / "scatter.png").is_file()
     summary = (quick / "tables" / "summary.md").read_text()
-    assert summary.count("[1/200 ep, 512 train ex, 512 test ex]") == 4 and "budget run (not compared)" in summary
+    assert summary.count("[2/200 ep, 1000 train ex, 500 test ex]") == 4 and "budget run (not compared)" in summary
     readme = (quick / "README.md").read_text()
     assert "Quick preset: a budget run" in readme and "(figures/curves/fmnist-mlp-pred.png)" in readme
     assert not (tmp_path / "README.md").exists() and not (tmp_path / "results" / "full").exists()
     # the end of the run: where everything is, and the verdicts (read from summary.csv)
-    assert "locallearn: quick preset done." in r.stdout + r.stderr
-    assert "verdicts: 0 within tolerance, 0 outside, 4 budget runs" in r.stdout + r.stderr
+    assert "locallearn: quick preset done." in output
+    assert "verdicts: 0 within tolerance, 0 outside, 4 budget runs" in output
     assert (quick / "tables" / "summary.csv").read_text().count("budget run (not compared)") == 4
 
     import mlflow
@@ -395,16 +396,16 @@ def test_quick_end_to_end_with_mlflow(tmp_path):
     # is first moved aside whole (metrics.json and checkpoint kept; its numbers stay in
     # MLflow), the new runs start fresh
     r = snakemake(tmp_path, "--cores", "2", "quick", "--config",
-                  budget.replace("epochs: 1", "epochs: 2"), timeout=400)
+                  budget.replace("epochs: 2", "epochs: 1"), timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     for c in cells:
-        assert json.loads((quick / "runs" / c / "seed1" / "metrics.json").read_text())["epochs"] == 2
+        assert json.loads((quick / "runs" / c / "seed1" / "metrics.json").read_text())["epochs"] == 1
         moved = list((quick / "runs" / c).glob("seed1.replaced-*"))
         assert len(moved) == 1 and (moved[0] / "checkpoint.pt").is_file()
         assert json.loads((moved[0] / "metrics.json").read_text()) == metrics[c]
         assert json.loads((moved[0] / "replaced.json").read_text())["test_error"] == metrics[c]["test_error"]
     assert len(finished_runs()) == 8
-    assert (quick / "tables" / "summary.md").read_text().count("[2/200 ep, 512 train ex, 512 test ex]") == 4
+    assert (quick / "tables" / "summary.md").read_text().count("[1/200 ep, 1000 train ex, 500 test ex]") == 4
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """The registry of local-learning methods: the one list of their names, torch-free.
 
 A method is one `Method` object (methods/method.py), the whole of it in one file: the
-built-in ones are `METHOD` in methods/paper.py, dgl.py, infopro.py and auglocal.py; a method from another
+built-in ones are the `METHOD` of each module listed in BUILT_IN below; a method from another
 package is an entry point in the group `locallearn.methods` whose object is a `Method`
 (docs/methods.md, Adding a method). Everything that needs the names reads them here:
 the `--method` flag, its choices, help and checks, the method's own flags (recipe/config.py),
