@@ -192,26 +192,34 @@ def session_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-@pytest.fixture(scope="session")
-def finished_quick(tmp_path_factory):
-    """A working folder after `snakemake --cores 2 quick --config QUICK_BUDGET` on the real
-    Fashion-MNIST, and that command's output: (folder, stdout + stderr). Made once per test
-    session, whatever the number of xdist workers: the first worker to ask makes it in the
-    session's shared temporary folder under a lock, and the others wait for it and read
-    it. Tests only read it; one that changes a grid copies the folder first (a quick
-    folder moves whole: its MLflow store keeps no absolute path)."""
+def made_once(tmp_path_factory, name: str, make) -> tuple[Path, str]:
+    """A folder made by `make(folder)` (which returns a text, e.g. its command's output)
+    once per test session, whatever the number of xdist workers: the first worker to ask
+    makes it in the session's shared temporary folder under a lock; the others wait for
+    it and read it. (folder, the text). Tests only read the folder; one that changes it
+    copies it first."""
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent   # pytest-of-<user>/pytest-N/, common to the workers
-    root, output = shared / "finished-quick", shared / "finished-quick.out"
-    with session_lock(shared / "finished-quick.lock"):
-        if not output.is_file():
+    root, text = shared / name, shared / f"{name}.out"
+    with session_lock(shared / f"{name}.lock"):
+        if not text.is_file():
             shutil.rmtree(root, ignore_errors=True)   # a worker's failed attempt
             root.mkdir()
-            r = snakemake(root, "--cores", "2", "quick", "--config", QUICK_BUDGET, timeout=600)
-            assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
-            output.write_text(r.stdout + r.stderr)
-    return root, output.read_text()
+            text.write_text(make(root))
+    return root, text.read_text()
+
+
+@pytest.fixture(scope="session")
+def finished_quick(tmp_path_factory):
+    """A working folder after `snakemake --cores 2 quick --config QUICK_BUDGET` on the real
+    Fashion-MNIST, and that command's output (stdout + stderr), made once per session
+    (made_once). A quick folder moves whole (its MLflow store keeps no absolute path)."""
+    def make(root: Path) -> str:
+        r = snakemake(root, "--cores", "2", "quick", "--config", QUICK_BUDGET, timeout=600)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+        return r.stdout + r.stderr
+    return made_once(tmp_path_factory, "finished-quick", make)
 
 
 # ------------------------------------------------------------------ small recipes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CELLS_TSV as CELLS, QUICK_BUDGET, QUICK_CELLS, REPO, child_env, needs_fmnist, snakemake
+from conftest import CELLS_TSV as CELLS, QUICK_BUDGET, QUICK_CELLS, REPO, child_env, made_once, needs_fmnist, snakemake
 
 from locallearn.recipe.config import config_hash
 from locallearn.workflow import plan
@@ -552,18 +552,19 @@ def made_files(root: Path) -> dict[str, bytes]:
              *sorted((root / "results" / "full" / "figures").rglob("*.png"))]}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def committed_tables(tmp_path_factory):
     """A fresh clone's results (committed_clone) after one `snakemake --cores 1 tables`,
-    shared by the tests that read what that first run made: (its folder, the finished
-    process, made_files as the run left them). Only
-    test_tables_target_makes_the_committed_runs_browsable runs the target there again."""
-    root = tmp_path_factory.mktemp("committed-tables")
-    committed_clone(root)
-    (root / "workflow").symlink_to(REPO / "workflow")      # the CLI's defaults, as in a checkout
-    r = snakemake(root, "--cores", "1", "tables")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root, r, made_files(root)
+    made once per session (made_once), shared by the tests that read what it made: (its
+    folder, the command's stdout, made_files as it left them)."""
+    def make(root: Path) -> str:
+        committed_clone(root)
+        (root / "workflow").symlink_to(REPO / "workflow")      # the CLI's defaults, as in a checkout
+        r = snakemake(root, "--cores", "1", "tables")
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout
+    root, stdout = made_once(tmp_path_factory, "committed-tables", make)
+    return root, stdout, made_files(root)
 
 
 @pytest.mark.slow
@@ -578,15 +579,16 @@ def test_committed_results_regenerate_the_readme_byte_for_byte(committed_tables)
 
 
 @pytest.mark.slow
-def test_tables_target_makes_the_committed_runs_browsable(committed_tables):
+def test_tables_target_makes_the_committed_runs_browsable(committed_tables, tmp_path):
     """A fresh clone holds only the runs' metrics.json: `snakemake --cores 1 tables`
     mirrors each into results/full's MLflow store (one FINISHED run per cell x seed, the
     whole history); running it again changes nothing."""
     from mlflow import MlflowClient
-    tmp_path, r, _ = committed_tables
-    committed = sorted((tmp_path / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
+    made, stdout, _ = committed_tables
+    committed = sorted((made / "results" / "full" / "runs").glob("*/seed*/metrics.json"))
+    assert f"browse: mlflow ui --backend-store-uri sqlite:///{made / 'results' / 'full' / 'mlflow.db'}" in stdout
+    shutil.copytree(made, tmp_path, symlinks=True, dirs_exist_ok=True)   # the target runs again in a copy
     full = tmp_path / "results" / "full"
-    assert f"browse: mlflow ui --backend-store-uri sqlite:///{full / 'mlflow.db'}" in r.stdout
     client = MlflowClient(f"sqlite:///{full / 'mlflow.db'}")
     exp = client.get_experiment_by_name("locallearn")
     runs = {run.info.run_name: run for run in client.search_runs([exp.experiment_id])}
