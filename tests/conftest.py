@@ -1,6 +1,7 @@
 """What many test files share: where the repository and the Debian Fashion-MNIST are,
 the environment and the Snakemake command of a child process, a real `mlflow server`,
-flag namespaces for small networks and synthetic batches."""
+folders made once per session (a finished quick grid), flag namespaces for small
+networks and synthetic batches."""
 from __future__ import annotations
 
 import os
