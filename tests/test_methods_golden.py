@@ -17,6 +17,7 @@ from conftest import REPO
 from methods_golden import (CASES, assert_tensors_match, build, cfg_for, close, fused_steps, load,
                             start_from_golden_init, their_names)
 
+
 def run_case(case: str, dtype: torch.dtype = torch.float64):
     """Two steps of our fused engine on the case, in `dtype` (float64 for the golden
     comparison; float32 for the float32 path's own test)."""

@@ -21,9 +21,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Mapping
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from tabulate import tabulate
 
